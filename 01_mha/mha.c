@@ -1,0 +1,260 @@
+/*
+ * mha.c: chapter 01 on the CPU -- multi-head attention with the full score matrix.
+ *
+ * What it teaches: attention is three steps per head (scores, softmax, weighted sum of values)
+ * and the obvious way to run them builds a T x S matrix per head, so time and memory grow as
+ * T * S (T^2 for self-attention).
+ *
+ *   v1 mha_attention_ref: the definition as plain loops -- the reference everything is checked
+ *      against. About 1 GFLOP/s: the dot products run one multiply-add at a time.
+ *   v2 mha_attention_omp: the same arithmetic organised for the machine: blocks of 32 query rows
+ *      are OpenMP tasks, QKᵀ and PV go through common/matmul's register-blocked kernel, and a
+ *      causal block stops at the last key its last row can see. 10-30x faster than v1 on the
+ *      2-core machine of docs/01_mha.md (`build/bin/01_mha bench` measures it); it still writes
+ *      every score of the (B, H, T, S) matrix.
+ *
+ * Run: build/bin/01_mha (the lesson), build/bin/01_mha verify, build/bin/01_mha bench.
+ */
+#include "01_mha/mha.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common/attn_cli.h"
+#include "common/error.h"
+#include "common/matmul.h"
+#include "common/tensor.h"
+
+size_t mha_scores_bytes(const MhaShape *s)
+{
+    return (size_t)s->B * (size_t)s->H * (size_t)s->T * (size_t)s->S * sizeof(float);
+}
+
+/* Softmax of x[0..n) in place; a row with no visible key (all -inf) becomes zeros. */
+static void softmax_row_ref(float *x, size_t n)
+{
+    float m = -INFINITY;
+    for (size_t j = 0; j < n; j++)
+        if (x[j] > m)
+            m = x[j];
+    if (m == -INFINITY) {
+        for (size_t j = 0; j < n; j++)
+            x[j] = 0.0f;
+        return;
+    }
+    float sum = 0.0f;
+    for (size_t j = 0; j < n; j++) {
+        x[j] = expf(x[j] - m); /* subtracting the max keeps exp() <= 1: no overflow */
+        sum += x[j];
+    }
+    for (size_t j = 0; j < n; j++)
+        x[j] /= sum;
+}
+
+/* ==== v1: the reference ======================================================================= */
+
+int mha_attention_ref(const MhaShape *s, const float *q, const float *k, const float *v, float *out)
+{
+    const size_t T = (size_t)s->T, S = (size_t)s->S, D = (size_t)s->D;
+    float *scores = mem_alloc(mha_scores_bytes(s), "the score matrix (B, H, T, S)"); /* (B, H, T, S) */
+    if (!scores)
+        return -1;
+    for (size_t bh = 0; bh < (size_t)s->B * (size_t)s->H; bh++) {
+        const float *qh = q + bh * T * D; /* (T, D) */
+        const float *kh = k + bh * S * D; /* (S, D) */
+        const float *vh = v + bh * S * D; /* (S, D) */
+        float *sc = scores + bh * T * S;  /* (T, S) */
+        float *oh = out + bh * T * D;     /* (T, D) */
+
+        /* 1. scores = Q Kᵀ * scale; keys a query may not see get -inf */
+        for (size_t t = 0; t < T; t++) {
+            size_t visible = (size_t)attn_visible_keys((int)t, s->T, s->S, s->causal);
+            for (size_t j = 0; j < S; j++) {
+                float dot = 0.0f;
+                for (size_t d = 0; d < D; d++)
+                    dot += qh[t * D + d] * kh[j * D + d];
+                sc[t * S + j] = j < visible ? dot * s->scale : -INFINITY;
+            }
+        }
+        /* 2. P = softmax(scores) along each row */
+        for (size_t t = 0; t < T; t++)
+            softmax_row_ref(sc + t * S, S);
+        /* 3. O = P V */
+        for (size_t t = 0; t < T; t++)
+            for (size_t d = 0; d < D; d++) {
+                float acc = 0.0f;
+                for (size_t j = 0; j < S; j++)
+                    acc += sc[t * S + j] * vh[j * D + d];
+                oh[t * D + d] = acc;
+            }
+    }
+    mem_free(scores);
+    return 0;
+}
+
+/* ==== v2: OpenMP + register-blocked matmul ===================================================== */
+
+#define MHA_BR 32 /* query rows per task: enough rows to reuse each Kᵀ panel, small enough to balance */
+
+/* Scale the first n entries, softmax them, and zero entries [n, width): the row of P. */
+static void softmax_row_fast(float *x, size_t n, size_t width, float scale)
+{
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (size_t j = 0; j < n; j++)
+        m = fmaxf(m, x[j] * scale);
+    float sum = 0.0f;
+    for (size_t j = 0; j < n; j++) {
+        x[j] = expf(x[j] * scale - m);
+        sum += x[j];
+    }
+    const float inv = n ? 1.0f / sum : 0.0f;
+#pragma omp simd
+    for (size_t j = 0; j < n; j++)
+        x[j] *= inv;
+    for (size_t j = n; j < width; j++)
+        x[j] = 0.0f;
+}
+
+int mha_attention_omp(const MhaShape *s, const float *q, const float *k, const float *v, float *out)
+{
+    const size_t T = (size_t)s->T, S = (size_t)s->S, D = (size_t)s->D, BH = (size_t)s->B * (size_t)s->H;
+    float *scores = mem_alloc(mha_scores_bytes(s), "the score matrix (B, H, T, S)"); /* (B, H, T, S) */
+    if (!scores)
+        return -1;
+    float *kt = mem_alloc(BH * D * S * sizeof(float), "Kᵀ (B, H, D, S)"); /* (B, H, D, S) */
+    if (!kt) {
+        mem_free(scores);
+        return -1;
+    }
+    /* Kᵀ per head, so that Q Kᵀ is a plain (T, D) x (D, S) product */
+#pragma omp parallel for schedule(static)
+    for (size_t bh = 0; bh < BH; bh++)
+        transpose(kt + bh * D * S, k + bh * S * D, S, D);
+
+    const size_t n_blocks = (T + MHA_BR - 1) / MHA_BR;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (size_t bh = 0; bh < BH; bh++)
+        for (size_t blk = 0; blk < n_blocks; blk++) {
+            const size_t t0 = blk * MHA_BR;
+            const size_t rows = T - t0 < MHA_BR ? T - t0 : MHA_BR;
+            float *sc = scores + (bh * T + t0) * S; /* (rows, S) */
+            float *oh = out + (bh * T + t0) * D;    /* (rows, D) */
+            /* keys beyond what the block's last row sees are masked for every row of the block */
+            const size_t width = (size_t)attn_visible_keys((int)(t0 + rows - 1), s->T, s->S, s->causal);
+            if (width == 0) {
+                memset(oh, 0, rows * D * sizeof(float));
+                continue;
+            }
+            matmul_nn_ld(sc, S, q + (bh * T + t0) * D, D, kt + bh * D * S, S, rows, width, D);
+            for (size_t r = 0; r < rows; r++) {
+                size_t n = (size_t)attn_visible_keys((int)(t0 + r), s->T, s->S, s->causal);
+                softmax_row_fast(sc + r * S, n, width, s->scale);
+            }
+            matmul_nn_ld(oh, D, sc, S, v + bh * S * D, D, rows, D, width);
+        }
+    mem_free(kt);
+    mem_free(scores);
+    return 0;
+}
+
+/* ==== dispatcher ================================================================================ */
+
+int mha_attention_cpu(int kernel, const MhaShape *s, const float *q, const float *k, const float *v, float *out)
+{
+    switch (kernel) {
+    case 1:
+        return mha_attention_ref(s, q, k, v, out);
+    case 0: /* the fastest */
+    case 2:
+        return mha_attention_omp(s, q, k, v, out);
+    default:
+        return error_set("--kernel %d: chapter 01 has CPU kernels 1..%d", kernel, MHA_CPU_KERNELS);
+    }
+}
+
+const char *mha_cpu_kernel_name(int kernel)
+{
+    switch (kernel) {
+    case 1:
+        return "ref";
+    case 0:
+    case 2:
+        return "omp";
+    default:
+        return NULL;
+    }
+}
+
+/* ==== the layer ================================================================================ */
+
+void mha_weights_init(MhaWeights *w, int C, int H, int D, Rng *rng)
+{
+    const size_t HD = (size_t)H * (size_t)D;
+    w->C = C, w->H = H, w->D = D;
+    w->wq = mem_alloc_or_die(HD * C * sizeof(float), "wq (H*D, C)");
+    w->wk = mem_alloc_or_die(HD * C * sizeof(float), "wk (H*D, C)");
+    w->wv = mem_alloc_or_die(HD * C * sizeof(float), "wv (H*D, C)");
+    w->wo = mem_alloc_or_die(HD * C * sizeof(float), "wo (C, H*D)");
+    const float sc = 1.0f / sqrtf((float)C), so = 1.0f / sqrtf((float)HD);
+    for (size_t i = 0; i < HD * C; i++)
+        w->wq[i] = sc * rng_normal(rng);
+    for (size_t i = 0; i < HD * C; i++)
+        w->wk[i] = sc * rng_normal(rng);
+    for (size_t i = 0; i < HD * C; i++)
+        w->wv[i] = sc * rng_normal(rng);
+    for (size_t i = 0; i < HD * C; i++)
+        w->wo[i] = so * rng_normal(rng);
+}
+
+void mha_weights_free(MhaWeights *w)
+{
+    mem_free(w->wq), mem_free(w->wk), mem_free(w->wv), mem_free(w->wo);
+    w->wq = w->wk = w->wv = w->wo = NULL;
+}
+
+size_t mha_weights_count(const MhaWeights *w) { return 4 * (size_t)w->C * (size_t)w->H * (size_t)w->D; }
+
+void mha_split_heads(const float *x, float *out, int B, int T, int H, int D)
+{
+    for (size_t b = 0; b < (size_t)B; b++)
+        for (size_t t = 0; t < (size_t)T; t++)
+            for (size_t h = 0; h < (size_t)H; h++)
+                memcpy(out + ((b * H + h) * T + t) * D, x + ((b * T + t) * H + h) * D, (size_t)D * sizeof(float));
+}
+
+void mha_merge_heads(const float *x, float *out, int B, int T, int H, int D)
+{
+    for (size_t b = 0; b < (size_t)B; b++)
+        for (size_t t = 0; t < (size_t)T; t++)
+            for (size_t h = 0; h < (size_t)H; h++)
+                memcpy(out + ((b * T + t) * H + h) * D, x + ((b * H + h) * T + t) * D, (size_t)D * sizeof(float));
+}
+
+int mha_layer_forward(const MhaWeights *w, int kernel, const float *x, int B, int T, int causal, float *y)
+{
+    const size_t M = (size_t)B * (size_t)T, HD = (size_t)w->H * (size_t)w->D, C = (size_t)w->C;
+    const size_t bytes = M * HD * sizeof(float);
+    float *flat = mem_alloc(bytes, "projection (B, T, H*D)"); /* (B, T, H*D) */
+    float *q = mem_alloc(bytes, "q (B, H, T, D)");            /* (B, H, T, D) */
+    float *k = mem_alloc(bytes, "k (B, H, T, D)");            /* (B, H, T, D) */
+    float *v = mem_alloc(bytes, "v (B, H, T, D)");            /* (B, H, T, D) */
+    float *o = mem_alloc(bytes, "attention output (B, H, T, D)");
+    int rc = -1;
+    if (flat && q && k && v && o) {
+        matmul_nt(flat, x, w->wq, M, HD, C);
+        mha_split_heads(flat, q, B, T, w->H, w->D);
+        matmul_nt(flat, x, w->wk, M, HD, C);
+        mha_split_heads(flat, k, B, T, w->H, w->D);
+        matmul_nt(flat, x, w->wv, M, HD, C);
+        mha_split_heads(flat, v, B, T, w->H, w->D);
+        MhaShape s = {B, w->H, T, T, w->D, causal, 1.0f / sqrtf((float)w->D)};
+        rc = mha_attention_cpu(kernel, &s, q, k, v, o);
+        if (rc == 0) {
+            mha_merge_heads(o, flat, B, T, w->H, w->D);
+            matmul_nt(y, flat, w->wo, M, C, HD);
+        }
+    }
+    mem_free(flat), mem_free(q), mem_free(k), mem_free(v), mem_free(o);
+    return rc;
+}

@@ -1,0 +1,253 @@
+# Makefile: builds, runs, tests and benchmarks the chapters, from MHA to a continuously
+# batched engine. `make help` lists the targets. Everything is built under build/ (SAN=1:
+# build/san/). The CPU parts always build; the .cu files are compiled whenever nvcc exists,
+# with or without a GPU, and CUDA=0 leaves them out.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+.SUFFIXES:
+.DELETE_ON_ERROR:
+
+# ---- the chapters ----------------------------------------------------------------------------
+# All six, in reading order; the ones that exist are those with a main.c.
+CHAPTERS := 01_mha 02_mqa_gqa 03_flash 04_kvcache 05_paged 06_batching
+BUILT := $(foreach c,$(CHAPTERS),$(if $(wildcard $(c)/main.c),$(c)))
+chapter_of = $(word $(1),$(CHAPTERS))
+
+# ---- variables a reader may set --------------------------------------------------------------
+SAN ?= 0
+DEVICE ?= auto
+GPU_ARCH ?= sm_90
+CHECK_PREFIX ?=
+NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA ?= $(if $(NVCC),1,0)
+CC ?= gcc
+ifeq ($(CC),cc)
+  CC := gcc
+endif
+
+ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc was not found; install the CUDA toolkit or build with CUDA=0)
+  endif
+endif
+
+# ---- what this machine has ---------------------------------------------------------------------
+HAVE_GPU := $(if $(shell nvidia-smi -L 2>/dev/null | grep '^GPU'),yes,no)
+HAVE_OMP := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo yes || echo no)
+HAVE_GNUPLOT = $(if $(shell command -v gnuplot 2>/dev/null),yes,no)
+ifneq ($(CHECK_PREFIX),)
+  HAVE_CHECK = $(if $(wildcard $(CHECK_PREFIX)/usr/include/check.h),yes,no)
+else
+  HAVE_CHECK = $(shell pkg-config --exists check 2>/dev/null && echo yes || echo no)
+endif
+
+ifeq ($(SAN),1)
+  BUILD := build/san
+else
+  BUILD := build
+endif
+OBJ := $(BUILD)/obj
+LIB := $(BUILD)/lib
+BIN := $(BUILD)/bin
+TST := $(BUILD)/test
+
+ifeq ($(MAKELEVEL),0)
+  $(info make: nvcc $(if $(NVCC),yes,no) (CUDA=$(CUDA), GPU_ARCH=$(GPU_ARCH)) | GPU $(HAVE_GPU) | OpenMP $(HAVE_OMP) | Check $(HAVE_CHECK) | gnuplot $(HAVE_GNUPLOT) | SAN=$(SAN) -> $(BUILD)/)
+endif
+
+# ---- flags -------------------------------------------------------------------------------------
+# -ffp-contract=fast lets the compiler fuse a*b+c into one FMA, as GNU C does by default
+# (ISO C mode turns it off); -march=native because programs run where they are built.
+MARCH ?= -march=native
+CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 $(MARCH) -ffp-contract=fast -D_POSIX_C_SOURCE=200809L -I. -g
+LDLIBS := -lm
+ifeq ($(HAVE_OMP),yes)
+  CFLAGS += -fopenmp
+  LDLIBS += -fopenmp
+endif
+ifeq ($(SAN),1)
+  SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+  CFLAGS += $(SANFLAGS)
+  LDLIBS += $(SANFLAGS)
+endif
+ifeq ($(CUDA),1)
+  CUDA_HOME := $(patsubst %/bin/,%,$(dir $(NVCC)))
+  CFLAGS += -DHAVE_CUDA=1
+  NVCCFLAGS := -O2 -arch=$(GPU_ARCH) -std=c++17 -I. -DHAVE_CUDA=1 -Xcompiler -Wall,-Wextra -Werror all-warnings -lineinfo
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+else
+  CFLAGS += -DHAVE_CUDA=0
+endif
+
+# Check: from pkg-config, or linked statically from unpacked Debian packages (CHECK_PREFIX).
+ifneq ($(CHECK_PREFIX),)
+  CHECK_CFLAGS = -I$(CHECK_PREFIX)/usr/include
+  CHECK_LIBS = $(CHECK_PREFIX)/usr/lib/x86_64-linux-gnu/libcheck_pic.a \
+               $(CHECK_PREFIX)/usr/lib/x86_64-linux-gnu/libsubunit.a -pthread -lrt -lm
+else
+  CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
+  CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+endif
+
+# Objects are rebuilt when the flags change (CUDA=0 after CUDA=1, say): they depend on a stamp
+# file that is rewritten only when its contents would change.
+CONFIG_LINE := $(CC) $(CFLAGS) | $(NVCCFLAGS) | $(LDLIBS)
+STAMP := $(BUILD)/config.stamp
+ifeq ($(filter clean help,$(MAKECMDGOALS)),)
+  $(shell mkdir -p $(BUILD) && { [ "$$(cat $(STAMP) 2>/dev/null)" = "$(CONFIG_LINE)" ] || echo "$(CONFIG_LINE)" > $(STAMP); })
+endif
+
+# ---- sources -----------------------------------------------------------------------------------
+COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(wildcard common/*.c))
+ifeq ($(CUDA),1)
+  COMMON_OBJ += $(patsubst %.cu,$(OBJ)/%.cu.o,$(wildcard common/*.cu))
+endif
+
+# lib<chapter>.a holds everything of a chapter but its main.c and tests.
+lib_objs = $(patsubst %.c,$(OBJ)/%.o,$(filter-out $(1)/main.c $(1)/test_%.c,$(wildcard $(1)/*.c))) \
+           $(if $(filter 1,$(CUDA)),$(patsubst %.cu,$(OBJ)/%.cu.o,$(wildcard $(1)/*.cu)))
+# Chapter N links the libraries of chapters N, N-1, ..., 01 (later chapters call earlier ones,
+# and each chapter's tests use the previous chapter as their reference).
+reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
+not_after = $(filter $(1),$(firstword $(sort $(1) $(2))))
+chain_of = $(strip $(foreach c,$(BUILT),$(if $(call not_after,$(c),$(1)),$(c))))
+chain_libs = $(foreach c,$(call reverse,$(call chain_of,$(1))),$(LIB)/lib$(c).a) $(LIB)/libcommon.a
+
+PROGRAMS := $(foreach c,$(BUILT),$(BIN)/$(c))
+TESTS := $(foreach c,$(BUILT),$(TST)/$(c))
+SHARE := $(foreach c,$(BUILT),$(BUILD)/share/$(c).gp) $(BUILD)/share/common.gp
+
+# ---- rules -------------------------------------------------------------------------------------
+$(OBJ)/%.o: %.c $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(OBJ)/%.cu.o: %.cu $(STAMP)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+# Test sources need Check's headers.
+define test_obj_rule
+$(OBJ)/$(1)/test_%.o: $(1)/test_%.c $(STAMP)
+	@mkdir -p $$(@D)
+	$$(CC) $$(CFLAGS) $$(CHECK_CFLAGS) -MMD -MP -c $$< -o $$@
+endef
+$(foreach c,$(BUILT),$(eval $(call test_obj_rule,$(c))))
+
+$(LIB)/libcommon.a: $(COMMON_OBJ)
+	@mkdir -p $(@D)
+	@rm -f $@
+	ar rcs $@ $^
+
+define chapter_rules
+$(LIB)/lib$(1).a: $(call lib_objs,$(1))
+	@mkdir -p $$(@D)
+	@rm -f $$@
+	ar rcs $$@ $$^
+
+$(BIN)/$(1): $(OBJ)/$(1)/main.o $(call chain_libs,$(1))
+	@mkdir -p $$(@D)
+	$$(CC) $$(CFLAGS) $$^ $$(LDLIBS) -o $$@
+
+$(TST)/$(1): $(patsubst %.c,$(OBJ)/%.o,$(wildcard $(1)/test_*.c)) $(call chain_libs,$(1))
+	@mkdir -p $$(@D)
+	$$(CC) $$(CFLAGS) $$^ $$(CHECK_LIBS) $$(LDLIBS) -o $$@
+
+$(BUILD)/share/$(1).gp: $(1)/plot.gp
+	@mkdir -p $$(@D)
+	cp $$< $$@
+endef
+$(foreach c,$(BUILT),$(eval $(call chapter_rules,$(c))))
+
+$(BUILD)/share/common.gp: common/plot_setup.gp
+	@mkdir -p $(@D)
+	cp $< $@
+
+-include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
+
+# ---- targets -----------------------------------------------------------------------------------
+.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot \
+        $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
+
+# `make`: every program, and every test binary when Check is installed (make test installs it).
+all: programs
+	@if [ "$(HAVE_CHECK)" = yes ]; then $(MAKE) --no-print-directory tests; \
+	 else echo "make: Check is not installed, so test binaries were not built ('make test' installs it)"; fi
+build: all
+programs: $(PROGRAMS) $(SHARE)
+tests: $(TESTS) $(PROGRAMS) $(SHARE)
+
+deps-test:
+	@CHECK_PREFIX="$(CHECK_PREFIX)" scripts/deps.sh test
+deps-plot:
+	@scripts/deps.sh plot
+
+# `make run`: every chapter's lesson in order; chapters not written yet say so.
+run: deps-plot
+	@$(MAKE) --no-print-directory programs
+	@for c in $(CHAPTERS); do \
+	    if [ -x $(BIN)/$$c ]; then \
+	        echo; echo "================ chapter $$c ================"; \
+	        $(BIN)/$$c --device $(DEVICE) || exit 1; \
+	    else echo; echo "================ chapter $$c: coming (not written yet) ================"; fi; \
+	done
+
+define numbered_targets
+chapter-$(1): deps-plot
+	@if [ -z "$(filter $(call chapter_of,$(1)),$(BUILT))" ]; then echo "chapter $(call chapter_of,$(1)) is coming (not written yet)"; exit 1; fi
+	@$(MAKE) --no-print-directory $(BIN)/$(call chapter_of,$(1)) $(SHARE)
+	$(BIN)/$(call chapter_of,$(1)) --device $(DEVICE)
+
+test-$(1): deps-test
+	@$(MAKE) --no-print-directory test-one-$(1)
+
+test-one-$(1):
+	@if [ -z "$(filter $(call chapter_of,$(1)),$(BUILT))" ]; then echo "chapter $(call chapter_of,$(1)) is coming (not written yet)"; exit 1; fi
+	@$(MAKE) --no-print-directory $(TST)/$(call chapter_of,$(1)) $(PROGRAMS) $(SHARE)
+	$(TST)/$(call chapter_of,$(1))
+
+bench-$(1): deps-plot
+	@if [ -z "$(filter $(call chapter_of,$(1)),$(BUILT))" ]; then echo "chapter $(call chapter_of,$(1)) is coming (not written yet)"; exit 1; fi
+	@$(MAKE) --no-print-directory $(BIN)/$(call chapter_of,$(1)) $(SHARE)
+	$(BIN)/$(call chapter_of,$(1)) bench --device $(DEVICE)
+endef
+$(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
+
+# `make test`: installs Check if needed, builds, then runs every chapter's suite (all of them,
+# even after a failure) and fails if any failed.
+test: deps-test
+	@$(MAKE) --no-print-directory test-all
+
+test-all: tests
+	@rc=0; for t in $(TESTS); do echo; echo "== $$t"; $$t || rc=1; done; exit $$rc
+
+bench: deps-plot programs
+	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) || exit 1; done
+
+# Redraws every PNG from the .dat files that benchmarks and lessons left in $(BUILD)/bench.
+plots: deps-plot $(SHARE)
+	@shopt -s nullglob; n=0; for d in $(BUILD)/bench/*.dat; do \
+	    base=$$(basename $$d .dat); c=$${base%%_*}; c=$$(ls -d $${c}_* 2>/dev/null | head -n1); \
+	    which=$${base#"$$c"_}; [ -n "$$c" ] || continue; \
+	    gnuplot -e "which='$$which'; datafile='$$d'; outfile='$(BUILD)/plots/$$base.png'; setup='$(BUILD)/share/common.gp'; term='png'" $(BUILD)/share/$$c.gp \
+	        && echo "$(BUILD)/plots/$$base.png" && n=$$((n+1)); \
+	done; echo "$$n plots drawn"
+
+clean:
+	rm -rf build
+
+help:
+	@echo "make                 build every program and test binary into build/ (runs nothing)"
+	@echo "make run             run every chapter's lesson in order (GPU if there is one, else CPU)"
+	@echo "make chapter-N       build and run chapter N's lesson (N = 1..6)"
+	@echo "make test            build and run every chapter's Check suite (installs Check if needed)"
+	@echo "make test-N          chapter N's suite only"
+	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
+	@echo "make bench-N         chapter N's benchmarks"
+	@echo "make plots           redraw every PNG from the benchmark data in build/bench/"
+	@echo "make clean           remove build/"
+	@echo
+	@echo "variables: SAN=1 (AddressSanitizer + UBSan build in build/san/), CUDA=0|1 (default: 1 when"
+	@echo "  nvcc is found), GPU_ARCH=sm_90, DEVICE=auto|cpu|cuda (passed to the programs),"
+	@echo "  CHECK_PREFIX=DIR (Check unpacked from Debian packages, for machines without apt)"

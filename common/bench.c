@@ -1,0 +1,112 @@
+/* bench.c: median timing and TSV rows (see bench.h). */
+#include "bench.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "timer.h"
+
+#define BENCH_MAX_RUNS 1000
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+BenchTiming bench_time(BenchFn fn, void *ctx, int warmup, int repeats, double budget_s)
+{
+    double t[BENCH_MAX_RUNS];
+    double spent = 0.0;
+    int n = 0;
+    if (repeats < 1)
+        repeats = 1;
+    if (repeats > BENCH_MAX_RUNS)
+        repeats = BENCH_MAX_RUNS;
+    for (int i = 0; i < warmup; i++)
+        fn(ctx);
+    while (n < repeats) {
+        double t0 = timer_now();
+        fn(ctx);
+        t[n] = timer_now() - t0;
+        spent += t[n++];
+        if (spent > budget_s && (n >= 3 || t[0] > budget_s))
+            break;
+    }
+    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    BenchTiming r = {n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]), t[0], t[n - 1], n};
+    return r;
+}
+
+int tsv_open(Tsv *t, const char *out_path, const char *dat_path)
+{
+    t->out = stdout;
+    t->dat = NULL;
+    if (out_path && !(t->out = fopen(out_path, "w")))
+        return error_set("%s: cannot create: %s", out_path, strerror(errno));
+    if (dat_path && !(t->dat = fopen(dat_path, "w"))) {
+        if (t->out != stdout)
+            fclose(t->out);
+        return error_set("%s: cannot create: %s", dat_path, strerror(errno));
+    }
+    return 0;
+}
+
+void tsv_header(Tsv *t, const char *columns)
+{
+    fprintf(t->out, "%s\n", columns);
+    if (t->dat)
+        fprintf(t->dat, "# %s\n", columns); /* gnuplot skips the commented header */
+}
+
+void tsv_row(Tsv *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(t->out, fmt, ap);
+    va_end(ap);
+    fputc('\n', t->out);
+    fflush(t->out);
+    if (t->dat) {
+        va_start(ap, fmt);
+        vfprintf(t->dat, fmt, ap);
+        va_end(ap);
+        fputc('\n', t->dat);
+        fflush(t->dat);
+    }
+}
+
+void tsv_close(Tsv *t)
+{
+    if (t->out && t->out != stdout)
+        fclose(t->out);
+    if (t->dat)
+        fclose(t->dat);
+    t->out = t->dat = NULL;
+}
+
+static int progress_shown;
+
+void bench_progress(const char *fmt, ...)
+{
+    if (!isatty(STDERR_FILENO))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("\r\033[K", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fflush(stderr);
+    progress_shown = 1;
+}
+
+void bench_progress_done(void)
+{
+    if (progress_shown && isatty(STDERR_FILENO))
+        fputs("\r\033[K", stderr);
+    progress_shown = 0;
+}

@@ -1,0 +1,46 @@
+/*
+ * bench.h: timing (warm-up, repeats, median) and machine-readable rows (TSV).
+ *
+ * Every benchmark in the repository prints tab-separated rows with one header line, to stdout
+ * or a file, and writes the same rows to a .dat file that the chapter's plot.gp draws. Numbers
+ * are never parsed back out of prose.
+ */
+#ifndef COMMON_BENCH_H
+#define COMMON_BENCH_H
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void (*BenchFn)(void *ctx);
+
+typedef struct {
+    double median_s, min_s, max_s;
+    int runs;
+} BenchTiming;
+
+/* Runs fn `warmup` times untimed, then up to `repeats` timed runs, stopping early once at
+ * least 3 runs (or 1, if a single run takes longer) have used up `budget_s` seconds.
+ * Reports the median. fn must finish its work before returning (a GPU fn synchronises). */
+BenchTiming bench_time(BenchFn fn, void *ctx, int warmup, int repeats, double budget_s);
+
+/* Rows to `out` (stdout when out_path is NULL) and to `dat_path` (skipped when NULL). */
+typedef struct {
+    FILE *out, *dat;
+} Tsv;
+
+int tsv_open(Tsv *t, const char *out_path, const char *dat_path);
+void tsv_header(Tsv *t, const char *columns); /* tab-separated column names */
+void tsv_row(Tsv *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void tsv_close(Tsv *t);
+
+/* A progress line on stderr, redrawn in place; printed only when stderr is a terminal. */
+void bench_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void bench_progress_done(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,38 @@
+/*
+ * matmul.h: the CPU matrix products every chapter uses (fp32, row-major, OpenMP).
+ *
+ *   matmul_nn:  out (M, N) = a (M, K) · b (K, N)
+ *   matmul_nt:  out (M, N) = a (M, K) · b (N, K)ᵀ   -- the linear layer y = x Wᵀ, with weights
+ *                                                     stored [out, in] as llama2.c stores them
+ *
+ * Both overwrite `out`. They use OpenMP threads when the product is large and they are not
+ * already inside a parallel region; inside one they run on the calling thread.
+ * matmul_ref_nt is the triple loop they are tested against.
+ */
+#ifndef COMMON_MATMUL_H
+#define COMMON_MATMUL_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+void matmul_nn(float *out, const float *a, const float *b, size_t M, size_t N, size_t K);
+void matmul_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K);
+
+/* matmul_nn on sub-matrices: row i of out starts at out + i * ldo, of a at a + i * lda, of b
+ * at b + i * ldb (leading dimensions, in floats). */
+void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                  size_t N, size_t K);
+
+/* The obviously-correct triple loop (double accumulation), for tests. */
+void matmul_ref_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K);
+
+/* out (N, M) = in (M, N)ᵀ */
+void transpose(float *out, const float *in, size_t M, size_t N);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

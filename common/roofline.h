@@ -1,0 +1,38 @@
+/*
+ * roofline.h: this machine's two ceilings, measured, so every benchmark can say "% of peak".
+ *
+ *   fma_gflops: fp32 multiply-add throughput of all OpenMP threads, from 12 independent
+ *               chains of 8-float vector FMAs per thread (2 FLOPs per lane per FMA).
+ *   dram_gbs:   read bandwidth from a 256 MiB buffer (8x a typical L3), best of 5 passes.
+ *
+ * A kernel whose FLOPs per byte read is below fma_gflops / dram_gbs is bound by memory.
+ * The probe takes about a second; its result is cached in <build>/roofline.tsv together with
+ * the CPU model and thread count, and measured again when either changes.
+ */
+#ifndef COMMON_ROOFLINE_H
+#define COMMON_ROOFLINE_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    double fma_gflops;
+    double dram_gbs;
+    int threads;
+    char cpu[128];
+} Roofline;
+
+/* The cached result, measuring first if needed. Prints one line to stderr when it measures. */
+const Roofline *roofline_get(void);
+
+/* Measures now (no cache). */
+Roofline roofline_probe(void);
+
+/* "AMD EPYC 7B13 (2 threads)": the machine as benchmarks name it. */
+const char *roofline_machine(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

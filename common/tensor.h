@@ -1,0 +1,74 @@
+/*
+ * tensor.h: float buffers with a shape, and byte accounting for every buffer we allocate.
+ *
+ * The chapters argue about memory ("the score matrix grows as T^2", "the KV cache costs ...").
+ * To print those claims as measurements, every large buffer goes through mem_alloc(), which
+ * counts the bytes currently held and the peak since the last mem_reset_peak(). Tensor is a
+ * thin wrapper: a data pointer, up to four dimensions, C (row-major) order.
+ *
+ * Shape key used in comments across the repository:
+ *   B batch, H query heads, Hkv key/value heads, T queries, S keys, D head dim, C model dim.
+ */
+#ifndef COMMON_TENSOR_H
+#define COMMON_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- accounted allocation --------------------------------------------------------------- */
+
+/* 64-byte aligned, zero-filled, counted. Returns NULL and records an error naming `what` when
+ * the request is larger than this machine's physical memory or the allocation fails. */
+void *mem_alloc(size_t bytes, const char *what);
+/* Like mem_alloc, but dies with that error instead of returning NULL. */
+void *mem_alloc_or_die(size_t bytes, const char *what);
+void mem_free(void *p);
+
+size_t mem_current_bytes(void);  /* bytes held now through mem_alloc */
+size_t mem_peak_bytes(void);     /* the most held at once since the last reset */
+void mem_reset_peak(void);       /* peak := current */
+
+size_t mem_physical_bytes(void); /* this machine's RAM, from sysconf */
+size_t mem_peak_rss_bytes(void); /* the process's peak resident set (getrusage), monotonic */
+
+/* n1 * n2 * ... with overflow detection: returns 0 and sets *out, or -1 on overflow. */
+int size_mul(size_t *out, size_t a, size_t b);
+
+/* ---- tensors ---------------------------------------------------------------------------- */
+
+#define TENSOR_MAX_DIMS 4
+
+typedef struct {
+    float *data;                      /* numel floats, C order */
+    int ndim;                         /* 0 .. TENSOR_MAX_DIMS */
+    size_t shape[TENSOR_MAX_DIMS];
+    size_t numel;
+} Tensor;
+
+/* Allocates a zero tensor of the given shape through mem_alloc. -1 (error recorded) if the
+ * element count overflows or memory is short. */
+int tensor_init(Tensor *t, int ndim, const size_t *shape, const char *what);
+/* tensor_init or die. Usage: Tensor q = tensor_zeros(4, (size_t[]){B, H, T, D}, "q"); */
+Tensor tensor_zeros(int ndim, const size_t *shape, const char *what);
+void tensor_free(Tensor *t);
+
+size_t tensor_bytes(const Tensor *t);
+void tensor_fill_normal(Tensor *t, Rng *rng, float mean, float stddev);
+void tensor_fill_uniform(Tensor *t, Rng *rng, float lo, float hi);
+
+/* Writes "(2, 8, 17, 64)" into buf and returns buf. */
+const char *tensor_shape_str(const Tensor *t, char *buf, size_t len);
+
+/* Human-readable bytes: "1.50 GiB". Returns buf. */
+const char *format_bytes(double bytes, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

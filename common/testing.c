@@ -1,0 +1,110 @@
+/* testing.c: see testing.h. */
+#define _XOPEN_SOURCE 700 /* nftw */
+#include "testing.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "paths.h"
+#include "rng.h"
+
+static void slurp(FILE *f, char *buf, size_t len)
+{
+    rewind(f);
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+int run_program(ProcResult *r, const char *const argv[])
+{
+    FILE *out = tmpfile(), *err = tmpfile();
+    if (!out || !err)
+        return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(fileno(out), STDOUT_FILENO);
+        dup2(fileno(err), STDERR_FILENO);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) < 0)
+        return -1;
+    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    slurp(out, r->out, sizeof r->out);
+    slurp(err, r->err, sizeof r->err);
+    return 0;
+}
+
+const char *program_path(char *buf, size_t len, const char *name)
+{
+    snprintf(buf, len, "%s/bin/%s", paths_build_dir(), name);
+    return buf;
+}
+
+int count_lines(const char *s)
+{
+    int n = 0;
+    for (const char *p = s; *p; p++)
+        if (*p == '\n')
+            n++;
+    size_t len = strlen(s);
+    if (len > 0 && s[len - 1] != '\n')
+        n++;
+    return n;
+}
+
+const char *last_line(const char *s, char *buf, size_t len)
+{
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '\n')
+        n--;
+    size_t start = n;
+    while (start > 0 && s[start - 1] != '\n')
+        start--;
+    size_t m = n - start < len - 1 ? n - start : len - 1;
+    memcpy(buf, s + start, m);
+    buf[m] = '\0';
+    return buf;
+}
+
+void temp_dir_create(char *buf, size_t len)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(buf, len, "%s/attn-test-XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(buf))
+        die("cannot create a temporary folder under %s", base && *base ? base : "/tmp");
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+void temp_dir_remove(const char *path) { nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+void write_bytes(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, n, f) != n || fclose(f) != 0)
+        die("%s: cannot write test file", path);
+}
+
+void fill_normal(float *x, size_t n, uint64_t seed)
+{
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (size_t i = 0; i < n; i++)
+        x[i] = rng_normal(&rng);
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# deps.sh: makes sure the Debian packages a make target needs are present, installing them
+# with apt-get when we are root or have password-less sudo, and saying so.
+#
+#   scripts/deps.sh test   check + pkg-config   (required: stops with the command to run)
+#   scripts/deps.sh plot   gnuplot-nox          (optional: without it, plots are skipped)
+#
+# CHECK_PREFIX=DIR (unpacked Debian packages, see scripts/gpu-check.sh) counts as having Check.
+set -u
+what=${1:?usage: deps.sh test|plot}
+
+missing=()
+case $what in
+test)
+    if [ -z "${CHECK_PREFIX:-}" ]; then
+        command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+        if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists check 2>/dev/null; then
+            missing+=(check)
+        fi
+    fi
+    ;;
+plot)
+    command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
+    ;;
+*)
+    echo "deps.sh: unknown target '$what' (expected test or plot)" >&2
+    exit 2
+    ;;
+esac
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+else
+    if [ "$what" = test ]; then
+        echo "make: missing Debian packages: ${missing[*]}. Install them with:" >&2
+        echo "    sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "make: ${missing[*]} is not installed, so plots are skipped; to get them: sudo apt-get install -y ${missing[*]}" >&2
+    exit 0
+fi
+
+echo "make: installing ${missing[*]} with apt-get (needed by '$what') ..." >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+    "${sudo[@]}" apt-get update -qq >/dev/null 2>&1
+    if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        echo "make: apt-get could not install ${missing[*]}; install them and run make again" >&2
+        [ "$what" = test ] && exit 1
+        exit 0
+    fi
+fi
+echo "make: installed ${missing[*]}" >&2
