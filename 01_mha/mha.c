@@ -102,7 +102,7 @@ static void softmax_row_fast(float *x, size_t n, size_t width, float scale)
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (size_t j = 0; j < n; j++)
-        m = fmaxf(m, x[j] * scale);
+        m = x[j] * scale > m ? x[j] * scale : m; /* not fmaxf: without -ffast-math it is a libm call */
     float sum = 0.0f;
     for (size_t j = 0; j < n; j++) {
         x[j] = expf(x[j] * scale - m);

@@ -25,6 +25,8 @@ static CompareResult compare_impl(const char *label, const float *out, const flo
         if (isnan(o) || isnan(f) || isinf(o) || isinf(f)) {
             bad = !(o == f); /* equal infinities pass; any NaN fails */
             ratio = bad ? INFINITY : 0.0;
+            if (bad)
+                r.max_abs_err = INFINITY;
         } else {
             bad = err > tol;
             ratio = tol > 0 ? err / tol : (err > 0 ? INFINITY : 0.0);

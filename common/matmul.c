@@ -4,15 +4,18 @@
  * The core is a 6x16 micro-kernel: six rows of `a` times a 16-column panel of `b`, with the
  * 6x16 block of `out` held in twelve 8-float vector registers while it walks down K.
  * Each step loads 16 floats of b and 6 of a for 96 multiply-adds, so it is limited by the FMA
- * units rather than by memory (about 50 GFLOP/s per core on this repository's 2-core Zen 3
- * machine; the 4x16 version we started from gave 35). The panel of b (16 x K floats) stays
- * in L1/L2 while all rows of a pass over it. Edges that are not a multiple of 6 rows or 16 columns take a plain loop.
+ * units rather than by memory. The panel of b (K x 16 floats) is first copied to a contiguous
+ * buffer: it then stays in L1/L2 while all rows of a pass over it, and rows of b that are a
+ * power of two apart no longer collide in the same cache sets. Leftover rows take a one-row
+ * version of the kernel, a partial last panel a plain loop. The chapter 01 lesson prints the
+ * speed of a product of the layer's shape against the machine's measured FMA peak.
  * matmul_nt transposes b once and reuses matmul_nn, except for a few rows (a decode step),
  * where dot products along K are cheaper than the transpose.
  */
 #include "matmul.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "tensor.h"
 
@@ -54,7 +57,23 @@ static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, cons
     o = (f32x8 *)(out + 5 * ldo), o[0] = c50, o[1] = c51;
 }
 
-/* Any rows x cols block, one output row at a time (the edges). */
+/* Fewer than MR rows of a full 16-column panel, one row at a time, its 16 outputs in two
+ * vector registers (latency-bound, but far better than going through memory each step). */
+static void kernel_rows_x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb,
+                            size_t rows, size_t K)
+{
+    for (size_t r = 0; r < rows; r++) {
+        f32x8 c0 = {0}, c1 = {0};
+        const float *ar = a + r * lda;
+        for (size_t k = 0; k < K; k++) {
+            c0 += ar[k] * *(const f32x8 *)(b + k * ldb);
+            c1 += ar[k] * *(const f32x8 *)(b + k * ldb + 8);
+        }
+        *(f32x8 *)(out + r * ldo) = c0, *(f32x8 *)(out + r * ldo + 8) = c1;
+    }
+}
+
+/* Any rows x cols block, one output row at a time (the last, partial panel). */
 static void kernel_edge(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb,
                         size_t rows, size_t cols, size_t K)
 {
@@ -86,16 +105,26 @@ void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
                   size_t N, size_t K)
 {
     const size_t n_panels = (N + NR - 1) / NR;
-#pragma omp parallel for schedule(static) if (use_threads(M, N, K))
-    for (size_t p = 0; p < n_panels; p++) {
-        const size_t j0 = p * NR;
-        const size_t cols = N - j0 < NR ? N - j0 : NR;
-        size_t i = 0;
-        if (cols == NR)
-            for (; i + MR <= M; i += MR)
-                kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, K);
-        if (i < M)
-            kernel_edge(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, M - i, cols, K);
+#pragma omp parallel if (use_threads(M, N, K))
+    {
+        /* the panel of b, copied to K x NR contiguous floats: rows of b that are a power of two
+         * apart (ldb = 4096, say) would otherwise all fall into the same few L1 cache sets */
+        float *packed = mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)");
+#pragma omp for schedule(static)
+        for (size_t p = 0; p < n_panels; p++) {
+            const size_t j0 = p * NR;
+            const size_t cols = N - j0 < NR ? N - j0 : NR;
+            size_t i = 0;
+            if (cols == NR) {
+                for (size_t k = 0; k < K; k++)
+                    memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
+                for (; i + MR <= M; i += MR)
+                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K);
+                kernel_rows_x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, M - i, K);
+            } else
+                kernel_edge(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, M - i, cols, K);
+        }
+        mem_free(packed);
     }
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# gpu-check.sh: every GPU check of the repository in one run, for a lent GPU machine that has
+# nvcc and a GPU but no package registry and no Check library.
+#
+#   usage: scripts/gpu-check.sh OUTDIR
+#
+# It builds with nvcc, runs every Check suite (CUDA cases included), every chapter's
+# `verify --device cuda`, compute-sanitizer memcheck on a small verify, and the GPU benchmarks,
+# then leaves in OUTDIR: summary.txt (one line per step: status, seconds, last line of output)
+# and logs.tar.gz (every log, the benchmark .dat files and plots). Designed to finish in under
+# 5 minutes on one H100; each step has its own time limit.
+#
+# Check comes from Debian packages unpacked on a machine where apt works, and is linked
+# statically (the Makefile's CHECK_PREFIX does this):
+#   here:    ../shared/tools/check-prefix.sh .deps/check      (.deps/ is ignored by git)
+#   there:   scripts/gpu-check.sh "$OUT"                      (with .deps/check carried along)
+set -u
+out=${1:?usage: gpu-check.sh OUTDIR}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.." || exit 1
+export CHECK_PREFIX=${CHECK_PREFIX:-$PWD/.deps/check}
+logs=$(mktemp -d)
+summary=$out/summary.txt
+: >"$summary"
+jobs=$(nproc 2>/dev/null || echo 4)
+
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with its output in NAME.log, and a line in summary.txt
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local start rc
+    start=$(date +%s)
+    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    rc=$?
+    printf '%-28s rc=%-3s %4ss  %s\n' "$name" "$rc" "$(($(date +%s) - start))" \
+        "$(grep -v '^\s*$' "$logs/$name.log" | tail -n 1 | cut -c1-150)" | tee -a "$summary"
+}
+
+{
+    echo "gpu-check.sh on $(hostname) at $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    nvidia-smi -L 2>&1 || echo "nvidia-smi: not found"
+    command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -n 2
+} | tee -a "$summary"
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+
+step build 240 make -j"$jobs" CUDA=1 all
+step test 240 make CUDA=1 test
+for prog in build/bin/0*; do
+    c=$(basename "$prog")
+    step "verify-$c" 120 "$prog" verify --device cuda
+done
+if [ -n "$sanitizer" ]; then
+    for prog in build/bin/0*; do
+        c=$(basename "$prog")
+        step "memcheck-$c" 180 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
+            "$prog" verify --device cuda --quick
+    done
+else
+    echo "memcheck: compute-sanitizer not found" | tee -a "$summary"
+fi
+for prog in build/bin/0*; do
+    c=$(basename "$prog")
+    step "bench-$c" 180 "$prog" bench --device cuda
+done
+
+cp -r build/bench build/plots "$logs/" 2>/dev/null
+cp "$summary" "$logs/"
+tar czf "$out/logs.tar.gz" -C "$logs" .
+rm -rf "$logs"
+echo "logs: $out/logs.tar.gz" | tee -a "$summary"
