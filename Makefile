@@ -216,7 +216,7 @@ $(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
 
 # `make test`: installs Check if needed, builds, then runs every chapter's suite (all of them,
 # even after a failure) and fails if any failed.
-test: deps-test
+test: deps-test deps-plot
 	@$(MAKE) --no-print-directory test-all
 
 test-all: tests

@@ -6,6 +6,7 @@
 #   scripts/deps.sh plot   gnuplot-nox          (optional: without it, plots are skipped)
 #
 # CHECK_PREFIX=DIR (unpacked Debian packages, see scripts/gpu-check.sh) counts as having Check.
+# NO_APT=1 never calls apt-get (a machine without a package registry): it only reports.
 set -u
 what=${1:?usage: deps.sh test|plot}
 
@@ -29,11 +30,16 @@ plot)
 esac
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -eq 0 ]; then
+if [ "${NO_APT:-0}" = 1 ]; then
+    sudo=(none)
+elif [ "$(id -u)" -eq 0 ]; then
     sudo=()
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo=(sudo -n)
 else
+    sudo=(none)
+fi
+if [ "${sudo[*]}" = none ]; then
     if [ "$what" = test ]; then
         echo "make: missing Debian packages: ${missing[*]}. Install them with:" >&2
         echo "    sudo apt-get install -y ${missing[*]}" >&2
@@ -45,9 +51,9 @@ fi
 
 echo "make: installing ${missing[*]} with apt-get (needed by '$what') ..." >&2
 export DEBIAN_FRONTEND=noninteractive
-if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-    "${sudo[@]}" apt-get update -qq >/dev/null 2>&1
-    if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+if ! timeout 600 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+    timeout 300 "${sudo[@]}" apt-get update -qq >/dev/null 2>&1
+    if ! timeout 600 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
         echo "make: apt-get could not install ${missing[*]}; install them and run make again" >&2
         [ "$what" = test ] && exit 1
         exit 0

@@ -20,6 +20,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.." || exit 1
 export CHECK_PREFIX=${CHECK_PREFIX:-$PWD/.deps/check}
+export NO_APT=1 # no package registry there: never wait on apt-get
 logs=$(mktemp -d)
 summary=$out/summary.txt
 : >"$summary"
