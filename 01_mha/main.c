@@ -6,6 +6,7 @@
  *   01_mha attn ...       attention on .npy files (design.md §4)
  *   01_mha verify ...     every version against the reference on the shape grid
  *   01_mha bench ...      TSV rows + build/bench/01_mha_bench.dat + build/plots/01_mha_bench.png
+ *   01_mha init-weights   random layer weights as .npy files (chapter 02 converts them to GQA)
  *
  * Every subcommand takes --help.
  */
@@ -17,6 +18,7 @@
 #include "01_mha/mha.h"
 #include "common/args.h"
 #include "common/attn_cli.h"
+#include "common/attn_harness.h"
 #include "common/bench.h"
 #include "common/compare.h"
 #include "common/device.h"
@@ -34,244 +36,39 @@
 
 #define PROG "01_mha"
 
-/* ==== running one attention on either device ================================================== */
+/* ==== this chapter's versions, as the harness sees them ========================================= */
 
-/* One attention problem with its buffers on the device that runs it. */
-typedef struct {
-    Device dev;
-    int kernel;
-    MhaShape s;
-    const float *q, *k, *v; /* q (B, H, T, D), k and v (B, H, S, D): host or device pointers */
-    float *out;             /* (B, H, T, D) */
-    int rc;
-} AttnRun;
+static MhaShape mha_shape(const AttnDims *d) { return (MhaShape){d->B, d->H, d->T, d->S, d->D, d->causal, d->scale}; }
 
-static void attn_run(void *ctx)
+static int run_cpu(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
 {
-    AttnRun *r = ctx;
+    MhaShape s = mha_shape(d);
+    return mha_attention_cpu(kernel, &s, q, k, v, out);
+}
+
 #if HAVE_CUDA
-    if (r->dev == DEVICE_CUDA) {
-        r->rc = mha_attention_cuda(r->kernel, &r->s, r->q, r->k, r->v, r->out);
-        cuda_sync();
-        return;
-    }
-#endif
-    r->rc = mha_attention_cpu(r->kernel, &r->s, r->q, r->k, r->v, r->out);
-}
-
-static int n_kernels(Device dev) { return dev == DEVICE_CUDA ? MHA_CUDA_KERNELS : MHA_CPU_KERNELS; }
-
-static const char *kernel_name(Device dev, int kernel)
+static int run_cuda(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
 {
+    MhaShape s = mha_shape(d);
+    return mha_attention_cuda(kernel, &s, q, k, v, out);
+}
+#endif
+
+static const AttnImpls IMPLS = {
+    .prog = PROG,
+    .ref = run_cpu, /* with kernel 1 */
+    .cpu = run_cpu,
+    .cpu_name = mha_cpu_kernel_name,
+    .n_cpu = MHA_CPU_KERNELS,
 #if HAVE_CUDA
-    if (dev == DEVICE_CUDA)
-        return mha_cuda_kernel_name(kernel);
+    .cuda = run_cuda,
+    .cuda_name = mha_cuda_kernel_name,
+    .n_cuda = MHA_CUDA_KERNELS,
 #endif
-    (void)dev;
-    return mha_cpu_kernel_name(kernel);
-}
+    .heads = ATTN_HEADS_EQUAL,
+};
 
-/* Host in, host out, on any device: copies to and from the GPU when dev is CUDA. */
-static int attention_on(Device dev, int kernel, const MhaShape *s, const float *q, const float *k, const float *v,
-                        float *out)
-{
-#if HAVE_CUDA
-    if (dev == DEVICE_CUDA) {
-        const size_t qb = (size_t)s->B * s->H * s->T * s->D * sizeof(float);
-        const size_t kb = (size_t)s->B * s->H * s->S * s->D * sizeof(float);
-        float *d_q = cuda_alloc(qb), *d_k = cuda_alloc(kb), *d_v = cuda_alloc(kb), *d_o = cuda_alloc(qb);
-        cuda_upload(d_q, q, qb), cuda_upload(d_k, k, kb), cuda_upload(d_v, v, kb);
-        int rc = mha_attention_cuda(kernel, s, d_q, d_k, d_v, d_o);
-        if (rc == 0)
-            cuda_download(out, d_o, qb);
-        cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
-        return rc;
-    }
-#endif
-    (void)dev;
-    return mha_attention_cpu(kernel, s, q, k, v, out);
-}
-
-/* Random q, k, v ~ N(0, 1) for shape s. */
-static void random_qkv(const MhaShape *s, uint64_t seed, Tensor *q, Tensor *k, Tensor *v)
-{
-    Rng rng;
-    rng_seed(&rng, seed);
-    *q = tensor_zeros(4, (size_t[]){(size_t)s->B, (size_t)s->H, (size_t)s->T, (size_t)s->D}, "q");
-    *k = tensor_zeros(4, (size_t[]){(size_t)s->B, (size_t)s->H, (size_t)s->S, (size_t)s->D}, "k");
-    *v = tensor_zeros(4, (size_t[]){(size_t)s->B, (size_t)s->H, (size_t)s->S, (size_t)s->D}, "v");
-    tensor_fill_normal(q, &rng, 0.0f, 1.0f);
-    tensor_fill_normal(k, &rng, 0.0f, 1.0f);
-    tensor_fill_normal(v, &rng, 0.0f, 1.0f);
-}
-
-/* Times attention of shape s on dev: one warm-up, then up to `repeats` runs within budget_s.
- * GPU buffers are uploaded before timing. *peak: the most memory the run held (CPU: measured
- * by the allocator; GPU: the score matrix, its largest buffer). *rc: 0, or -1 on failure. */
-static BenchTiming time_attention(Device dev, int kernel, const MhaShape *s, const Tensor *q, const Tensor *k,
-                                  const Tensor *v, int repeats, double budget_s, size_t *peak, int *rc)
-{
-    AttnRun run = {dev, kernel, *s, q->data, k->data, v->data, NULL, 0};
-    float *h_out = mem_alloc_or_die(tensor_bytes(q), "output");
-    run.out = h_out;
-#if HAVE_CUDA
-    float *d_q = NULL, *d_k = NULL, *d_v = NULL, *d_o = NULL;
-    if (dev == DEVICE_CUDA) {
-        d_q = cuda_alloc(tensor_bytes(q)), d_k = cuda_alloc(tensor_bytes(k));
-        d_v = cuda_alloc(tensor_bytes(v)), d_o = cuda_alloc(tensor_bytes(q));
-        cuda_upload(d_q, q->data, tensor_bytes(q)), cuda_upload(d_k, k->data, tensor_bytes(k));
-        cuda_upload(d_v, v->data, tensor_bytes(v));
-        run.q = d_q, run.k = d_k, run.v = d_v, run.out = d_o;
-    }
-#endif
-    size_t before = mem_current_bytes();
-    mem_reset_peak();
-    BenchTiming t = bench_time(attn_run, &run, 1, repeats, budget_s);
-    *peak = dev == DEVICE_CPU ? mem_peak_bytes() - before : mha_scores_bytes(s);
-    *rc = run.rc;
-#if HAVE_CUDA
-    if (dev == DEVICE_CUDA)
-        cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
-#endif
-    mem_free(h_out);
-    return t;
-}
-
-/* ==== attn ====================================================================================== */
-
-static int cmd_attn(int argc, char **argv)
-{
-    AttnArgs a;
-    AttnInputs in;
-    Device dev;
-    attn_args_parse(&a, PROG,
-                    "Multi-head attention on .npy tensors: O = softmax(Q Kᵀ * scale + mask) V, per batch and head.\n"
-                    "Chapter 01 needs as many key/value heads as query heads (Hkv = H).\n"
-                    "Kernels: CPU 1 = reference, 2 = OpenMP (default); CUDA 1 = naive, 2 = cuBLAS (default).",
-                    argc, argv);
-    if (device_resolve(a.device, &dev) != 0)
-        die_with_error();
-    if (a.kernel > n_kernels(dev))
-        die("--kernel %d: chapter 01 has %s kernels 1..%d", a.kernel, device_name(dev), n_kernels(dev));
-    if (attn_inputs_load(&a, ATTN_HEADS_EQUAL, &in) != 0)
-        die_with_error();
-    MhaShape s = {in.B, in.H, in.T, in.S, in.D, a.causal, in.scale};
-    float *out = mem_alloc(tensor_bytes(&in.q), "the output (B, H, T, D)");
-    if (!out || attention_on(dev, a.kernel, &s, in.q.data, in.k.data, in.v.data, out) != 0 ||
-        attn_output_save(&a, &in, out) != 0)
-        die_with_error();
-    fprintf(stderr, "%s attn: B=%d H=%d T=%d S=%d D=%d causal=%d scale=%g on %s (kernel %s) -> %s\n", PROG, in.B,
-            in.H, in.T, in.S, in.D, a.causal, (double)in.scale, device_name(dev), kernel_name(dev, a.kernel),
-            a.out_path);
-    mem_free(out);
-    attn_inputs_free(&in);
-    return 0;
-}
-
-/* ==== verify ==================================================================================== */
-
-typedef struct {
-    const char *device;
-    int kernel, quick, verbose;
-} VerifyArgs;
-
-/* Fills q, k with small integers (so that every logit is an exact integer, whatever the order of
- * the sum) scaled to make logits of about +-1e4, or all about -1e4 when all_negative. */
-static void extreme_logits(Tensor *q, Tensor *k, int all_negative, Rng *rng)
-{
-    for (size_t i = 0; i < q->numel; i++)
-        q->data[i] = all_negative ? 100.0f : (float)((int)rng_below(rng, 21) - 10) * 10.0f;
-    for (size_t i = 0; i < k->numel; i++)
-        k->data[i] = all_negative ? -(float)(1 + rng_below(rng, 3)) : (float)((int)rng_below(rng, 21) - 10) * 10.0f;
-}
-
-/* Runs every selected kernel on one shape against the reference. */
-static void verify_shape(VerifyTally *tally, const VerifyArgs *va, int have_gpu, const MhaShape *s, uint64_t seed,
-                         int extreme)
-{
-    Tensor q, k, v;
-    random_qkv(s, seed, &q, &k, &v);
-    if (extreme) {
-        Rng rng;
-        rng_seed(&rng, seed + 1);
-        extreme_logits(&q, &k, extreme == 2, &rng);
-    }
-    float *ref = mem_alloc_or_die(tensor_bytes(&q), "reference output");
-    float *out = mem_alloc_or_die(tensor_bytes(&q), "output");
-    if (mha_attention_ref(s, q.data, k.data, v.data, ref) != 0)
-        die_with_error();
-    const char *what = extreme == 1 ? " logits~+-1e4" : extreme == 2 ? " logits~-1e4" : "";
-    for (int d = 0; d < 2; d++) {
-        Device dev = d ? DEVICE_CUDA : DEVICE_CPU;
-        if ((dev == DEVICE_CUDA && !have_gpu) || (strcmp(va->device, "cpu") == 0 && dev == DEVICE_CUDA) ||
-            (strcmp(va->device, "cuda") == 0 && dev == DEVICE_CPU))
-            continue;
-        for (int kern = 1; kern <= n_kernels(dev); kern++) {
-            if ((va->kernel && kern != va->kernel) || (dev == DEVICE_CPU && kern == 1))
-                continue; /* CPU kernel 1 is the reference itself */
-            char label[160];
-            snprintf(label, sizeof label, "%s %-6s B=%d H=%d T=%d S=%d D=%d causal=%d%s", device_name(dev),
-                     kernel_name(dev, kern), s->B, s->H, s->T, s->S, s->D, s->causal, what);
-            memset(out, 0xff, tensor_bytes(&q)); /* NaN: every output element must be written */
-            int rc = attention_on(dev, kern, s, q.data, k.data, v.data, out);
-            CompareResult r = compare_f32(label, out, ref, q.numel, 1e-5, 1e-4, rc == 0 ? 3 : 0);
-            verify_record(tally, rc == 0 && r.n_bad == 0, "%s  max_abs_err=%.2e", label, r.max_abs_err);
-        }
-    }
-    mem_free(ref), mem_free(out);
-    tensor_free(&q), tensor_free(&k), tensor_free(&v);
-}
-
-static int cmd_verify(int argc, char **argv)
-{
-    VerifyArgs va = {"auto", 0, 0, 0};
-    ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &va.device, .choices = DEVICE_CHOICES,
-         .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
-        {.name = "kernel", .kind = ARG_INT, .dest = &va.kernel, .metavar = "N",
-         .help = "check only version N", .min = 1, .max = 2},
-        {.name = "quick", .kind = ARG_FLAG, .dest = &va.quick,
-         .help = "lengths up to 129 only (for sanitizers)"},
-        {.name = "verbose", .kind = ARG_FLAG, .dest = &va.verbose, .help = "print passing cases too"},
-    };
-    ArgCommand cmd = {PROG " verify", "[options]",
-                      "Checks every attention version against the CPU reference (kernel 1) on the shape grid of\n"
-                      "design.md §5: T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80, 128},\n"
-                      "causal and not, plus logits of +-1e4 and rows of very negative logits. Tolerance: atol 1e-5,\n"
-                      "rtol 1e-4. Ends with 'N passed, N failed'.",
-                      specs, 4};
-    args_parse_or_exit(&cmd, argc, argv);
-
-    char why[256];
-    int have_gpu = device_cuda_available(why, sizeof why);
-    if (strcmp(va.device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", why);
-    if (!have_gpu && strcmp(va.device, "cpu") != 0)
-        printf("CUDA versions skipped: %s\n", why);
-
-    VerifyTally tally = {0, 0, va.verbose};
-    uint64_t seed = 1;
-    int n_case = 0;
-    for (int i = 0; i < VERIFY_N_LENGTHS; i++)
-        for (int j = 0; j < VERIFY_N_LENGTHS; j++)
-            for (int causal = 0; causal <= 1; causal++, n_case++) {
-                int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
-                if (va.quick && (T > 129 || S > 129))
-                    continue;
-                int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS];
-                int H = (int[]){1, 4, 8}[n_case % 3], B = 1 + n_case % 2;
-                if ((double)T * S * H * B > 3e5) /* keep the reference quick on big shapes */
-                    H = 1, B = 1;
-                MhaShape s = {B, H, T, S, D, causal, 1.0f / sqrtf((float)D)};
-                verify_shape(&tally, &va, have_gpu, &s, seed++, 0);
-            }
-    for (int extreme = 1; extreme <= 2; extreme++)
-        for (int causal = 0; causal <= 1; causal++) {
-            MhaShape s = {2, 3, 33, 65, 64, causal, 1.0f};
-            verify_shape(&tally, &va, have_gpu, &s, seed++, extreme);
-        }
-    return verify_finish(&tally);
-}
+static const char *kernel_name(Device dev, int kernel) { return attn_impl_name(&IMPLS, dev, kernel); }
 
 /* ==== bench ===================================================================================== */
 
@@ -281,21 +78,21 @@ typedef struct {
 } BenchArgs;
 
 /* Times one (device, kernel, T) point and prints its row. */
-static void bench_point(Tsv *tsv, Device dev, int kernel, const MhaShape *s, int repeats)
+static void bench_point(Tsv *tsv, Device dev, int kernel, const AttnDims *d, int repeats)
 {
     Tensor q, k, v;
-    random_qkv(s, 42, &q, &k, &v);
-    size_t peak;
-    int rc;
-    BenchTiming t = time_attention(dev, kernel, s, &q, &k, &v, repeats, 2.0, &peak, &rc);
-    double gflops = attn_flops(s->B, s->H, s->T, s->S, s->D, s->causal) / t.median_s / 1e9;
-    if (rc != 0)
-        fprintf(stderr, "%s bench: %s %s T=%d: %s\n", PROG, device_name(dev), kernel_name(dev, kernel), s->T,
+    attn_random_inputs(d, 42, &q, &k, &v);
+    AttnTiming t = attn_time(&IMPLS, dev, kernel, d, &q, &k, &v, repeats, 2.0, 0);
+    MhaShape s = mha_shape(d);
+    double gflops = attn_flops(d->B, d->H, d->T, d->S, d->D, d->causal) / t.time.median_s / 1e9;
+    if (t.rc != 0)
+        fprintf(stderr, "%s bench: %s %s T=%d: %s\n", PROG, device_name(dev), kernel_name(dev, kernel), d->T,
                 error_message());
     else
         tsv_row(tsv, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\t%zu\t%zu", device_name(dev),
-                kernel_name(dev, kernel), s->B, s->H, s->T, s->S, s->D, s->causal, t.median_s * 1e3, gflops,
-                dev == DEVICE_CPU ? 100.0 * gflops / roofline_get()->fma_gflops : NAN, mha_scores_bytes(s), peak);
+                kernel_name(dev, kernel), d->B, d->H, d->T, d->S, d->D, d->causal, t.time.median_s * 1e3, gflops,
+                dev == DEVICE_CPU ? 100.0 * gflops / roofline_get()->fma_gflops : NAN, mha_scores_bytes(&s),
+                dev == DEVICE_CPU ? t.peak_bytes : mha_scores_bytes(&s));
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
 }
 
@@ -338,18 +135,19 @@ static int cmd_bench(int argc, char **argv)
             (dev == DEVICE_CPU && strcmp(ba.device, "cuda") == 0))
             continue;
         int max_t = ba.max_t ? ba.max_t : dev == DEVICE_CUDA ? 16384 : 8192;
-        for (int kern = 1; kern <= n_kernels(dev); kern++)
+        for (int kern = 1; kern <= attn_impl_count(&IMPLS, dev); kern++)
             for (int T = 128; T <= max_t; T *= 2) {
                 if (dev == DEVICE_CPU && kern == 1 && T > 2048)
                     break;
-                MhaShape s = {1, 8, T, T, 64, 1, 0.125f};
+                AttnDims d = {1, 8, 8, T, T, 64, 1, 0.125f};
+                MhaShape s = mha_shape(&d);
                 if (mha_scores_bytes(&s) > mem_physical_bytes() / 2) {
                     fprintf(stderr, "%s bench: stopping at T=%d: the score matrix would need more than half of RAM\n",
                             PROG, T);
                     break;
                 }
                 bench_progress("%s %s T=%d ...", device_name(dev), kernel_name(dev, kern), T);
-                bench_point(&tsv, dev, kern, &s, ba.repeats);
+                bench_point(&tsv, dev, kern, &d, ba.repeats);
             }
     }
     bench_progress_done();
@@ -359,6 +157,44 @@ static int cmd_bench(int argc, char **argv)
         fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
     else if (plot_available())
         fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    return 0;
+}
+
+/* ==== init-weights ============================================================================== */
+
+static int cmd_init_weights(int argc, char **argv)
+{
+    const char *out = NULL;
+    int C = 1024, H = 16, D = 64, seed = 1;
+    ArgSpec specs[] = {
+        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "DIR", .help = "folder to write into",
+         .required = 1},
+        {.name = "dim", .kind = ARG_INT, .dest = &C, .metavar = "C", .help = "model dim (default 1024)", .min = 1,
+         .max = 65536},
+        {.name = "heads", .kind = ARG_INT, .dest = &H, .metavar = "H", .help = "heads (default 16)", .min = 1,
+         .max = 4096},
+        {.name = "head-dim", .kind = ARG_INT, .dest = &D, .metavar = "D", .help = "head dim (default 64)", .min = 1,
+         .max = 4096},
+        {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "N", .help = "random seed (default 1)", .min = 0,
+         .max = 2147483647},
+    };
+    ArgCommand cmd = {PROG " init-weights", "--out DIR [options]",
+                      "Writes the weights of a random multi-head attention layer as wq.npy (H*D, C), wk.npy (H*D, C),\n"
+                      "wv.npy (H*D, C) and wo.npy (C, H*D), entries N(0, 1/fan_in). `02_mqa_gqa convert` turns them\n"
+                      "into grouped-query weights.",
+                      specs, 5};
+    args_parse_or_exit(&cmd, argc, argv);
+    if ((double)C * H * D * 16.0 > (double)mem_physical_bytes())
+        die("--dim %d --heads %d --head-dim %d: the weights would not fit in memory", C, H, D);
+    Rng rng;
+    rng_seed(&rng, (uint64_t)seed);
+    MhaWeights w;
+    mha_weights_init(&w, C, H, D, &rng);
+    if (mha_weights_save(&w, out) != 0)
+        die_with_error();
+    printf("%s: wrote an MHA layer, C=%d H=%d D=%d (%zu parameters), to %s/{wq,wk,wv,wo}.npy\n", PROG, C, H, D,
+           mha_weights_count(&w), out);
+    mha_weights_free(&w);
     return 0;
 }
 
@@ -512,22 +348,21 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
     double prev_t = 0, prev_m = 0;
     int T;
     for (T = 256; T <= max_t; T *= 2) {
-        MhaShape s = {1, H, T, T, D, 1, 0.125f};
+        AttnDims d = {1, H, H, T, T, D, 1, 0.125f};
+        MhaShape s = mha_shape(&d);
         Tensor q, k, v;
-        random_qkv(&s, 100 + (uint64_t)T, &q, &k, &v);
-        size_t peak, unused;
-        int rc;
-        BenchTiming t = time_attention(DEVICE_CPU, 2, &s, &q, &k, &v, 3, 1.5, &peak, &rc);
-        if (rc != 0)
+        attn_random_inputs(&d, 100 + (uint64_t)T, &q, &k, &v);
+        AttnTiming fast = attn_time(&IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, 3, 1.5, 0);
+        if (fast.rc != 0)
             die_with_error();
+        BenchTiming t = fast.time;
+        size_t peak = fast.peak_bytes;
         double ref_ms = NAN, gpu_ms = NAN;
-        if (T <= ref_max) {
-            BenchTiming tr = time_attention(DEVICE_CPU, 1, &s, &q, &k, &v, 1, 1.0, &unused, &rc);
-            ref_ms = tr.median_s * 1e3;
-        }
+        if (T <= ref_max)
+            ref_ms = attn_time(&IMPLS, DEVICE_CPU, 1, &d, &q, &k, &v, 1, 1.0, 0).time.median_s * 1e3;
         if (dev == DEVICE_CUDA) {
-            BenchTiming tg = time_attention(DEVICE_CUDA, 2, &s, &q, &k, &v, 10, 1.0, &unused, &rc);
-            gpu_ms = rc == 0 ? tg.median_s * 1e3 : NAN;
+            AttnTiming tg = attn_time(&IMPLS, DEVICE_CUDA, 2, &d, &q, &k, &v, 10, 1.0, 0);
+            gpu_ms = tg.rc == 0 ? tg.time.median_s * 1e3 : NAN;
         }
         double gf = attn_flops(1, H, T, T, D, 1) / t.median_s / 1e9;
         char xt[16] = "", xm[16] = "", refs[24] = "-", gpus[24] = "";
@@ -582,12 +417,13 @@ static int cmd_lesson(int argc, char **argv)
         {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N",
          .help = "longest sequence of the sweep (default 4096)", .min = 256, .max = 65536},
     };
-    ArgCommand cmd = {PROG, "[attn|verify|bench] [options]",
+    ArgCommand cmd = {PROG, "[attn|verify|bench|init-weights] [options]",
                       "Chapter 01: multi-head attention. Without a subcommand: the lesson.\n"
                       "Subcommands (each takes --help):\n"
                       "  attn     attention on .npy files (Q, K, V -> O)\n"
                       "  verify   every version against the reference on a grid of shapes\n"
-                      "  bench    timing rows (TSV) and a plot, T = 128 .. 8192",
+                      "  bench    timing rows (TSV) and a plot, T = 128 .. 8192\n"
+                      "  init-weights   random layer weights as .npy files (for chapter 02's convert)",
                       specs, 2};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
@@ -613,12 +449,18 @@ int main(int argc, char **argv)
 {
     error_set_program(PROG);
     if (argc > 1 && strcmp(argv[1], "attn") == 0)
-        return cmd_attn(argc - 1, argv + 1);
+        return attn_command(&IMPLS,
+                            "Multi-head attention on .npy tensors: O = softmax(Q Kᵀ * scale + mask) V, per batch and head.\n"
+                            "Chapter 01 needs as many key/value heads as query heads (Hkv = H).\n"
+                            "Kernels: CPU 1 = reference, 2 = OpenMP (default); CUDA 1 = naive, 2 = cuBLAS (default).",
+                            argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "verify") == 0)
-        return cmd_verify(argc - 1, argv + 1);
+        return attn_verify_command(&IMPLS, argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
         return cmd_bench(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "init-weights") == 0)
+        return cmd_init_weights(argc - 1, argv + 1);
     if (argc > 1 && argv[1][0] != '-')
-        die("unknown subcommand '%s' (expected attn, verify or bench; see '%s --help')", argv[1], PROG);
+        die("unknown subcommand '%s' (expected attn, verify, bench or init-weights; see '%s --help')", argv[1], PROG);
     return cmd_lesson(argc, argv);
 }

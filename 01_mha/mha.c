@@ -18,11 +18,14 @@
 #include "01_mha/mha.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/attn_cli.h"
 #include "common/error.h"
 #include "common/matmul.h"
+#include "common/npy.h"
+#include "common/paths.h"
 #include "common/tensor.h"
 
 size_t mha_scores_bytes(const MhaShape *s)
@@ -53,51 +56,49 @@ static void softmax_row_ref(float *x, size_t n)
 
 /* ==== v1: the reference ======================================================================= */
 
+void mha_head_attention_ref(const float *qh, const float *kh, const float *vh, float *sc, float *oh, int T_,
+                            int S_, int D_, int causal, float scale)
+{
+    const size_t T = (size_t)T_, S = (size_t)S_, D = (size_t)D_;
+    /* 1. scores = Q Kᵀ * scale; keys a query may not see get -inf */
+    for (size_t t = 0; t < T; t++) {
+        size_t visible = (size_t)attn_visible_keys((int)t, T_, S_, causal);
+        for (size_t j = 0; j < S; j++) {
+            float dot = 0.0f;
+            for (size_t d = 0; d < D; d++)
+                dot += qh[t * D + d] * kh[j * D + d];
+            sc[t * S + j] = j < visible ? dot * scale : -INFINITY;
+        }
+    }
+    /* 2. P = softmax(scores) along each row */
+    for (size_t t = 0; t < T; t++)
+        softmax_row_ref(sc + t * S, S);
+    /* 3. O = P V */
+    for (size_t t = 0; t < T; t++)
+        for (size_t d = 0; d < D; d++) {
+            float acc = 0.0f;
+            for (size_t j = 0; j < S; j++)
+                acc += sc[t * S + j] * vh[j * D + d];
+            oh[t * D + d] = acc;
+        }
+}
+
 int mha_attention_ref(const MhaShape *s, const float *q, const float *k, const float *v, float *out)
 {
     const size_t T = (size_t)s->T, S = (size_t)s->S, D = (size_t)s->D;
     float *scores = mem_alloc(mha_scores_bytes(s), "the score matrix (B, H, T, S)"); /* (B, H, T, S) */
     if (!scores)
         return -1;
-    for (size_t bh = 0; bh < (size_t)s->B * (size_t)s->H; bh++) {
-        const float *qh = q + bh * T * D; /* (T, D) */
-        const float *kh = k + bh * S * D; /* (S, D) */
-        const float *vh = v + bh * S * D; /* (S, D) */
-        float *sc = scores + bh * T * S;  /* (T, S) */
-        float *oh = out + bh * T * D;     /* (T, D) */
-
-        /* 1. scores = Q Kᵀ * scale; keys a query may not see get -inf */
-        for (size_t t = 0; t < T; t++) {
-            size_t visible = (size_t)attn_visible_keys((int)t, s->T, s->S, s->causal);
-            for (size_t j = 0; j < S; j++) {
-                float dot = 0.0f;
-                for (size_t d = 0; d < D; d++)
-                    dot += qh[t * D + d] * kh[j * D + d];
-                sc[t * S + j] = j < visible ? dot * s->scale : -INFINITY;
-            }
-        }
-        /* 2. P = softmax(scores) along each row */
-        for (size_t t = 0; t < T; t++)
-            softmax_row_ref(sc + t * S, S);
-        /* 3. O = P V */
-        for (size_t t = 0; t < T; t++)
-            for (size_t d = 0; d < D; d++) {
-                float acc = 0.0f;
-                for (size_t j = 0; j < S; j++)
-                    acc += sc[t * S + j] * vh[j * D + d];
-                oh[t * D + d] = acc;
-            }
-    }
+    for (size_t bh = 0; bh < (size_t)s->B * (size_t)s->H; bh++)
+        mha_head_attention_ref(q + bh * T * D, k + bh * S * D, v + bh * S * D, scores + bh * T * S, out + bh * T * D,
+                               s->T, s->S, s->D, s->causal, s->scale);
     mem_free(scores);
     return 0;
 }
 
 /* ==== v2: OpenMP + register-blocked matmul ===================================================== */
 
-#define MHA_BR 32 /* query rows per task: enough rows to reuse each Kᵀ panel, small enough to balance */
-
-/* Scale the first n entries, softmax them, and zero entries [n, width): the row of P. */
-static void softmax_row_fast(float *x, size_t n, size_t width, float scale)
+void mha_softmax_row(float *x, size_t n, size_t width, float scale)
 {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
@@ -114,6 +115,27 @@ static void softmax_row_fast(float *x, size_t n, size_t width, float scale)
         x[j] *= inv;
     for (size_t j = n; j < width; j++)
         x[j] = 0.0f;
+}
+
+void mha_block_attention(const float *q, size_t i0, size_t rows, const float *kt, const float *v, float *sc,
+                         float *out, int T, int S, int D, int causal, float scale)
+{
+    /* keys beyond what the block's furthest-seeing row sees are masked for every row of it */
+    size_t width = 0;
+    for (size_t r = 0; r < rows; r++) {
+        size_t n = (size_t)attn_visible_keys((int)((i0 + r) % (size_t)T), T, S, causal);
+        width = n > width ? n : width;
+    }
+    if (width == 0) {
+        memset(out, 0, rows * (size_t)D * sizeof(float));
+        return;
+    }
+    matmul_nn_ld(sc, (size_t)S, q, (size_t)D, kt, (size_t)S, rows, width, (size_t)D);
+    for (size_t r = 0; r < rows; r++) {
+        size_t n = (size_t)attn_visible_keys((int)((i0 + r) % (size_t)T), T, S, causal);
+        mha_softmax_row(sc + r * (size_t)S, n, width, scale);
+    }
+    matmul_nn_ld(out, (size_t)D, sc, (size_t)S, v, (size_t)D, rows, (size_t)D, width);
 }
 
 int mha_attention_omp(const MhaShape *s, const float *q, const float *k, const float *v, float *out)
@@ -138,20 +160,9 @@ int mha_attention_omp(const MhaShape *s, const float *q, const float *k, const f
         for (size_t blk = 0; blk < n_blocks; blk++) {
             const size_t t0 = blk * MHA_BR;
             const size_t rows = T - t0 < MHA_BR ? T - t0 : MHA_BR;
-            float *sc = scores + (bh * T + t0) * S; /* (rows, S) */
-            float *oh = out + (bh * T + t0) * D;    /* (rows, D) */
-            /* keys beyond what the block's last row sees are masked for every row of the block */
-            const size_t width = (size_t)attn_visible_keys((int)(t0 + rows - 1), s->T, s->S, s->causal);
-            if (width == 0) {
-                memset(oh, 0, rows * D * sizeof(float));
-                continue;
-            }
-            matmul_nn_ld(sc, S, q + (bh * T + t0) * D, D, kt + bh * D * S, S, rows, width, D);
-            for (size_t r = 0; r < rows; r++) {
-                size_t n = (size_t)attn_visible_keys((int)(t0 + r), s->T, s->S, s->causal);
-                softmax_row_fast(sc + r * S, n, width, s->scale);
-            }
-            matmul_nn_ld(oh, D, sc, S, v + bh * S * D, D, rows, D, width);
+            mha_block_attention(q + (bh * T + t0) * D, t0, rows, kt + bh * D * S, v + bh * S * D,
+                                scores + (bh * T + t0) * S, out + (bh * T + t0) * D, s->T, s->S, s->D, s->causal,
+                                s->scale);
         }
     mem_free(kt);
     mem_free(scores);
@@ -214,6 +225,56 @@ void mha_weights_free(MhaWeights *w)
 }
 
 size_t mha_weights_count(const MhaWeights *w) { return 4 * (size_t)w->C * (size_t)w->H * (size_t)w->D; }
+
+static const char *const WEIGHT_FILES[4] = {"wq.npy", "wk.npy", "wv.npy", "wo.npy"};
+
+int mha_weights_save(const MhaWeights *w, const char *dir)
+{
+    char path[4096];
+    const size_t HD = (size_t)w->H * (size_t)w->D, C = (size_t)w->C;
+    const float *m[4] = {w->wq, w->wk, w->wv, w->wo};
+    if (paths_make_dirs(dir) != 0)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        size_t shape[2] = {i == 3 ? C : HD, i == 3 ? HD : C};
+        snprintf(path, sizeof path, "%s/%s", dir, WEIGHT_FILES[i]);
+        if (npy_write(path, NPY_F32, 2, shape, m[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int mha_weights_load(const char *dir, int H, MhaWeights *w)
+{
+    char path[4096];
+    Tensor t[4] = {{0}};
+    memset(w, 0, sizeof *w);
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, WEIGHT_FILES[i]);
+        if (npy_read_tensor(path, 2, &t[i]) != 0)
+            goto fail;
+    }
+    const size_t HD = t[0].shape[0], C = t[0].shape[1];
+    if (H < 1 || HD % (size_t)H != 0 || HD / (size_t)H == 0) {
+        error_set("%s/wq.npy: %zu rows are not H = %d heads of a whole head dim", dir, HD, H);
+        goto fail;
+    }
+    for (int i = 1; i < 4; i++) {
+        size_t r = i == 3 ? C : HD, c = i == 3 ? HD : C;
+        if (t[i].shape[0] != r || t[i].shape[1] != c) {
+            error_set("%s/%s: shape (%zu, %zu), expected (%zu, %zu) to match wq.npy (%zu, %zu)", dir, WEIGHT_FILES[i],
+                      t[i].shape[0], t[i].shape[1], r, c, HD, C);
+            goto fail;
+        }
+    }
+    w->C = (int)C, w->H = H, w->D = (int)(HD / (size_t)H);
+    w->wq = t[0].data, w->wk = t[1].data, w->wv = t[2].data, w->wo = t[3].data;
+    return 0;
+fail:
+    for (int i = 0; i < 4; i++)
+        tensor_free(&t[i]);
+    return -1;
+}
 
 void mha_split_heads(const float *x, float *out, int B, int T, int H, int D)
 {

@@ -17,19 +17,9 @@
 
 #include <math.h>
 
+#include "common/attn_cli.h"
 #include "common/cuda_utils.h"
 #include "common/error.h"
-
-/* Keys query t sees under the bottom-right causal mask (the device twin of attn_visible_keys). */
-__device__ __forceinline__ int visible_keys(int t, int T, int S, int causal)
-{
-    if (!causal)
-        return S;
-    long long last = (long long)t + S - T;
-    if (last < 0)
-        return 0;
-    return last + 1 < S ? (int)(last + 1) : S;
-}
 
 /* ==== v1: naive kernels ========================================================================= */
 
@@ -44,7 +34,7 @@ __global__ void mha_scores_kernel1(const float *q, const float *k, float *scores
     const size_t row = i / S; /* bh * T + t */
     const int t = (int)(row % T);
     const size_t bh = row / T;
-    if (j >= visible_keys(t, T, S, causal)) {
+    if (j >= attn_visible_keys_device(t, T, S, causal)) {
         scores[i] = -INFINITY;
         return;
     }
@@ -128,7 +118,7 @@ __global__ void mha_softmax_kernel2(float *scores, int T, int S, int causal)
 {
     const size_t row = blockIdx.x;
     const int t = (int)(row % T);
-    const int n = visible_keys(t, T, S, causal);
+    const int n = attn_visible_keys_device(t, T, S, causal);
     float *x = scores + row * S;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x)
@@ -166,6 +156,18 @@ static void pv_gemm(const MhaShape *s, const float *d_p, const float *d_v, float
                                            d_out, s->D, (long long)s->T * s->D, s->B * s->H));
 }
 
+extern "C" void mha_softmax_cuda1(float *d_scores, size_t rows, int S)
+{
+    mha_softmax_kernel1<<<cuda_blocks(rows, 128), 128>>>(d_scores, rows, S);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void mha_softmax_cuda2(float *d_scores, size_t rows, int T, int S, int causal)
+{
+    mha_softmax_kernel2<<<(unsigned int)rows, SOFTMAX_THREADS>>>(d_scores, T, S, causal);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 /* ==== dispatcher ================================================================================ */
 
 extern "C" const char *mha_cuda_kernel_name(int kernel)
@@ -195,15 +197,13 @@ extern "C" int mha_attention_cuda(int kernel, const MhaShape *s, const float *d_
         mha_scores_kernel1<<<cuda_blocks(n_scores, 256), 256>>>(d_q, d_k, d_scores, n_scores, s->T, s->S, s->D,
                                                                  s->causal, s->scale);
         CUDA_CHECK(cudaGetLastError());
-        mha_softmax_kernel1<<<cuda_blocks(rows, 128), 128>>>(d_scores, rows, s->S);
-        CUDA_CHECK(cudaGetLastError());
+        mha_softmax_cuda1(d_scores, rows, s->S);
         const size_t n_out = rows * s->D;
         mha_pv_kernel1<<<cuda_blocks(n_out, 256), 256>>>(d_scores, d_v, d_out, n_out, s->T, s->S, s->D);
         CUDA_CHECK(cudaGetLastError());
     } else {
         scores_gemm(s, d_q, d_k, d_scores);
-        mha_softmax_kernel2<<<(unsigned int)rows, SOFTMAX_THREADS>>>(d_scores, s->T, s->S, s->causal);
-        CUDA_CHECK(cudaGetLastError());
+        mha_softmax_cuda2(d_scores, rows, s->T, s->S, s->causal);
         pv_gemm(s, d_scores, d_v, d_out);
     }
     cuda_free(d_scores);
@@ -213,7 +213,7 @@ extern "C" int mha_attention_cuda(int kernel, const MhaShape *s, const float *d_
 /* ==== the layer ================================================================================ */
 
 /* y (M, N) = x (M, K) · w (N, K)ᵀ, all row-major on the device. */
-static void linear(float *d_y, const float *d_x, const float *d_w, int M, int N, int K)
+extern "C" void mha_linear_cuda(float *d_y, const float *d_x, const float *d_w, int M, int N, int K)
 {
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, d_w, K, d_x, K, &zero, d_y, N));
@@ -236,10 +236,10 @@ __global__ void mha_transpose_heads_kernel(const float *in, float *out, int B, i
         out[i] = in[heads];
 }
 
-static void transpose_heads(const float *d_in, float *d_out, int B, int T, int H, int D, bool to_heads)
+extern "C" void mha_heads_cuda(const float *d_in, float *d_out, int B, int T, int H, int D, int to_heads)
 {
     const size_t n = (size_t)B * T * H * D;
-    mha_transpose_heads_kernel<<<cuda_blocks(n, 256), 256>>>(d_in, d_out, B, T, H, D, to_heads);
+    mha_transpose_heads_kernel<<<cuda_blocks(n, 256), 256>>>(d_in, d_out, B, T, H, D, to_heads != 0);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -271,17 +271,17 @@ extern "C" int mha_layer_forward_cuda(const MhaWeights *d_w, int kernel, const f
     float *d_k = (float *)cuda_alloc(bytes);    /* (B, H, T, D) */
     float *d_v = (float *)cuda_alloc(bytes);    /* (B, H, T, D) */
     float *d_o = (float *)cuda_alloc(bytes);    /* (B, H, T, D) */
-    linear(d_flat, d_x, d_w->wq, M, HD, d_w->C);
-    transpose_heads(d_flat, d_q, B, T, d_w->H, d_w->D, true);
-    linear(d_flat, d_x, d_w->wk, M, HD, d_w->C);
-    transpose_heads(d_flat, d_k, B, T, d_w->H, d_w->D, true);
-    linear(d_flat, d_x, d_w->wv, M, HD, d_w->C);
-    transpose_heads(d_flat, d_v, B, T, d_w->H, d_w->D, true);
+    mha_linear_cuda(d_flat, d_x, d_w->wq, M, HD, d_w->C);
+    mha_heads_cuda(d_flat, d_q, B, T, d_w->H, d_w->D, true);
+    mha_linear_cuda(d_flat, d_x, d_w->wk, M, HD, d_w->C);
+    mha_heads_cuda(d_flat, d_k, B, T, d_w->H, d_w->D, true);
+    mha_linear_cuda(d_flat, d_x, d_w->wv, M, HD, d_w->C);
+    mha_heads_cuda(d_flat, d_v, B, T, d_w->H, d_w->D, true);
     MhaShape s = {B, d_w->H, T, T, d_w->D, causal, 1.0f / sqrtf((float)d_w->D)};
     int rc = mha_attention_cuda(kernel, &s, d_q, d_k, d_v, d_o);
     if (rc == 0) {
-        transpose_heads(d_o, d_flat, B, T, d_w->H, d_w->D, false);
-        linear(d_y, d_flat, d_w->wo, M, d_w->C, HD);
+        mha_heads_cuda(d_o, d_flat, B, T, d_w->H, d_w->D, false);
+        mha_linear_cuda(d_y, d_flat, d_w->wo, M, d_w->C, HD);
     }
     cuda_free(d_flat), cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
     return rc;

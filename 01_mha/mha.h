@@ -56,6 +56,23 @@ int mha_attention_omp(const MhaShape *s, const float *q, const float *k, const f
 int mha_attention_cpu(int kernel, const MhaShape *s, const float *q, const float *k, const float *v, float *out);
 const char *mha_cpu_kernel_name(int kernel); /* "ref", "omp"; NULL if unknown */
 
+/* The pieces chapter 02 reuses.
+ * One head of the reference: qh (T, D), kh and vh (S, D) -> oh (T, D), through sc (T, S). */
+void mha_head_attention_ref(const float *qh, const float *kh, const float *vh, float *sc, float *oh, int T, int S,
+                            int D, int causal, float scale);
+
+/* Rows [i0, i0 + rows) of a stack of query rows in which row i is query position i % T (one
+ * head: i = t; a group of heads stacked head after head, chapter 02), against one K/V head:
+ * q (rows, D) -> out (rows, D), scores written to sc (rows, S) with leading dimension S.
+ * kt is the K/V head's Kᵀ (D, S), v its values (S, D). The OpenMP version's unit of work. */
+#define MHA_BR 32 /* stacked rows per block: enough to reuse each Kᵀ panel, few enough to balance */
+void mha_block_attention(const float *q, size_t i0, size_t rows, const float *kt, const float *v, float *sc,
+                         float *out, int T, int S, int D, int causal, float scale);
+
+/* One row of P in place: scale the first n scores, softmax them (max subtracted), and zero
+ * entries [n, width). n = 0 (no visible key) gives zeros. Chapter 02 reuses it. */
+void mha_softmax_row(float *x, size_t n, size_t width, float scale);
+
 /* Bytes of the (B, H, T, S) fp32 score matrix every version materialises. */
 size_t mha_scores_bytes(const MhaShape *s);
 
@@ -76,6 +93,11 @@ void mha_weights_init(MhaWeights *w, int C, int H, int D, Rng *rng);
 void mha_weights_free(MhaWeights *w);
 size_t mha_weights_count(const MhaWeights *w); /* parameters: 4 * C * H * D */
 
+/* The weights as four .npy files in a folder: wq.npy (H*D, C), wk.npy, wv.npy, wo.npy (C, H*D).
+ * Loading needs H (the files do not say how H*D splits); 0 or -1 with the problem recorded. */
+int mha_weights_save(const MhaWeights *w, const char *dir);
+int mha_weights_load(const char *dir, int H, MhaWeights *w);
+
 /* x (B, T, H*D) -> out (B, H, T, D), and back. */
 void mha_split_heads(const float *x, float *out, int B, int T, int H, int D);
 void mha_merge_heads(const float *x, float *out, int B, int T, int H, int D);
@@ -88,6 +110,16 @@ int mha_layer_forward(const MhaWeights *w, int kernel, const float *x, int B, in
 int mha_attention_cuda(int kernel, const MhaShape *s, const float *d_q, const float *d_k, const float *d_v,
                        float *d_out);
 const char *mha_cuda_kernel_name(int kernel); /* "naive", "cublas"; NULL if unknown */
+
+/* The pieces later chapters reuse. Softmax over rows of d_scores (rows, S) in place:
+ * v1 expects masked scores already -inf (a thread a row); v2 applies the causal mask itself
+ * (a block a row; row r is query r % T). */
+void mha_softmax_cuda1(float *d_scores, size_t rows, int S);
+void mha_softmax_cuda2(float *d_scores, size_t rows, int T, int S, int causal);
+/* d_y (M, N) = d_x (M, K) · d_w (N, K)ᵀ through cuBLAS. */
+void mha_linear_cuda(float *d_y, const float *d_x, const float *d_w, int M, int N, int K);
+/* (B, T, H, D) -> (B, H, T, D) when to_heads, else back. */
+void mha_heads_cuda(const float *d_in, float *d_out, int B, int T, int H, int D, int to_heads);
 
 /* The layer on the GPU: d_w holds device copies of the weights (mha_weights_to_device). */
 int mha_layer_forward_cuda(const MhaWeights *d_w, int kernel, const float *d_x, int B, int T, int causal,

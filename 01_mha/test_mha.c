@@ -324,6 +324,8 @@ START_TEST(test_reference_matches_float64)
 }
 END_TEST
 
+static char tmp[4096]; /* a fresh folder per test (fixtures below) */
+
 /* ==== the layer ================================================================================= */
 
 START_TEST(test_split_merge_heads_round_trip)
@@ -391,6 +393,35 @@ START_TEST(test_layer_matches_explicit_projections)
 }
 END_TEST
 
+START_TEST(test_weights_save_load)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/w", tmp);
+    Rng rng;
+    rng_seed(&rng, 25);
+    MhaWeights w, back;
+    mha_weights_init(&w, 12, 3, 4, &rng);
+    ck_assert_int_eq(mha_weights_save(&w, dir), 0);
+    ck_assert_msg(mha_weights_load(dir, 3, &back) == 0, "%s", error_message());
+    ck_assert_int_eq(back.C, 12);
+    ck_assert_int_eq(back.H, 3);
+    ck_assert_int_eq(back.D, 4);
+    ck_assert_int_eq(memcmp(w.wk, back.wk, 12 * 12 * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(w.wo, back.wo, 12 * 12 * sizeof(float)), 0);
+    mha_weights_free(&back);
+    /* H must split the rows into whole heads */
+    ck_assert_int_eq(mha_weights_load(dir, 5, &back), -1);
+    ck_assert_ptr_nonnull(strstr(error_message(), "not H = 5 heads"));
+    /* a wo of the wrong shape is named */
+    char path[4300];
+    snprintf(path, sizeof path, "%s/wo.npy", dir);
+    ck_assert_int_eq(npy_write(path, NPY_F32, 2, (size_t[]){12, 6}, w.wo), 0);
+    ck_assert_int_eq(mha_weights_load(dir, 3, &back), -1);
+    ck_assert_ptr_nonnull(strstr(error_message(), "wo.npy: shape (12, 6), expected (12, 12)"));
+    mha_weights_free(&w);
+}
+END_TEST
+
 /* ==== common/: matmul ============================================================================ */
 
 START_TEST(test_matmul_against_triple_loop)
@@ -413,8 +444,6 @@ START_TEST(test_matmul_against_triple_loop)
 END_TEST
 
 /* ==== common/: .npy files ========================================================================= */
-
-static char tmp[4096];
 
 static void tmp_setup(void) { temp_dir_create(tmp, sizeof tmp); }
 static void tmp_teardown(void) { temp_dir_remove(tmp); }
@@ -699,7 +728,7 @@ START_TEST(test_attn_command_bad_input)
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", "/nonexistent/dir/o.npy"}, "cannot create"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--device", "tpu"}, "must be one of"},
         {{"transmogrify"}, "unknown subcommand 'transmogrify'"},
-        {{"verify", "--kernel", "5"}, "out of range"},
+        {{"verify", "--kernel", "5"}, "has kernels 1..2"},
         {{"bench", "--max-t", "7"}, "out of range"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--device", gpu ? "cpu" : "cuda"},
          gpu ? NULL : "no usable GPU"},
@@ -724,8 +753,8 @@ START_TEST(test_help_everywhere)
 {
     char prog[4200];
     program_path(prog, sizeof prog, "01_mha");
-    const char *subs[] = {NULL, "attn", "verify", "bench"};
-    for (int i = 0; i < 4; i++) {
+    const char *subs[] = {NULL, "attn", "verify", "bench", "init-weights"};
+    for (int i = 0; i < 5; i++) {
         const char *argv[] = {prog, subs[i] ? subs[i] : "--help", subs[i] ? "--help" : NULL, NULL};
         ProcResult r;
         ck_assert_int_eq(run_program(&r, argv), 0);
@@ -833,6 +862,8 @@ static Suite *mha_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("layer");
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_weights_save_load);
     tcase_add_test(tc, test_split_merge_heads_round_trip);
     tcase_add_test(tc, test_layer_matches_explicit_projections);
     suite_add_tcase(s, tc);

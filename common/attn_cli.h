@@ -64,4 +64,17 @@ int attn_visible_keys(int t, int T, int S, int causal);
 #ifdef __cplusplus
 }
 #endif
+
+#ifdef __CUDACC__
+/* The same rule on the GPU, for every chapter's kernels. */
+static __device__ __forceinline__ int attn_visible_keys_device(int t, int T, int S, int causal)
+{
+    if (!causal)
+        return S;
+    long long last = (long long)t + S - T;
+    if (last < 0)
+        return 0;
+    return last + 1 < S ? (int)(last + 1) : S;
+}
+#endif
 #endif

@@ -20,6 +20,11 @@ static int cmp_double(const void *a, const void *b)
 
 BenchTiming bench_time(BenchFn fn, void *ctx, int warmup, int repeats, double budget_s)
 {
+    return bench_time_setup(fn, NULL, ctx, warmup, repeats, budget_s);
+}
+
+BenchTiming bench_time_setup(BenchFn fn, BenchFn setup, void *ctx, int warmup, int repeats, double budget_s)
+{
     double t[BENCH_MAX_RUNS];
     double spent = 0.0;
     int n = 0;
@@ -27,9 +32,14 @@ BenchTiming bench_time(BenchFn fn, void *ctx, int warmup, int repeats, double bu
         repeats = 1;
     if (repeats > BENCH_MAX_RUNS)
         repeats = BENCH_MAX_RUNS;
-    for (int i = 0; i < warmup; i++)
+    for (int i = 0; i < warmup; i++) {
+        if (setup)
+            setup(ctx);
         fn(ctx);
+    }
     while (n < repeats) {
+        if (setup)
+            setup(ctx);
         double t0 = timer_now();
         fn(ctx);
         t[n] = timer_now() - t0;
@@ -40,6 +50,23 @@ BenchTiming bench_time(BenchFn fn, void *ctx, int warmup, int repeats, double bu
     qsort(t, (size_t)n, sizeof t[0], cmp_double);
     BenchTiming r = {n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]), t[0], t[n - 1], n};
     return r;
+}
+
+void cache_flush(void *unused)
+{
+    static unsigned char *buf;
+    static size_t size;
+    (void)unused;
+    if (!buf) {
+        long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        size = 2 * (l3 > 0 ? (size_t)l3 : (size_t)32 << 20);
+        buf = malloc(size); /* not mem_alloc: it is not part of what benchmarks measure */
+        if (!buf)
+            return;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < size; i += 64)
+        buf[i]++;
 }
 
 int tsv_open(Tsv *t, const char *out_path, const char *dat_path)

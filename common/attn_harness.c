@@ -1,0 +1,255 @@
+/* attn_harness.c: the chapter-independent half of every chapter program (see attn_harness.h). */
+#include "attn_harness.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "args.h"
+#include "compare.h"
+#include "error.h"
+#include "rng.h"
+#if HAVE_CUDA
+#include "cuda_utils.h"
+#endif
+
+size_t attn_q_count(const AttnDims *d) { return (size_t)d->B * (size_t)d->H * (size_t)d->T * (size_t)d->D; }
+
+size_t attn_kv_count(const AttnDims *d) { return (size_t)d->B * (size_t)d->Hkv * (size_t)d->S * (size_t)d->D; }
+
+void attn_random_inputs(const AttnDims *d, uint64_t seed, Tensor *q, Tensor *k, Tensor *v)
+{
+    Rng rng;
+    rng_seed(&rng, seed);
+    *q = tensor_zeros(4, (size_t[]){(size_t)d->B, (size_t)d->H, (size_t)d->T, (size_t)d->D}, "q (B, H, T, D)");
+    *k = tensor_zeros(4, (size_t[]){(size_t)d->B, (size_t)d->Hkv, (size_t)d->S, (size_t)d->D}, "k (B, Hkv, S, D)");
+    *v = tensor_zeros(4, (size_t[]){(size_t)d->B, (size_t)d->Hkv, (size_t)d->S, (size_t)d->D}, "v (B, Hkv, S, D)");
+    tensor_fill_normal(q, &rng, 0.0f, 1.0f);
+    tensor_fill_normal(k, &rng, 0.0f, 1.0f);
+    tensor_fill_normal(v, &rng, 0.0f, 1.0f);
+}
+
+int attn_impl_count(const AttnImpls *im, Device dev) { return dev == DEVICE_CUDA ? im->n_cuda : im->n_cpu; }
+
+const char *attn_impl_name(const AttnImpls *im, Device dev, int kernel)
+{
+    if (dev == DEVICE_CUDA)
+        return im->cuda_name ? im->cuda_name(kernel) : NULL;
+    return im->cpu_name(kernel);
+}
+
+/* ==== running and timing ========================================================================= */
+
+int attn_run_host(const AttnImpls *im, Device dev, int kernel, const AttnDims *d, const float *q, const float *k,
+                  const float *v, float *out)
+{
+#if HAVE_CUDA
+    if (dev == DEVICE_CUDA) {
+        if (!im->cuda)
+            return error_set("%s has no CUDA version", im->prog);
+        const size_t qb = attn_q_count(d) * sizeof(float), kb = attn_kv_count(d) * sizeof(float);
+        float *d_q = cuda_alloc(qb), *d_k = cuda_alloc(kb), *d_v = cuda_alloc(kb), *d_o = cuda_alloc(qb);
+        cuda_upload(d_q, q, qb), cuda_upload(d_k, k, kb), cuda_upload(d_v, v, kb);
+        int rc = im->cuda(kernel, d, d_q, d_k, d_v, d_o);
+        if (rc == 0)
+            cuda_download(out, d_o, qb);
+        cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
+        return rc;
+    }
+#endif
+    if (dev == DEVICE_CUDA)
+        return error_set("%s: this build has no CUDA", im->prog);
+    return im->cpu(kernel, d, q, k, v, out);
+}
+
+typedef struct {
+    const AttnImpls *im;
+    Device dev;
+    int kernel;
+    const AttnDims *d;
+    const float *q, *k, *v; /* host or device pointers */
+    float *out;
+    int rc;
+} TimedCall;
+
+static void timed_call(void *ctx)
+{
+    TimedCall *c = ctx;
+#if HAVE_CUDA
+    if (c->dev == DEVICE_CUDA) {
+        c->rc = c->im->cuda(c->kernel, c->d, c->q, c->k, c->v, c->out);
+        cuda_sync();
+        return;
+    }
+#endif
+    c->rc = c->im->cpu(c->kernel, c->d, c->q, c->k, c->v, c->out);
+}
+
+AttnTiming attn_time(const AttnImpls *im, Device dev, int kernel, const AttnDims *d, const Tensor *q,
+                     const Tensor *k, const Tensor *v, int repeats, double budget_s, int cold_cache)
+{
+    AttnTiming r = {{0, 0, 0, 0}, 0, 0};
+    float *h_out = mem_alloc_or_die(tensor_bytes(q), "output (B, H, T, D)");
+    TimedCall c = {im, dev, kernel, d, q->data, k->data, v->data, h_out, 0};
+#if HAVE_CUDA
+    float *d_q = NULL, *d_k = NULL, *d_v = NULL, *d_o = NULL;
+    if (dev == DEVICE_CUDA) {
+        d_q = cuda_alloc(tensor_bytes(q)), d_k = cuda_alloc(tensor_bytes(k));
+        d_v = cuda_alloc(tensor_bytes(v)), d_o = cuda_alloc(tensor_bytes(q));
+        cuda_upload(d_q, q->data, tensor_bytes(q)), cuda_upload(d_k, k->data, tensor_bytes(k));
+        cuda_upload(d_v, v->data, tensor_bytes(v));
+        c.q = d_q, c.k = d_k, c.v = d_v, c.out = d_o;
+    }
+#endif
+    size_t before = mem_current_bytes();
+    mem_reset_peak();
+    r.time = bench_time_setup(timed_call, cold_cache && dev == DEVICE_CPU ? cache_flush : NULL, &c, 1, repeats,
+                              budget_s);
+    r.peak_bytes = dev == DEVICE_CPU ? mem_peak_bytes() - before : 0;
+    r.rc = c.rc;
+#if HAVE_CUDA
+    if (dev == DEVICE_CUDA)
+        cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
+#endif
+    mem_free(h_out);
+    return r;
+}
+
+/* ==== attn ====================================================================================== */
+
+int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv)
+{
+    AttnArgs a;
+    AttnInputs in;
+    Device dev;
+    attn_args_parse(&a, im->prog, summary, argc, argv);
+    if (device_resolve(a.device, &dev) != 0)
+        die_with_error();
+    if (a.kernel > attn_impl_count(im, dev))
+        die("--kernel %d: %s has %s kernels 1..%d", a.kernel, im->prog, device_name(dev), attn_impl_count(im, dev));
+    if (attn_inputs_load(&a, im->heads, &in) != 0)
+        die_with_error();
+    AttnDims d = {in.B, in.H, in.Hkv, in.T, in.S, in.D, a.causal, in.scale};
+    float *out = mem_alloc(tensor_bytes(&in.q), "the output (B, H, T, D)");
+    if (!out || attn_run_host(im, dev, a.kernel, &d, in.q.data, in.k.data, in.v.data, out) != 0 ||
+        attn_output_save(&a, &in, out) != 0)
+        die_with_error();
+    fprintf(stderr, "%s attn: B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d scale=%g on %s (kernel %s) -> %s\n", im->prog,
+            in.B, in.H, in.Hkv, in.T, in.S, in.D, a.causal, (double)in.scale, device_name(dev),
+            attn_impl_name(im, dev, a.kernel), a.out_path);
+    mem_free(out);
+    attn_inputs_free(&in);
+    return 0;
+}
+
+/* ==== verify ==================================================================================== */
+
+/* Small integers for q and k, so that every logit is an exact integer whatever the order of the
+ * sum: about +-1e4 (extreme = 1), or all about -1e4 (extreme = 2). */
+static void extreme_logits(Tensor *q, Tensor *k, int extreme, Rng *rng)
+{
+    for (size_t i = 0; i < q->numel; i++)
+        q->data[i] = extreme == 2 ? 100.0f : (float)((int)rng_below(rng, 21) - 10) * 10.0f;
+    for (size_t i = 0; i < k->numel; i++)
+        k->data[i] = extreme == 2 ? -(float)(1 + rng_below(rng, 3)) : (float)((int)rng_below(rng, 21) - 10) * 10.0f;
+}
+
+void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *device, int only_kernel, int have_gpu,
+                      const AttnDims *d, uint64_t seed, int extreme)
+{
+    Tensor q, k, v;
+    attn_random_inputs(d, seed, &q, &k, &v);
+    if (extreme) {
+        Rng rng;
+        rng_seed(&rng, seed + 1);
+        extreme_logits(&q, &k, extreme, &rng);
+    }
+    float *ref = mem_alloc_or_die(tensor_bytes(&q), "reference output");
+    float *out = mem_alloc_or_die(tensor_bytes(&q), "output");
+    if (im->ref(1, d, q.data, k.data, v.data, ref) != 0)
+        die_with_error();
+    const char *what = extreme == 1 ? " logits~+-1e4" : extreme == 2 ? " logits~-1e4" : "";
+    for (int di = 0; di < 2; di++) {
+        Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
+        if ((dev == DEVICE_CUDA && (!have_gpu || strcmp(device, "cpu") == 0)) ||
+            (dev == DEVICE_CPU && strcmp(device, "cuda") == 0))
+            continue;
+        for (int kern = 1; kern <= attn_impl_count(im, dev); kern++) {
+            if ((only_kernel && kern != only_kernel) || (dev == DEVICE_CPU && kern == 1))
+                continue; /* CPU kernel 1 is the reference itself */
+            char label[192];
+            snprintf(label, sizeof label, "%s %-8s B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d%s", device_name(dev),
+                     attn_impl_name(im, dev, kern), d->B, d->H, d->Hkv, d->T, d->S, d->D, d->causal, what);
+            memset(out, 0xff, tensor_bytes(&q)); /* NaN: every output element must be written */
+            int rc = attn_run_host(im, dev, kern, d, q.data, k.data, v.data, out);
+            CompareResult r = compare_f32(label, out, ref, q.numel, 1e-5, 1e-4, rc == 0 ? 3 : 0);
+            if (rc != 0)
+                fprintf(stderr, "%s: %s\n", label, error_message());
+            verify_record(tally, rc == 0 && r.n_bad == 0, "%s  max_abs_err=%.2e", label, r.max_abs_err);
+        }
+    }
+    mem_free(ref), mem_free(out);
+    tensor_free(&q), tensor_free(&k), tensor_free(&v);
+}
+
+int attn_verify_command(const AttnImpls *im, int argc, char **argv)
+{
+    const char *device = "auto";
+    int kernel = 0, quick = 0, verbose = 0;
+    char name[96], summary[1024];
+    ArgSpec specs[] = {
+        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
+         .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
+        {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N",
+         .min = 1, .max = 9},
+        {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
+        {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
+    };
+    snprintf(name, sizeof name, "%s verify", im->prog);
+    snprintf(summary, sizeof summary,
+             "Checks every attention version of %s against its CPU reference (kernel 1) on the shape grid of\n"
+             "design.md §5: T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80, 128},\n"
+             "%s, causal and not, plus logits of +-1e4 and rows of very\n"
+             "negative logits. Tolerance: atol 1e-5, rtol 1e-4. Ends with 'N passed, N failed'.",
+             im->prog, im->heads == ATTN_HEADS_EQUAL ? "H in {1, 4, 8} (Hkv = H)" : "H:Hkv in {1:1, 4:1, 8:1, 9:3, 8:2}");
+    ArgCommand cmd = {name, "[options]", summary, specs, 4};
+    args_parse_or_exit(&cmd, argc, argv);
+    int n_max = im->n_cpu > im->n_cuda ? im->n_cpu : im->n_cuda;
+    if (kernel > n_max)
+        die("--kernel %d: %s has kernels 1..%d", kernel, im->prog, n_max);
+
+    char why[256];
+    int have_gpu = device_cuda_available(why, sizeof why) && im->cuda;
+    if (strcmp(device, "cuda") == 0 && !have_gpu)
+        die("--device cuda: no usable GPU: %s", why);
+    if (!have_gpu && strcmp(device, "cpu") != 0)
+        printf("CUDA versions skipped: %s\n", why);
+
+    VerifyTally tally = {0, 0, verbose};
+    uint64_t seed = 1;
+    int n_case = 0;
+    for (int i = 0; i < VERIFY_N_LENGTHS; i++)
+        for (int j = 0; j < VERIFY_N_LENGTHS; j++)
+            for (int causal = 0; causal <= 1; causal++, n_case++) {
+                int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
+                if (quick && (T > 129 || S > 129))
+                    continue;
+                int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2, H, Hkv;
+                if (im->heads == ATTN_HEADS_EQUAL) {
+                    H = Hkv = (int[]){1, 4, 8}[n_case % 3];
+                } else {
+                    H = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][0];
+                    Hkv = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][1];
+                }
+                if ((double)T * S * H * B > 3e5) /* keep the reference quick on big shapes */
+                    B = 1, H = im->heads == ATTN_HEADS_EQUAL ? 1 : 2, Hkv = 1;
+                AttnDims d = {B, H, Hkv, T, S, D, causal, 1.0f / sqrtf((float)D)};
+                attn_verify_case(&tally, im, device, kernel, have_gpu, &d, seed++, 0);
+            }
+    for (int extreme = 1; extreme <= 2; extreme++)
+        for (int causal = 0; causal <= 1; causal++) {
+            AttnDims d = {2, im->heads == ATTN_HEADS_EQUAL ? 3 : 6, 3, 33, 65, 64, causal, 1.0f};
+            attn_verify_case(&tally, im, device, kernel, have_gpu, &d, seed++, extreme);
+        }
+    return verify_finish(&tally);
+}

@@ -1,0 +1,94 @@
+/*
+ * attn_harness.h: running, timing and verifying a chapter's attention versions, whatever the
+ * chapter. A chapter describes its versions once, as an AttnImpls table (a CPU entry point, a
+ * CUDA entry point, their names), and gets from here:
+ *
+ *   attn_command      the `attn` subcommand of design.md §4, end to end
+ *   attn_verify_command  the `verify` subcommand: every version against the chapter's reference
+ *                     on the grid of design.md §5, ending with "N passed, N failed"
+ *   attn_run_host     one call with host buffers on either device (copies to and from the GPU)
+ *   attn_time         a timed call with the inputs already on the device
+ *
+ * Shape key: q and out (B, H, T, D); k and v (B, Hkv, S, D); query head h reads kv head
+ * h / (H / Hkv) (chapter 01: Hkv = H).
+ */
+#ifndef COMMON_ATTN_HARNESS_H
+#define COMMON_ATTN_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn_cli.h"
+#include "bench.h"
+#include "device.h"
+#include "tensor.h"
+#include "verify.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int B, H, Hkv, T, S, D;
+    int causal; /* bottom-right */
+    float scale;
+} AttnDims;
+
+/* One attention call: kernel 1..n (0 = the fastest). CPU entry points take host pointers,
+ * CUDA entry points device pointers. 0, or -1 with an error recorded. */
+typedef int (*AttnFn)(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out);
+typedef const char *(*AttnNameFn)(int kernel);
+
+typedef struct {
+    const char *prog;     /* "01_mha": names in messages */
+    AttnFn ref;           /* the chapter's CPU reference (its kernel 1 usually) */
+    AttnFn cpu;           /* CPU versions */
+    AttnNameFn cpu_name;
+    int n_cpu;
+    AttnFn cuda;          /* CUDA versions; NULL in a build without CUDA */
+    AttnNameFn cuda_name;
+    int n_cuda;
+    AttnHeadRule heads;   /* which H:Hkv the chapter accepts */
+} AttnImpls;
+
+size_t attn_q_count(const AttnDims *d);  /* B*H*T*D */
+size_t attn_kv_count(const AttnDims *d); /* B*Hkv*S*D */
+
+/* q, k, v ~ N(0, 1) from `seed`, allocated here (tensor_free them). */
+void attn_random_inputs(const AttnDims *d, uint64_t seed, Tensor *q, Tensor *k, Tensor *v);
+
+int attn_impl_count(const AttnImpls *im, Device dev);
+const char *attn_impl_name(const AttnImpls *im, Device dev, int kernel);
+
+/* Host buffers in and out, on either device. */
+int attn_run_host(const AttnImpls *im, Device dev, int kernel, const AttnDims *d, const float *q, const float *k,
+                  const float *v, float *out);
+
+typedef struct {
+    BenchTiming time;
+    size_t peak_bytes; /* CPU: the most memory the call held (allocator); GPU: 0 */
+    int rc;
+} AttnTiming;
+
+/* One warm-up, then up to `repeats` runs within budget_s, inputs uploaded first when dev is the
+ * GPU. cold_cache: the CPU caches are flushed before every run (decode: the KV cache comes
+ * from DRAM, as in a model whose other layers evicted it). */
+AttnTiming attn_time(const AttnImpls *im, Device dev, int kernel, const AttnDims *d, const Tensor *q,
+                     const Tensor *k, const Tensor *v, int repeats, double budget_s, int cold_cache);
+
+/* `attn`: parse, load and check, run, save. Returns the exit status. */
+int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv);
+
+/* `verify`: the grid of design.md §5 with the H:Hkv ratios the chapter accepts, plus logits of
+ * +-1e4 and rows of very negative logits. Returns the exit status. */
+int attn_verify_command(const AttnImpls *im, int argc, char **argv);
+
+/* Checks every selected version on one problem against im->ref; records each in the tally.
+ * extreme: 0 random, 1 logits ~ +-1e4, 2 every logit ~ -1e4 (integers: exact in any order). */
+void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *device, int only_kernel, int have_gpu,
+                      const AttnDims *d, uint64_t seed, int extreme);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
