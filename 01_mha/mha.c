@@ -8,8 +8,9 @@
  *   v1 mha_attention_ref: the definition as plain loops -- the reference everything is checked
  *      against. About 1 GFLOP/s: the dot products run one multiply-add at a time.
  *   v2 mha_attention_omp: the same arithmetic organised for the machine: blocks of 32 query rows
- *      are OpenMP tasks, QKᵀ and PV go through common/matmul's register-blocked kernel, and a
- *      causal block stops at the last key its last row can see. 10-30x faster than v1 on the
+ *      are OpenMP tasks, QKᵀ and PV go through common/matmul's register-blocked kernel, exp runs
+ *      eight lanes at a time (common/vmath.h), and a causal block stops at the last key its last
+ *      row can see. 10-30x faster than v1 on the
  *      2-core machine of docs/01_mha.md (`build/bin/01_mha bench` measures it); it still writes
  *      every score of the (B, H, T, S) matrix.
  *
@@ -27,6 +28,7 @@
 #include "common/npy.h"
 #include "common/paths.h"
 #include "common/tensor.h"
+#include "common/vmath.h"
 
 size_t mha_scores_bytes(const MhaShape *s)
 {
@@ -104,11 +106,7 @@ void mha_softmax_row(float *x, size_t n, size_t width, float scale)
 #pragma omp simd reduction(max : m)
     for (size_t j = 0; j < n; j++)
         m = x[j] * scale > m ? x[j] * scale : m; /* not fmaxf: without -ffast-math it is a libm call */
-    float sum = 0.0f;
-    for (size_t j = 0; j < n; j++) {
-        x[j] = expf(x[j] * scale - m);
-        sum += x[j];
-    }
+    const float sum = vexp_scaled_sum(x, n, scale, m); /* eight exps at a time (common/vmath.h) */
     const float inv = n ? 1.0f / sum : 0.0f;
 #pragma omp simd
     for (size_t j = 0; j < n; j++)

@@ -26,6 +26,7 @@
 #include "common/tensor.h"
 #include "common/testing.h"
 #include "common/verify.h"
+#include "common/vmath.h"
 #if HAVE_CUDA
 #include "common/cuda_utils.h"
 #endif
@@ -54,39 +55,10 @@ static void problem_free(Problem *p) { free(p->q), free(p->k), free(p->v), free(
 
 static size_t n_out(const MhaShape *s) { return (size_t)s->B * s->H * s->T * s->D; }
 
-/* An independent float64 implementation of the contract, written from design.md §4. */
-static void attention_f64(const MhaShape *s, const float *q, const float *k, const float *v, double *out)
+/* The float64 oracle (common/testing.c) on an MHA problem. */
+static void mha_f64(const MhaShape *s, const float *q, const float *k, const float *v, double *out)
 {
-    const int T = s->T, S = s->S, D = s->D;
-    double *w = malloc((size_t)S * sizeof(double));
-    for (size_t bh = 0; bh < (size_t)s->B * s->H; bh++)
-        for (int t = 0; t < T; t++) {
-            double m = -INFINITY, sum = 0.0;
-            int any = 0;
-            for (int j = 0; j < S; j++) {
-                int visible = !s->causal || j <= t + (S - T);
-                w[j] = -INFINITY;
-                if (!visible)
-                    continue;
-                double dot = 0.0;
-                for (int d = 0; d < D; d++)
-                    dot += (double)q[(bh * T + t) * D + d] * (double)k[(bh * S + j) * D + d];
-                w[j] = dot * s->scale;
-                m = fmax(m, w[j]);
-                any = 1;
-            }
-            for (int j = 0; j < S; j++) {
-                w[j] = any && w[j] != -INFINITY ? exp(w[j] - m) : 0.0;
-                sum += w[j];
-            }
-            for (int d = 0; d < D; d++) {
-                double acc = 0.0;
-                for (int j = 0; j < S; j++)
-                    acc += w[j] * (double)v[(bh * S + j) * D + d];
-                out[(bh * T + t) * D + d] = any ? acc / sum : 0.0;
-            }
-        }
-    free(w);
+    attention_f64(s->B, s->H, s->H, s->T, s->S, s->D, s->causal, s->scale, q, k, v, out);
 }
 
 /* Every CPU kernel must give `expected` (float64) on problem p within atol/rtol. */
@@ -172,7 +144,7 @@ START_TEST(test_single_query)
     for (int causal = 0; causal <= 1; causal++) {
         Problem p = problem_new(1, 2, 1, 23, 12, causal, 14);
         double *expected = malloc(n_out(&p.s) * sizeof(double));
-        attention_f64(&p.s, p.q, p.k, p.v, expected);
+        mha_f64(&p.s, p.q, p.k, p.v, expected);
         check_all_cpu_kernels(&p, expected, ATOL, RTOL, "T = 1");
         free(expected);
         problem_free(&p);
@@ -242,7 +214,7 @@ START_TEST(test_extreme_logits_stay_finite)
         for (int i = 0; i < 2 * S * D; i++)
             p.k[i] = all_negative ? -(float)(1 + i % 3) * 10.0f : (float)((i * 5) % 21 - 10) * 10.0f;
         double *expected = malloc(n_out(&p.s) * sizeof(double));
-        attention_f64(&p.s, p.q, p.k, p.v, expected);
+        mha_f64(&p.s, p.q, p.k, p.v, expected);
         check_all_cpu_kernels(&p, expected, ATOL, RTOL, all_negative ? "logits ~ -1e4" : "logits ~ +-1e4");
         for (size_t i = 0; i < n_out(&p.s); i++)
             ck_assert(isfinite(p.out[i]));
@@ -316,7 +288,7 @@ START_TEST(test_reference_matches_float64)
         const int *sh = shapes[i];
         Problem p = problem_new(sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], 200 + (uint64_t)i);
         double *expected = malloc(n_out(&p.s) * sizeof(double));
-        attention_f64(&p.s, p.q, p.k, p.v, expected);
+        mha_f64(&p.s, p.q, p.k, p.v, expected);
         check_all_cpu_kernels(&p, expected, ATOL, RTOL, "odd shape vs float64");
         free(expected);
         problem_free(&p);
@@ -439,6 +411,43 @@ START_TEST(test_matmul_against_triple_loop)
         matmul_nn(out, a, bt, M, N, K);
         ck_assert_msg(compare_f32("matmul_nn", out, ref, M * N, ATOL, RTOL, 3).n_bad == 0, "nn %zux%zux%zu", M, N, K);
         free(a), free(b), free(bt), free(out), free(ref);
+    }
+}
+END_TEST
+
+/* ==== common/: the vectorised exp ================================================================ */
+
+START_TEST(test_vexp_against_libm)
+{
+    /* relative error within 4e-7 (a few ulp) over the range a softmax uses and beyond; exactly 0
+     * below -87.34 (no denormals); e^88 at the top, where larger inputs are clamped */
+    double worst = 0.0;
+    for (int i = 0; i <= 200000; i++) {
+        float x = -87.3f + (float)i * (88.0f + 87.3f) / 200000.0f;
+        f32x8 v = vexp_f32x8(F32X8(x));
+        double ref = exp((double)x), rel = fabs(v[3] - ref) / ref;
+        worst = rel > worst ? rel : worst;
+    }
+    ck_assert_msg(worst < 4e-7, "worst relative error %g", worst);
+    f32x8 low = vexp_f32x8((f32x8){-87.4f, -100.0f, -1e4f, -1e30f, -INFINITY, 0.0f, 88.0f, 1e4f});
+    for (int l = 0; l < 5; l++)
+        ck_assert_float_eq(low[l], 0.0f);
+    ck_assert_float_eq(low[5], 1.0f);
+    ck_assert_double_eq_tol(low[6], exp(88.0), exp(88.0) * 4e-7);
+    ck_assert_float_eq(low[7], low[6]);
+    /* the scaled-sum helper, tail lanes included: every length 0..19 */
+    for (size_t n = 0; n < 20; n++) {
+        float x[20], y[20];
+        double sum = 0.0;
+        for (size_t j = 0; j < n; j++)
+            x[j] = y[j] = (float)j * 0.7f - 3.0f;
+        float got = vexp_scaled_sum(x, n, 0.5f, 1.25f);
+        for (size_t j = 0; j < n; j++) {
+            double e = exp(0.5 * y[j] - 1.25);
+            ck_assert_double_eq_tol(x[j], e, e * 4e-7);
+            sum += e;
+        }
+        ck_assert_double_eq_tol(got, sum, sum * 1e-6 + 1e-30);
     }
 }
 END_TEST
@@ -665,7 +674,7 @@ START_TEST(test_attn_command_matches_float64)
             ck_assert_msg(npy_read_tensor(op, 4, &o) == 0, "%s", error_message());
             ck_assert_uint_eq(o.numel, n_out(&p.s));
             double *expected = malloc(o.numel * sizeof(double));
-            attention_f64(&p.s, p.q, p.k, p.v, expected);
+            mha_f64(&p.s, p.q, p.k, p.v, expected);
             CompareResult c = compare_f32_f64("attn command", o.data, expected, o.numel, ATOL, RTOL, 5);
             ck_assert_msg(c.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, c.n_bad);
             free(expected);
@@ -871,6 +880,7 @@ static Suite *mha_suite(void)
     tc = tcase_create("common");
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_matmul_against_triple_loop);
+    tcase_add_test(tc, test_vexp_against_libm);
     tcase_add_test(tc, test_npy_round_trip);
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_tensor_rank_and_dtype);

@@ -29,7 +29,7 @@ BenchTiming bench_time(BenchFn fn, void *ctx, int warmup, int repeats, double bu
 /* bench_time with `setup(ctx)` run, untimed, before every run (warm-ups included). */
 BenchTiming bench_time_setup(BenchFn fn, BenchFn setup, void *ctx, int warmup, int repeats, double budget_s);
 
-/* Pushes everything out of the CPU caches by writing a buffer of twice the last-level cache
+/* Pushes everything out of the CPU caches by reading a buffer of twice the last-level cache
  * (from sysconf; 64 MiB if unknown) on all threads. As a setup function, it makes a benchmark
  * read its data from DRAM, as a decode step does when the other layers evicted its KV cache. */
 void cache_flush(void *unused);

@@ -6,11 +6,13 @@
  * Each step loads 16 floats of b and 6 of a for 96 multiply-adds, so it is limited by the FMA
  * units rather than by memory. The panel of b (K x 16 floats) is first copied to a contiguous
  * buffer: it then stays in L1/L2 while all rows of a pass over it, and rows of b that are a
- * power of two apart no longer collide in the same cache sets. Leftover rows take a one-row
- * version of the kernel, a partial last panel a plain loop. The chapter 01 lesson prints the
+ * power of two apart no longer collide in the same cache sets. Leftover rows (fewer than 6) run
+ * the same kernel with rows repeated; a partial last panel takes a plain loop. The chapter 01 lesson prints the
  * speed of a product of the layer's shape against the machine's measured FMA peak.
- * matmul_nt transposes b once and reuses matmul_nn, except for a few rows (a decode step),
- * where dot products along K are cheaper than the transpose.
+ * matmul_nt uses the same kernel; its panels are 16 rows of b copied transposed, so b is read
+ * once, row by row, with no separate transpose pass (a decode step reads K this way). With
+ * fewer than 6 rows of a, both products skip the panels: matmul_nt takes plain dot products,
+ * matmul_nn adds rows of b into the outputs (axpy); either way b is read once, in order.
  */
 #include "matmul.h"
 
@@ -18,6 +20,7 @@
 #include <string.h>
 
 #include "tensor.h"
+#include "vmath.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -26,18 +29,18 @@
 #define MR 6  /* rows of out per micro-kernel call */
 #define NR 16 /* columns of out per micro-kernel call */
 
-/* Eight floats that the compiler keeps in one vector register (one AVX ymm register; two SSE
- * registers without AVX). GCC's vector extension, so the micro-kernel needs no intrinsics.
- * aligned(4): loads and stores through it may be unaligned. */
-typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
 
-/* out[0..MR) x [0..NR) = a[0..MR) x [0..K) · b[0..K) x [0..NR), the 6 x 16 block of out in
- * twelve named accumulators so that they stay in registers (12 of AVX2's 16). */
-static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t K)
+/* out[0..rows) x [0..NR) = a[0..rows) x [0..K) · b[0..K) x [0..NR), rows <= MR, the 6 x 16 block
+ * of out in twelve named accumulators so that they stay in registers (12 of AVX2's 16).
+ * With fewer than 6 rows the missing ones recompute row 0 and are not stored: wasted
+ * multiply-adds at full speed beat a narrower kernel that waits on FMA latency. */
+static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t K,
+                        size_t rows)
 {
     f32x8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
     f32x8 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
+    const float *a0 = a, *a1 = rows > 1 ? a + lda : a, *a2 = rows > 2 ? a + 2 * lda : a;
+    const float *a3 = rows > 3 ? a + 3 * lda : a, *a4 = rows > 4 ? a + 4 * lda : a, *a5 = rows > 5 ? a + 5 * lda : a;
     for (size_t k = 0; k < K; k++) {
         const f32x8 b0 = *(const f32x8 *)(b + k * ldb);
         const f32x8 b1 = *(const f32x8 *)(b + k * ldb + 8);
@@ -48,28 +51,10 @@ static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, cons
         c40 += a4[k] * b0, c41 += a4[k] * b1;
         c50 += a5[k] * b0, c51 += a5[k] * b1;
     }
-    f32x8 *o;
-    o = (f32x8 *)(out), o[0] = c00, o[1] = c01;
-    o = (f32x8 *)(out + ldo), o[0] = c10, o[1] = c11;
-    o = (f32x8 *)(out + 2 * ldo), o[0] = c20, o[1] = c21;
-    o = (f32x8 *)(out + 3 * ldo), o[0] = c30, o[1] = c31;
-    o = (f32x8 *)(out + 4 * ldo), o[0] = c40, o[1] = c41;
-    o = (f32x8 *)(out + 5 * ldo), o[0] = c50, o[1] = c51;
-}
-
-/* Fewer than MR rows of a full 16-column panel, one row at a time, its 16 outputs in two
- * vector registers (latency-bound, but far better than going through memory each step). */
-static void kernel_rows_x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb,
-                            size_t rows, size_t K)
-{
+    const f32x8 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     for (size_t r = 0; r < rows; r++) {
-        f32x8 c0 = {0}, c1 = {0};
-        const float *ar = a + r * lda;
-        for (size_t k = 0; k < K; k++) {
-            c0 += ar[k] * *(const f32x8 *)(b + k * ldb);
-            c1 += ar[k] * *(const f32x8 *)(b + k * ldb + 8);
-        }
-        *(f32x8 *)(out + r * ldo) = c0, *(f32x8 *)(out + r * ldo + 8) = c1;
+        f32x8 *o = (f32x8 *)(out + r * ldo);
+        o[0] = c[r][0], o[1] = c[r][1];
     }
 }
 
@@ -101,9 +86,37 @@ static int use_threads(size_t M, size_t N, size_t K)
 #endif
 }
 
+/* Fewer rows than the micro-kernel has: out_i += a[i][k] * (row k of b), k outer, so every row
+ * of b is read once for all rows of out (a decode step's P V). Threads split the columns. */
+static void matmul_nn_axpy(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                           size_t N, size_t K)
+{
+    const size_t CB = 256; /* columns per thread chunk */
+#pragma omp parallel for schedule(static) if (use_threads(M, N, K))
+    for (size_t j0 = 0; j0 < N; j0 += CB) {
+        const size_t cols = N - j0 < CB ? N - j0 : CB;
+        for (size_t i = 0; i < M; i++)
+            memset(out + i * ldo + j0, 0, cols * sizeof(float));
+        for (size_t k = 0; k < K; k++) {
+            const float *bk = b + k * ldb + j0;
+            for (size_t i = 0; i < M; i++) {
+                const float aik = a[i * lda + k];
+                float *o = out + i * ldo + j0;
+#pragma omp simd
+                for (size_t j = 0; j < cols; j++)
+                    o[j] += aik * bk[j];
+            }
+        }
+    }
+}
+
 void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K)
 {
+    if (M < MR) {
+        matmul_nn_axpy(out, ldo, a, lda, b, ldb, M, N, K);
+        return;
+    }
     const size_t n_panels = (N + NR - 1) / NR;
 #pragma omp parallel if (use_threads(M, N, K))
     {
@@ -118,9 +131,8 @@ void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
             if (cols == NR) {
                 for (size_t k = 0; k < K; k++)
                     memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
-                for (; i + MR <= M; i += MR)
-                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K);
-                kernel_rows_x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, M - i, K);
+                for (; i < M; i += MR)
+                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR);
             } else
                 kernel_edge(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, M - i, cols, K);
         }
@@ -143,33 +155,59 @@ void transpose(float *out, const float *in, size_t M, size_t N)
                     out[j * M + i] = in[i * N + j];
 }
 
-/* A few rows: each output is a dot product along K, vectorised by the compiler. */
-static void matmul_nt_dots(float *out, const float *a, const float *b, size_t M, size_t N, size_t K)
+/* Fewer rows than the micro-kernel has: each output is a dot product along K, reading every
+ * row of b once, in order (a decode step's single query row against a weight matrix). */
+static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                           size_t N, size_t K)
 {
 #pragma omp parallel for schedule(static) if (use_threads(M, N, K))
     for (size_t j = 0; j < N; j++) {
-        const float *bj = b + j * K;
+        const float *bj = b + j * ldb;
         for (size_t i = 0; i < M; i++) {
-            const float *ai = a + i * K;
+            const float *ai = a + i * lda;
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
             for (size_t k = 0; k < K; k++)
                 sum += ai[k] * bj[k];
-            out[i * N + j] = sum;
+            out[i * ldo + j] = sum;
         }
+    }
+}
+
+void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                  size_t N, size_t K)
+{
+    if (M < MR) {
+        matmul_nt_dots(out, ldo, a, lda, b, ldb, M, N, K);
+        return;
+    }
+    const size_t n_panels = (N + NR - 1) / NR;
+#pragma omp parallel if (use_threads(M, N, K))
+    {
+        /* 16 rows of b, transposed into a K x 16 panel: each row of b is read once, in order */
+        float *packed = mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)");
+#pragma omp for schedule(static)
+        for (size_t p = 0; p < n_panels; p++) {
+            const size_t j0 = p * NR;
+            const size_t cols = N - j0 < NR ? N - j0 : NR;
+            for (size_t c = 0; c < NR; c++)
+                for (size_t k = 0; k < K; k++)
+                    packed[k * NR + c] = c < cols ? b[(j0 + c) * ldb + k] : 0.0f;
+            size_t i = 0;
+            if (cols == NR) {
+                for (; i < M; i += MR)
+                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR);
+            } else {
+                kernel_edge(out + j0, ldo, a, lda, packed, NR, M, cols, K);
+            }
+        }
+        mem_free(packed);
     }
 }
 
 void matmul_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K)
 {
-    if (M < 2 * MR) {
-        matmul_nt_dots(out, a, b, M, N, K);
-        return;
-    }
-    float *bt = mem_alloc_or_die(N * K * sizeof(float) + 1, "matmul_nt scratch (K, N)");
-    transpose(bt, b, N, K);
-    matmul_nn(out, a, bt, M, N, K);
-    mem_free(bt);
+    matmul_nt_ld(out, N, a, K, b, K, M, N, K);
 }
 
 void matmul_ref_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K)

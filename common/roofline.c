@@ -7,13 +7,13 @@
 
 #include "paths.h"
 #include "tensor.h"
+#include "vmath.h"
 #include "timer.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
 
 static int n_threads(void)
 {

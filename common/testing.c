@@ -3,6 +3,7 @@
 #include "testing.h"
 
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,4 +108,40 @@ void fill_normal(float *x, size_t n, uint64_t seed)
     rng_seed(&rng, seed);
     for (size_t i = 0; i < n; i++)
         x[i] = rng_normal(&rng);
+}
+
+void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, double scale, const float *q,
+                   const float *k, const float *v, double *out)
+{
+    double *w = malloc((size_t)(S > 0 ? S : 1) * sizeof(double));
+    for (size_t b = 0; b < (size_t)B; b++)
+        for (size_t h = 0; h < (size_t)H; h++) {
+            const size_t bh = b * H + h, bkv = b * Hkv + h / (size_t)(H / Hkv);
+            for (int t = 0; t < T; t++) {
+                double m = -INFINITY, sum = 0.0;
+                int any = 0;
+                for (int j = 0; j < S; j++) {
+                    w[j] = -INFINITY;
+                    if (causal && j > t + (S - T))
+                        continue;
+                    double dot = 0.0;
+                    for (int d = 0; d < D; d++)
+                        dot += (double)q[(bh * T + t) * D + d] * (double)k[(bkv * S + j) * D + d];
+                    w[j] = dot * scale;
+                    m = fmax(m, w[j]);
+                    any = 1;
+                }
+                for (int j = 0; j < S; j++) {
+                    w[j] = any && w[j] != -INFINITY ? exp(w[j] - m) : 0.0;
+                    sum += w[j];
+                }
+                for (int d = 0; d < D; d++) {
+                    double acc = 0.0;
+                    for (int j = 0; j < S; j++)
+                        acc += w[j] * (double)v[(bkv * S + j) * D + d];
+                    out[(bh * T + t) * D + d] = any ? acc / sum : 0.0;
+                }
+            }
+        }
+    free(w);
 }

@@ -43,6 +43,12 @@ void write_bytes(const char *path, const void *data, size_t n);
 
 void fill_normal(float *x, size_t n, uint64_t seed);
 
+/* The attention contract of design.md §4 in float64, written independently of every chapter:
+ * q (B, H, T, D), k and v (B, Hkv, S, D) -> out (B, H, T, D); query head h reads kv head
+ * h / (H / Hkv); bottom-right causal; a row that sees no key is 0. The tests' oracle. */
+void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, double scale, const float *q,
+                   const float *k, const float *v, double *out);
+
 #ifdef __cplusplus
 }
 #endif
