@@ -7,23 +7,24 @@ if (which eq 'lesson') {
     set title 'Chapter 02: sharing K/V heads (C=1024, H=16, D=64): decode time and conversion error'
     set xlabel 'key/value heads Hkv (16 = MHA, 1 = MQA)'
     set logscale x 2
-    set xrange [0.8:20] reverse
+    set xrange [0.8:20]
     set ylabel 'decode step, B=4, S=8192 (ms)'
     set y2label 'relative L2 error of the mean-pooled layer'
     set y2tics
     set ytics nomirror
     set yrange [0:*]
     set y2range [0:*]
-    set key top left
+    set key center right
     plot datafile using 1:5 with linespoints lw 2 title 'decode, grouped CPU version (ms)', \
          datafile using 1:8 axes x1y2 with linespoints title 'error, random weights (right)', \
-         datafile using 1:9 axes x1y2 with linespoints title 'error, K/V heads correlated 0.8 (right)'
+         datafile using 1:9 axes x1y2 with linespoints title 'error, K/V heads correlated 0.94 (right)'
 }
 
 if (which eq 'bench') {
     # columns: mode device kernel B H Hkv T S D causal time_ms gflops gbs kv_read_bytes pct_peak pct_dram
     set multiplot layout 1,2 title 'Chapter 02 bench: decode step, one query per sequence (B=4, H=16, D=64), cold caches'
     set logscale xy 2
+    set xrange [800:40000]
     set xlabel 'cache length S'
     set ylabel 'time per call (ms)'
     set key top left
