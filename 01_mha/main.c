@@ -57,6 +57,7 @@ static int run_cuda(int kernel, const AttnDims *d, const float *q, const float *
 static const AttnImpls IMPLS = {
     .prog = PROG,
     .ref = run_cpu, /* with kernel 1 */
+    .ref_is_cpu1 = 1,
     .cpu = run_cpu,
     .cpu_name = mha_cpu_kernel_name,
     .n_cpu = MHA_CPU_KERNELS,

@@ -41,7 +41,8 @@ typedef const char *(*AttnNameFn)(int kernel);
 
 typedef struct {
     const char *prog;     /* "01_mha": names in messages */
-    AttnFn ref;           /* the chapter's CPU reference (its kernel 1 usually) */
+    AttnFn ref;           /* the reference every version is checked against (called with kernel 1) */
+    int ref_is_cpu1;      /* 1: ref is this chapter's own CPU kernel 1, which verify then skips */
     AttnFn cpu;           /* CPU versions */
     AttnNameFn cpu_name;
     int n_cpu;

@@ -26,8 +26,8 @@
 #include <omp.h>
 #endif
 
-#define MR 6  /* rows of out per micro-kernel call */
-#define NR 16 /* columns of out per micro-kernel call */
+#define MR MATMUL_MR /* rows of out per micro-kernel call */
+#define NR MATMUL_NR /* columns of out per micro-kernel call */
 
 
 /* out[0..rows) x [0..NR) = a[0..rows) x [0..K) · b[0..K) x [0..NR), rows <= MR, the 6 x 16 block
@@ -35,7 +35,7 @@
  * With fewer than 6 rows the missing ones recompute row 0 and are not stored: wasted
  * multiply-adds at full speed beat a narrower kernel that waits on FMA latency. */
 static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t K,
-                        size_t rows)
+                        size_t rows, int accumulate)
 {
     f32x8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
     f32x8 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
@@ -54,8 +54,17 @@ static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, cons
     const f32x8 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     for (size_t r = 0; r < rows; r++) {
         f32x8 *o = (f32x8 *)(out + r * ldo);
-        o[0] = c[r][0], o[1] = c[r][1];
+        if (accumulate)
+            o[0] += c[r][0], o[1] += c[r][1];
+        else
+            o[0] = c[r][0], o[1] = c[r][1];
     }
+}
+
+void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
+                       int accumulate)
+{
+    kernel_6x16(out, ldo, a, lda, panel, MATMUL_NR, K, rows, accumulate);
 }
 
 /* Any rows x cols block, one output row at a time (the last, partial panel). */
@@ -132,7 +141,7 @@ void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
                 for (size_t k = 0; k < K; k++)
                     memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
                 for (; i < M; i += MR)
-                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR);
+                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
             } else
                 kernel_edge(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, M - i, cols, K);
         }
@@ -196,7 +205,7 @@ void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
             size_t i = 0;
             if (cols == NR) {
                 for (; i < M; i += MR)
-                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR);
+                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
             } else {
                 kernel_edge(out + j0, ldo, a, lda, packed, NR, M, cols, K);
             }

@@ -29,6 +29,14 @@ void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
 void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K);
 
+/* The register-blocked micro-kernel itself, for kernels that keep their operands packed
+ * (chapter 03): out (rows, 16) = a (rows, K) · panel (K, 16), or += with accumulate, where
+ * rows <= MATMUL_MR and panel is K x 16 contiguous floats. */
+#define MATMUL_MR 6
+#define MATMUL_NR 16
+void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
+                       int accumulate);
+
 /* The obviously-correct triple loop (double accumulation), for tests. */
 void matmul_ref_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K);
 

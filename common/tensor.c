@@ -50,6 +50,18 @@ size_t mem_peak_rss_bytes(void)
     return (size_t)ru.ru_maxrss * 1024; /* Linux reports KiB */
 }
 
+size_t mem_rss_bytes(void)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    int ok = fscanf(f, "%lu %lu", &size, &resident) == 2;
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    return ok && page > 0 ? (size_t)resident * (size_t)page : 0;
+}
+
 void *mem_alloc(size_t bytes, const char *what)
 {
     char need[32], have[32];

@@ -36,6 +36,7 @@ void mem_reset_peak(void);       /* peak := current */
 
 size_t mem_physical_bytes(void); /* this machine's RAM, from sysconf */
 size_t mem_peak_rss_bytes(void); /* the process's peak resident set (getrusage), monotonic */
+size_t mem_rss_bytes(void);      /* the process's resident set now (/proc/self/statm); 0 if unknown */
 
 /* n1 * n2 * ... with overflow detection: returns 0 and sets *out, or -1 on overflow. */
 int size_mul(size_t *out, size_t a, size_t b);
