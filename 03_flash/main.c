@@ -105,6 +105,8 @@ static int cmd_peak_rss(int argc, char **argv)
         die_with_error();
     size_t peak = mem_peak_rss_bytes();
     printf("%zu\n", peak > before ? peak - before : 0);
+    mem_free(out);
+    tensor_free(&q), tensor_free(&k), tensor_free(&v);
     return 0;
 }
 
