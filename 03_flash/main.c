@@ -401,6 +401,18 @@ static int cmd_bench(int argc, char **argv)
             }
         }
     }
+    if (have_gpu && strcmp(device, "cpu") != 0) /* the shape of the PyTorch comparison (scripts/sdpa_bench.py) */
+        for (int kern = 1; kern <= attn_impl_count(&IMPLS, DEVICE_CUDA); kern++) {
+            AttnDims d = {1, 8, 8, 4096, 4096, 128, 1, 1.0f / sqrtf(128.0f)};
+            Tensor q, k, v;
+            attn_random_inputs(&d, 4, &q, &k, &v);
+            AttnTiming t = attn_time(&IMPLS, DEVICE_CUDA, kern, &d, &q, &k, &v, repeats, 2.0, 0);
+            tensor_free(&q), tensor_free(&k), tensor_free(&v);
+            if (t.rc == 0)
+                tsv_row(&tsv, "03\tcuda\t%s\t1\t8\t8\t4096\t4096\t128\t1\t%.4f\t%.2f\tnan\t0",
+                        attn_impl_name(&IMPLS, DEVICE_CUDA, kern), t.time.median_s * 1e3,
+                        attn_flops(1, 8, 4096, 4096, 128, 1) / t.time.median_s / 1e9);
+        }
     bench_progress_done();
     tsv_close(&tsv);
     if (strcmp(device, "cuda") != 0) {

@@ -42,10 +42,10 @@ if (which eq 'bench') {
     set xlabel 'T = S'
     set ylabel 'time per call (ms)'
     set key top left
-    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v ? $11 : NaN) with linespoints title v
+    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v && $9 == 64 ? $11 : NaN) with linespoints title v
     unset logscale y
     set yrange [0:*]
     set ylabel 'GFLOP/s (4*D per visible pair)'
-    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v ? $12 : NaN) with linespoints title v
+    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v && $9 == 64 ? $12 : NaN) with linespoints title v
     unset multiplot
 }

@@ -66,6 +66,11 @@ for prog in build/bin/0*; do
     step "bench-$c" 180 "$prog" bench --device cuda
 done
 
+# PyTorch's attention on the same shapes, for chapter 03's comparison (PyTorch is there, not here)
+if command -v python3 >/dev/null 2>&1; then
+    step sdpa-pytorch 120 python3 scripts/sdpa_bench.py
+fi
+
 cp -r build/bench build/plots "$logs/" 2>/dev/null
 cp "$summary" "$logs/"
 tar czf "$out/logs.tar.gz" -C "$logs" .
