@@ -10,9 +10,9 @@
  * the same kernel with rows repeated; a partial last panel takes a plain loop. The chapter 01 lesson prints the
  * speed of a product of the layer's shape against the machine's measured FMA peak.
  * matmul_nt uses the same kernel; its panels are 16 rows of b copied transposed, so b is read
- * once, row by row, with no separate transpose pass (a decode step reads K this way). With
- * fewer than 6 rows of a, both products skip the panels: matmul_nt takes plain dot products,
- * matmul_nn adds rows of b into the outputs (axpy); either way b is read once, in order.
+ * once, row by row, with no separate transpose pass. With fewer than 6 rows of a (a decode
+ * step), matmul_nt takes dot products instead, four rows at a time, reading b once in order;
+ * matmul_nn with a single row adds rows of b into the output (axpy).
  */
 #include "matmul.h"
 
@@ -95,8 +95,9 @@ static int use_threads(size_t M, size_t N, size_t K)
 #endif
 }
 
-/* Fewer rows than the micro-kernel has: out_i += a[i][k] * (row k of b), k outer, so every row
- * of b is read once for all rows of out (a decode step's P V). Threads split the columns. */
+/* One row: out += a[k] * (row k of b), k outer, so b is streamed once (a decode step's P V for
+ * one query head). Threads split the columns. With 2-5 rows the panels and the micro-kernel
+ * below are faster: the axpy would load and store every output row once per row of b. */
 static void matmul_nn_axpy(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                            size_t N, size_t K)
 {
@@ -122,26 +123,34 @@ static void matmul_nn_axpy(float *out, size_t ldo, const float *a, size_t lda, c
 void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K)
 {
-    if (M < MR) {
+    if (M == 1) {
         matmul_nn_axpy(out, ldo, a, lda, b, ldb, M, N, K);
         return;
     }
     const size_t n_panels = (N + NR - 1) / NR;
+    /* copying a panel pays only when several blocks of 6 rows reuse it; with at most 6 rows the
+     * micro-kernel reads b in place, once */
+    const int pack = M > MR;
 #pragma omp parallel if (use_threads(M, N, K))
     {
         /* the panel of b, copied to K x NR contiguous floats: rows of b that are a power of two
          * apart (ldb = 4096, say) would otherwise all fall into the same few L1 cache sets */
-        float *packed = mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)");
+        float *packed = pack ? mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)") : NULL;
 #pragma omp for schedule(static)
         for (size_t p = 0; p < n_panels; p++) {
             const size_t j0 = p * NR;
             const size_t cols = N - j0 < NR ? N - j0 : NR;
             size_t i = 0;
             if (cols == NR) {
-                for (size_t k = 0; k < K; k++)
-                    memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
+                const float *panel = b + j0;
+                size_t ldp = ldb;
+                if (pack) {
+                    for (size_t k = 0; k < K; k++)
+                        memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
+                    panel = packed, ldp = NR;
+                }
                 for (; i < M; i += MR)
-                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
+                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, panel, ldp, K, M - i < MR ? M - i : MR, 0);
             } else
                 kernel_edge(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, M - i, cols, K);
         }
@@ -165,20 +174,54 @@ void transpose(float *out, const float *in, size_t M, size_t N)
 }
 
 /* Fewer rows than the micro-kernel has: each output is a dot product along K, reading every
- * row of b once, in order (a decode step's single query row against a weight matrix). */
+ * row of b once, in order (a decode step's few query rows against the keys or a weight matrix).
+ * Up to four rows of a at once, two 8-float accumulators each: eight independent FMA chains,
+ * so the loop is not stalled by FMA latency. */
 static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                            size_t N, size_t K)
 {
+    const size_t K16 = K / 16 * 16;
 #pragma omp parallel for schedule(static) if (use_threads(M, N, K))
     for (size_t j = 0; j < N; j++) {
         const float *bj = b + j * ldb;
-        for (size_t i = 0; i < M; i++) {
-            const float *ai = a + i * lda;
-            float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (size_t k = 0; k < K; k++)
-                sum += ai[k] * bj[k];
-            out[i * ldo + j] = sum;
+        if (M == 1) { /* one row: four accumulators of its own */
+            const size_t K32 = K / 32 * 32;
+            f32x8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            for (size_t k = 0; k < K32; k += 32) {
+                s0 += *(const f32x8 *)(a + k) * *(const f32x8 *)(bj + k);
+                s1 += *(const f32x8 *)(a + k + 8) * *(const f32x8 *)(bj + k + 8);
+                s2 += *(const f32x8 *)(a + k + 16) * *(const f32x8 *)(bj + k + 16);
+                s3 += *(const f32x8 *)(a + k + 24) * *(const f32x8 *)(bj + k + 24);
+            }
+            const f32x8 v = (s0 + s1) + (s2 + s3);
+            float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+            for (size_t k = K32; k < K; k++)
+                sum += a[k] * bj[k];
+            out[j] = sum;
+            continue;
+        }
+        for (size_t i0 = 0; i0 < M; i0 += 4) {
+            const size_t rows = M - i0 < 4 ? M - i0 : 4;
+            /* missing rows repeat row i0 (not stored), as in the micro-kernel */
+            const float *a0 = a + i0 * lda, *a1 = rows > 1 ? a0 + lda : a0;
+            const float *a2 = rows > 2 ? a0 + 2 * lda : a0, *a3 = rows > 3 ? a0 + 3 * lda : a0;
+            f32x8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+            for (size_t k = 0; k < K16; k += 16) {
+                const f32x8 b0 = *(const f32x8 *)(bj + k), b1 = *(const f32x8 *)(bj + k + 8);
+                s00 += *(const f32x8 *)(a0 + k) * b0, s01 += *(const f32x8 *)(a0 + k + 8) * b1;
+                s10 += *(const f32x8 *)(a1 + k) * b0, s11 += *(const f32x8 *)(a1 + k + 8) * b1;
+                s20 += *(const f32x8 *)(a2 + k) * b0, s21 += *(const f32x8 *)(a2 + k + 8) * b1;
+                s30 += *(const f32x8 *)(a3 + k) * b0, s31 += *(const f32x8 *)(a3 + k + 8) * b1;
+            }
+            const f32x8 t[4] = {s00 + s01, s10 + s11, s20 + s21, s30 + s31};
+            for (size_t r = 0; r < rows; r++) {
+                const f32x8 v = t[r];
+                float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+                const float *ar = a + (i0 + r) * lda;
+                for (size_t k = K16; k < K; k++)
+                    sum += ar[k] * bj[k];
+                out[(i0 + r) * ldo + j] = sum;
+            }
         }
     }
 }

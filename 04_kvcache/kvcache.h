@@ -1,0 +1,130 @@
+/*
+ * kvcache.h: chapter 04, the KV cache -- prefill once, then one token per step.
+ *
+ * A decoder predicts token t+1 from tokens 0..t. Without a cache, every step recomputes every
+ * earlier token's keys and values, whose results never change: the work per step grows with the
+ * position. With a cache, each token's K and V (after RoPE) are computed once and stored, per
+ * layer, as [batch, n_kv_heads, max_seq, head_dim]; a step computes one new row and attends one
+ * query against the stored ones. The cache costs 2 * layers * kv_heads * head_dim * bytes per
+ * token of memory, which is why it is also stored in fp16 or int8 (one scale per token per kv
+ * head) here.
+ *
+ * Prefill: the prompt in one forward pass; its K/V go into the cache and its queries attend
+ * through chapter 03's flash kernel over what the cache holds. Decode: one query per sequence
+ * against the cache:
+ *   CPU  1  ref:   per query head, plain loops over the cache (dequantised element by element)
+ *   CPU  2  split: per (sequence, kv head, part of the sequence) task, the G query heads of the
+ *                  group read each key and value row once (a 6x16 micro-kernel or dot/axpy paths
+ *                  of common/matmul), an online softmax over chunks of 256 keys, and the parts
+ *                  merged with their log-sum-exp (chapter 03's flash_merge); OpenMP over tasks
+ *   CUDA 1  split: the same split over the sequence, a block per task, then a reduce kernel
+ */
+#ifndef KVCACHE_H
+#define KVCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { KV_F32 = 0, KV_F16 = 1, KV_INT8 = 2 } KvDtype;
+
+#define KV_DTYPE_CHOICES "f32|f16|int8"
+int kv_dtype_parse(const char *name, KvDtype *out);
+const char *kv_dtype_name(KvDtype dt);
+size_t kv_dtype_bytes(KvDtype dt); /* 4, 2, 1 */
+
+typedef struct {
+    KvDtype dtype;
+    int n_layers, batch, n_kv_heads, max_seq, head_dim;
+    void *k, *v;              /* (L, B, Hkv, max_seq, D) elements of dtype */
+    float *k_scale, *v_scale; /* int8: (L, B, Hkv, max_seq), one scale per token per kv head */
+    int *len;                 /* (B) tokens each sequence holds */
+} KvCache;
+
+/* Bytes per token of cache: 2 * layers * kv_heads * head_dim * bytes (+ 2 * layers * kv_heads
+ * scales of 4 bytes for int8). */
+size_t kvcache_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, KvDtype dt);
+
+int kvcache_create(KvCache *c, int n_layers, int batch, int n_kv_heads, int max_seq, int head_dim, KvDtype dt);
+void kvcache_free(KvCache *c);
+size_t kvcache_bytes(const KvCache *c); /* everything allocated */
+void kvcache_reset(KvCache *c);         /* every sequence back to length 0 */
+
+/* Stores positions [pos, pos + n) of sequence b in layer `layer`, from token-major rows
+ * k and v (n, Hkv * D), quantising to the cache's dtype. */
+void kvcache_write(KvCache *c, int layer, int b, int pos, int n, const float *k, const float *v);
+
+/* Dequantised copy of positions [0, len) of sequence b: k_out, v_out (Hkv, len, D). */
+void kvcache_gather(const KvCache *c, int layer, int b, int len, float *k_out, float *v_out);
+
+/* ---- decode attention: one query for each of n_seq sequences. seqs[i] is the cache slot (batch
+ * index) of sequence i (NULL: slot i); lens[i] its length; its query, at position lens[i] - 1,
+ * attends its first lens[i] cached positions: q (n_seq, H, D) -> out (n_seq, H, D). H is a
+ * multiple of the cache's Hkv; scores are scaled by `scale` (1/sqrt(D) in the model). */
+#define KVCACHE_CPU_KERNELS 2
+int kvcache_decode_ref(const KvCache *c, int layer, int H, float scale, int n_seq, const int *seqs, const int *lens,
+                       const float *q, float *out);
+/* n_splits: parts per sequence (0 = enough parts for every thread to have several tasks) */
+int kvcache_decode_split(const KvCache *c, int layer, int H, float scale, int n_seq, const int *seqs, const int *lens,
+                         const float *q, float *out, int n_splits);
+int kvcache_decode_cpu(int kernel, const KvCache *c, int layer, int H, float scale, int n_seq, const int *seqs,
+                       const int *lens, const float *q, float *out);
+const char *kvcache_cpu_kernel_name(int kernel); /* "ref", "split" */
+
+/* T queries per sequence at its last T positions (bottom-right when causal): q (n_seq, H, T, D)
+ * -> out (n_seq, H, T, D). T = 1 uses decode kernel `kernel`; T > 1 gathers each sequence's
+ * cache and runs chapter 03's fast flash attention over it. */
+int kvcache_attention(const KvCache *c, int layer, int H, int T, float scale, int causal, int n_seq, const int *seqs,
+                      const int *lens, const float *q, int kernel, float *out);
+
+/* ---- the model through the cache (sequence b of the cache; CPU) -------------------------- */
+
+/* Runs tokens[0..n) at positions len[b] .. len[b]+n-1 of sequence b, storing their K/V, and
+ * writes the logits (vocab) of the last one. Prefill when n > 1, a decode step when n = 1
+ * (with decode kernel `kernel`). Errors: positions beyond the cache or seq_len, bad ids. */
+int kvcache_forward(const Model *m, KvCache *c, int b, const int *tokens, int n, int kernel, float *logits);
+
+/* The same logits with no cache at all: the whole sequence tokens[0..n) through the model. */
+int kvcache_forward_nocache(const Model *m, const int *tokens, int n, float *logits);
+
+typedef struct {
+    int max_new;         /* tokens to generate */
+    float temperature;   /* 0: greedy */
+    uint64_t seed;       /* for temperature > 0 (llama2.c's generator, model_rng_seed) */
+    int use_cache;       /* 0: recompute everything at every step */
+    KvDtype dtype;
+    int kernel;          /* decode kernel */
+    int prefill_chunk;   /* 0: the whole prompt in one forward; else chunks of this many tokens */
+} GenOptions;
+
+/* Generates o->max_new tokens after the prompt into out; step_s (max_new) gets each step's
+ * seconds when not NULL (step 0 includes the prefill). Checks the prompt and lengths first. */
+int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out, double *step_s);
+
+/* prompt + max_new must fit seq_len; ids must be < vocab. -1 with the reason otherwise. */
+int kvcache_check_request(const ModelConfig *c, const int *prompt, int n_prompt, int max_new);
+
+/* ---- CUDA ------------------------------------------------------------------------------------ */
+#if HAVE_CUDA
+#define KVCACHE_CUDA_KERNELS 1
+/* Decode attention on the GPU: d_k, d_v (B, Hkv, max_seq, D) fp32, d_q (B, H, D), d_lens (B)
+ * on the device, max_len the longest of them -> d_out (B, H, D). */
+int kvcache_decode_cuda(int kernel, const float *d_k, const float *d_v, int B, int H, int Hkv, int max_seq, int D,
+                        const float *d_q, const int *d_lens, int max_len, float *d_out);
+const char *kvcache_cuda_kernel_name(int kernel); /* "split" */
+
+/* Greedy or sampled generation with the whole model on the GPU (fp32 cache): the same
+ * contract as kvcache_generate. */
+int kvcache_generate_cuda(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out,
+                          double *step_s);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

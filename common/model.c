@@ -1,0 +1,286 @@
+/* model.c: the Llama-style model of llama2.c's run.c -- config, checkpoints, forward pieces (see model.h). */
+#include "model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "error.h"
+#include "tensor.h"
+
+ModelConfig model_default_config(void)
+{
+    ModelConfig c = {.dim = 512, .hidden_dim = 1376, .n_layers = 8, .n_heads = 8, .n_kv_heads = 2,
+                     .vocab_size = 1024, .seq_len = 2048, .shared_classifier = 0};
+    return c;
+}
+
+int model_check_config(const ModelConfig *c)
+{
+    if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->vocab_size <= 0 || c->seq_len <= 0)
+        return error_set("model config has a size that is not positive (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+                         "n_kv_heads %d, vocab_size %d, seq_len %d)",
+                         c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len);
+    if (c->dim % c->n_heads != 0)
+        return error_set("model config: n_heads = %d does not divide dim = %d", c->n_heads, c->dim);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return error_set("model config: n_kv_heads = %d does not divide n_heads = %d", c->n_kv_heads, c->n_heads);
+    if ((c->dim / c->n_heads) % 2 != 0)
+        return error_set("model config: head size %d is odd (RoPE turns pairs of dimensions)", c->dim / c->n_heads);
+    return 0;
+}
+
+/* The checkpoint's float blocks in order, for counting, loading and saving alike. */
+typedef struct {
+    float **slot;
+    size_t n;
+} Block;
+
+static int blocks_of(const ModelConfig *c, ModelWeights *w, Block b[14])
+{
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    int i = 0;
+    b[i++] = (Block){&w->token_embedding, (size_t)c->vocab_size * dim};
+    b[i++] = (Block){&w->rms_att, L * dim};
+    b[i++] = (Block){&w->wq, L * qd * dim};
+    b[i++] = (Block){&w->wk, L * kvd * dim};
+    b[i++] = (Block){&w->wv, L * kvd * dim};
+    b[i++] = (Block){&w->wo, L * dim * qd};
+    b[i++] = (Block){&w->rms_ffn, L * dim};
+    b[i++] = (Block){&w->w1, L * hid * dim};
+    b[i++] = (Block){&w->w2, L * dim * hid};
+    b[i++] = (Block){&w->w3, L * hid * dim};
+    b[i++] = (Block){&w->rms_final, dim};
+    b[i++] = (Block){NULL, (size_t)c->seq_len * hs / 2}; /* freq_cis_real, unused */
+    b[i++] = (Block){NULL, (size_t)c->seq_len * hs / 2}; /* freq_cis_imag, unused */
+    if (!c->shared_classifier)
+        b[i++] = (Block){&w->wcls, (size_t)c->vocab_size * dim};
+    return i;
+}
+
+size_t model_checkpoint_floats(const ModelConfig *c)
+{
+    ModelWeights w;
+    Block b[14];
+    size_t total = 0;
+    int n = blocks_of(c, &w, b);
+    for (int i = 0; i < n; i++)
+        total += b[i].n;
+    return total;
+}
+
+size_t model_param_count(const ModelConfig *c)
+{
+    const size_t hs = (size_t)(c->dim / c->n_heads);
+    return model_checkpoint_floats(c) - (size_t)c->seq_len * hs;
+}
+
+/* Points every weight into m->data, in checkpoint order. */
+static void assign(Model *m)
+{
+    Block b[14];
+    int n = blocks_of(&m->c, &m->w, b);
+    float *p = m->data;
+    for (int i = 0; i < n; i++) {
+        if (b[i].slot)
+            *b[i].slot = p;
+        p += b[i].n;
+    }
+    if (m->c.shared_classifier)
+        m->w.wcls = m->w.token_embedding;
+}
+
+static int alloc_model(Model *m, const ModelConfig *c, const char *what)
+{
+    memset(m, 0, sizeof *m);
+    if (model_check_config(c) != 0)
+        return -1;
+    m->c = *c;
+    m->n_floats = model_checkpoint_floats(c);
+    m->data = mem_alloc(m->n_floats * sizeof(float), what);
+    if (!m->data)
+        return -1;
+    assign(m);
+    return 0;
+}
+
+int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
+{
+    if (alloc_model(m, c, "model weights") != 0)
+        return -1;
+    Rng rng;
+    rng_seed(&rng, seed);
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    const struct {
+        float *p;
+        size_t n;
+        float std;
+    } fill[] = {
+        {m->w.token_embedding, (size_t)c->vocab_size * dim, 1.0f},
+        {m->w.wq, L * qd * dim, 1.0f / sqrtf((float)dim)},
+        {m->w.wk, L * kvd * dim, 1.0f / sqrtf((float)dim)},
+        {m->w.wv, L * kvd * dim, 1.0f / sqrtf((float)dim)},
+        {m->w.wo, L * dim * qd, 1.0f / sqrtf((float)qd)},
+        {m->w.w1, L * hid * dim, 1.0f / sqrtf((float)dim)},
+        {m->w.w2, L * dim * hid, 1.0f / sqrtf((float)hid)},
+        {m->w.w3, L * hid * dim, 1.0f / sqrtf((float)dim)},
+        {c->shared_classifier ? NULL : m->w.wcls, (size_t)c->vocab_size * dim, 1.0f / sqrtf((float)dim)},
+    };
+    for (size_t i = 0; i < sizeof fill / sizeof fill[0]; i++)
+        for (size_t j = 0; fill[i].p && j < fill[i].n; j++)
+            fill[i].p[j] = fill[i].std * rng_normal(&rng);
+    for (size_t j = 0; j < L * dim; j++)
+        m->w.rms_att[j] = m->w.rms_ffn[j] = 1.0f;
+    for (size_t j = 0; j < dim; j++)
+        m->w.rms_final[j] = 1.0f;
+    return 0;
+}
+
+int model_load(const char *path, Model *m)
+{
+    memset(m, 0, sizeof *m);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return error_set("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    int32_t h[7];
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return error_set("%s: not a regular file", path);
+    }
+    if (fread(h, sizeof(int32_t), 7, f) != 7) {
+        fclose(f);
+        return error_set("%s: truncated: a llama2.c checkpoint starts with a 28-byte header", path);
+    }
+    ModelConfig c = {h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
+    if (h[5] == 0 || model_check_config(&c) != 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", h[5] == 0 ? "vocab_size is 0" : error_message());
+        fclose(f);
+        return error_set("%s: bad header: %s", path, why);
+    }
+    const size_t want = 28 + model_checkpoint_floats(&c) * sizeof(float), have = (size_t)st.st_size;
+    if (have != want) {
+        fclose(f);
+        return error_set("%s: %s: the header (dim %d, hidden %d, layers %d, heads %d, kv heads %d, vocab %d%s, seq_len %d) "
+                         "needs %zu bytes, the file has %zu",
+                         path, have < want ? "truncated" : "too long", c.dim, c.hidden_dim, c.n_layers, c.n_heads,
+                         c.n_kv_heads, c.vocab_size, c.shared_classifier ? "" : " unshared", c.seq_len, want, have);
+    }
+    if (alloc_model(m, &c, path) != 0) {
+        fclose(f);
+        return -1;
+    }
+    if (fread(m->data, sizeof(float), m->n_floats, f) != m->n_floats) {
+        fclose(f);
+        model_free(m);
+        return error_set("%s: read error", path);
+    }
+    fclose(f);
+    for (size_t i = 0; i < m->n_floats; i++)
+        if (!isfinite(m->data[i])) {
+            model_free(m);
+            return error_set("%s: weight %zu is not finite", path, i);
+        }
+    return 0;
+}
+
+int model_save(const Model *m, const char *path)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return error_set("%s: cannot create: %s", path, strerror(errno));
+    const ModelConfig *c = &m->c;
+    int32_t h[7] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+                    c->shared_classifier ? c->vocab_size : -c->vocab_size, c->seq_len};
+    int ok = fwrite(h, sizeof h, 1, f) == 1 && fwrite(m->data, sizeof(float), m->n_floats, f) == m->n_floats;
+    if (fclose(f) != 0 || !ok)
+        return error_set("%s: write failed", path);
+    return 0;
+}
+
+void model_free(Model *m)
+{
+    mem_free(m->data);
+    memset(m, 0, sizeof *m);
+}
+
+/* ==== forward pieces ================================================================================= */
+
+void model_rmsnorm(float *o, const float *x, const float *weight, int n)
+{
+    float ss = 0.0f;
+    for (int j = 0; j < n; j++)
+        ss += x[j] * x[j];
+    ss = 1.0f / sqrtf(ss / (float)n + 1e-5f);
+    for (int j = 0; j < n; j++)
+        o[j] = weight[j] * (ss * x[j]);
+}
+
+void model_rope(float *x, int rows, int n_heads, int hs, int pos0)
+{
+    for (int r = 0; r < rows; r++) {
+        const int pos = pos0 + r;
+        for (int i = 0; i < hs; i += 2) {
+            /* the angle run.c uses: pos / 10000^(i / hs) for the pair (i, i+1) of every head */
+            const float freq = 1.0f / powf(10000.0f, (float)i / (float)hs);
+            const float val = (float)pos * freq, fcr = cosf(val), fci = sinf(val);
+            for (int h = 0; h < n_heads; h++) {
+                float *v = x + ((size_t)r * n_heads + h) * hs + i;
+                const float v0 = v[0], v1 = v[1];
+                v[0] = v0 * fcr - v1 * fci;
+                v[1] = v0 * fci + v1 * fcr;
+            }
+        }
+    }
+}
+
+void model_swiglu(float *h, const float *g, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float val = h[i] * (1.0f / (1.0f + expf(-h[i])));
+        h[i] = val * g[i];
+    }
+}
+
+int model_argmax(const float *logits, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (logits[i] > logits[best])
+            best = i;
+    return best;
+}
+
+void model_rng_seed(Rng *rng, uint64_t seed) { rng->state = seed ? seed : 0x9E3779B97F4A7C15ull; }
+
+int model_sample(float *logits, int n, float temperature, Rng *rng)
+{
+    if (temperature <= 0.0f)
+        return model_argmax(logits, n);
+    for (int i = 0; i < n; i++)
+        logits[i] /= temperature;
+    float max_val = logits[0], sum = 0.0f;
+    for (int i = 1; i < n; i++)
+        max_val = logits[i] > max_val ? logits[i] : max_val;
+    for (int i = 0; i < n; i++) {
+        logits[i] = expf(logits[i] - max_val);
+        sum += logits[i];
+    }
+    for (int i = 0; i < n; i++)
+        logits[i] /= sum;
+    const float coin = rng_uniform(rng);
+    float cdf = 0.0f;
+    for (int i = 0; i < n; i++) {
+        cdf += logits[i];
+        if (coin < cdf)
+            return i;
+    }
+    return n - 1;
+}

@@ -1,0 +1,121 @@
+/*
+ * model.h: a Llama-style decoder, exactly llama2.c's run.c (Karpathy), so that its checkpoints
+ * give its tokens. Infrastructure for chapters 04-06: the attention around it is theirs.
+ *
+ * Per layer, for a token x (dim):
+ *     xb  = rmsnorm(x) * rms_att              rmsnorm: x / sqrt(mean(x^2) + 1e-5), then the weight
+ *     q, k, v = Wq xb, Wk xb, Wv xb           q (H * hs), k and v (Hkv * hs), hs = dim / H
+ *     RoPE: in every head, the pair (2j, 2j+1) of q and k turns by pos * 10000^(-2j / hs)
+ *     x  += Wo attention(q, K, V)             GQA: query head h reads kv head h / (H / Hkv)
+ *     xb  = rmsnorm(x) * rms_ffn
+ *     x  += W2 (silu(W1 xb) * (W3 xb))        SwiGLU
+ * then logits = Wcls (rmsnorm(x) * rms_final). Matrices are [out, in], row-major.
+ *
+ * Checkpoints: llama2.c's legacy version-0 .bin: 7 int32 (dim, hidden_dim, n_layers, n_heads,
+ * n_kv_heads, vocab_size, seq_len; a negative vocab_size means a separate classifier), then fp32
+ * token_embedding (vocab, dim), rms_att (L, dim), wq (L, H*hs, dim), wk (L, Hkv*hs, dim),
+ * wv (L, Hkv*hs, dim), wo (L, dim, H*hs), rms_ffn (L, dim), w1 (L, hidden, dim), w2 (L, dim,
+ * hidden), w3 (L, hidden, dim), rms_final (dim), two unused RoPE tables (seq_len * hs / 2 each),
+ * and wcls (vocab, dim) when not shared. The file size is checked against the header before any
+ * weight is read.
+ */
+#ifndef COMMON_MODEL_H
+#define COMMON_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rng.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int dim;        /* model width */
+    int hidden_dim; /* SwiGLU width */
+    int n_layers;
+    int n_heads;    /* query heads */
+    int n_kv_heads; /* key/value heads, dividing n_heads */
+    int vocab_size;
+    int seq_len;    /* longest sequence the model supports */
+    int shared_classifier; /* wcls is the token embedding */
+} ModelConfig;
+
+typedef struct {
+    float *token_embedding; /* (vocab, dim) */
+    float *rms_att;         /* (L, dim) */
+    float *wq;              /* (L, H*hs, dim) */
+    float *wk;              /* (L, Hkv*hs, dim) */
+    float *wv;              /* (L, Hkv*hs, dim) */
+    float *wo;              /* (L, dim, H*hs) */
+    float *rms_ffn;         /* (L, dim) */
+    float *w1;              /* (L, hidden, dim) */
+    float *w2;              /* (L, dim, hidden) */
+    float *w3;              /* (L, hidden, dim) */
+    float *rms_final;       /* (dim) */
+    float *wcls;            /* (vocab, dim); = token_embedding when shared */
+} ModelWeights;
+
+typedef struct {
+    ModelConfig c;
+    ModelWeights w;
+    float *data;     /* every weight, in checkpoint order, one allocation */
+    size_t n_floats; /* of data */
+} Model;
+
+/* The built-in random model: dim 512, hidden 1376, 8 layers, 8 heads, 2 kv heads (GQA 4:1,
+ * head size 64), vocab 1024, seq_len 2048, a separate classifier (with the embedding as classifier
+ * a random model just repeats its input token); seed MODEL_DEFAULT_SEED. */
+#define MODEL_DEFAULT_SEED 20241127u
+ModelConfig model_default_config(void);
+
+static inline int model_head_size(const ModelConfig *c) { return c->dim / c->n_heads; }
+static inline int model_kv_dim(const ModelConfig *c) { return c->n_kv_heads * (c->dim / c->n_heads); }
+
+/* -1 (error recorded) for a config no model can have: sizes <= 0, heads not dividing dim,
+ * kv heads not dividing heads, an odd head size (RoPE turns pairs). */
+int model_check_config(const ModelConfig *c);
+
+/* Floats in a checkpoint after its header (RoPE tables included). */
+size_t model_checkpoint_floats(const ModelConfig *c);
+size_t model_param_count(const ModelConfig *c); /* weights used by the forward */
+
+/* Random weights from `seed`: matrices N(0, 1/in), embedding N(0, 1), norm weights 1. */
+int model_init_random(Model *m, const ModelConfig *c, uint64_t seed);
+
+/* Reads a llama2.c version-0 checkpoint; every problem is one error naming the file. */
+int model_load(const char *path, Model *m);
+
+/* Writes m in the same format (RoPE tables as zeros): test fixtures and converters. */
+int model_save(const Model *m, const char *path);
+
+void model_free(Model *m);
+
+/* ---- the forward pieces (host) ------------------------------------------------------------ */
+
+/* o (n) = rmsnorm(x) * weight; o may be x. */
+void model_rmsnorm(float *o, const float *x, const float *weight, int n);
+
+/* RoPE in place on `rows` token rows of n_heads heads of size hs, row r at position pos0 + r;
+ * x is (rows, n_heads * hs). */
+void model_rope(float *x, int rows, int n_heads, int hs, int pos0);
+
+/* h (n) = silu(h) * g, in place. */
+void model_swiglu(float *h, const float *g, size_t n);
+
+/* The id of the largest logit (ties: the lowest id). */
+int model_argmax(const float *logits, int n);
+
+/* A token from softmax(logits / temperature) using llama2.c's generator (xorshift64*, its state
+ * seeded directly): rng->state = seed; coin = (u32 >> 8) / 2^24; first id whose cdf exceeds it.
+ * Overwrites logits with the probabilities. */
+int model_sample(float *logits, int n, float temperature, Rng *rng);
+
+/* llama2.c seeds its state with the seed itself (not splitmix): use this to match its samples. */
+void model_rng_seed(Rng *rng, uint64_t seed);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
