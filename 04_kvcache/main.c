@@ -210,6 +210,7 @@ static int cmd_generate(int argc, char **argv)
     for (int i = 0; i < max_new; i++)
         printf(i ? " %d" : "%d", out[i]);
     printf("\n");
+    fflush(stdout); /* the ids before the timing line, also when both go to one file */
     fprintf(stderr, "%s generate: %d prompt + %d new tokens on %s, %s, %s cache: %.2f s, %.1f tokens/s\n", PROG,
             n_prompt, max_new, device_name(dev), checkpoint ? checkpoint : "built-in random model",
             no_cache ? "no" : kv_dtype_name(o.dtype), secs, max_new / (secs > 0 ? secs : 1e-9));
@@ -508,23 +509,24 @@ static int cmd_bench(int argc, char **argv)
     while (target_l * 4 <= (max_l < 16384 ? max_l : 16384))
         target_l *= 4;
     double best_pct[2] = {0, 0};
-    for (int hi = 0; hi < 2; hi++)
-        for (int L = 1024; L <= max_l; L *= 4) {
-            for (int di = 0; di < 3 && use_cpu; di++) {
-                KvCache c;
-                if (kvcache_create(&c, 1, B, hkvs[hi], L, D, (KvDtype)di) != 0)
-                    die_with_error();
-                fill_cache(&c);
-                float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q");
-                float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out");
-                int *lens = mem_alloc_or_die((size_t)B * sizeof(int), "lens");
-                for (int b = 0; b < B; b++)
-                    lens[b] = L;
-                for (size_t i = 0; i < (size_t)B * H * D; i++)
-                    q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
-                for (int kern = di == 0 ? 1 : 2; kern <= KVCACHE_CPU_KERNELS; kern++) {
+    /* one series after another (Hkv, dtype, kernel), so that the plot can join each one's points */
+    for (int hi = 0; hi < 2; hi++) {
+        for (int di = 0; di < 3 && use_cpu; di++)
+            for (int kern = di == 0 ? 1 : 2; kern <= KVCACHE_CPU_KERNELS; kern++)
+                for (int L = 1024; L <= max_l; L *= 4) {
                     if (kern == 1 && L > 4096)
                         continue; /* the reference is far from the bandwidth; keep the run short */
+                    KvCache c;
+                    if (kvcache_create(&c, 1, B, hkvs[hi], L, D, (KvDtype)di) != 0)
+                        die_with_error();
+                    fill_cache(&c);
+                    float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q");
+                    float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out");
+                    int *lens = mem_alloc_or_die((size_t)B * sizeof(int), "lens");
+                    for (int b = 0; b < B; b++)
+                        lens[b] = L;
+                    for (size_t i = 0; i < (size_t)B * H * D; i++)
+                        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
                     bench_progress("decode Hkv=%d L=%d %s %s ...", hkvs[hi], L, kv_dtype_name((KvDtype)di),
                                    kvcache_cpu_kernel_name(kern));
                     DecodeRun run = {&c, H, B, kern, lens, q, o, 0};
@@ -538,23 +540,22 @@ static int cmd_bench(int argc, char **argv)
                     tsv_row(&tsv, "decode\tcpu\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\tnan",
                             kvcache_cpu_kernel_name(kern), kv_dtype_name((KvDtype)di), B, H, hkvs[hi], L, D,
                             t.median_s * 1e3, gbs, pct);
+                    mem_free(q), mem_free(o), mem_free(lens);
+                    kvcache_free(&c);
                 }
-                mem_free(q), mem_free(o), mem_free(lens);
-                kvcache_free(&c);
-            }
 #if HAVE_CUDA
-            if (use_gpu) {
-                AttnDims d = {B, H, hkvs[hi], 1, L, D, 1, 1.0f / sqrtf((float)D)};
-                Tensor q, k, v;
-                attn_random_inputs(&d, 5, &q, &k, &v);
-                AttnTiming t = attn_time(&IMPLS, DEVICE_CUDA, 1, &d, &q, &k, &v, repeats, 2.0, 0);
-                if (t.rc == 0)
-                    tsv_row(&tsv, "decode\tcuda\tsplit\tf32\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\tnan\tnan", B, H, hkvs[hi], L,
-                            D, t.time.median_s * 1e3, 2.0 * B * hkvs[hi] * L * D * 4 / t.time.median_s / 1e9);
-                tensor_free(&q), tensor_free(&k), tensor_free(&v);
-            }
-#endif
+        for (int L = 1024; L <= max_l && use_gpu; L *= 4) {
+            AttnDims d = {B, H, hkvs[hi], 1, L, D, 1, 1.0f / sqrtf((float)D)};
+            Tensor q, k, v;
+            attn_random_inputs(&d, 5, &q, &k, &v);
+            AttnTiming t = attn_time(&IMPLS, DEVICE_CUDA, 1, &d, &q, &k, &v, repeats, 2.0, 0);
+            if (t.rc == 0)
+                tsv_row(&tsv, "decode\tcuda\tsplit\tf32\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\tnan\tnan", B, H, hkvs[hi], L, D,
+                        t.time.median_s * 1e3, 2.0 * B * hkvs[hi] * L * D * 4 / t.time.median_s / 1e9);
+            tensor_free(&q), tensor_free(&k), tensor_free(&v);
         }
+#endif
+    }
     double with_s = NAN, without_s = NAN;
     if (gen_tokens > 0) {
         Model m;

@@ -29,12 +29,14 @@ if (which eq 'memory') {
 
 if (which eq 'bench') {
     # columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s
-    set title 'Chapter 04 bench: decode attention (B=16, H=8, D=128, cold caches), bytes of K and V read per second'
+    set title 'Chapter 04 bench: decode attention (B=16, H=8, D=128, cold caches): bytes of K and V read per second'
     set logscale x 2
+    set xrange [800:20000]
     set xlabel 'cache length L'
-    set ylabel 'GB/s'
-    set yrange [0:*]
+    set ylabel '% of the measured DRAM read bandwidth'
+    set yrange [0:110]
     set key bottom right
-    plot for [c in 'f32:8 f32:2 f16:8 f16:2 int8:8 int8:2'] datafile using 8:((strcol(1) eq 'decode' && strcol(2) eq 'cpu' && strcol(3) eq 'split' && strcol(4).':'.strcol(7) eq c) ? $11 : NaN) \
-         with linespoints title 'split CPU, dtype:Hkv '.c
+    plot for [c in 'f32:8 f32:2 f16:8 f16:2 int8:8 int8:2'] datafile using 8:((strcol(1) eq 'decode' && strcol(2) eq 'cpu' && strcol(3) eq 'split' && strcol(4).':'.strcol(7) eq c) ? $12 : NaN) \
+         with linespoints title 'split, dtype:Hkv '.c, \
+         100 with lines dashtype 2 lc rgb 'gray' title 'DRAM read bandwidth'
 }

@@ -66,6 +66,17 @@ for prog in build/bin/0*; do
     step "bench-$c" 180 "$prog" bench --device cuda
 done
 
+# the whole model on the GPU must generate the CPU's greedy tokens (chapter 04 on)
+if [ -x build/bin/04_kvcache ]; then
+    step generate-cpu 120 build/bin/04_kvcache generate --device cpu --prompt "1 2 3" --max-new 64
+    step generate-cuda 120 build/bin/04_kvcache generate --device cuda --prompt "1 2 3" --max-new 64
+    if [ "$(head -n 1 "$logs/generate-cpu.log")" = "$(head -n 1 "$logs/generate-cuda.log")" ]; then
+        echo "generate: cpu and cuda tokens identical" | tee -a "$summary"
+    else
+        echo "generate: cpu and cuda tokens DIFFER" | tee -a "$summary"
+    fi
+fi
+
 # PyTorch's attention on the same shapes, for chapter 03's comparison (PyTorch is there, not here)
 if command -v python3 >/dev/null 2>&1; then
     step sdpa-pytorch 120 python3 scripts/sdpa_bench.py
