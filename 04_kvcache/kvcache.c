@@ -431,68 +431,50 @@ int kvcache_check_request(const ModelConfig *c, const int *prompt, int n_prompt,
     return 0;
 }
 
+/* The attention of one layer for kvcache_forward: the new rows' K/V go to positions
+ * pos0 .. pos0+n-1 of cache slot b, then their n queries attend everything the slot holds. */
+typedef struct {
+    KvCache *c;
+    int b, pos0, H, kernel;
+    float *qh, *oh; /* (H, n, hs) queries and outputs, by head */
+} CacheAttention;
+
+static int cache_attention(void *ctx, int layer, int n, const float *q, const float *k, const float *v, float *att)
+{
+    CacheAttention *a = ctx;
+    const int hs = a->c->head_dim, lens[1] = {a->pos0 + n}, seqs[1] = {a->b};
+    kvcache_write(a->c, layer, a->b, a->pos0, n, k, v); /* the cache now holds positions 0 .. pos0+n-1 */
+    mha_split_heads(q, a->qh, 1, n, a->H, hs);
+    if (kvcache_attention(a->c, layer, a->H, n, 1.0f / sqrtf((float)hs), 1, 1, seqs, lens, a->qh, a->kernel, a->oh) !=
+        0)
+        return -1;
+    mha_merge_heads(a->oh, att, 1, n, a->H, hs);
+    return 0;
+}
+
 int kvcache_forward(const Model *m, KvCache *c, int b, const int *tokens, int n, int kernel, float *logits)
 {
     const ModelConfig *mc = &m->c;
-    const int dim = mc->dim, H = mc->n_heads, Hkv = mc->n_kv_heads, hs = model_head_size(mc);
-    const int qd = H * hs, kvd = Hkv * hs, hid = mc->hidden_dim, pos0 = c->len[b];
+    const int H = mc->n_heads, hs = model_head_size(mc), pos0 = c->len[b];
     if (n < 1 || pos0 + n > c->max_seq || pos0 + n > mc->seq_len)
         return error_set("positions %d..%d do not fit the cache (%d) and seq_len (%d)", pos0, pos0 + n - 1, c->max_seq,
                          mc->seq_len);
-    if (c->n_kv_heads != Hkv || c->head_dim != hs || c->n_layers != mc->n_layers)
+    if (c->n_kv_heads != mc->n_kv_heads || c->head_dim != hs || c->n_layers != mc->n_layers)
         return error_set("the cache's shape does not match the model");
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= mc->vocab_size)
-            return error_set("token id %d is outside the vocabulary (0..%d)", tokens[i], mc->vocab_size - 1);
-    const size_t N = (size_t)n;
-    float *buf = mem_alloc(N * ((size_t)3 * dim + 3 * qd + 2 * kvd + 2 * hid) * sizeof(float), "forward activations");
-    if (!buf)
-        return -1;
-    float *x = buf;                     /* (n, dim) the residual stream */
-    float *xb = x + N * dim;            /* (n, dim) normalised */
-    float *q = xb + N * dim;            /* (n, H*hs) */
-    float *qh = q + N * qd;             /* (H, n, hs) queries by head */
-    float *oh = qh + N * qd;            /* (H, n, hs) attention output by head */
-    float *k = oh + N * qd;             /* (n, Hkv*hs) */
-    float *v = k + N * kvd;             /* (n, Hkv*hs) */
-    float *h1 = v + N * kvd;            /* (n, hidden) */
-    float *h3 = h1 + N * hid;           /* (n, hidden) */
-    float *att = h3 + N * hid;          /* (n, H*hs) attention output, token-major */
-    for (size_t i = 0; i < N; i++)
-        memcpy(x + i * dim, m->w.token_embedding + (size_t)tokens[i] * dim, (size_t)dim * sizeof(float));
-    const int lens[1] = {pos0 + n}, seqs[1] = {b};
-    int rc = 0;
-    for (int l = 0; l < mc->n_layers && rc == 0; l++) {
-        for (size_t i = 0; i < N; i++)
-            model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_att + (size_t)l * dim, dim);
-        matmul_nt(q, xb, m->w.wq + (size_t)l * qd * dim, N, (size_t)qd, (size_t)dim);
-        matmul_nt(k, xb, m->w.wk + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
-        matmul_nt(v, xb, m->w.wv + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
-        model_rope(q, n, H, hs, pos0);
-        model_rope(k, n, Hkv, hs, pos0);
-        kvcache_write(c, l, b, pos0, n, k, v); /* the cache now holds positions 0 .. pos0+n-1 */
-        mha_split_heads(q, qh, 1, n, H, hs);
-        rc = kvcache_attention(c, l, H, n, 1.0f / sqrtf((float)hs), 1, 1, seqs, lens, qh, kernel, oh);
-        mha_merge_heads(oh, att, 1, n, H, hs);
-        matmul_nt(xb, att, m->w.wo + (size_t)l * dim * qd, N, (size_t)dim, (size_t)qd);
-        for (size_t i = 0; i < N * dim; i++)
-            x[i] += xb[i];
-        for (size_t i = 0; i < N; i++)
-            model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_ffn + (size_t)l * dim, dim);
-        matmul_nt(h1, xb, m->w.w1 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
-        matmul_nt(h3, xb, m->w.w3 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
-        model_swiglu(h1, h3, N * hid);
-        matmul_nt(xb, h1, m->w.w2 + (size_t)l * dim * hid, N, (size_t)dim, (size_t)hid);
-        for (size_t i = 0; i < N * dim; i++)
-            x[i] += xb[i];
-    }
+    const size_t qn = (size_t)n * H * hs;
+    float *qh = mem_alloc(2 * qn * sizeof(float), "queries and outputs by head (2, H, n, hs)");
+    int *pos = mem_alloc((size_t)n * sizeof(int), "positions");
+    int rc = !qh || !pos ? -1 : 0;
     if (rc == 0) {
-        float *last = x + (N - 1) * dim;
-        model_rmsnorm(last, last, m->w.rms_final, dim);
-        matmul_nt(logits, last, m->w.wcls, 1, (size_t)mc->vocab_size, (size_t)dim);
-        c->len[b] = pos0 + n;
+        for (int i = 0; i < n; i++)
+            pos[i] = pos0 + i;
+        CacheAttention a = {c, b, pos0, H, kernel, qh, qh + qn};
+        const int last = n - 1;
+        rc = model_forward(m, n, tokens, pos, cache_attention, &a, 1, &last, logits);
     }
-    mem_free(buf);
+    if (rc == 0)
+        c->len[b] = pos0 + n;
+    mem_free(qh), mem_free(pos);
     return rc;
 }
 

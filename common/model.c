@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "matmul.h"
 #include "tensor.h"
 
 ModelConfig model_default_config(void)
@@ -223,14 +224,13 @@ void model_rmsnorm(float *o, const float *x, const float *weight, int n)
         o[j] = weight[j] * (ss * x[j]);
 }
 
-void model_rope(float *x, int rows, int n_heads, int hs, int pos0)
+void model_rope_at(float *x, int rows, int n_heads, int hs, const int *pos)
 {
     for (int r = 0; r < rows; r++) {
-        const int pos = pos0 + r;
         for (int i = 0; i < hs; i += 2) {
             /* the angle run.c uses: pos / 10000^(i / hs) for the pair (i, i+1) of every head */
             const float freq = 1.0f / powf(10000.0f, (float)i / (float)hs);
-            const float val = (float)pos * freq, fcr = cosf(val), fci = sinf(val);
+            const float val = (float)pos[r] * freq, fcr = cosf(val), fci = sinf(val);
             for (int h = 0; h < n_heads; h++) {
                 float *v = x + ((size_t)r * n_heads + h) * hs + i;
                 const float v0 = v[0], v1 = v[1];
@@ -238,6 +238,14 @@ void model_rope(float *x, int rows, int n_heads, int hs, int pos0)
                 v[1] = v0 * fci + v1 * fcr;
             }
         }
+    }
+}
+
+void model_rope(float *x, int rows, int n_heads, int hs, int pos0)
+{
+    for (int r = 0; r < rows; r++) {
+        const int pos = pos0 + r;
+        model_rope_at(x + (size_t)r * n_heads * hs, 1, n_heads, hs, &pos);
     }
 }
 
@@ -283,4 +291,72 @@ int model_sample(float *logits, int n, float temperature, Rng *rng)
             return i;
     }
     return n - 1;
+}
+
+/* ==== the whole forward, attention supplied by the caller ============================================== */
+
+int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
+                  int n_out, const int *out_rows, float *logits)
+{
+    const ModelConfig *mc = &m->c;
+    const int dim = mc->dim, H = mc->n_heads, Hkv = mc->n_kv_heads, hs = model_head_size(mc);
+    const int qd = H * hs, kvd = Hkv * hs, hid = mc->hidden_dim;
+    if (n < 1)
+        return error_set("model_forward: no tokens to run");
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= mc->vocab_size)
+            return error_set("token id %d is outside the vocabulary (0..%d)", tokens[i], mc->vocab_size - 1);
+        if (pos[i] < 0 || pos[i] >= mc->seq_len)
+            return error_set("position %d is outside the model's seq_len %d", pos[i], mc->seq_len);
+    }
+    for (int i = 0; i < n_out; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= n)
+            return error_set("model_forward: logits asked for row %d of %d", out_rows[i], n);
+    const size_t N = (size_t)n;
+    float *buf = mem_alloc(N * ((size_t)2 * dim + 2 * qd + 2 * kvd + 2 * hid) * sizeof(float), "forward activations");
+    if (!buf)
+        return -1;
+    float *x = buf;           /* (n, dim) the residual stream */
+    float *xb = x + N * dim;  /* (n, dim) normalised, then each block's output */
+    float *q = xb + N * dim;  /* (n, H*hs) */
+    float *att = q + N * qd;  /* (n, H*hs) attention output, token-major */
+    float *k = att + N * qd;  /* (n, Hkv*hs) */
+    float *v = k + N * kvd;   /* (n, Hkv*hs) */
+    float *h1 = v + N * kvd;  /* (n, hidden) */
+    float *h3 = h1 + N * hid; /* (n, hidden) */
+    for (size_t i = 0; i < N; i++)
+        memcpy(x + i * dim, m->w.token_embedding + (size_t)tokens[i] * dim, (size_t)dim * sizeof(float));
+    int rc = 0;
+    for (int l = 0; l < mc->n_layers && rc == 0; l++) {
+        for (size_t i = 0; i < N; i++)
+            model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_att + (size_t)l * dim, dim);
+        matmul_nt(q, xb, m->w.wq + (size_t)l * qd * dim, N, (size_t)qd, (size_t)dim);
+        matmul_nt(k, xb, m->w.wk + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
+        matmul_nt(v, xb, m->w.wv + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
+        model_rope_at(q, n, H, hs, pos);
+        model_rope_at(k, n, Hkv, hs, pos);
+        rc = attention(ctx, l, n, q, k, v, att); /* the chapter's cache and kernel */
+        if (rc != 0)
+            break;
+        matmul_nt(xb, att, m->w.wo + (size_t)l * dim * qd, N, (size_t)dim, (size_t)qd);
+        for (size_t i = 0; i < N * dim; i++)
+            x[i] += xb[i];
+        for (size_t i = 0; i < N; i++)
+            model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_ffn + (size_t)l * dim, dim);
+        matmul_nt(h1, xb, m->w.w1 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
+        matmul_nt(h3, xb, m->w.w3 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
+        model_swiglu(h1, h3, N * hid);
+        matmul_nt(xb, h1, m->w.w2 + (size_t)l * dim * hid, N, (size_t)dim, (size_t)hid);
+        for (size_t i = 0; i < N * dim; i++)
+            x[i] += xb[i];
+    }
+    /* the final norm and the classifier, only for the rows whose logits are wanted: one row at a
+     * time, so that a row's logits do not depend on which other rows are asked for */
+    for (int i = 0; i < n_out && rc == 0; i++) {
+        float *row = xb; /* free now */
+        model_rmsnorm(row, x + (size_t)out_rows[i] * dim, m->w.rms_final, dim);
+        matmul_nt(logits + (size_t)i * mc->vocab_size, row, m->w.wcls, 1, (size_t)mc->vocab_size, (size_t)dim);
+    }
+    mem_free(buf);
+    return rc;
 }

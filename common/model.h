@@ -100,6 +100,8 @@ void model_rmsnorm(float *o, const float *x, const float *weight, int n);
 /* RoPE in place on `rows` token rows of n_heads heads of size hs, row r at position pos0 + r;
  * x is (rows, n_heads * hs). */
 void model_rope(float *x, int rows, int n_heads, int hs, int pos0);
+/* The same with any position per row: row r at pos[r] (rows of different sequences in one batch). */
+void model_rope_at(float *x, int rows, int n_heads, int hs, const int *pos);
 
 /* h (n) = silu(h) * g, in place. */
 void model_swiglu(float *h, const float *g, size_t n);
@@ -114,6 +116,20 @@ int model_sample(float *logits, int n, float temperature, Rng *rng);
 
 /* llama2.c seeds its state with the seed itself (not splitmix): use this to match its samples. */
 void model_rng_seed(Rng *rng, uint64_t seed);
+
+/* ---- the whole forward --------------------------------------------------------------------- */
+
+/* One layer's attention, which each chapter supplies with its own cache: the n token rows'
+ * q (n, H*hs), k and v (n, Hkv*hs) of layer `layer`, RoPE applied; it stores k and v where its
+ * cache keeps them and writes att (n, H*hs), token-major. 0 or -1 with an error recorded. */
+typedef int (*ModelAttention)(void *ctx, int layer, int n, const float *q, const float *k, const float *v,
+                              float *att);
+
+/* Runs n token rows through the model: row i is token tokens[i] at position pos[i] (rows may
+ * belong to different sequences: `attention` knows which). Writes the logits of the rows
+ * out_rows[0..n_out) into logits (n_out, vocab). The matrix products see all n rows at once. */
+int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
+                  int n_out, const int *out_rows, float *logits);
 
 #ifdef __cplusplus
 }
