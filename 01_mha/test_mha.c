@@ -410,6 +410,12 @@ START_TEST(test_matmul_against_triple_loop)
         transpose(bt, b, N, K); /* (K, N) */
         matmul_nn(out, a, bt, M, N, K);
         ck_assert_msg(compare_f32("matmul_nn", out, ref, M * N, ATOL, RTOL, 3).n_bad == 0, "nn %zux%zux%zu", M, N, K);
+        /* accumulate: out = a b, then out += a b again gives 2 a b (exact doubling of ref) */
+        matmul_nn_acc_ld(out, N, a, K, bt, N, M, N, K);
+        for (size_t j = 0; j < M * N; j++)
+            ref[j] *= 2.0f;
+        ck_assert_msg(compare_f32("matmul_nn_acc", out, ref, M * N, ATOL, RTOL, 3).n_bad == 0, "acc %zux%zux%zu", M, N,
+                      K);
         free(a), free(b), free(bt), free(out), free(ref);
     }
 }

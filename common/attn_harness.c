@@ -178,8 +178,9 @@ void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *devic
             if ((only_kernel && kern != only_kernel) || (dev == DEVICE_CPU && kern == 1 && im->ref_is_cpu1))
                 continue; /* the reference itself */
             char label[192];
-            snprintf(label, sizeof label, "%s %-8s B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d%s", device_name(dev),
-                     attn_impl_name(im, dev, kern), d->B, d->H, d->Hkv, d->T, d->S, d->D, d->causal, what);
+            snprintf(label, sizeof label, "%s %-8s%s%s B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d%s", device_name(dev),
+                     attn_impl_name(im, dev, kern), im->label ? " " : "", im->label ? im->label : "", d->B, d->H, d->Hkv,
+                     d->T, d->S, d->D, d->causal, what);
             memset(out, 0xff, tensor_bytes(&q)); /* NaN: every output element must be written */
             int rc = attn_run_host(im, dev, kern, d, q.data, k.data, v.data, out);
             CompareResult r = compare_f32(label, out, ref, q.numel, 1e-5, 1e-4, rc == 0 ? 3 : 0);
@@ -190,6 +191,35 @@ void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *devic
     }
     mem_free(ref), mem_free(out);
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
+}
+
+void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *device, int only_kernel, int have_gpu,
+                      int quick, uint64_t *seed)
+{
+    int n_case = 0;
+    for (int i = 0; i < VERIFY_N_LENGTHS; i++)
+        for (int j = 0; j < VERIFY_N_LENGTHS; j++)
+            for (int causal = 0; causal <= 1; causal++, n_case++) {
+                int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
+                if (quick && (T > 129 || S > 129))
+                    continue;
+                int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2, H, Hkv;
+                if (im->heads == ATTN_HEADS_EQUAL) {
+                    H = Hkv = (int[]){1, 4, 8}[n_case % 3];
+                } else {
+                    H = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][0];
+                    Hkv = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][1];
+                }
+                if ((double)T * S * H * B > 3e5) /* keep the reference quick on big shapes */
+                    B = 1, H = im->heads == ATTN_HEADS_EQUAL ? 1 : 2, Hkv = 1;
+                AttnDims d = {B, H, Hkv, T, S, D, causal, 1.0f / sqrtf((float)D)};
+                attn_verify_case(tally, im, device, only_kernel, have_gpu, &d, (*seed)++, 0);
+            }
+    for (int extreme = 1; extreme <= 2; extreme++)
+        for (int causal = 0; causal <= 1; causal++) {
+            AttnDims d = {2, im->heads == ATTN_HEADS_EQUAL ? 3 : 6, 3, 33, 65, 64, causal, 1.0f};
+            attn_verify_case(tally, im, device, only_kernel, have_gpu, &d, (*seed)++, extreme);
+        }
 }
 
 int attn_verify_command(const AttnImpls *im, int argc, char **argv)
@@ -227,29 +257,6 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
 
     VerifyTally tally = {0, 0, verbose};
     uint64_t seed = 1;
-    int n_case = 0;
-    for (int i = 0; i < VERIFY_N_LENGTHS; i++)
-        for (int j = 0; j < VERIFY_N_LENGTHS; j++)
-            for (int causal = 0; causal <= 1; causal++, n_case++) {
-                int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
-                if (quick && (T > 129 || S > 129))
-                    continue;
-                int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2, H, Hkv;
-                if (im->heads == ATTN_HEADS_EQUAL) {
-                    H = Hkv = (int[]){1, 4, 8}[n_case % 3];
-                } else {
-                    H = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][0];
-                    Hkv = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][1];
-                }
-                if ((double)T * S * H * B > 3e5) /* keep the reference quick on big shapes */
-                    B = 1, H = im->heads == ATTN_HEADS_EQUAL ? 1 : 2, Hkv = 1;
-                AttnDims d = {B, H, Hkv, T, S, D, causal, 1.0f / sqrtf((float)D)};
-                attn_verify_case(&tally, im, device, kernel, have_gpu, &d, seed++, 0);
-            }
-    for (int extreme = 1; extreme <= 2; extreme++)
-        for (int causal = 0; causal <= 1; causal++) {
-            AttnDims d = {2, im->heads == ATTN_HEADS_EQUAL ? 3 : 6, 3, 33, 65, 64, causal, 1.0f};
-            attn_verify_case(&tally, im, device, kernel, have_gpu, &d, seed++, extreme);
-        }
+    attn_verify_grid(&tally, im, device, kernel, have_gpu, quick, &seed);
     return verify_finish(&tally);
 }

@@ -50,6 +50,7 @@ typedef struct {
     AttnNameFn cuda_name;
     int n_cuda;
     AttnHeadRule heads;   /* which H:Hkv the chapter accepts */
+    const char *label;    /* NULL, or words added to every verify line (chapter 05: "bs=16") */
 } AttnImpls;
 
 size_t attn_q_count(const AttnDims *d);  /* B*H*T*D */
@@ -83,6 +84,11 @@ int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv
 /* `verify`: the grid of design.md §5 with the H:Hkv ratios the chapter accepts, plus logits of
  * +-1e4 and rows of very negative logits. Returns the exit status. */
 int attn_verify_command(const AttnImpls *im, int argc, char **argv);
+
+/* The grid of attn_verify_command (T x S x causal, the D and H:Hkv that go with each case, and
+ * the extreme-logit cases) into a tally; quick keeps lengths <= 129. */
+void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *device, int only_kernel, int have_gpu,
+                      int quick, uint64_t *seed);
 
 /* Checks every selected version on one problem against im->ref; records each in the tally.
  * extreme: 0 random, 1 logits ~ +-1e4, 2 every logit ~ -1e4 (integers: exact in any order). */

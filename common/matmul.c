@@ -67,14 +67,15 @@ void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const
     kernel_6x16(out, ldo, a, lda, panel, MATMUL_NR, K, rows, accumulate);
 }
 
-/* Any rows x cols block, one output row at a time (the last, partial panel). */
+/* Any rows x cols block, one output row at a time (the last, partial panel); += with accumulate. */
 static void kernel_edge(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb,
-                        size_t rows, size_t cols, size_t K)
+                        size_t rows, size_t cols, size_t K, int accumulate)
 {
     for (size_t r = 0; r < rows; r++) {
         float *o = out + r * ldo;
-        for (size_t j = 0; j < cols; j++)
-            o[j] = 0.0f;
+        if (!accumulate)
+            for (size_t j = 0; j < cols; j++)
+                o[j] = 0.0f;
         for (size_t k = 0; k < K; k++) {
             const float ar = a[r * lda + k];
             const float *bk = b + k * ldb;
@@ -98,64 +99,102 @@ static int use_threads(size_t M, size_t N, size_t K)
 /* One row: out += a[k] * (row k of b), k outer, so b is streamed once (a decode step's P V for
  * one query head). Threads split the columns. With 2-5 rows the panels and the micro-kernel
  * below are faster: the axpy would load and store every output row once per row of b. */
+static void nn_axpy_cols(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                         size_t j0, size_t cols, size_t K, int accumulate)
+{
+    for (size_t i = 0; i < M && !accumulate; i++)
+        memset(out + i * ldo + j0, 0, cols * sizeof(float));
+    for (size_t k = 0; k < K; k++) {
+        const float *bk = b + k * ldb + j0;
+        for (size_t i = 0; i < M; i++) {
+            const float aik = a[i * lda + k];
+            float *o = out + i * ldo + j0;
+#pragma omp simd
+            for (size_t j = 0; j < cols; j++)
+                o[j] += aik * bk[j];
+        }
+    }
+}
+
 static void matmul_nn_axpy(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
-                           size_t N, size_t K)
+                           size_t N, size_t K, int accumulate)
 {
     const size_t CB = 256; /* columns per thread chunk */
-#pragma omp parallel for schedule(static) if (use_threads(M, N, K))
-    for (size_t j0 = 0; j0 < N; j0 += CB) {
-        const size_t cols = N - j0 < CB ? N - j0 : CB;
-        for (size_t i = 0; i < M; i++)
-            memset(out + i * ldo + j0, 0, cols * sizeof(float));
-        for (size_t k = 0; k < K; k++) {
-            const float *bk = b + k * ldb + j0;
-            for (size_t i = 0; i < M; i++) {
-                const float aik = a[i * lda + k];
-                float *o = out + i * ldo + j0;
-#pragma omp simd
-                for (size_t j = 0; j < cols; j++)
-                    o[j] += aik * bk[j];
-            }
-        }
+    if (!use_threads(M, N, K)) { /* no parallel region at all: a small call stays cheap */
+        for (size_t j0 = 0; j0 < N; j0 += CB)
+            nn_axpy_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < CB ? N - j0 : CB, K, accumulate);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t j0 = 0; j0 < N; j0 += CB)
+        nn_axpy_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < CB ? N - j0 : CB, K, accumulate);
+}
+
+/* Columns j0 .. j0+15 of out (or fewer, the last panel): every block of MR rows against one
+ * panel of b, copied to `packed` (K x NR) first when pack is set. */
+static void nn_panel(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                     size_t N, size_t K, size_t j0, float *packed, int accumulate)
+{
+    const size_t cols = N - j0 < NR ? N - j0 : NR;
+    if (cols < NR) {
+        kernel_edge(out + j0, ldo, a, lda, b + j0, ldb, M, cols, K, accumulate);
+        return;
+    }
+    const float *panel = b + j0;
+    size_t ldp = ldb;
+    if (packed) {
+        for (size_t k = 0; k < K; k++)
+            memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
+        panel = packed, ldp = NR;
+    }
+    for (size_t i = 0; i < M; i += MR)
+        kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, panel, ldp, K, M - i < MR ? M - i : MR, accumulate);
+}
+
+#define STACK_PANEL_K 256 /* panels of up to 256 x 16 floats live on the stack (16 KiB) */
+
+static void matmul_nn_any(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                          size_t N, size_t K, int accumulate)
+{
+    if (M == 1) {
+        matmul_nn_axpy(out, ldo, a, lda, b, ldb, M, N, K, accumulate);
+        return;
+    }
+    const size_t n_panels = (N + NR - 1) / NR;
+    /* copying a panel pays only when several blocks of 6 rows reuse it; with at most 6 rows the
+     * micro-kernel reads b in place, once. The copy is K x NR contiguous floats: rows of b that
+     * are a power of two apart (ldb = 4096, say) would otherwise all fall into the same few L1
+     * cache sets. */
+    const int pack = M > MR;
+    if (!use_threads(M, N, K)) { /* no parallel region and no allocation for a small product */
+        float stack_panel[STACK_PANEL_K * NR];
+        float *packed = !pack ? NULL : K <= STACK_PANEL_K ? stack_panel : mem_alloc_or_die(K * NR * sizeof(float), "matmul panel (K, 16)");
+        for (size_t p = 0; p < n_panels; p++)
+            nn_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed, accumulate);
+        if (packed != stack_panel)
+            mem_free(packed);
+        return;
+    }
+#pragma omp parallel
+    {
+        float *packed = pack ? mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)") : NULL;
+#pragma omp for schedule(static)
+        for (size_t p = 0; p < n_panels; p++)
+            nn_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed, accumulate);
+        mem_free(packed);
     }
 }
 
 void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K)
 {
-    if (M == 1) {
-        matmul_nn_axpy(out, ldo, a, lda, b, ldb, M, N, K);
-        return;
-    }
-    const size_t n_panels = (N + NR - 1) / NR;
-    /* copying a panel pays only when several blocks of 6 rows reuse it; with at most 6 rows the
-     * micro-kernel reads b in place, once */
-    const int pack = M > MR;
-#pragma omp parallel if (use_threads(M, N, K))
-    {
-        /* the panel of b, copied to K x NR contiguous floats: rows of b that are a power of two
-         * apart (ldb = 4096, say) would otherwise all fall into the same few L1 cache sets */
-        float *packed = pack ? mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)") : NULL;
-#pragma omp for schedule(static)
-        for (size_t p = 0; p < n_panels; p++) {
-            const size_t j0 = p * NR;
-            const size_t cols = N - j0 < NR ? N - j0 : NR;
-            size_t i = 0;
-            if (cols == NR) {
-                const float *panel = b + j0;
-                size_t ldp = ldb;
-                if (pack) {
-                    for (size_t k = 0; k < K; k++)
-                        memcpy(packed + k * NR, b + k * ldb + j0, NR * sizeof(float));
-                    panel = packed, ldp = NR;
-                }
-                for (; i < M; i += MR)
-                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, panel, ldp, K, M - i < MR ? M - i : MR, 0);
-            } else
-                kernel_edge(out + i * ldo + j0, ldo, a + i * lda, lda, b + j0, ldb, M - i, cols, K);
-        }
-        mem_free(packed);
-    }
+    matmul_nn_any(out, ldo, a, lda, b, ldb, M, N, K, 0);
+}
+
+void matmul_nn_acc_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                      size_t N, size_t K)
+{
+    matmul_nn_any(out, ldo, a, lda, b, ldb, M, N, K, 1);
 }
 
 void matmul_nn(float *out, const float *a, const float *b, size_t M, size_t N, size_t K)
@@ -177,12 +216,11 @@ void transpose(float *out, const float *in, size_t M, size_t N)
  * row of b once, in order (a decode step's few query rows against the keys or a weight matrix).
  * Up to four rows of a at once, two 8-float accumulators each: eight independent FMA chains,
  * so the loop is not stalled by FMA latency. */
-static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
-                           size_t N, size_t K)
+static void nt_dots_col(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                        size_t K, size_t j)
 {
     const size_t K16 = K / 16 * 16;
-#pragma omp parallel for schedule(static) if (use_threads(M, N, K))
-    for (size_t j = 0; j < N; j++) {
+    {
         const float *bj = b + j * ldb;
         if (M == 1) { /* one row: four accumulators of its own */
             const size_t K32 = K / 32 * 32;
@@ -198,7 +236,7 @@ static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, c
             for (size_t k = K32; k < K; k++)
                 sum += a[k] * bj[k];
             out[j] = sum;
-            continue;
+            return;
         }
         for (size_t i0 = 0; i0 < M; i0 += 4) {
             const size_t rows = M - i0 < 4 ? M - i0 : 4;
@@ -226,6 +264,36 @@ static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, c
     }
 }
 
+static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                           size_t N, size_t K)
+{
+    if (!use_threads(M, N, K)) {
+        for (size_t j = 0; j < N; j++)
+            nt_dots_col(out, ldo, a, lda, b, ldb, M, K, j);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t j = 0; j < N; j++)
+        nt_dots_col(out, ldo, a, lda, b, ldb, M, K, j);
+}
+
+/* Columns j0 .. j0+15 of out: 16 rows of b, transposed into a K x 16 panel (each row of b read
+ * once, in order), against every block of MR rows of a. */
+static void nt_panel(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                     size_t N, size_t K, size_t j0, float *packed)
+{
+    const size_t cols = N - j0 < NR ? N - j0 : NR;
+    for (size_t c = 0; c < NR; c++)
+        for (size_t k = 0; k < K; k++)
+            packed[k * NR + c] = c < cols ? b[(j0 + c) * ldb + k] : 0.0f;
+    if (cols == NR) {
+        for (size_t i = 0; i < M; i += MR)
+            kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
+    } else {
+        kernel_edge(out + j0, ldo, a, lda, packed, NR, M, cols, K, 0);
+    }
+}
+
 void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K)
 {
@@ -234,25 +302,21 @@ void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
         return;
     }
     const size_t n_panels = (N + NR - 1) / NR;
-#pragma omp parallel if (use_threads(M, N, K))
+    if (!use_threads(M, N, K)) { /* no parallel region and no allocation for a small product */
+        float stack_panel[STACK_PANEL_K * NR];
+        float *packed = K <= STACK_PANEL_K ? stack_panel : mem_alloc_or_die(K * NR * sizeof(float), "matmul panel (K, 16)");
+        for (size_t p = 0; p < n_panels; p++)
+            nt_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed);
+        if (packed != stack_panel)
+            mem_free(packed);
+        return;
+    }
+#pragma omp parallel
     {
-        /* 16 rows of b, transposed into a K x 16 panel: each row of b is read once, in order */
         float *packed = mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)");
 #pragma omp for schedule(static)
-        for (size_t p = 0; p < n_panels; p++) {
-            const size_t j0 = p * NR;
-            const size_t cols = N - j0 < NR ? N - j0 : NR;
-            for (size_t c = 0; c < NR; c++)
-                for (size_t k = 0; k < K; k++)
-                    packed[k * NR + c] = c < cols ? b[(j0 + c) * ldb + k] : 0.0f;
-            size_t i = 0;
-            if (cols == NR) {
-                for (; i < M; i += MR)
-                    kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
-            } else {
-                kernel_edge(out + j0, ldo, a, lda, packed, NR, M, cols, K);
-            }
-        }
+        for (size_t p = 0; p < n_panels; p++)
+            nt_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed);
         mem_free(packed);
     }
 }

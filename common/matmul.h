@@ -25,6 +25,10 @@ void matmul_nt(float *out, const float *a, const float *b, size_t M, size_t N, s
  * at b + i * ldb (leading dimensions, in floats). */
 void matmul_nn_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K);
+/* The same, adding to out: out (M, N) += a (M, K) · b (K, N) (a P V product summed over the
+ * blocks of a paged cache, chapter 05). */
+void matmul_nn_acc_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                      size_t N, size_t K);
 /* matmul_nt on sub-matrices, likewise: out (M, N) = a (M, K) · b (N, K)ᵀ. */
 void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K);

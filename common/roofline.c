@@ -8,6 +8,7 @@
 #include "paths.h"
 #include "tensor.h"
 #include "vmath.h"
+#include "rng.h"
 #include "timer.h"
 
 #ifdef _OPENMP
@@ -108,6 +109,53 @@ static double probe_dram(void)
             best = bytes / dt;
     }
     mem_free(buf);
+    return best / 1e9;
+}
+
+double roofline_scattered_read_gbs(size_t chunk_bytes)
+{
+    const size_t bytes = (size_t)256 << 20;
+    chunk_bytes = chunk_bytes < 128 ? 128 : chunk_bytes / 128 * 128; /* whole 32-float steps */
+    const size_t n_chunks = bytes / chunk_bytes, per = chunk_bytes / sizeof(float);
+    float *buf = mem_alloc(n_chunks * chunk_bytes, "scattered-read buffer");
+    size_t *order = mem_alloc(n_chunks * sizeof(size_t), "chunk order");
+    if (!buf || !order) {
+        mem_free(buf), mem_free(order);
+        return 0.0;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n_chunks * per; i++)
+        buf[i] = (float)(i & 7);
+    Rng rng;
+    rng_seed(&rng, 5);
+    for (size_t i = 0; i < n_chunks; i++)
+        order[i] = i;
+    for (size_t i = n_chunks - 1; i > 0; i--) { /* Fisher-Yates */
+        const size_t j = (size_t)rng_below(&rng, (uint32_t)(i + 1)), t = order[i];
+        order[i] = order[j], order[j] = t;
+    }
+    double best = 0.0;
+    for (int pass = 0; pass < 5; pass++) {
+        double sum = 0.0;
+        double t0 = timer_now();
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+        for (size_t c = 0; c < n_chunks; c++) {
+            const float *x = buf + order[c] * per;
+            f32x8 acc = F32X8(0.0f);
+            for (size_t i = 0; i < per; i += 32) {
+                f32x8 s0 = *(const f32x8 *)(x + i), s1 = *(const f32x8 *)(x + i + 8);
+                f32x8 s2 = *(const f32x8 *)(x + i + 16), s3 = *(const f32x8 *)(x + i + 24);
+                acc += (s0 + s1) + (s2 + s3);
+            }
+            sum += acc[0] + acc[7];
+        }
+        double dt = timer_now() - t0;
+        if (sum == -1.0)
+            printf(" ");
+        if ((double)(n_chunks * chunk_bytes) / dt > best)
+            best = (double)(n_chunks * chunk_bytes) / dt;
+    }
+    mem_free(buf), mem_free(order);
     return best / 1e9;
 }
 

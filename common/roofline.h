@@ -12,6 +12,8 @@
 #ifndef COMMON_ROOFLINE_H
 #define COMMON_ROOFLINE_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -28,6 +30,12 @@ const Roofline *roofline_get(void);
 
 /* Measures now (no cache). */
 Roofline roofline_probe(void);
+
+/* Read bandwidth, GB/s, of the same kind of 256 MiB buffer read in chunks of chunk_bytes taken
+ * in a shuffled order (best of 5 passes, all threads): what a kernel that reads scattered
+ * blocks -- a paged KV cache -- can hope for. Small chunks defeat the hardware prefetcher,
+ * which follows one stream within a page. Measured at each call (about a second). */
+double roofline_scattered_read_gbs(size_t chunk_bytes);
 
 /* "AMD EPYC 7B13 (2 threads)": the machine as benchmarks name it. */
 const char *roofline_machine(void);

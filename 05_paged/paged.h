@@ -1,0 +1,222 @@
+/*
+ * paged.h: chapter 05, PagedAttention -- the KV cache in fixed-size blocks found through a table.
+ *
+ * Chapter 04 reserved max_seq positions per sequence. A server does not know how long a request
+ * will run, so that reservation is mostly empty memory, and variable-size reservations fragment
+ * what is left. Paging (Kwon et al. 2023, "Efficient Memory Management for Large Language Model
+ * Serving with PagedAttention") cuts the cache into blocks of block_size tokens, keeps them in
+ * one pool, and gives each sequence a block table: logical block i (its tokens i*bs .. i*bs+bs-1)
+ * lives in physical block table[i], anywhere in the pool. A sequence holds at most bs-1 empty
+ * slots (in its last block); blocks are shared between sequences by reference counting (fork:
+ * n samples of one prompt share the prompt's blocks) and copied on the first write to a shared,
+ * partly filled block (copy-on-write).
+ *
+ *   pool     num_blocks blocks: K and V (L, Hkv, num_blocks, bs, D) fp32. One block id serves
+ *            every layer and kv head; one (layer, kv head, block) is a contiguous (bs, D)
+ *            matrix, and blocks with consecutive ids are adjacent, so a sequence whose blocks
+ *            came out in order is one stream of memory, as in chapter 04. A stack of free ids
+ *            (O(1) alloc and release); a reference count per block.
+ *   table    per sequence: len tokens, table[0 .. ceil(len / bs)) physical ids.
+ *   attention reads K and V through the table in place -- never a contiguous copy:
+ *      CPU  1 ref:  per query row and head, plain loops over positions, row = table[j / bs], j % bs
+ *      CPU  2 fast: tasks of (sequence, kv head, query tile, partition of the blocks); the G query
+ *                   heads of a group (and a tile of query positions) score a chunk of blocks with
+ *                   common/matmul, online softmax, P V summed over the blocks, partitions merged
+ *                   with their log-sum-exp (chapter 03's flash_merge); OpenMP over the tasks
+ *      CUDA 1 v1:   a thread block per (query row, head) walks the table over the whole sequence
+ *      CUDA 2 v2:   a thread block per (query row, kv head, partition), then a reduce kernel
+ */
+#ifndef PAGED_H
+#define PAGED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Returned (with an error recorded) when the pool has too few free blocks; nothing changed. */
+#define PAGED_EXHAUSTED (-2)
+
+typedef struct {
+    int n_layers, n_kv_heads, head_dim, block_size, num_blocks;
+    unsigned serial;  /* tags the tables this pool serves */
+    float *k, *v;     /* (L, Hkv, num_blocks, bs, D) */
+    int *ref;         /* (num_blocks) how many tables hold each block; 0 = free */
+    int *free_ids;    /* (num_blocks) a stack: free_ids[0 .. n_free) are the free blocks */
+    int n_free;
+    int peak_used;    /* most blocks in use at once */
+    size_t n_allocs, n_releases, n_cow_copies; /* counters since creation */
+} PagedPool;
+
+typedef struct {
+    unsigned pool; /* serial of the pool it draws from; 0 = holds nothing yet */
+    int len;       /* tokens stored */
+    int n_blocks;  /* ceil(len / bs) */
+    int cap;       /* entries allocated in blocks */
+    int *blocks;   /* (cap) logical block -> physical block */
+} PagedSeq;
+
+/* ---- the pool ------------------------------------------------------------------------------- */
+
+/* num_blocks blocks of block_size tokens for a model of n_layers, n_kv_heads, head_dim. */
+int paged_pool_create(PagedPool *p, int n_layers, int n_kv_heads, int head_dim, int block_size, int num_blocks);
+void paged_pool_free(PagedPool *p);
+
+/* Reorders the free stack at random (seeded): blocks then come out in a shuffled order, which
+ * tests use to show that physical placement changes nothing. */
+void paged_pool_shuffle(PagedPool *p, uint64_t seed);
+
+/* Bytes of K and V one block holds: 2 * L * Hkv * bs * D * 4. */
+size_t paged_block_bytes(const PagedPool *p);
+static inline int paged_pool_used(const PagedPool *p) { return p->num_blocks - p->n_free; }
+
+/* One block off the free stack with ref count 1, or PAGED_EXHAUSTED. */
+int paged_block_alloc(PagedPool *p);
+/* Ref count -1, back on the free stack at 0. Errors: id out of range, or a block already free
+ * (double free). */
+int paged_block_release(PagedPool *p, int id);
+
+/* (bs, D) rows of K / V of block `id`, layer `layer`, kv head h. */
+static inline size_t paged_block_offset(const PagedPool *p, int id, int layer, int h)
+{
+    return (((size_t)layer * p->n_kv_heads + h) * p->num_blocks + id) * p->block_size * p->head_dim;
+}
+static inline float *paged_k_block(const PagedPool *p, int id, int layer, int h)
+{
+    return p->k + paged_block_offset(p, id, layer, h);
+}
+static inline float *paged_v_block(const PagedPool *p, int id, int layer, int h)
+{
+    return p->v + paged_block_offset(p, id, layer, h);
+}
+
+/* ---- sequences ------------------------------------------------------------------------------ */
+
+void paged_seq_init(PagedSeq *s);
+
+/* Room for n more tokens: allocates blocks as the last one fills, first copying a shared, partly
+ * filled last block (copy-on-write), then len += n. The caller writes the K/V of positions
+ * [len - n, len) in every layer. PAGED_EXHAUSTED, with nothing changed, when the pool is short;
+ * -1 for a table of another pool. */
+int paged_seq_append(PagedPool *p, PagedSeq *s, int n);
+
+/* Blocks paged_seq_append(s, n) would take from the pool now (copy-on-write included). */
+int paged_seq_blocks_needed(const PagedPool *p, const PagedSeq *s, int n);
+
+/* Keeps the first len tokens of s, releasing the blocks past them; -1 for len > s->len. */
+int paged_seq_truncate(PagedPool *p, PagedSeq *s, int len);
+
+/* Releases every block of s and empties it; -1 for a table of another pool or a bad id. */
+int paged_seq_free(PagedPool *p, PagedSeq *s);
+
+/* dst (empty) shares every block of src: ref counts +1, nothing copied. */
+int paged_seq_fork(PagedPool *p, const PagedSeq *src, PagedSeq *dst);
+
+/* Stores positions [pos, pos + n) of s in layer `layer` from token-major rows k, v
+ * (n, Hkv * D); the positions must be < s->len (appended first). */
+void paged_write(PagedPool *p, const PagedSeq *s, int layer, int pos, int n, const float *k, const float *v);
+
+/* Copy of positions [0, len) of s through its table: k_out, v_out (Hkv, len, D). Tests and the
+ * pictures use it; the attention kernels never do. */
+void paged_gather(const PagedPool *p, const PagedSeq *s, int layer, int len, float *k_out, float *v_out);
+
+/* The allocator's invariants over a pool and every table drawn from it: free + used = total,
+ * ref counts >= 0, each block's ref count = the number of tables holding it (a block is in two
+ * tables only when shared), the free stack holds exactly the blocks with ref 0, once each, and
+ * every table has ceil(len / bs) valid ids. 0, or -1 naming the first broken one. */
+int paged_check(const PagedPool *p, PagedSeq *const *seqs, int n_seqs);
+
+/* ---- attention through the tables -----------------------------------------------------------
+ * A batch of n_seq sequences: sequence i owns query rows q_start[i] .. q_start[i+1]-1 of
+ * q (rows, H, D) -- token-major, as the model produces them -- and those T_i queries are its last
+ * T_i positions (its K/V already written, len counting them). causal: query t sees positions
+ * <= len - T_i + t (bottom-right); otherwise all len. out (rows, H, D); a row that sees no key
+ * gets zeros. H must be a multiple of the pool's Hkv. */
+#define PAGED_CPU_KERNELS 2
+int paged_attention_ref(const PagedPool *p, int layer, int H, float scale, int causal, int n_seq,
+                        PagedSeq *const *seqs, const int *q_start, const float *q, float *out);
+int paged_attention_fast(const PagedPool *p, int layer, int H, float scale, int causal, int n_seq,
+                         PagedSeq *const *seqs, const int *q_start, const float *q, float *out);
+int paged_attention_cpu(int kernel, const PagedPool *p, int layer, int H, float scale, int causal, int n_seq,
+                        PagedSeq *const *seqs, const int *q_start, const float *q, float *out);
+const char *paged_cpu_kernel_name(int kernel); /* "ref", "fast" */
+
+/* Keys per partition of the fast kernel, rounded up to whole blocks: a sequence of len tokens
+ * is split in ceil(len / this) partitions, whatever else is in the batch, so that a sequence's
+ * output does not depend on its batch. */
+#define PAGED_PARTITION_KEYS 2048
+
+/* ---- the model through a paged cache (CPU) -------------------------------------------------- */
+
+/* Runs tokens[0..n) of sequence s at positions s->len .. s->len+n-1: appends n slots (the pool
+ * may run out: PAGED_EXHAUSTED, s unchanged), writes their K/V, attends with CPU kernel `kernel`,
+ * writes the logits (vocab) of the last token. */
+int paged_forward(const Model *m, PagedPool *p, PagedSeq *s, const int *tokens, int n, int kernel, float *logits);
+
+typedef struct {
+    int max_new;       /* tokens to generate per sample */
+    float temperature; /* 0: greedy */
+    uint64_t seed;     /* sample i uses seed + i */
+    int n_samples;     /* the prompt is prefilled once and forked n_samples - 1 times */
+    int block_size;
+    int num_blocks;    /* 0: just enough for the request (paged_blocks_for_request) */
+    int kernel;        /* CPU attention kernel, 0 = fast */
+    uint64_t shuffle;  /* 0: blocks in pool order; else shuffle the free list with this seed */
+} PagedGenOptions;
+
+/* Blocks a request needs at its longest: the prompt's full blocks once (shared by every sample)
+ * plus, per sample, the rest of its n_prompt + max_new tokens. */
+int paged_blocks_for_request(int n_prompt, int max_new, int n_samples, int block_size);
+
+/* Generates o->max_new tokens for each of o->n_samples samples: out (n_samples, max_new). Checks
+ * the request first (prompt, lengths, and that it fits num_blocks: an error saying how many
+ * blocks it needs). stats, when not NULL, gets the pool's peak blocks and copy-on-write count. */
+typedef struct {
+    int peak_blocks, num_blocks;
+    size_t cow_copies;
+    size_t block_bytes;
+} PagedGenStats;
+int paged_generate(const Model *m, const int *prompt, int n_prompt, const PagedGenOptions *o, int *out,
+                   PagedGenStats *stats);
+
+/* ---- CUDA ------------------------------------------------------------------------------------ */
+#if HAVE_CUDA
+#define PAGED_CUDA_KERNELS 2
+/* The same batch contract on the GPU, decode and prefill rows alike, for one layer's blocks:
+ * d_k, d_v (Hkv, num_blocks, bs, D) -- one layer of a pool --, d_tables (n_seq, max_blocks)
+ * physical ids, d_lens (n_seq), d_q_start (n_seq + 1), d_row_seq (rows) the sequence of each
+ * query row, q / out (rows, H, D). */
+typedef struct {
+    const float *k, *v;
+    int num_blocks;
+    int Hkv, bs, D;
+    const int *tables, *lens, *q_start, *row_seq;
+    int n_seq, max_blocks, rows, max_len;
+} PagedCudaBatch;
+int paged_attention_cuda(int kernel, const PagedCudaBatch *b, int H, float scale, int causal, const float *d_q,
+                         float *d_out);
+const char *paged_cuda_kernel_name(int kernel); /* "v1", "v2" */
+
+/* Milliseconds (median of `repeats` after a warm-up, CUDA events) of one decode call on the GPU:
+ * B sequences of L tokens, one query each, device-generated data; kernel 1/2 = v1/v2 through
+ * block tables of block size bs (blocks in order, or shuffled), kernel 0 = chapter 04's split
+ * kernel over a contiguous cache. -1 when the GPU memory is short. */
+double paged_time_cuda(int kernel, int B, int H, int Hkv, int L, int D, int bs, int shuffled, int repeats);
+
+/* The attn contract's layouts on the device: k, v (B, Hkv, S, D) are scattered into a pool of
+ * B * ceil(S / bs) blocks (every slot first NaN) following h_perm (host: logical block lb of
+ * sequence b goes to physical block h_perm[b * ceil(S / bs) + lb]), q (B, H, T, D) is turned into
+ * token-major rows, the kernel runs, and out comes back as (B, H, T, D). */
+int paged_attention_cuda_bhsd(int kernel, int B, int H, int Hkv, int T, int S, int D, int bs, const int *h_perm,
+                              float scale, int causal, const float *d_q, const float *d_k, const float *d_v,
+                              float *d_out);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

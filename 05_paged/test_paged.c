@@ -1,0 +1,640 @@
+/*
+ * test_paged.c: chapter 05's Check suite -- the paged cache, against chapter 04's contiguous one.
+ *
+ * The model through a paged cache gives chapter 04's logits (within the fp32 tolerance) and
+ * tokens (exactly) for block sizes 1, 8, 16, 32, with blocks handed out in a shuffled order and
+ * lengths that end on, just after and just before a block boundary; the physical placement and
+ * NaN in every slot no table points at change no output bit; fork then diverge gives each branch
+ * bit for bit what an unforked run gives; the allocator keeps its invariants under 10^5 random
+ * operations and returns the pool to full; misuse is detected. The attention kernels agree with
+ * chapter 04 and a float64 oracle on batches of sequences of different lengths. Then the program.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "04_kvcache/kvcache.h"
+#include "05_paged/paged.h"
+#include "common/compare.h"
+#include "common/device.h"
+#include "common/error.h"
+#include "common/model.h"
+#include "common/npy.h"
+#include "common/rng.h"
+#include "common/tensor.h"
+#include "common/testing.h"
+#if HAVE_CUDA
+#include "common/cuda_utils.h"
+#endif
+
+#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
+#define RTOL 1e-4
+
+static const int BLOCK_SIZES[4] = {1, 8, 16, 32};
+
+/* A small model for fast tests: GQA 2:1, an odd vocabulary. */
+static ModelConfig small_config(void)
+{
+    ModelConfig c = {.dim = 64, .hidden_dim = 48, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 97,
+                     .seq_len = 200, .shared_classifier = 0};
+    return c;
+}
+
+static char tmp[4096];
+static void tmp_setup(void) { temp_dir_create(tmp, sizeof tmp); }
+static void tmp_teardown(void) { temp_dir_remove(tmp); }
+
+/* A pool for model m: every slot first set to `fill`, then the free list shuffled (seed 0: in order). */
+static void model_pool(PagedPool *p, const Model *m, int bs, int num_blocks, float fill, uint64_t shuffle)
+{
+    ck_assert_int_eq(paged_pool_create(p, m->c.n_layers, m->c.n_kv_heads, model_head_size(&m->c), bs, num_blocks), 0);
+    const size_t n = (size_t)m->c.n_layers * m->c.n_kv_heads * num_blocks * bs * model_head_size(&m->c);
+    for (size_t i = 0; i < n; i++)
+        p->k[i] = p->v[i] = fill;
+    if (shuffle)
+        paged_pool_shuffle(p, shuffle);
+}
+
+/* ==== the model: paged against contiguous (chapter 04) =========================================== */
+
+/* Prefill n0 tokens, then greedy steps to n0 + steps, through chapter 04 and through pages of bs
+ * tokens (shuffled, and, to show it changes nothing, 4 extra blocks never used): logits within
+ * tolerance at every step, the same greedy tokens, the same cache contents. */
+static void compare_with_chapter04(const Model *m, int bs, int n0, int steps, int kernel)
+{
+    const int V = m->c.vocab_size, total = n0 + steps;
+    int *tok = malloc((size_t)(total + 1) * sizeof(int));
+    for (int i = 0; i < n0; i++)
+        tok[i] = (i * 31 + 7) % V;
+    KvCache kc;
+    ck_assert_int_eq(kvcache_create(&kc, m->c.n_layers, 1, m->c.n_kv_heads, total, model_head_size(&m->c), KV_F32), 0);
+    PagedPool p;
+    model_pool(&p, m, bs, (total + bs - 1) / bs + 4, NAN, 17 + (uint64_t)bs);
+    PagedSeq s;
+    paged_seq_init(&s);
+    float *l4 = malloc((size_t)V * 4), *l5 = malloc((size_t)V * 4);
+    for (int step = 0; step <= steps; step++) {
+        const int at = step == 0 ? 0 : n0 + step - 1, n = step == 0 ? n0 : 1;
+        ck_assert_int_eq(kvcache_forward(m, &kc, 0, tok + at, n, kernel, l4), 0);
+        ck_assert_msg(paged_forward(m, &p, &s, tok + at, n, kernel, l5) == 0, "%s", error_message());
+        CompareResult r = compare_f32("paged logits", l5, l4, (size_t)V, ATOL, RTOL, 3);
+        ck_assert_msg(r.n_bad == 0, "bs %d, prompt %d, step %d, kernel %d: logits differ", bs, n0, step, kernel);
+        const int next = model_argmax(l4, V);
+        ck_assert_msg(model_argmax(l5, V) == next, "bs %d, step %d: a different token", bs, step);
+        tok[n0 + step] = next;
+    }
+    ck_assert_int_eq(s.len, total);
+    ck_assert_int_eq(s.n_blocks, (total + bs - 1) / bs);
+    /* the cache holds chapter 04's K and V, found through the table: layer 0's bit for bit (the
+     * same embedding and projections), later layers within tolerance (their inputs went through
+     * attention kernels that sum in different orders) */
+    const size_t per = (size_t)m->c.n_kv_heads * total * model_head_size(&m->c);
+    float *k4 = malloc(per * 4), *v4 = malloc(per * 4), *k5 = malloc(per * 4), *v5 = malloc(per * 4);
+    for (int l = 0; l < m->c.n_layers; l++) {
+        kvcache_gather(&kc, l, 0, total, k4, v4);
+        paged_gather(&p, &s, l, total, k5, v5);
+        if (l == 0) {
+            ck_assert_int_eq(memcmp(k4, k5, per * 4), 0);
+            ck_assert_int_eq(memcmp(v4, v5, per * 4), 0);
+        }
+        ck_assert(compare_f32("paged K", k5, k4, per, ATOL, RTOL, 3).n_bad == 0);
+        ck_assert(compare_f32("paged V", v5, v4, per, ATOL, RTOL, 3).n_bad == 0);
+    }
+    free(k4), free(v4), free(k5), free(v5);
+    PagedSeq *all[1] = {&s};
+    ck_assert_msg(paged_check(&p, all, 1) == 0, "%s", error_message());
+    ck_assert_int_eq(paged_seq_free(&p, &s), 0);
+    ck_assert_int_eq(p.n_free, p.num_blocks);
+    paged_pool_free(&p);
+    kvcache_free(&kc);
+    free(tok), free(l4), free(l5);
+}
+
+START_TEST(test_logits_and_tokens_equal_chapter04)
+{
+    Model m;
+    ModelConfig c = small_config();
+    ck_assert_int_eq(model_init_random(&m, &c, 3), 0);
+    for (int i = 0; i < 4; i++) {
+        const int bs = BLOCK_SIZES[i];
+        /* prompts ending on a block boundary, one past it, one before it: decode then crosses them */
+        const int prompts[3] = {2 * bs, 2 * bs + 1, 3 * bs - 1 > 1 ? 3 * bs - 1 : 3};
+        for (int j = 0; j < 3; j++)
+            for (int kernel = 1; kernel <= PAGED_CPU_KERNELS; kernel++)
+                compare_with_chapter04(&m, bs, prompts[j], bs + 2, kernel);
+    }
+    model_free(&m);
+}
+END_TEST
+
+/* Logits of the whole sequence tok, token by token after a prefill of n0, through a pool of
+ * block size bs filled with `fill` and shuffled with `shuffle`. */
+static void paged_logits(const Model *m, int bs, float fill, uint64_t shuffle, const int *tok, int n0, int total,
+                         float *logits)
+{
+    PagedPool p;
+    model_pool(&p, m, bs, (total + bs - 1) / bs + 3, fill, shuffle);
+    PagedSeq s;
+    paged_seq_init(&s);
+    const int V = m->c.vocab_size;
+    ck_assert_int_eq(paged_forward(m, &p, &s, tok, n0, 2, logits), 0);
+    for (int t = n0; t < total; t++)
+        ck_assert_int_eq(paged_forward(m, &p, &s, tok + t, 1, 2, logits + (size_t)(t - n0 + 1) * V), 0);
+    paged_seq_free(&p, &s);
+    paged_pool_free(&p);
+}
+
+START_TEST(test_placement_and_nan_change_no_bit)
+{
+    Model m;
+    ModelConfig c = small_config();
+    ck_assert_int_eq(model_init_random(&m, &c, 5), 0);
+    const int V = c.vocab_size, n0 = 21, total = 60;
+    int tok[60];
+    for (int i = 0; i < total; i++)
+        tok[i] = (i * 13 + 2) % V;
+    const size_t n = (size_t)(total - n0 + 1) * V;
+    float *clean = malloc(n * 4), *dirty = malloc(n * 4);
+    for (int i = 0; i < 4; i++) {
+        const int bs = BLOCK_SIZES[i];
+        paged_logits(&m, bs, 0.0f, 0, tok, n0, total, clean);     /* blocks in order, zeros around */
+        paged_logits(&m, bs, NAN, 99 + i, tok, n0, total, dirty); /* shuffled, NaN everywhere unused */
+        ck_assert_msg(memcmp(clean, dirty, n * 4) == 0, "block size %d: placement or NaN changed an output bit", bs);
+    }
+    free(clean), free(dirty);
+    model_free(&m);
+}
+END_TEST
+
+START_TEST(test_fork_then_diverge_is_exact)
+{
+    Model m;
+    ModelConfig c = small_config();
+    ck_assert_int_eq(model_init_random(&m, &c, 7), 0);
+    const int V = c.vocab_size, n0 = 19;
+    for (int i = 0; i < 4; i++) {
+        const int bs = BLOCK_SIZES[i];
+        int prompt[19], a_tok[12], b_tok[12];
+        for (int t = 0; t < n0; t++)
+            prompt[t] = (t * 7 + 1) % V;
+        for (int t = 0; t < 12; t++)
+            a_tok[t] = (t * 5 + 3) % V, b_tok[t] = (t * 11 + 60) % V; /* two different continuations */
+        PagedPool p;
+        model_pool(&p, &m, bs, 64, NAN, 3 + (uint64_t)i);
+        PagedSeq a, b;
+        paged_seq_init(&a), paged_seq_init(&b);
+        float *la = malloc((size_t)13 * V * 4), *lb = malloc((size_t)13 * V * 4);
+        ck_assert_int_eq(paged_forward(&m, &p, &a, prompt, n0, 2, la), 0);
+        const int used_before = paged_pool_used(&p);
+        ck_assert_int_eq(paged_seq_fork(&p, &a, &b), 0);
+        ck_assert_int_eq(paged_pool_used(&p), used_before); /* nothing copied by the fork */
+        memcpy(lb, la, (size_t)V * 4);
+        for (int t = 0; t < 12; t++) { /* interleaved, as a server would run them */
+            ck_assert_int_eq(paged_forward(&m, &p, &b, &b_tok[t], 1, 2, lb + (size_t)(t + 1) * V), 0);
+            ck_assert_int_eq(paged_forward(&m, &p, &a, &a_tok[t], 1, 2, la + (size_t)(t + 1) * V), 0);
+        }
+        PagedSeq *all[2] = {&a, &b};
+        ck_assert_msg(paged_check(&p, all, 2) == 0, "%s", error_message());
+        /* the prompt's full blocks stay shared; a partly filled one was copied once (COW) */
+        ck_assert_int_eq(p.n_cow_copies, (size_t)(n0 % bs != 0));
+        for (int lbk = 0; lbk < n0 / bs; lbk++)
+            ck_assert_int_eq(a.blocks[lbk], b.blocks[lbk]);
+        /* each branch against a run that never forked */
+        for (int br = 0; br < 2; br++) {
+            int seq[31];
+            memcpy(seq, prompt, sizeof prompt);
+            memcpy(seq + n0, br ? b_tok : a_tok, 12 * sizeof(int));
+            float *want = malloc((size_t)13 * V * 4);
+            paged_logits(&m, bs, 0.0f, 0, seq, n0, n0 + 12, want);
+            ck_assert_msg(memcmp(want, br ? lb : la, (size_t)13 * V * 4) == 0, "bs %d branch %d differs", bs, br);
+            free(want);
+        }
+        paged_seq_free(&p, &a), paged_seq_free(&p, &b);
+        ck_assert_int_eq(p.n_free, p.num_blocks);
+        paged_pool_free(&p);
+        free(la), free(lb);
+    }
+    model_free(&m);
+}
+END_TEST
+
+START_TEST(test_forked_samples_equal_chapter04_seeds)
+{
+    Model m;
+    ModelConfig c = small_config();
+    ck_assert_int_eq(model_init_random(&m, &c, 9), 0);
+    const int prompt[10] = {1, 5, 9, 13, 17, 21, 25, 29, 33, 37}, K = 3, N = 20;
+    int got[60], want[20];
+    for (int i = 0; i < 2; i++) {
+        const int bs = i ? 16 : 4;
+        PagedGenOptions o = {N, 0.9f, 42, K, bs, 0, 2, 5};
+        PagedGenStats st;
+        ck_assert_msg(paged_generate(&m, prompt, 10, &o, got, &st) == 0, "%s", error_message());
+        ck_assert_int_eq(st.peak_blocks, paged_blocks_for_request(10, N, K, bs)); /* the estimate is exact */
+        for (int k = 0; k < K; k++) {
+            GenOptions o4 = {N, 0.9f, 42 + (uint64_t)k, 1, KV_F32, 2, 0};
+            ck_assert_int_eq(kvcache_generate(&m, prompt, 10, &o4, want, NULL), 0);
+            ck_assert_msg(memcmp(want, got + k * N, sizeof want) == 0, "bs %d sample %d differs from chapter 04", bs, k);
+        }
+        /* the samples really differ (a fork that shared writes would make them collapse) */
+        ck_assert(memcmp(got, got + N, N * sizeof(int)) != 0 || memcmp(got + N, got + 2 * N, N * sizeof(int)) != 0);
+    }
+    /* a pool too small for the request is refused up front, naming the need */
+    PagedGenOptions o = {N, 0.0f, 0, K, 4, 5, 2, 0};
+    ck_assert_int_eq(paged_generate(&m, prompt, 10, &o, got, NULL), -1);
+    ck_assert_msg(strstr(error_message(), "can never fit"), "%s", error_message());
+    model_free(&m);
+}
+END_TEST
+
+/* ==== the allocator ============================================================================== */
+
+START_TEST(test_allocator_random_operations)
+{
+    enum { N_SEQ = 12, OPS = 100000 };
+    PagedPool p;
+    ck_assert_int_eq(paged_pool_create(&p, 1, 1, 2, 4, 64), 0);
+    paged_pool_shuffle(&p, 1);
+    PagedSeq seqs[N_SEQ], *ptrs[N_SEQ];
+    for (int i = 0; i < N_SEQ; i++)
+        paged_seq_init(&seqs[i]), ptrs[i] = &seqs[i];
+    Rng rng;
+    rng_seed(&rng, 2024);
+    int exhausted = 0, forks = 0, cows_seen = 0;
+    for (int op = 0; op < OPS; op++) {
+        PagedSeq *s = &seqs[rng_below(&rng, N_SEQ)];
+        const int kind = (int)rng_below(&rng, 10);
+        if (kind < 6) { /* append 1..9 tokens */
+            const int n = 1 + (int)rng_below(&rng, 9), len = s->len, nb = s->n_blocks, free0 = p.n_free;
+            const int need = paged_seq_blocks_needed(&p, s, n);
+            const int rc = paged_seq_append(&p, s, n);
+            if (rc == PAGED_EXHAUSTED) { /* refused: nothing changed */
+                exhausted++;
+                ck_assert_int_gt(need, free0);
+                ck_assert_int_eq(s->len, len);
+                ck_assert_int_eq(s->n_blocks, nb);
+                ck_assert_int_eq(p.n_free, free0);
+            } else {
+                ck_assert_int_eq(rc, 0);
+                ck_assert_int_eq(s->len, len + n);
+                ck_assert_int_eq(free0 - p.n_free, need);
+            }
+        } else if (kind < 7) { /* fork into an empty sequence */
+            PagedSeq *d = &seqs[rng_below(&rng, N_SEQ)];
+            if (d != s && d->len == 0) {
+                const int free0 = p.n_free;
+                ck_assert_int_eq(paged_seq_fork(&p, s, d), 0);
+                ck_assert_int_eq(p.n_free, free0);
+                forks++;
+            }
+        } else if (kind < 8) { /* truncate */
+            ck_assert_int_eq(paged_seq_truncate(&p, s, s->len ? (int)rng_below(&rng, (uint32_t)s->len + 1) : 0), 0);
+        } else { /* free */
+            ck_assert_int_eq(paged_seq_free(&p, s), 0);
+        }
+        ck_assert_msg(paged_check(&p, ptrs, N_SEQ) == 0, "op %d: %s", op, error_message());
+        cows_seen = (int)p.n_cow_copies;
+    }
+    ck_assert_int_gt(exhausted, 100); /* the pool really ran out, often */
+    ck_assert_int_gt(forks, 100);
+    ck_assert_int_gt(cows_seen, 100);
+    for (int i = 0; i < N_SEQ; i++)
+        ck_assert_int_eq(paged_seq_free(&p, &seqs[i]), 0);
+    ck_assert_int_eq(p.n_free, p.num_blocks);
+    ck_assert_msg(paged_check(&p, ptrs, N_SEQ) == 0, "%s", error_message());
+    paged_pool_free(&p);
+}
+END_TEST
+
+START_TEST(test_allocator_detects_misuse)
+{
+    PagedPool p, other;
+    ck_assert_int_eq(paged_pool_create(&p, 1, 1, 1, 2, 3), 0);
+    ck_assert_int_eq(paged_pool_create(&other, 1, 1, 1, 2, 3), 0);
+    const int id = paged_block_alloc(&p);
+    ck_assert_int_eq(id, 0); /* in order: block 0 first */
+    ck_assert_int_eq(paged_block_release(&p, id), 0);
+    ck_assert_int_eq(paged_block_release(&p, id), -1);
+    ck_assert_msg(strstr(error_message(), "double free"), "%s", error_message());
+    ck_assert_int_eq(paged_block_release(&p, 3), -1);
+    ck_assert_msg(strstr(error_message(), "0..2"), "%s", error_message());
+    ck_assert_int_eq(paged_block_release(&p, -1), -1);
+    PagedSeq s, t;
+    paged_seq_init(&s), paged_seq_init(&t);
+    ck_assert_int_eq(paged_seq_append(&p, &s, 6), 0); /* all 3 blocks */
+    ck_assert_int_eq(paged_seq_append(&p, &s, 1), PAGED_EXHAUSTED);
+    ck_assert_msg(strstr(error_message(), "exhausted"), "%s", error_message());
+    ck_assert_int_eq(paged_block_alloc(&p), PAGED_EXHAUSTED);
+    ck_assert_int_eq(paged_seq_append(&other, &s, 1), -1); /* a table of another pool */
+    ck_assert_msg(strstr(error_message(), "foreign"), "%s", error_message());
+    ck_assert_int_eq(paged_seq_free(&other, &s), -1);
+    ck_assert_int_eq(paged_seq_truncate(&p, &s, 7), -1);
+    ck_assert_int_eq(paged_seq_fork(&p, &s, &t), 0);
+    ck_assert_int_eq(paged_seq_fork(&p, &s, &t), -1); /* t is not empty */
+    /* a corrupted table is caught by the invariant check */
+    PagedSeq *all[2] = {&s, &t};
+    ck_assert_int_eq(paged_check(&p, all, 2), 0);
+    const int saved = t.blocks[1];
+    t.blocks[1] = t.blocks[0];
+    ck_assert_int_eq(paged_check(&p, all, 2), -1);
+    t.blocks[1] = saved;
+    p.ref[2]++;
+    ck_assert_int_eq(paged_check(&p, all, 2), -1);
+    p.ref[2]--;
+    ck_assert_int_eq(paged_seq_free(&p, &s), 0);
+    ck_assert_int_eq(paged_seq_free(&p, &t), 0);
+    ck_assert_int_eq(p.n_free, 3);
+    paged_pool_free(&p);
+    paged_pool_free(&other);
+    ck_assert_int_eq(paged_pool_create(&other, 1, 1, 1, 0, 3), -1); /* block size 0 */
+    ck_assert_msg(strstr(error_message(), "must be positive"), "%s", error_message());
+}
+END_TEST
+
+/* ==== attention: mixed batches against chapter 04 and float64 ===================================== */
+
+START_TEST(test_attention_mixed_batch)
+{
+    const int H = 6, Hkv = 2, D = 40, n_seq = 4, lens[4] = {1, 17, 64, 300}, Ts[4] = {1, 3, 1, 20};
+    for (int bi = 0; bi < 4; bi++) {
+        const int bs = BLOCK_SIZES[bi];
+        int blocks = 0;
+        for (int i = 0; i < n_seq; i++)
+            blocks += (lens[i] + bs - 1) / bs;
+        PagedPool p;
+        ck_assert_int_eq(paged_pool_create(&p, 1, Hkv, D, bs, blocks), 0);
+        for (size_t i = 0; i < (size_t)Hkv * blocks * bs * D; i++)
+            p.k[i] = p.v[i] = NAN;
+        paged_pool_shuffle(&p, 8 + (uint64_t)bs);
+        KvCache kc;
+        ck_assert_int_eq(kvcache_create(&kc, 1, n_seq, Hkv, 300, D, KV_F32), 0);
+        PagedSeq seqs[4], *ptrs[4];
+        int q_start[5] = {0};
+        float *row = malloc((size_t)Hkv * D * 4 * 2);
+        for (int i = 0; i < n_seq; i++)
+            paged_seq_init(&seqs[i]), ptrs[i] = &seqs[i], q_start[i + 1] = q_start[i] + Ts[i];
+        for (int t = 0; t < 300; t++)
+            for (int i = 0; i < n_seq; i++)
+                if (t < lens[i]) {
+                    fill_normal(row, (size_t)Hkv * D * 2, 1000 + (uint64_t)t * 4 + i);
+                    ck_assert_int_eq(paged_seq_append(&p, &seqs[i], 1), 0);
+                    paged_write(&p, &seqs[i], 0, t, 1, row, row + Hkv * D);
+                    kvcache_write(&kc, 0, i, t, 1, row, row + Hkv * D);
+                }
+        const size_t nq = (size_t)q_start[n_seq] * H * D;
+        float *q = malloc(nq * 4), *out = malloc(nq * 4);
+        fill_normal(q, nq, 77);
+        const float scale = 1.0f / sqrtf((float)D);
+        for (int causal = 0; causal <= 1; causal++)
+            for (int kern = 1; kern <= PAGED_CPU_KERNELS; kern++) {
+                memset(out, 0xff, nq * 4);
+                ck_assert_int_eq(paged_attention_cpu(kern, &p, 0, H, scale, causal, n_seq, ptrs, q_start, q, out), 0);
+                for (int i = 0; i < n_seq; i++) { /* each sequence against chapter 04 and float64 */
+                    const int T = Ts[i], S = lens[i];
+                    float *qh = malloc((size_t)H * T * D * 4), *want = malloc((size_t)H * T * D * 4);
+                    float *kh = malloc((size_t)Hkv * S * D * 4), *vh = malloc((size_t)Hkv * S * D * 4);
+                    double *want64 = malloc((size_t)H * T * D * sizeof(double));
+                    for (int t = 0; t < T; t++) /* rows (T, H, D) -> (H, T, D) */
+                        for (int h = 0; h < H; h++)
+                            memcpy(qh + ((size_t)h * T + t) * D, q + ((size_t)(q_start[i] + t) * H + h) * D, (size_t)D * 4);
+                    const int seqs4[1] = {i}, lens4[1] = {S};
+                    ck_assert_int_eq(kvcache_attention(&kc, 0, H, T, scale, causal, 1, seqs4, lens4, qh, 1, want), 0);
+                    kvcache_gather(&kc, 0, i, S, kh, vh);
+                    attention_f64(1, H, Hkv, T, S, D, causal, scale, qh, kh, vh, want64);
+                    float *got = malloc((size_t)H * T * D * 4);
+                    for (int t = 0; t < T; t++)
+                        for (int h = 0; h < H; h++)
+                            memcpy(got + ((size_t)h * T + t) * D, out + ((size_t)(q_start[i] + t) * H + h) * D, (size_t)D * 4);
+                    CompareResult r4 = compare_f32("paged vs ch04", got, want, (size_t)H * T * D, ATOL, RTOL, 3);
+                    CompareResult r64 = compare_f32_f64("paged vs f64", got, want64, (size_t)H * T * D, ATOL, RTOL, 3);
+                    ck_assert_msg(r4.n_bad == 0 && r64.n_bad == 0, "bs %d kernel %d causal %d sequence %d", bs, kern,
+                                  causal, i);
+                    free(qh), free(want), free(kh), free(vh), free(want64), free(got);
+                }
+            }
+        /* a batch of no sequences, and queries that see no key (T > len, causal): zeros, not NaN */
+        ck_assert_int_eq(paged_attention_fast(&p, 0, H, scale, 1, 0, ptrs, q_start, q, out), 0);
+        int qs2[2] = {0, 3};
+        PagedSeq *first[1] = {&seqs[0]}; /* length 1, three queries: two see nothing */
+        for (int kern = 1; kern <= PAGED_CPU_KERNELS; kern++) {
+            memset(out, 0xff, (size_t)3 * H * D * 4);
+            ck_assert_int_eq(paged_attention_cpu(kern, &p, 0, H, scale, 1, 1, first, qs2, q, out), 0);
+            for (size_t j = 0; j < (size_t)2 * H * D; j++)
+                ck_assert_msg(out[j] == 0.0f, "kernel %d: a row with no visible key is not zero", kern);
+            for (size_t j = (size_t)2 * H * D; j < (size_t)3 * H * D; j++)
+                ck_assert(isfinite(out[j]));
+        }
+        ck_assert_int_eq(paged_attention_fast(&p, 0, 5, scale, 1, n_seq, ptrs, q_start, q, out), -1); /* 5 % 2 */
+        for (int i = 0; i < n_seq; i++)
+            paged_seq_free(&p, &seqs[i]);
+        paged_pool_free(&p);
+        kvcache_free(&kc);
+        free(row), free(q), free(out);
+    }
+}
+END_TEST
+
+/* ==== the program ================================================================================ */
+
+static void expect_error(const char *const *args, const char *expect)
+{
+    char prog[4200];
+    program_path(prog, sizeof prog, "05_paged");
+    const char *argv[16] = {prog};
+    for (int i = 0; args[i]; i++)
+        argv[i + 1] = args[i];
+    ProcResult r;
+    ck_assert_int_eq(run_program(&r, argv), 0);
+    ck_assert_msg(r.status == 1, "'%s': exit status %d, stderr: %s", expect, r.status, r.err);
+    ck_assert_msg(count_lines(r.err) == 1, "'%s': expected one error line, got: %s", expect, r.err);
+    ck_assert_msg(strstr(r.err, expect), "expected '%s' in: %s", expect, r.err);
+}
+
+START_TEST(test_generate_command_matches_chapter04)
+{
+    char p4[4200], p5[4200];
+    program_path(p4, sizeof p4, "04_kvcache");
+    program_path(p5, sizeof p5, "05_paged");
+    ProcResult want, got;
+    const char *a4[] = {p4, "generate", "--prompt", "3 1 4 1 5 9 2 6", "--max-new", "20", "--device", "cpu", NULL};
+    ck_assert_int_eq(run_program(&want, a4), 0);
+    ck_assert_msg(want.status == 0, "%s", want.err);
+    const char *sizes[] = {"1", "16", "32"};
+    for (int i = 0; i < 3; i++) {
+        const char *a5[] = {p5, "generate", "--prompt", "3 1 4 1 5 9 2 6", "--max-new", "20", "--block-size", sizes[i],
+                            "--shuffle", "7", NULL};
+        ck_assert_int_eq(run_program(&got, a5), 0);
+        ck_assert_msg(got.status == 0, "%s", got.err);
+        ck_assert_str_eq(got.out, want.out);
+    }
+    /* forked sampling: sample i is chapter 04's run with seed 5 + i */
+    const char *a5[] = {p5, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed", "5",
+                        "--n-samples", "3", NULL};
+    ck_assert_int_eq(run_program(&got, a5), 0);
+    ck_assert_msg(got.status == 0 && count_lines(got.out) == 3, "%s %s", got.out, got.err);
+    char *line = strtok(got.out, "\n");
+    for (int i = 0; i < 3; i++, line = strtok(NULL, "\n")) {
+        char seed[8];
+        snprintf(seed, sizeof seed, "%d", 5 + i);
+        const char *b4[] = {p4, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed",
+                            seed, "--device", "cpu", NULL};
+        ck_assert_int_eq(run_program(&want, b4), 0);
+        want.out[strcspn(want.out, "\n")] = 0;
+        ck_assert_msg(line && strcmp(line, want.out) == 0, "sample %d: %s vs %s", i, line, want.out);
+    }
+    expect_error((const char *[]){"generate", "--max-new", "40", "--num-blocks", "2", NULL}, "can never fit");
+    expect_error((const char *[]){"generate", "--block-size", "0", NULL}, "--block-size");
+    expect_error((const char *[]){"generate", "--prompt", "1 5000", NULL}, "ids must be in 0..1023");
+    expect_error((const char *[]){"generate", "--max-new", "2048", NULL}, "exceeds the model's seq_len 2048");
+    expect_error((const char *[]){"generate", "--device", "cuda", NULL}, "generates on the CPU");
+    expect_error((const char *[]){"attn", "--block-size", "x", NULL}, "--block-size");
+    expect_error((const char *[]){"frobnicate", NULL}, "unknown subcommand");
+}
+END_TEST
+
+START_TEST(test_attn_command_matches_float64)
+{
+    const int shapes[][7] = {{2, 6, 2, 1, 29, 20, 1}, {1, 8, 2, 5, 40, 64, 1}, {2, 9, 3, 3, 100, 7, 0}};
+    char prog[4200], qp[4200], kp[4200], vp[4200], op[4200];
+    program_path(prog, sizeof prog, "05_paged");
+    snprintf(qp, sizeof qp, "%s/q.npy", tmp), snprintf(kp, sizeof kp, "%s/k.npy", tmp);
+    snprintf(vp, sizeof vp, "%s/v.npy", tmp), snprintf(op, sizeof op, "%s/o.npy", tmp);
+    for (int i = 0; i < 3; i++) {
+        const int *x = shapes[i];
+        const size_t nq = (size_t)x[0] * x[1] * x[3] * x[5], nk = (size_t)x[0] * x[2] * x[4] * x[5];
+        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+        fill_normal(q, nq, 1 + i), fill_normal(k, nk, 2 + i), fill_normal(v, nk, 3 + i);
+        ck_assert_int_eq(npy_write(qp, NPY_F32, 4, (size_t[]){x[0], x[1], x[3], x[5]}, q), 0);
+        ck_assert_int_eq(npy_write(kp, NPY_F32, 4, (size_t[]){x[0], x[2], x[4], x[5]}, k), 0);
+        ck_assert_int_eq(npy_write(vp, NPY_F32, 4, (size_t[]){x[0], x[2], x[4], x[5]}, v), 0);
+        double *want = malloc(nq * sizeof(double));
+        attention_f64(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 1.0 / sqrt((double)x[5]), q, k, v, want);
+        for (int kern = 1; kern <= PAGED_CPU_KERNELS; kern++) {
+            char kn[8];
+            snprintf(kn, sizeof kn, "%d", kern);
+            const char *argv[] = {prog, "attn", "--q", qp, "--k", kp, "--v", vp, "--out", op, "--device", "cpu",
+                                  "--kernel", kn, "--block-size", i == 0 ? "1" : "8", x[6] ? "--causal" : NULL, NULL};
+            ProcResult r;
+            ck_assert_int_eq(run_program(&r, argv), 0);
+            ck_assert_msg(r.status == 0, "%s", r.err);
+            Tensor o;
+            ck_assert_int_eq(npy_read_tensor(op, 4, &o), 0);
+            CompareResult cr = compare_f32_f64("attn through pages", o.data, want, nq, ATOL, RTOL, 5);
+            ck_assert_msg(cr.n_bad == 0, "shape %d kernel %d: %zu off", i, kern, cr.n_bad);
+            tensor_free(&o);
+        }
+        free(want), free(q), free(k), free(v);
+    }
+}
+END_TEST
+
+START_TEST(test_help_and_verify)
+{
+    char prog[4200], line[256];
+    program_path(prog, sizeof prog, "05_paged");
+    const char *subs[] = {"--help", "generate", "attn", "verify", "bench"};
+    for (int i = 0; i < 5; i++) {
+        const char *argv[] = {prog, subs[i], i ? "--help" : NULL, NULL};
+        ProcResult r;
+        ck_assert_int_eq(run_program(&r, argv), 0);
+        ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 05_paged"), "%s --help: %s", subs[i], r.out);
+    }
+    const char *argv[] = {prog, "verify", "--quick", "--device", "cpu", NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program(&r, argv), 0);
+    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
+    int passed = -1, failed = -1;
+    ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
+    ck_assert_int_gt(passed, 4 * 200);
+    ck_assert_int_eq(failed, 0);
+}
+END_TEST
+
+/* ==== CUDA (only with a GPU) ====================================================================== */
+
+#if HAVE_CUDA
+START_TEST(test_cuda_kernels_against_cpu)
+{
+    const int H = 8, Hkv = 2, D = 64, B = 3, S = 300, T = 2;
+    const size_t nq = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *want = malloc(nq * 4), *got = malloc(nq * 4);
+    fill_normal(q, nq, 1), fill_normal(k, nk, 2), fill_normal(v, nk, 3);
+    double *want64 = malloc(nq * sizeof(double));
+    attention_f64(B, H, Hkv, T, S, D, 1, 1.0 / sqrt((double)D), q, k, v, want64);
+    for (size_t i = 0; i < nq; i++)
+        want[i] = (float)want64[i];
+    float *dq = cuda_alloc(nq * 4), *dk = cuda_alloc(nk * 4), *dv = cuda_alloc(nk * 4), *dout = cuda_alloc(nq * 4);
+    cuda_upload(dq, q, nq * 4), cuda_upload(dk, k, nk * 4), cuda_upload(dv, v, nk * 4);
+    for (int bi = 0; bi < 4; bi++) {
+        const int bs = BLOCK_SIZES[bi], per = (S + bs - 1) / bs;
+        int *perm = malloc((size_t)B * per * sizeof(int));
+        for (int i = 0; i < B * per; i++)
+            perm[i] = B * per - 1 - i; /* the blocks in reverse order */
+        for (int kern = 1; kern <= PAGED_CUDA_KERNELS; kern++) {
+            ck_assert_msg(paged_attention_cuda_bhsd(kern, B, H, Hkv, T, S, D, bs, perm, 1.0f / sqrtf((float)D), 1, dq,
+                                                    dk, dv, dout) == 0,
+                          "%s", error_message());
+            cuda_download(got, dout, nq * 4);
+            ck_assert_msg(compare_f32("cuda paged", got, want, nq, ATOL, RTOL, 5).n_bad == 0, "bs %d kernel %d", bs, kern);
+        }
+        free(perm);
+    }
+    cuda_free(dq), cuda_free(dk), cuda_free(dv), cuda_free(dout);
+    free(q), free(k), free(v), free(want), free(got), free(want64);
+}
+END_TEST
+#endif
+
+/* ==== the suite ================================================================================= */
+
+static Suite *paged_suite(void)
+{
+    Suite *s = suite_create("05_paged");
+    TCase *tc = tcase_create("against chapter 04");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_logits_and_tokens_equal_chapter04);
+    tcase_add_test(tc, test_placement_and_nan_change_no_bit);
+    tcase_add_test(tc, test_fork_then_diverge_is_exact);
+    tcase_add_test(tc, test_forked_samples_equal_chapter04_seeds);
+    tcase_add_test(tc, test_attention_mixed_batch);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("allocator");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_allocator_random_operations);
+    tcase_add_test(tc, test_allocator_detects_misuse);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("program");
+    tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_generate_command_matches_chapter04);
+    tcase_add_test(tc, test_attn_command_matches_float64);
+    tcase_add_test(tc, test_help_and_verify);
+    suite_add_tcase(s, tc);
+
+    char why[256];
+    if (device_cuda_available(why, sizeof why)) {
+#if HAVE_CUDA
+        tc = tcase_create("cuda");
+        tcase_set_timeout(tc, 300);
+        tcase_add_test(tc, test_cuda_kernels_against_cpu);
+        suite_add_tcase(s, tc);
+#endif
+    } else {
+        printf("05_paged: CUDA tests skipped: %s\n", why);
+    }
+    return s;
+}
+
+int main(void)
+{
+    error_set_program("test_05_paged");
+    SRunner *sr = srunner_create(paged_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
