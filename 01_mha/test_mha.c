@@ -421,6 +421,37 @@ START_TEST(test_matmul_against_triple_loop)
 }
 END_TEST
 
+/* Batch invariance: a row of matmul_nt_rows_ld and of matmul_nn has the same bits alone as in a
+ * product of many rows, at any position in it (chapter 06's engine relies on it). */
+START_TEST(test_matmul_rows_do_not_depend_on_the_batch)
+{
+    const size_t Ms[] = {1, 2, 3, 5, 6, 7, 37}, N = 45, K = 83;
+    float *a = malloc(37 * K * 4), *b = malloc(N * K * 4), *bt = malloc(N * K * 4);
+    float *all = malloc(37 * N * 4), *one = malloc(N * 4), *ref = malloc(37 * N * 4);
+    fill_normal(a, 37 * K, 5), fill_normal(b, N * K, 6);
+    transpose(bt, b, N, K);
+    for (int nn = 0; nn <= 1; nn++)
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+            const size_t M = Ms[mi];
+            if (nn)
+                matmul_nn(all, a, bt, M, N, K);
+            else
+                matmul_nt_rows_ld(all, N, a, K, b, K, M, N, K);
+            matmul_ref_nt(ref, a, b, M, N, K);
+            ck_assert(compare_f32("rows", all, ref, M * N, ATOL, RTOL, 3).n_bad == 0);
+            for (size_t i = 0; i < M; i++) {
+                if (nn)
+                    matmul_nn(one, a + i * K, bt, 1, N, K);
+                else
+                    matmul_nt_rows_ld(one, N, a + i * K, K, b, K, 1, N, K);
+                ck_assert_msg(memcmp(one, all + i * N, N * 4) == 0, "%s: row %zu of %zu differs from the row alone",
+                              nn ? "matmul_nn" : "matmul_nt_rows_ld", i, M);
+            }
+        }
+    free(a), free(b), free(bt), free(all), free(one), free(ref);
+}
+END_TEST
+
 /* ==== common/: the vectorised exp ================================================================ */
 
 START_TEST(test_vexp_against_libm)
@@ -886,6 +917,7 @@ static Suite *mha_suite(void)
     tc = tcase_create("common");
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_matmul_against_triple_loop);
+    tcase_add_test(tc, test_matmul_rows_do_not_depend_on_the_batch);
     tcase_add_test(tc, test_vexp_against_libm);
     tcase_add_test(tc, test_npy_round_trip);
     tcase_add_test(tc, test_npy_malformed_files);

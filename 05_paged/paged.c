@@ -417,7 +417,7 @@ static void paged_task(const PagedPool *p, const PagedScratch *w, int layer, con
         for (int j = 0; j < ch; j += bs) { /* scores (R, ch), one block at a time, K read in place */
             const int nk = ch - j < bs ? ch - j : bs, lb = (c0 + j) / bs;
             const float *kb = paged_k_block(p, s->blocks[lb], layer, g->h);
-            matmul_nt_ld(w->sc + j, CH, w->qt, D, kb, D, (size_t)R, (size_t)nk, D);
+            matmul_nt_rows_ld(w->sc + j, CH, w->qt, D, kb, D, (size_t)R, (size_t)nk, D); /* batch-invariant */
         }
         for (int r = 0; r < R; r++) { /* chapter 03's online softmax, row by row */
             float *sr = w->sc + (size_t)r * CH;

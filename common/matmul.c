@@ -215,66 +215,122 @@ void transpose(float *out, const float *in, size_t M, size_t N)
 /* Fewer rows than the micro-kernel has: each output is a dot product along K, reading every
  * row of b once, in order (a decode step's few query rows against the keys or a weight matrix).
  * Up to four rows of a at once, two 8-float accumulators each: eight independent FMA chains,
- * so the loop is not stalled by FMA latency. */
-static void nt_dots_col(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
-                        size_t K, size_t j)
+ * so the loop is not stalled by FMA latency. Every row gets the same arithmetic whichever rows
+ * share its group (and a lone row too): the result of a row does not depend on M. */
+/* The end of one output element: the two 8-lane partial sums of the K16 part, added lane by
+ * lane, then across the lanes in a fixed tree, then the K % 16 tail in order. Every path below
+ * ends each element through this function, so that all give it the same bits. */
+static inline float dot_finish(f32x8 s0, f32x8 s1, const float *ar, const float *bj, size_t K16, size_t K)
+{
+    const f32x8 v = s0 + s1;
+    float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+    for (size_t k = K16; k < K; k++)
+        sum += ar[k] * bj[k];
+    return sum;
+}
+
+/* Rows [i_begin, i_end) of column j, up to four rows at a time. */
+static void dots_rows(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t i_begin,
+                      size_t i_end, size_t K, size_t j)
 {
     const size_t K16 = K / 16 * 16;
-    {
-        const float *bj = b + j * ldb;
-        if (M == 1) { /* one row: four accumulators of its own */
-            const size_t K32 = K / 32 * 32;
-            f32x8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-            for (size_t k = 0; k < K32; k += 32) {
-                s0 += *(const f32x8 *)(a + k) * *(const f32x8 *)(bj + k);
-                s1 += *(const f32x8 *)(a + k + 8) * *(const f32x8 *)(bj + k + 8);
-                s2 += *(const f32x8 *)(a + k + 16) * *(const f32x8 *)(bj + k + 16);
-                s3 += *(const f32x8 *)(a + k + 24) * *(const f32x8 *)(bj + k + 24);
-            }
-            const f32x8 v = (s0 + s1) + (s2 + s3);
-            float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-            for (size_t k = K32; k < K; k++)
-                sum += a[k] * bj[k];
-            out[j] = sum;
-            return;
+    const float *bj = b + j * ldb;
+    if (i_end - i_begin == 1) { /* one row: the arithmetic of one row of the loop below, exactly */
+        const float *ar = a + i_begin * lda;
+        f32x8 s0 = {0}, s1 = {0};
+        for (size_t k = 0; k < K16; k += 16) {
+            s0 += *(const f32x8 *)(ar + k) * *(const f32x8 *)(bj + k);
+            s1 += *(const f32x8 *)(ar + k + 8) * *(const f32x8 *)(bj + k + 8);
         }
-        for (size_t i0 = 0; i0 < M; i0 += 4) {
-            const size_t rows = M - i0 < 4 ? M - i0 : 4;
-            /* missing rows repeat row i0 (not stored), as in the micro-kernel */
-            const float *a0 = a + i0 * lda, *a1 = rows > 1 ? a0 + lda : a0;
-            const float *a2 = rows > 2 ? a0 + 2 * lda : a0, *a3 = rows > 3 ? a0 + 3 * lda : a0;
-            f32x8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
-            for (size_t k = 0; k < K16; k += 16) {
-                const f32x8 b0 = *(const f32x8 *)(bj + k), b1 = *(const f32x8 *)(bj + k + 8);
-                s00 += *(const f32x8 *)(a0 + k) * b0, s01 += *(const f32x8 *)(a0 + k + 8) * b1;
-                s10 += *(const f32x8 *)(a1 + k) * b0, s11 += *(const f32x8 *)(a1 + k + 8) * b1;
-                s20 += *(const f32x8 *)(a2 + k) * b0, s21 += *(const f32x8 *)(a2 + k + 8) * b1;
-                s30 += *(const f32x8 *)(a3 + k) * b0, s31 += *(const f32x8 *)(a3 + k + 8) * b1;
-            }
-            const f32x8 t[4] = {s00 + s01, s10 + s11, s20 + s21, s30 + s31};
-            for (size_t r = 0; r < rows; r++) {
-                const f32x8 v = t[r];
-                float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-                const float *ar = a + (i0 + r) * lda;
-                for (size_t k = K16; k < K; k++)
-                    sum += ar[k] * bj[k];
-                out[(i0 + r) * ldo + j] = sum;
-            }
+        out[i_begin * ldo + j] = dot_finish(s0, s1, ar, bj, K16, K);
+        return;
+    }
+    for (size_t i0 = i_begin; i0 < i_end; i0 += 4) {
+        const size_t rows = i_end - i0 < 4 ? i_end - i0 : 4;
+        /* missing rows repeat row i0 (not stored), as in the micro-kernel */
+        const float *a0 = a + i0 * lda, *a1 = rows > 1 ? a0 + lda : a0;
+        const float *a2 = rows > 2 ? a0 + 2 * lda : a0, *a3 = rows > 3 ? a0 + 3 * lda : a0;
+        f32x8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
+        for (size_t k = 0; k < K16; k += 16) {
+            const f32x8 b0 = *(const f32x8 *)(bj + k), b1 = *(const f32x8 *)(bj + k + 8);
+            s00 += *(const f32x8 *)(a0 + k) * b0, s01 += *(const f32x8 *)(a0 + k + 8) * b1;
+            s10 += *(const f32x8 *)(a1 + k) * b0, s11 += *(const f32x8 *)(a1 + k + 8) * b1;
+            s20 += *(const f32x8 *)(a2 + k) * b0, s21 += *(const f32x8 *)(a2 + k + 8) * b1;
+            s30 += *(const f32x8 *)(a3 + k) * b0, s31 += *(const f32x8 *)(a3 + k + 8) * b1;
         }
+        const f32x8 t0[4] = {s00, s10, s20, s30}, t1[4] = {s01, s11, s21, s31};
+        for (size_t r = 0; r < rows; r++)
+            out[(i0 + r) * ldo + j] = dot_finish(t0[r], t1[r], a + (i0 + r) * lda, bj, K16, K);
     }
 }
 
+/* Rows i0 .. i0+2 of columns j and j+1: twelve accumulators, each row of a loaded once for two
+ * columns (fewer loads per multiply-add than dots_rows when there are many rows). */
+static void dots_3x2(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t i0,
+                     size_t K, size_t j)
+{
+    const size_t K16 = K / 16 * 16;
+    const float *a0 = a + i0 * lda, *a1 = a0 + lda, *a2 = a1 + lda, *b0 = b + j * ldb, *b1 = b0 + ldb;
+    f32x8 p00 = {0}, p01 = {0}, p10 = {0}, p11 = {0}, p20 = {0}, p21 = {0}; /* column j */
+    f32x8 q00 = {0}, q01 = {0}, q10 = {0}, q11 = {0}, q20 = {0}, q21 = {0}; /* column j + 1 */
+    for (size_t k = 0; k < K16; k += 16) {
+        const f32x8 x0 = *(const f32x8 *)(b0 + k), x1 = *(const f32x8 *)(b0 + k + 8);
+        const f32x8 y0 = *(const f32x8 *)(b1 + k), y1 = *(const f32x8 *)(b1 + k + 8);
+        f32x8 r = *(const f32x8 *)(a0 + k);
+        p00 += r * x0, q00 += r * y0;
+        r = *(const f32x8 *)(a0 + k + 8);
+        p01 += r * x1, q01 += r * y1;
+        r = *(const f32x8 *)(a1 + k);
+        p10 += r * x0, q10 += r * y0;
+        r = *(const f32x8 *)(a1 + k + 8);
+        p11 += r * x1, q11 += r * y1;
+        r = *(const f32x8 *)(a2 + k);
+        p20 += r * x0, q20 += r * y0;
+        r = *(const f32x8 *)(a2 + k + 8);
+        p21 += r * x1, q21 += r * y1;
+    }
+    out[i0 * ldo + j] = dot_finish(p00, p01, a0, b0, K16, K);
+    out[(i0 + 1) * ldo + j] = dot_finish(p10, p11, a1, b0, K16, K);
+    out[(i0 + 2) * ldo + j] = dot_finish(p20, p21, a2, b0, K16, K);
+    out[i0 * ldo + j + 1] = dot_finish(q00, q01, a0, b1, K16, K);
+    out[(i0 + 1) * ldo + j + 1] = dot_finish(q10, q11, a1, b1, K16, K);
+    out[(i0 + 2) * ldo + j + 1] = dot_finish(q20, q21, a2, b1, K16, K);
+}
+
+#define DOT_COLS 16 /* columns of out per block: 16 rows of b (32 KiB at K = 512) stay in L1/L2 */
+
+/* Columns [j0, j0 + DOT_COLS) (fewer at the end) for every row: three rows of a at a time
+ * against each pair of columns, so that both the three rows and the block of b are reused from
+ * the cache; leftover rows and an odd last column one column at a time. */
+static void dots_column_block(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                              size_t N, size_t K, size_t j0)
+{
+    const size_t j1 = j0 + DOT_COLS < N ? j0 + DOT_COLS : N, pairs_end = j0 + (j1 - j0) / 2 * 2;
+    const size_t M3 = M >= 3 ? M / 3 * 3 : 0;
+    for (size_t i0 = 0; i0 < M3; i0 += 3)
+        for (size_t j = j0; j < pairs_end; j += 2)
+            dots_3x2(out, ldo, a, lda, b, ldb, i0, K, j);
+    for (size_t j = j0; j < j1; j++)
+        dots_rows(out, ldo, a, lda, b, ldb, j < pairs_end ? M3 : 0, M, K, j);
+}
+
+/* Every output is a dot product along K, reading every row of b once, in order (a decode
+ * step's few query rows against the keys or a weight matrix; a batch's rows against a weight
+ * matrix). Each element is two 8-lane multiply-add chains over K, then dot_finish: the same
+ * arithmetic whichever rows and columns are computed together, so a row's result does not
+ * depend on M. Threads split the columns. */
 static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                            size_t N, size_t K)
 {
+    const size_t blocks = (N + DOT_COLS - 1) / DOT_COLS;
     if (!use_threads(M, N, K)) {
-        for (size_t j = 0; j < N; j++)
-            nt_dots_col(out, ldo, a, lda, b, ldb, M, K, j);
+        for (size_t jb = 0; jb < blocks; jb++)
+            dots_column_block(out, ldo, a, lda, b, ldb, M, N, K, jb * DOT_COLS);
         return;
     }
 #pragma omp parallel for schedule(static)
-    for (size_t j = 0; j < N; j++)
-        nt_dots_col(out, ldo, a, lda, b, ldb, M, K, j);
+    for (size_t jb = 0; jb < blocks; jb++)
+        dots_column_block(out, ldo, a, lda, b, ldb, M, N, K, jb * DOT_COLS);
 }
 
 /* Columns j0 .. j0+15 of out: 16 rows of b, transposed into a K x 16 panel (each row of b read
@@ -319,6 +375,12 @@ void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
             nt_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed);
         mem_free(packed);
     }
+}
+
+void matmul_nt_rows_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                       size_t N, size_t K)
+{
+    matmul_nt_dots(out, ldo, a, lda, b, ldb, M, N, K);
 }
 
 void matmul_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K)

@@ -33,6 +33,14 @@ void matmul_nn_acc_ld(float *out, size_t ldo, const float *a, size_t lda, const 
 void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                   size_t N, size_t K);
 
+/* Batch invariance: matmul_nn gives every output element as one multiply-add chain over K in
+ * order, whatever M and whichever code path (so row i of out has the same bits whether a has 1
+ * row or 100). matmul_nt does not: with M >= 6 it takes another path than with fewer rows.
+ * matmul_nt_rows_ld is matmul_nt_ld through the dot-product path for any M: each row's result
+ * is independent of the other rows (slower than matmul_nt_ld for large M). */
+void matmul_nt_rows_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                       size_t N, size_t K);
+
 /* The register-blocked micro-kernel itself, for kernels that keep their operands packed
  * (chapter 03): out (rows, 16) = a (rows, K) · panel (K, 16), or += with accumulate, where
  * rows <= MATMUL_MR and panel is K x 16 contiguous floats. */

@@ -295,6 +295,14 @@ int model_sample(float *logits, int n, float temperature, Rng *rng)
 
 /* ==== the whole forward, attention supplied by the caller ============================================== */
 
+/* y (n, out) = x (n, in) W^T for W (out, in): through the dot-product path for any n, which gives
+ * each row the same bits whatever the other rows -- a token's result does not depend on the
+ * batch it runs in (batch invariance; chapter 06 relies on it). */
+static void linear(float *y, const float *x, const float *W, size_t n, size_t out, size_t in)
+{
+    matmul_nt_rows_ld(y, out, x, in, W, in, n, out, in);
+}
+
 int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
                   int n_out, const int *out_rows, float *logits)
 {
@@ -309,6 +317,8 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
         if (pos[i] < 0 || pos[i] >= mc->seq_len)
             return error_set("position %d is outside the model's seq_len %d", pos[i], mc->seq_len);
     }
+    if (n_out < 0 || n_out > n)
+        return error_set("model_forward: %d rows of logits asked of %d rows", n_out, n);
     for (int i = 0; i < n_out; i++)
         if (out_rows[i] < 0 || out_rows[i] >= n)
             return error_set("model_forward: logits asked for row %d of %d", out_rows[i], n);
@@ -330,32 +340,31 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     for (int l = 0; l < mc->n_layers && rc == 0; l++) {
         for (size_t i = 0; i < N; i++)
             model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_att + (size_t)l * dim, dim);
-        matmul_nt(q, xb, m->w.wq + (size_t)l * qd * dim, N, (size_t)qd, (size_t)dim);
-        matmul_nt(k, xb, m->w.wk + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
-        matmul_nt(v, xb, m->w.wv + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
+        linear(q, xb, m->w.wq + (size_t)l * qd * dim, N, (size_t)qd, (size_t)dim);
+        linear(k, xb, m->w.wk + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
+        linear(v, xb, m->w.wv + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
         model_rope_at(q, n, H, hs, pos);
         model_rope_at(k, n, Hkv, hs, pos);
         rc = attention(ctx, l, n, q, k, v, att); /* the chapter's cache and kernel */
         if (rc != 0)
             break;
-        matmul_nt(xb, att, m->w.wo + (size_t)l * dim * qd, N, (size_t)dim, (size_t)qd);
+        linear(xb, att, m->w.wo + (size_t)l * dim * qd, N, (size_t)dim, (size_t)qd);
         for (size_t i = 0; i < N * dim; i++)
             x[i] += xb[i];
         for (size_t i = 0; i < N; i++)
             model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_ffn + (size_t)l * dim, dim);
-        matmul_nt(h1, xb, m->w.w1 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
-        matmul_nt(h3, xb, m->w.w3 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
+        linear(h1, xb, m->w.w1 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
+        linear(h3, xb, m->w.w3 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
         model_swiglu(h1, h3, N * hid);
-        matmul_nt(xb, h1, m->w.w2 + (size_t)l * dim * hid, N, (size_t)dim, (size_t)hid);
+        linear(xb, h1, m->w.w2 + (size_t)l * dim * hid, N, (size_t)dim, (size_t)hid);
         for (size_t i = 0; i < N * dim; i++)
             x[i] += xb[i];
     }
-    /* the final norm and the classifier, only for the rows whose logits are wanted: one row at a
-     * time, so that a row's logits do not depend on which other rows are asked for */
-    for (int i = 0; i < n_out && rc == 0; i++) {
-        float *row = xb; /* free now */
-        model_rmsnorm(row, x + (size_t)out_rows[i] * dim, m->w.rms_final, dim);
-        matmul_nt(logits + (size_t)i * mc->vocab_size, row, m->w.wcls, 1, (size_t)mc->vocab_size, (size_t)dim);
+    /* the final norm and the classifier, only for the rows whose logits are wanted */
+    if (rc == 0 && n_out > 0) {
+        for (int i = 0; i < n_out; i++) /* xb is free now: (n_out <= n, dim) */
+            model_rmsnorm(xb + (size_t)i * dim, x + (size_t)out_rows[i] * dim, m->w.rms_final, dim);
+        linear(logits, xb, m->w.wcls, (size_t)n_out, (size_t)mc->vocab_size, (size_t)dim);
     }
     mem_free(buf);
     return rc;

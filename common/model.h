@@ -127,7 +127,9 @@ typedef int (*ModelAttention)(void *ctx, int layer, int n, const float *q, const
 
 /* Runs n token rows through the model: row i is token tokens[i] at position pos[i] (rows may
  * belong to different sequences: `attention` knows which). Writes the logits of the rows
- * out_rows[0..n_out) into logits (n_out, vocab). The matrix products see all n rows at once. */
+ * out_rows[0..n_out) into logits (n_out, vocab). The matrix products see all n rows at once and
+ * give each row the bits it would get alone (common/matmul's matmul_nt_rows_ld); with a
+ * batch-invariant attention the whole forward is batch-invariant. */
 int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
                   int n_out, const int *out_rows, float *logits);
 
