@@ -430,22 +430,33 @@ START_TEST(test_matmul_rows_do_not_depend_on_the_batch)
     float *all = malloc(37 * N * 4), *one = malloc(N * 4), *ref = malloc(37 * N * 4);
     fill_normal(a, 37 * K, 5), fill_normal(b, N * K, 6);
     transpose(bt, b, N, K);
-    for (int nn = 0; nn <= 1; nn++)
+    const char *names[3] = {"matmul_nt_rows_ld", "matmul_nn", "matmul_nn_acc_ld"};
+    for (int f = 0; f < 3; f++)
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             const size_t M = Ms[mi];
-            if (nn)
+            for (size_t j = 0; j < M * N; j++)
+                all[j] = f == 2 ? 0.25f * (float)(j % 7) : 0.0f; /* what the accumulating call adds to */
+            if (f == 0)
+                matmul_nt_rows_ld(all, N, a, K, b, K, M, N, K);
+            else if (f == 1)
                 matmul_nn(all, a, bt, M, N, K);
             else
-                matmul_nt_rows_ld(all, N, a, K, b, K, M, N, K);
+                matmul_nn_acc_ld(all, N, a, K, bt, N, M, N, K);
             matmul_ref_nt(ref, a, b, M, N, K);
-            ck_assert(compare_f32("rows", all, ref, M * N, ATOL, RTOL, 3).n_bad == 0);
+            for (size_t j = 0; j < M * N && f == 2; j++)
+                ref[j] += 0.25f * (float)(j % 7);
+            ck_assert(compare_f32(names[f], all, ref, M * N, ATOL, RTOL, 3).n_bad == 0);
             for (size_t i = 0; i < M; i++) {
-                if (nn)
+                for (size_t j = 0; j < N; j++)
+                    one[j] = f == 2 ? 0.25f * (float)((i * N + j) % 7) : 0.0f;
+                if (f == 0)
+                    matmul_nt_rows_ld(one, N, a + i * K, K, b, K, 1, N, K);
+                else if (f == 1)
                     matmul_nn(one, a + i * K, bt, 1, N, K);
                 else
-                    matmul_nt_rows_ld(one, N, a + i * K, K, b, K, 1, N, K);
+                    matmul_nn_acc_ld(one, N, a + i * K, K, bt, N, 1, N, K);
                 ck_assert_msg(memcmp(one, all + i * N, N * 4) == 0, "%s: row %zu of %zu differs from the row alone",
-                              nn ? "matmul_nn" : "matmul_nt_rows_ld", i, M);
+                              names[f], i, M);
             }
         }
     free(a), free(b), free(bt), free(all), free(one), free(ref);

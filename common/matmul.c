@@ -67,22 +67,26 @@ void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const
     kernel_6x16(out, ldo, a, lda, panel, MATMUL_NR, K, rows, accumulate);
 }
 
-/* Any rows x cols block, one output row at a time (the last, partial panel); += with accumulate. */
+/* Any rows x cols block, one output row at a time (the last, partial panel); += with accumulate.
+ * Like the micro-kernel, each element is summed from zero over K and only then added to out,
+ * so that accumulating gives the same bits on every path. */
 static void kernel_edge(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb,
                         size_t rows, size_t cols, size_t K, int accumulate)
 {
+    float sum[NR];
     for (size_t r = 0; r < rows; r++) {
         float *o = out + r * ldo;
-        if (!accumulate)
-            for (size_t j = 0; j < cols; j++)
-                o[j] = 0.0f;
+        for (size_t j = 0; j < cols; j++)
+            sum[j] = 0.0f;
         for (size_t k = 0; k < K; k++) {
             const float ar = a[r * lda + k];
             const float *bk = b + k * ldb;
 #pragma omp simd
             for (size_t j = 0; j < cols; j++)
-                o[j] += ar * bk[j];
+                sum[j] += ar * bk[j];
         }
+        for (size_t j = 0; j < cols; j++)
+            o[j] = accumulate ? o[j] + sum[j] : sum[j];
     }
 }
 
@@ -102,17 +106,22 @@ static int use_threads(size_t M, size_t N, size_t K)
 static void nn_axpy_cols(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                          size_t j0, size_t cols, size_t K, int accumulate)
 {
-    for (size_t i = 0; i < M && !accumulate; i++)
-        memset(out + i * ldo + j0, 0, cols * sizeof(float));
-    for (size_t k = 0; k < K; k++) {
-        const float *bk = b + k * ldb + j0;
-        for (size_t i = 0; i < M; i++) {
+    float sum[256]; /* cols <= 256: summed from zero, then stored or added, as the micro-kernel does */
+    for (size_t i = 0; i < M; i++) {
+        float *o = out + i * ldo + j0;
+        memset(sum, 0, cols * sizeof(float));
+        for (size_t k = 0; k < K; k++) {
             const float aik = a[i * lda + k];
-            float *o = out + i * ldo + j0;
+            const float *bk = b + k * ldb + j0;
 #pragma omp simd
             for (size_t j = 0; j < cols; j++)
-                o[j] += aik * bk[j];
+                sum[j] += aik * bk[j];
         }
+        if (accumulate)
+            for (size_t j = 0; j < cols; j++)
+                o[j] += sum[j];
+        else
+            memcpy(o, sum, cols * sizeof(float));
     }
 }
 
