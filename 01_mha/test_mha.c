@@ -425,13 +425,15 @@ END_TEST
  * product of many rows, at any position in it (chapter 06's engine relies on it). */
 START_TEST(test_matmul_rows_do_not_depend_on_the_batch)
 {
-    const size_t Ms[] = {1, 2, 3, 5, 6, 7, 37}, N = 45, K = 83;
+    const size_t Ms[] = {1, 2, 3, 5, 6, 7, 37}, N = 77, K = 83; /* N: 4 full panels + 13 */
     float *a = malloc(37 * K * 4), *b = malloc(N * K * 4), *bt = malloc(N * K * 4);
     float *all = malloc(37 * N * 4), *one = malloc(N * 4), *ref = malloc(37 * N * 4);
     fill_normal(a, 37 * K, 5), fill_normal(b, N * K, 6);
     transpose(bt, b, N, K);
-    const char *names[3] = {"matmul_nt_rows_ld", "matmul_nn", "matmul_nn_acc_ld"};
-    for (int f = 0; f < 3; f++)
+    const char *names[4] = {"matmul_nt_rows_ld", "matmul_nn", "matmul_nn_acc_ld", "matmul_packed"};
+    float *packed = malloc(matmul_packed_floats(N, K) * 4);
+    matmul_pack_weights(packed, b, N, K);
+    for (int f = 0; f < 4; f++)
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             const size_t M = Ms[mi];
             for (size_t j = 0; j < M * N; j++)
@@ -440,8 +442,10 @@ START_TEST(test_matmul_rows_do_not_depend_on_the_batch)
                 matmul_nt_rows_ld(all, N, a, K, b, K, M, N, K);
             else if (f == 1)
                 matmul_nn(all, a, bt, M, N, K);
-            else
+            else if (f == 2)
                 matmul_nn_acc_ld(all, N, a, K, bt, N, M, N, K);
+            else
+                matmul_packed(all, N, a, K, packed, M, N, K);
             matmul_ref_nt(ref, a, b, M, N, K);
             for (size_t j = 0; j < M * N && f == 2; j++)
                 ref[j] += 0.25f * (float)(j % 7);
@@ -453,13 +457,15 @@ START_TEST(test_matmul_rows_do_not_depend_on_the_batch)
                     matmul_nt_rows_ld(one, N, a + i * K, K, b, K, 1, N, K);
                 else if (f == 1)
                     matmul_nn(one, a + i * K, bt, 1, N, K);
-                else
+                else if (f == 2)
                     matmul_nn_acc_ld(one, N, a + i * K, K, bt, N, 1, N, K);
+                else
+                    matmul_packed(one, N, a + i * K, K, packed, 1, N, K);
                 ck_assert_msg(memcmp(one, all + i * N, N * 4) == 0, "%s: row %zu of %zu differs from the row alone",
                               names[f], i, M);
             }
         }
-    free(a), free(b), free(bt), free(all), free(one), free(ref);
+    free(a), free(b), free(bt), free(all), free(one), free(ref), free(packed);
 }
 END_TEST
 

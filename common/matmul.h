@@ -41,6 +41,16 @@ void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
 void matmul_nt_rows_ld(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                        size_t N, size_t K);
 
+/* A linear layer y = x Wᵀ on weights packed once (W [out, in] = (N, K), row-major, as llama2.c
+ * stores them): the 6x16 micro-kernel's speed for many rows, and batch-invariant -- every output
+ * element is one multiply-add chain over K in order, for one row or many. packed holds
+ * matmul_packed_floats(N, K) floats: panels of 16 output columns, (ceil(N/16), K, 16), the
+ * columns past N zero. */
+size_t matmul_packed_floats(size_t N, size_t K);
+void matmul_pack_weights(float *packed, const float *w, size_t N, size_t K);
+void matmul_packed(float *out, size_t ldo, const float *a, size_t lda, const float *packed, size_t M, size_t N,
+                   size_t K);
+
 /* The register-blocked micro-kernel itself, for kernels that keep their operands packed
  * (chapter 03): out (rows, 16) = a (rows, K) · panel (K, 16), or += with accumulate, where
  * rows <= MATMUL_MR and panel is K x 16 contiguous floats. */

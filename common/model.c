@@ -110,6 +110,42 @@ static int alloc_model(Model *m, const ModelConfig *c, const char *what)
     return 0;
 }
 
+/* m->p from m->w: every matrix packed into panels for matmul_packed. */
+static int build_packed(Model *m)
+{
+    const ModelConfig *c = &m->c;
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    ModelPacked *p = &m->p;
+    p->q = matmul_packed_floats(qd, dim), p->kv = matmul_packed_floats(kvd, dim);
+    p->o = matmul_packed_floats(dim, qd), p->up = matmul_packed_floats(hid, dim), p->down = matmul_packed_floats(dim, hid);
+    const size_t cls = matmul_packed_floats((size_t)c->vocab_size, dim);
+    m->p_data = mem_alloc((L * (p->q + 2 * p->kv + p->o + 2 * p->up + p->down) + cls) * sizeof(float),
+                          "packed model weights");
+    if (!m->p_data)
+        return -1;
+    float *x = m->p_data;
+    p->wq = x, x += L * p->q;
+    p->wk = x, x += L * p->kv;
+    p->wv = x, x += L * p->kv;
+    p->wo = x, x += L * p->o;
+    p->w1 = x, x += L * p->up;
+    p->w2 = x, x += L * p->down;
+    p->w3 = x, x += L * p->up;
+    p->wcls = x;
+    for (size_t l = 0; l < L; l++) {
+        matmul_pack_weights(p->wq + l * p->q, m->w.wq + l * qd * dim, qd, dim);
+        matmul_pack_weights(p->wk + l * p->kv, m->w.wk + l * kvd * dim, kvd, dim);
+        matmul_pack_weights(p->wv + l * p->kv, m->w.wv + l * kvd * dim, kvd, dim);
+        matmul_pack_weights(p->wo + l * p->o, m->w.wo + l * dim * qd, dim, qd);
+        matmul_pack_weights(p->w1 + l * p->up, m->w.w1 + l * hid * dim, hid, dim);
+        matmul_pack_weights(p->w2 + l * p->down, m->w.w2 + l * dim * hid, dim, hid);
+        matmul_pack_weights(p->w3 + l * p->up, m->w.w3 + l * hid * dim, hid, dim);
+    }
+    matmul_pack_weights(p->wcls, m->w.wcls, (size_t)c->vocab_size, dim);
+    return 0;
+}
+
 int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
 {
     if (alloc_model(m, c, "model weights") != 0)
@@ -140,6 +176,10 @@ int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
         m->w.rms_att[j] = m->w.rms_ffn[j] = 1.0f;
     for (size_t j = 0; j < dim; j++)
         m->w.rms_final[j] = 1.0f;
+    if (build_packed(m) != 0) {
+        model_free(m);
+        return -1;
+    }
     return 0;
 }
 
@@ -189,6 +229,10 @@ int model_load(const char *path, Model *m)
             model_free(m);
             return error_set("%s: weight %zu is not finite", path, i);
         }
+    if (build_packed(m) != 0) {
+        model_free(m);
+        return -1;
+    }
     return 0;
 }
 
@@ -209,6 +253,7 @@ int model_save(const Model *m, const char *path)
 void model_free(Model *m)
 {
     mem_free(m->data);
+    mem_free(m->p_data);
     memset(m, 0, sizeof *m);
 }
 
@@ -295,12 +340,12 @@ int model_sample(float *logits, int n, float temperature, Rng *rng)
 
 /* ==== the whole forward, attention supplied by the caller ============================================== */
 
-/* y (n, out) = x (n, in) W^T for W (out, in): through the dot-product path for any n, which gives
- * each row the same bits whatever the other rows -- a token's result does not depend on the
- * batch it runs in (batch invariance; chapter 06 relies on it). */
-static void linear(float *y, const float *x, const float *W, size_t n, size_t out, size_t in)
+/* y (n, out) = x (n, in) W^T for W (out, in), packed: each row gets the same bits whatever the
+ * other rows -- a token's result does not depend on the batch it runs in (batch invariance;
+ * chapter 06 relies on it). */
+static void linear(float *y, const float *x, const float *W_packed, size_t n, size_t out, size_t in)
 {
-    matmul_nt_rows_ld(y, out, x, in, W, in, n, out, in);
+    matmul_packed(y, out, x, in, W_packed, n, out, in);
 }
 
 int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
@@ -340,23 +385,23 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     for (int l = 0; l < mc->n_layers && rc == 0; l++) {
         for (size_t i = 0; i < N; i++)
             model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_att + (size_t)l * dim, dim);
-        linear(q, xb, m->w.wq + (size_t)l * qd * dim, N, (size_t)qd, (size_t)dim);
-        linear(k, xb, m->w.wk + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
-        linear(v, xb, m->w.wv + (size_t)l * kvd * dim, N, (size_t)kvd, (size_t)dim);
+        linear(q, xb, m->p.wq + (size_t)l * m->p.q, N, (size_t)qd, (size_t)dim);
+        linear(k, xb, m->p.wk + (size_t)l * m->p.kv, N, (size_t)kvd, (size_t)dim);
+        linear(v, xb, m->p.wv + (size_t)l * m->p.kv, N, (size_t)kvd, (size_t)dim);
         model_rope_at(q, n, H, hs, pos);
         model_rope_at(k, n, Hkv, hs, pos);
         rc = attention(ctx, l, n, q, k, v, att); /* the chapter's cache and kernel */
         if (rc != 0)
             break;
-        linear(xb, att, m->w.wo + (size_t)l * dim * qd, N, (size_t)dim, (size_t)qd);
+        linear(xb, att, m->p.wo + (size_t)l * m->p.o, N, (size_t)dim, (size_t)qd);
         for (size_t i = 0; i < N * dim; i++)
             x[i] += xb[i];
         for (size_t i = 0; i < N; i++)
             model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_ffn + (size_t)l * dim, dim);
-        linear(h1, xb, m->w.w1 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
-        linear(h3, xb, m->w.w3 + (size_t)l * hid * dim, N, (size_t)hid, (size_t)dim);
+        linear(h1, xb, m->p.w1 + (size_t)l * m->p.up, N, (size_t)hid, (size_t)dim);
+        linear(h3, xb, m->p.w3 + (size_t)l * m->p.up, N, (size_t)hid, (size_t)dim);
         model_swiglu(h1, h3, N * hid);
-        linear(xb, h1, m->w.w2 + (size_t)l * dim * hid, N, (size_t)dim, (size_t)hid);
+        linear(xb, h1, m->p.w2 + (size_t)l * m->p.down, N, (size_t)dim, (size_t)hid);
         for (size_t i = 0; i < N * dim; i++)
             x[i] += xb[i];
     }
@@ -364,7 +409,7 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     if (rc == 0 && n_out > 0) {
         for (int i = 0; i < n_out; i++) /* xb is free now: (n_out <= n, dim) */
             model_rmsnorm(xb + (size_t)i * dim, x + (size_t)out_rows[i] * dim, m->w.rms_final, dim);
-        linear(logits, xb, m->w.wcls, (size_t)n_out, (size_t)mc->vocab_size, (size_t)dim);
+        linear(logits, xb, m->p.wcls, (size_t)n_out, (size_t)mc->vocab_size, (size_t)dim);
     }
     mem_free(buf);
     return rc;

@@ -57,11 +57,21 @@ typedef struct {
     float *wcls;            /* (vocab, dim); = token_embedding when shared */
 } ModelWeights;
 
+/* The matrices again, packed for common/matmul's matmul_packed (panels of 16 output columns):
+ * what model_forward multiplies by. Built from w by model_init_random and model_load. */
+typedef struct {
+    float *wq, *wk, *wv, *wo, *w1, *w2, *w3; /* per layer, layer after layer */
+    float *wcls;
+    size_t q, kv, o, up, down;               /* floats per layer of wq, wk/wv, wo, w1/w3, w2 */
+} ModelPacked;
+
 typedef struct {
     ModelConfig c;
     ModelWeights w;
+    ModelPacked p;
     float *data;     /* every weight, in checkpoint order, one allocation */
     size_t n_floats; /* of data */
+    float *p_data;   /* the packed matrices, one allocation */
 } Model;
 
 /* The built-in random model: dim 512, hidden 1376, 8 layers, 8 heads, 2 kv heads (GQA 4:1,
@@ -128,7 +138,7 @@ typedef int (*ModelAttention)(void *ctx, int layer, int n, const float *q, const
 /* Runs n token rows through the model: row i is token tokens[i] at position pos[i] (rows may
  * belong to different sequences: `attention` knows which). Writes the logits of the rows
  * out_rows[0..n_out) into logits (n_out, vocab). The matrix products see all n rows at once and
- * give each row the bits it would get alone (common/matmul's matmul_nt_rows_ld); with a
+ * give each row the bits it would get alone (common/matmul's matmul_packed); with a
  * batch-invariant attention the whole forward is batch-invariant. */
 int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
                   int n_out, const int *out_rows, float *logits);
