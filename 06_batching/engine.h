@@ -1,0 +1,138 @@
+/*
+ * engine.h: chapter 06, continuous batching -- a scheduler over chapter 05's block pool, and one
+ * batched model forward per iteration.
+ *
+ * Requests arrive over time, each with a prompt and a number of tokens to generate. Static
+ * batching takes a batch of them and runs it until the last one finishes: short requests sit
+ * idle while the longest runs, and new arrivals wait for the whole batch. Continuous batching
+ * (Yu et al. 2022, "Orca: A Distributed Serving System for Transformer-Based Generative
+ * Models"; vLLM) decides again at every iteration: running sequences decode a token each,
+ * finished ones leave at once, and waiting requests join as soon as the batch size, the token
+ * budget and the free blocks allow -- a long prompt in chunks of the budget (chunked prefill).
+ * When a decode needs a block and none is free, the most recently admitted sequence is
+ * preempted: its blocks go back to the pool and it waits at the front of the queue, keeping the
+ * tokens it generated, to be recomputed when there is room (preemption by recompute).
+ *
+ * Every iteration is one model forward over all scheduled tokens of all sequences (prefill
+ * chunks and decodes together): the matrix products see a [tokens, dim] batch, RoPE turns each
+ * token by its own position, and attention reads each sequence's K/V through its block table
+ * (chapter 05). Because every kernel on that path is batch-invariant (common/matmul's
+ * matmul_nt_rows_ld, chapter 05's paged attention), a request gets bit for bit the tokens it
+ * gets alone, whatever else runs with it, however its prompt is chunked, and after preemption.
+ *
+ * Time: the engine runs on a clock that advances by each iteration's measured duration and
+ * jumps over idle gaps to the next arrival (nothing sleeps), so a workload of a minute of
+ * arrivals is served as fast as the machine computes it. TTFT = time of the first generated
+ * token - arrival; TPOT = (finish - first token) / (generated - 1).
+ */
+#ifndef ENGINE_H
+#define ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    double arrival; /* seconds after the start */
+    int max_new;    /* tokens to generate */
+    int n_prompt;
+    int *prompt;    /* (n_prompt) token ids */
+} EngineRequest;
+
+/* Reads a requests file: one request per line, "<arrival_seconds> <max_new_tokens> <prompt
+ * ids...>"; blank lines and lines starting with '#' are ignored. -1 with an error naming the
+ * file and line for anything else (a missing field, a negative number, a non-integer id). */
+int engine_read_requests(const char *path, EngineRequest **reqs, int *n);
+void engine_free_requests(EngineRequest *reqs, int n);
+
+typedef enum { ENGINE_CONTINUOUS = 0, ENGINE_STATIC = 1 } EnginePolicy;
+#define ENGINE_POLICY_CHOICES "continuous|static"
+int engine_policy_parse(const char *name, EnginePolicy *out);
+const char *engine_policy_name(EnginePolicy p);
+
+typedef struct {
+    EnginePolicy policy;
+    int max_batch;       /* sequences running at once */
+    int max_tokens;      /* tokens per iteration: decodes plus prefill chunks */
+    int block_size;
+    int num_blocks;
+    float temperature;   /* 0: greedy */
+    uint64_t seed;       /* request i samples with seed + i (chapter 05's generate --seed S+i) */
+    int kernel;          /* chapter 05's CPU attention kernel (0 = fast) */
+    double fixed_step_s; /* > 0: each iteration advances the clock by this, not by its duration */
+    uint64_t shuffle;    /* 0: the pool hands out blocks in order; else shuffled with this seed */
+    int keep_log;        /* record one EngineIteration per iteration */
+} EngineOptions;
+
+/* Defaults: continuous, max_batch 32, max_tokens 256, block size 16, num_blocks 0 (enough for
+ * max_batch sequences of seq_len tokens), greedy, seed 42. */
+EngineOptions engine_default_options(void);
+
+typedef enum { ENGINE_DONE = 0, ENGINE_REJECTED = 1 } EngineStatus;
+
+typedef struct {
+    EngineStatus status;
+    char reason[192];    /* why it was rejected */
+    int *tokens;         /* (n_tokens) generated ids */
+    int n_tokens;
+    double ttft_s, tpot_s, finish_s; /* NAN when undefined */
+    int preemptions;
+} EngineResult;
+
+typedef struct {
+    double clock_s;     /* at the end of the iteration */
+    int running;        /* sequences holding blocks or scheduled */
+    int waiting;        /* arrived, not running */
+    int scheduled;      /* sequences in this iteration's forward */
+    int prefill_tokens; /* tokens of prompt (or recompute) chunks */
+    int decode_tokens;
+    int blocks_used;
+} EngineIteration;
+
+typedef struct {
+    int completed, rejected, preemptions, iterations, peak_blocks, num_blocks;
+    long generated;           /* output tokens */
+    double makespan_s;        /* first arrival to last finish */
+    double throughput;        /* generated / makespan_s */
+    double ttft_p50, ttft_p99, tpot_p50, tpot_p99;
+    double mean_batch;        /* sequences per iteration, averaged */
+    EngineIteration *log;     /* (iterations) when keep_log */
+} EngineMetrics;
+
+/* Serves every request; results[i] for reqs[i]. Returns 0, or -1 with an error recorded (bad
+ * options, out of memory, a stalled scheduler -- which the design rules out and the tests
+ * watch for). Frees nothing of reqs; engine_free_results and engine_free_metrics free the rest. */
+int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineOptions *o, EngineResult *results,
+                 EngineMetrics *metrics);
+void engine_free_results(EngineResult *results, int n);
+void engine_free_metrics(EngineMetrics *metrics);
+
+/* Workloads ----------------------------------------------------------------------------------- */
+
+typedef enum { WORKLOAD_SKEWED = 0, WORKLOAD_UNIFORM = 1 } WorkloadKind;
+#define WORKLOAD_CHOICES "skewed|uniform"
+
+/* n requests with Poisson arrivals at `rate` per second (rate <= 0: all at time 0) and lengths
+ * from `kind`: skewed = lognormal prompt and output lengths (medians prompt_median and
+ * out_median, sigma 1), uniform = prompt in 1..2*prompt_median, output in 1..2*out_median; the
+ * lengths clipped so that prompt + output <= seq_len. Token ids uniform in 0..vocab-1. */
+typedef struct {
+    int n;
+    double rate;
+    WorkloadKind kind;
+    int prompt_median, out_median;
+    int seq_len, vocab;
+    uint64_t seed;
+} WorkloadSpec;
+int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs);
+int engine_write_requests(const char *path, const EngineRequest *reqs, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
