@@ -261,6 +261,31 @@ __global__ void kv_swiglu(float *h, const float *g, size_t n)
     }
 }
 
+/* The pieces of the forward, as host calls, for chapter 06's batched forward on the GPU. */
+extern "C" void kvcache_cuda_embed(const float *d_emb, const int *d_tokens, float *d_x, int n, int dim)
+{
+    kv_embed<<<cuda_blocks((size_t)n * dim, 256), 256>>>(d_emb, d_tokens, d_x, n, dim);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void kvcache_cuda_rmsnorm(float *d_o, const float *d_x, const float *d_w, int rows, int dim)
+{
+    kv_rmsnorm<<<rows, 256>>>(d_o, d_x, d_w, dim);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void kvcache_cuda_add(float *d_x, const float *d_y, size_t n)
+{
+    kv_add<<<cuda_blocks(n, 256), 256>>>(d_x, d_y, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void kvcache_cuda_swiglu(float *d_h, const float *d_g, size_t n)
+{
+    kv_swiglu<<<cuda_blocks(n, 256), 256>>>(d_h, d_g, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 /* Device copies of the weights and the buffers of one forward of up to `cap` tokens. */
 typedef struct {
     const Model *m;

@@ -118,6 +118,13 @@ int kvcache_decode_cuda(int kernel, const float *d_k, const float *d_v, int B, i
                         const float *d_q, const int *d_lens, int max_len, float *d_out);
 const char *kvcache_cuda_kernel_name(int kernel); /* "split" */
 
+/* Pieces of the forward on device buffers (chapter 06 builds its batched forward from them):
+ * x (n, dim) = emb[tokens]; o (rows, dim) = rmsnorm(x) * w; x += y; h = silu(h) * g. */
+void kvcache_cuda_embed(const float *d_emb, const int *d_tokens, float *d_x, int n, int dim);
+void kvcache_cuda_rmsnorm(float *d_o, const float *d_x, const float *d_w, int rows, int dim);
+void kvcache_cuda_add(float *d_x, const float *d_y, size_t n);
+void kvcache_cuda_swiglu(float *d_h, const float *d_g, size_t n);
+
 /* Greedy or sampled generation with the whole model on the GPU (fp32 cache): the same
  * contract as kvcache_generate. */
 int kvcache_generate_cuda(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out,

@@ -147,7 +147,7 @@ const char *engine_policy_name(EnginePolicy p) { return p == ENGINE_STATIC ? "st
 
 EngineOptions engine_default_options(void)
 {
-    EngineOptions o = {ENGINE_CONTINUOUS, 32, 256, 16, 0, 0.0f, 42, 0, 0.0, 0, 0};
+    EngineOptions o = {ENGINE_CONTINUOUS, 32, 256, 16, 0, 0.0f, 42, 0, 0.0, 0, 0, 0};
     return o;
 }
 
@@ -213,6 +213,9 @@ typedef struct {
     int *running, n_running;
     long admissions;
     EngineMetrics *met;
+#if HAVE_CUDA
+    EngineGpu *gpu; /* the forward on the GPU, when o.cuda */
+#endif
 } Engine;
 
 static int seq_fits_at_all(const Engine *e, int i, char *why, size_t len)
@@ -394,8 +397,28 @@ static int run_iteration(Engine *e, int *prefill_tokens, int *decode_tokens, int
                 *prefill_tokens += s->chunk;
             j++;
         }
-        BatchCtx b = {e, n_sched, sched, q_start, seqs};
-        rc = model_forward(e->m, rows, tokens, pos, batch_attention, &b, n_out, out_rows, logits);
+#if HAVE_CUDA
+        if (e->gpu) { /* the tables and lengths go to the GPU with the tokens */
+            const int mb = (e->m->c.seq_len + e->o.block_size - 1) / e->o.block_size;
+            int *tables = mem_alloc((size_t)n_sched * mb * sizeof(int) + 1, "block tables for the GPU");
+            int *lens = mem_alloc((size_t)n_sched * sizeof(int) + 1, "lengths for the GPU");
+            rc = !tables || !lens ? -1 : 0;
+            for (int k = 0; k < n_sched && rc == 0; k++) {
+                const PagedSeq *ps = seqs[k];
+                lens[k] = ps->len;
+                for (int b = 0; b < mb; b++)
+                    tables[(size_t)k * mb + b] = b < ps->n_blocks ? ps->blocks[b] : 0;
+            }
+            if (rc == 0)
+                rc = engine_gpu_forward(e->gpu, rows, tokens, pos, n_sched, q_start, lens, tables, n_out, out_rows,
+                                        logits);
+            mem_free(tables), mem_free(lens);
+        } else
+#endif
+        {
+            BatchCtx b = {e, n_sched, sched, q_start, seqs};
+            rc = model_forward(e->m, rows, tokens, pos, batch_attention, &b, n_out, out_rows, logits);
+        }
     }
     for (int k = 0; k < n_sched && rc == 0; k++) {
         Seq *s = &e->s[sched[k]];
@@ -468,7 +491,9 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
 {
     if (check_options(opt) != 0)
         return -1;
-    Engine e = {m, reqs, n, *opt, {0}, NULL, NULL, 0, NULL, 0, 0, metrics};
+    Engine e;
+    memset(&e, 0, sizeof e);
+    e.m = m, e.reqs = reqs, e.n = n, e.o = *opt, e.met = metrics;
     memset(metrics, 0, sizeof *metrics);
     memset(results, 0, (size_t)n * sizeof(EngineResult));
     if (e.o.num_blocks == 0) /* enough for max_batch sequences of seq_len tokens */
@@ -478,6 +503,18 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
         return -1;
     if (e.o.shuffle)
         paged_pool_shuffle(&e.pool, e.o.shuffle);
+    if (e.o.cuda) {
+#if HAVE_CUDA
+        e.gpu = engine_gpu_create(m, e.o.num_blocks, e.o.block_size, e.o.max_tokens, e.o.max_batch);
+        if (!e.gpu) {
+            paged_pool_free(&e.pool);
+            return -1;
+        }
+#else
+        paged_pool_free(&e.pool);
+        return error_set("this build has no CUDA (build with nvcc, CUDA=1)");
+#endif
+    }
     e.s = mem_alloc((size_t)n * sizeof(Seq) + 1, "sequences");
     e.waiting = mem_alloc((size_t)n * sizeof(int) + 1, "waiting queue");
     e.running = mem_alloc((size_t)n * sizeof(int) + 1, "running list");
@@ -601,6 +638,9 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
     if (rc != 0)
         engine_free_results(results, n);
     paged_pool_free(&e.pool);
+#if HAVE_CUDA
+    engine_gpu_free(e.gpu);
+#endif
     mem_free(e.s), mem_free(e.waiting), mem_free(e.running), mem_free(order);
     return rc;
 }

@@ -67,6 +67,7 @@ typedef struct {
     double fixed_step_s; /* > 0: each iteration advances the clock by this, not by its duration */
     uint64_t shuffle;    /* 0: the pool hands out blocks in order; else shuffled with this seed */
     int keep_log;        /* record one EngineIteration per iteration */
+    int cuda;            /* 1: the forward on the GPU (the scheduler stays on the host) */
 } EngineOptions;
 
 /* Defaults: continuous, max_batch 32, max_tokens 256, block size 16, num_blocks 0 (enough for
@@ -111,6 +112,19 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
                  EngineMetrics *metrics);
 void engine_free_results(EngineResult *results, int n);
 void engine_free_metrics(EngineMetrics *metrics);
+
+#if HAVE_CUDA
+/* The batched forward on the GPU (engine.cu): weights, the K/V pool (L, Hkv, num_blocks, bs, D)
+ * and buffers for up to max_rows rows of max_seqs sequences. engine_gpu_forward runs n rows
+ * (tokens, positions; sequence i owns rows q_start[i] .. q_start[i+1]-1, holds lens[i] tokens
+ * with those rows' K/V written by this call, and tables[i * ceil(seq_len / bs) + j] is its
+ * logical block j) and returns the logits of out_rows (n_out, vocab) on the host. */
+typedef struct EngineGpu EngineGpu;
+EngineGpu *engine_gpu_create(const Model *m, int num_blocks, int block_size, int max_rows, int max_seqs);
+int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const int *pos, int n_seq, const int *q_start,
+                       const int *lens, const int *tables, int n_out, const int *out_rows, float *logits);
+void engine_gpu_free(EngineGpu *g);
+#endif
 
 /* Workloads ----------------------------------------------------------------------------------- */
 

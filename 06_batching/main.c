@@ -110,19 +110,20 @@ static int cmd_serve(int argc, char **argv)
         {.name = "iterations", .kind = ARG_STRING, .dest = &iter_path, .metavar = "FILE",
          .help = "one TSV row per iteration (batch occupancy, blocks in use) into FILE"},
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "auto or cpu: the engine runs on the CPU"},
+         .help = "where the forward runs (default auto: the GPU if there is one; the scheduler is on the CPU)"},
     };
     ArgCommand cmd = {PROG " serve", "--requests R.txt [options]",
                       "Serves every request of the file with the engine and prints, in input order, one line per\n"
                       "request: '<index>: <generated ids>', or '<index>: rejected: <reason>' for a request that can\n"
                       "never run (longer than seq_len, or needing more blocks than the pool has). The metrics go to\n"
-                      "stderr. Each request's tokens are those of '05_paged generate' run on it alone.",
+                      "stderr. On the CPU each request's tokens are those of '05_paged generate' run on it alone\n"
+                      "(the forward is batch-invariant); on a GPU (cuBLAS) that is checked by 'verify', not promised.",
                       specs, (int)(sizeof specs / sizeof specs[0])};
     args_parse_or_exit(&cmd, argc, argv);
-    if (strcmp(device, "cuda") == 0)
-        die("--device cuda: the engine runs on the CPU in this repository (chapter 04 runs the model on a GPU)");
-    if (engine_policy_parse(policy, &o.policy) != 0)
+    Device dev;
+    if (device_resolve(device, &dev) != 0 || engine_policy_parse(policy, &o.policy) != 0)
         die_with_error();
+    o.cuda = dev == DEVICE_CUDA;
     o.temperature = (float)temperature, o.seed = (uint64_t)seed, o.shuffle = (uint64_t)shuffle;
     o.keep_log = iter_path != NULL;
     EngineRequest *reqs;
@@ -145,8 +146,8 @@ static int cmd_serve(int argc, char **argv)
     }
     fflush(stdout);
     char label[128];
-    snprintf(label, sizeof label, "%s serve (%s, max-batch %d, %d tokens per step)", PROG, engine_policy_name(o.policy),
-             o.max_batch, o.max_tokens);
+    snprintf(label, sizeof label, "%s serve (%s, max-batch %d, %d tokens per step, %s)", PROG,
+             engine_policy_name(o.policy), o.max_batch, o.max_tokens, device_name(dev));
     print_metrics(stderr, label, &mt);
     if (metrics_path) {
         Tsv t;
@@ -248,10 +249,12 @@ typedef struct {
 static int cmd_verify(int argc, char **argv)
 {
     const char *device = "auto";
-    int verbose = 0;
+    int verbose = 0, quick = 0;
     ArgSpec specs[] = {
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "auto or cpu (the engine runs on the CPU)"},
+         .help = "auto: the CPU engine, and the GPU forward when a GPU is present"},
+        {.name = "quick", .kind = ARG_FLAG, .dest = &quick,
+         .help = "one workload, greedy only (for sanitizers)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     ArgCommand cmd = {PROG " verify", "[options]",
@@ -260,10 +263,15 @@ static int cmd_verify(int argc, char **argv)
                       "and 32, a small token budget (chunked prefill), a tight pool (preemption), shuffled blocks\n"
                       "and temperature sampling, and checks every request's tokens against chapter 05's\n"
                       "paged_generate run on it alone. Ends with 'N passed, N failed'.",
-                      specs, 2};
+                      specs, 3};
     args_parse_or_exit(&cmd, argc, argv);
-    if (strcmp(device, "cuda") == 0)
-        die("--device cuda: the engine runs on the CPU in this repository");
+    char why[256];
+    const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why);
+    if (strcmp(device, "cuda") == 0 && !have_gpu)
+        die("--device cuda: no usable GPU: %s", why);
+    if (!have_gpu && strcmp(device, "cpu") != 0)
+        printf("the GPU forward skipped: %s\n", HAVE_CUDA ? why : "a build without CUDA");
+    const int dev_first = strcmp(device, "cuda") == 0, dev_last = have_gpu && strcmp(device, "cpu") != 0;
     ModelConfig c = {.dim = 64, .hidden_dim = 96, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 101,
                      .seq_len = 256, .shared_classifier = 0};
     Model m;
@@ -277,7 +285,7 @@ static int cmd_verify(int argc, char **argv)
         {"tight, bs 1", ENGINE_CONTINUOUS, 16, 32, 1, 150},
     };
     VerifyTally tally = {0, 0, verbose};
-    for (int wl = 0; wl < 2; wl++) {
+    for (int wl = 0; wl < (quick ? 1 : 2); wl++) {
         WorkloadSpec w = {24, wl ? 40.0 : 0.0, WORKLOAD_SKEWED, 12, 16, c.seq_len, c.vocab_size, 100 + (uint64_t)wl};
         EngineRequest *reqs;
         if (engine_make_workload(&w, &reqs) != 0)
@@ -286,11 +294,13 @@ static int cmd_verify(int argc, char **argv)
         reqs = realloc(reqs, (size_t)(w.n + 1) * sizeof(EngineRequest));
         reqs[w.n] = (EngineRequest){0.05, 100, 200, calloc(200, sizeof(int))};
         w.n++;
-        for (int t = 0; t < 2; t++) {
+        for (int t = 0; t < (quick ? 1 : 2); t++) {
             const float temperature = t ? 0.9f : 0.0f;
             int **want = single_runs(&m, reqs, w.n, temperature, 7);
+            for (int on_gpu = dev_first; on_gpu <= dev_last; on_gpu++)
             for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
                 EngineOptions o = engine_default_options();
+                o.cuda = on_gpu;
                 o.policy = cfgs[ci].policy, o.max_batch = cfgs[ci].max_batch, o.max_tokens = cfgs[ci].max_tokens;
                 o.block_size = cfgs[ci].block_size, o.num_blocks = cfgs[ci].num_blocks;
                 o.temperature = temperature, o.seed = 7, o.fixed_step_s = 0.01, o.shuffle = ci;
@@ -311,10 +321,10 @@ static int cmd_verify(int argc, char **argv)
                 char blocks[16] = "all";
                 if (o.num_blocks)
                     snprintf(blocks, sizeof blocks, "%d", o.num_blocks);
-                verify_record(&tally, same, "%-12s %-10s max-batch %2d, %3d tokens/step, bs %2d, %4s blocks, %s, %s: "
+                verify_record(&tally, same, "%s %-12s %-10s max-batch %2d, %3d tokens/step, bs %2d, %4s blocks, %s, %s: "
                               "%d requests, %d rejected, %d preemptions%s%s",
-                              cfgs[ci].name, engine_policy_name(o.policy), o.max_batch, o.max_tokens, o.block_size,
-                              blocks, wl ? "arrivals over time" : "all at once",
+                              on_gpu ? "cuda" : "cpu ", cfgs[ci].name, engine_policy_name(o.policy), o.max_batch,
+                              o.max_tokens, o.block_size, blocks, wl ? "arrivals over time" : "all at once",
                               t ? "T=0.9" : "greedy", w.n, rejected, rc == 0 ? mt.preemptions : -1,
                               rc ? ": " : "", rc ? error_message() : "");
                 engine_free_results(res, w.n);
@@ -339,11 +349,13 @@ typedef struct {
     double wall_s;
 } ServeRun;
 
+static int g_cuda; /* serve_once runs the forward on the GPU */
+
 static ServeRun serve_once(const Model *m, const EngineRequest *reqs, int n, EnginePolicy policy, int max_batch,
                            int num_blocks, int keep_log)
 {
     EngineOptions o = engine_default_options();
-    o.policy = policy, o.max_batch = max_batch, o.num_blocks = num_blocks, o.keep_log = keep_log;
+    o.policy = policy, o.max_batch = max_batch, o.num_blocks = num_blocks, o.keep_log = keep_log, o.cuda = g_cuda;
     EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
     ServeRun r;
     const double t0 = timer_now();
@@ -583,21 +595,19 @@ static int cmd_bench(int argc, char **argv)
         {.name = "requests", .kind = ARG_INT, .dest = &n_req, .metavar = "N",
          .help = "requests per point of the rate sweep (default 96)", .min = 4, .max = 1 << 20},
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "auto or cpu (the engine runs on the CPU)"},
+         .help = "auto: the CPU, and batch scaling on the GPU too when there is one"},
     };
     ArgCommand cmd = {PROG " bench", "[options]",
                       "(1) The rate sweep: skewed workloads (lognormal lengths, medians 24 prompt and 48 output\n"
                       "tokens) at 4, 16, 64 and 256 requests per second, static and continuous batching, max-batch 32.\n"
                       "(2) Batch 32 against one sequence: 32 requests of 16 prompt tokens and 128 new tokens, all at\n"
                       "once, through the engine, against chapter 05's generate on one of them. (3) Batch scaling\n"
-                      "(policy 'batch_scaling'): b = 1 .. 32 sequences decoding together; tpot_p50_ms is then the time\n"
-                      "of one iteration of b sequences.\n"
+                      "(policy 'batch_scaling', and 'batch_scaling_cuda' with the forward on a GPU when there is one):\n"
+                      "b = 1 .. 32 sequences decoding together; tpot_p50_ms is then the time of one iteration.\n"
                       "Columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms\n"
                       "tpot_p99_ms mean_batch preemptions (policy 'single' for chapter 05 alone).",
                       specs, 3};
     args_parse_or_exit(&cmd, argc, argv);
-    if (strcmp(device, "cuda") == 0)
-        die("--device cuda: the engine runs on the CPU in this repository");
     Model m;
     load_model(NULL, &m);
     char dat[4096];
@@ -608,25 +618,40 @@ static int cmd_bench(int argc, char **argv)
     fprintf(stderr, "%s bench on %s\n", PROG, roofline_machine());
     tsv_header(&tsv, "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\t"
                      "tpot_p99_ms\tmean_batch\tpreemptions");
+    char why[256];
+    const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why) && strcmp(device, "cpu") != 0;
+    if (strcmp(device, "cuda") == 0 && !have_gpu)
+        die("--device cuda: no usable GPU: %s", HAVE_CUDA ? why : "a build without CUDA");
+    const int use_cpu = strcmp(device, "cuda") != 0;
     const double rates[] = {4, 16, 64, 256};
     double ratio = NAN;
-    rate_sweep(&m, &tsv, rates, 4, n_req, 32, &ratio);
-    /* what a fuller batch buys on this machine: decode iterations of b sequences */
+    if (use_cpu)
+        rate_sweep(&m, &tsv, rates, 4, n_req, 32, &ratio);
+    /* what a fuller batch buys on this machine: decode iterations of b sequences (and on the GPU) */
     const int bsz[6] = {1, 2, 4, 8, 16, 32};
-    for (int bi = 0; bi < 6; bi++) {
-        EngineRequest *br = calloc((size_t)bsz[bi], sizeof(EngineRequest));
-        for (int i = 0; i < bsz[bi]; i++) {
-            br[i] = (EngineRequest){0.0, 64, 16, malloc(16 * sizeof(int))};
-            for (int t = 0; t < 16; t++)
-                br[i].prompt[t] = (i * 37 + t * 11 + 2) % m.c.vocab_size;
+    for (int on_gpu = use_cpu ? 0 : 1; on_gpu <= have_gpu; on_gpu++)
+        for (int bi = 0; bi < 6; bi++) {
+            EngineRequest *br = calloc((size_t)bsz[bi], sizeof(EngineRequest));
+            for (int i = 0; i < bsz[bi]; i++) {
+                br[i] = (EngineRequest){0.0, 64, 16, malloc(16 * sizeof(int))};
+                for (int t = 0; t < 16; t++)
+                    br[i].prompt[t] = (i * 37 + t * 11 + 2) % m.c.vocab_size;
+            }
+            bench_progress("decode iterations of %d sequences on the %s ...", bsz[bi], on_gpu ? "GPU" : "CPU");
+            g_cuda = on_gpu;
+            ServeRun b = serve_once(&m, br, bsz[bi], ENGINE_CONTINUOUS, bsz[bi], 0, 0);
+            g_cuda = 0;
+            tsv_row(&tsv, "batch_scaling%s\t0\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d", on_gpu ? "_cuda" : "",
+                    bsz[bi], bsz[bi], b.mt.throughput, b.mt.ttft_p50, b.mt.ttft_p99, b.mt.tpot_p50 * 1e3,
+                    b.mt.tpot_p99 * 1e3, b.mt.mean_batch, b.mt.preemptions);
+            engine_free_metrics(&b.mt);
+            engine_free_requests(br, bsz[bi]);
         }
-        bench_progress("decode iterations of %d sequences ...", bsz[bi]);
-        ServeRun b = serve_once(&m, br, bsz[bi], ENGINE_CONTINUOUS, bsz[bi], 0, 0);
-        tsv_row(&tsv, "batch_scaling\t0\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d", bsz[bi], bsz[bi],
-                b.mt.throughput, b.mt.ttft_p50, b.mt.ttft_p99, b.mt.tpot_p50 * 1e3, b.mt.tpot_p99 * 1e3, b.mt.mean_batch,
-                b.mt.preemptions);
-        engine_free_metrics(&b.mt);
-        engine_free_requests(br, bsz[bi]);
+    if (!use_cpu) { /* --device cuda: the GPU rows only */
+        bench_progress_done();
+        tsv_close(&tsv);
+        model_free(&m);
+        return 0;
     }
     /* batch 32 against a single sequence */
     EngineRequest *reqs = calloc(32, sizeof(EngineRequest));

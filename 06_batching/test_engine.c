@@ -17,6 +17,7 @@
 
 #include "05_paged/paged.h"
 #include "06_batching/engine.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/model.h"
 #include "common/rng.h"
@@ -327,7 +328,7 @@ START_TEST(test_serve_command)
     fclose(f);
     ProcResult r;
     run(&r, (const char *[]){"serve", "--requests", req, "--max-batch", "2", "--metrics", met, "--iterations", its,
-                             "--shuffle", "5", NULL});
+                             "--shuffle", "5", "--device", "cpu", NULL});
     ck_assert_msg(r.status == 0, "%s", r.err);
     ck_assert_int_eq(count_lines(r.out), 5);
     /* each line equals chapter 05 alone */
@@ -388,7 +389,7 @@ START_TEST(test_gen_requests_and_verify)
         ck_assert(x[i].arrival == y[i].arrival && x[i].n_prompt == y[i].n_prompt &&
                   (i == 0 || x[i].arrival >= x[i - 1].arrival) && x[i].n_prompt + x[i].max_new <= 2048);
     engine_free_requests(x, nx), engine_free_requests(y, ny);
-    run(&r, (const char *[]){"verify", NULL});
+    run(&r, (const char *[]){"verify", "--device", "cpu", NULL});
     char line[256];
     int passed = -1, failed = -1;
     ck_assert_msg(r.status == 0, "%s", r.out);
@@ -402,6 +403,28 @@ START_TEST(test_gen_requests_and_verify)
     }
 }
 END_TEST
+
+#if HAVE_CUDA
+/* The GPU forward against chapter 05 on the CPU: cuBLAS sums in its own orders, so this is
+ * agreement of greedy tokens between two fp32 computations, which near-ties could break; it
+ * has held for chapter 04's GPU generation. */
+START_TEST(test_gpu_forward_matches_chapter05)
+{
+    const int n = 16;
+    EngineRequest *r = workload(n, 0.0, 31);
+    int **want = alone(r, n, 0.0f, 0);
+    for (int p = 0; p <= 1; p++) {
+        EngineOptions o = engine_default_options();
+        o.cuda = 1, o.policy = p ? ENGINE_STATIC : ENGINE_CONTINUOUS, o.max_batch = 8, o.max_tokens = 9;
+        o.block_size = 4, o.num_blocks = 60;
+        EngineMetrics mt = serve_and_check(r, n, o, want, p ? "cuda static" : "cuda continuous");
+        engine_free_metrics(&mt);
+    }
+    free_want(want, n);
+    engine_free_requests(r, n);
+}
+END_TEST
+#endif
 
 static Suite *engine_suite(void)
 {
@@ -424,6 +447,19 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, test_serve_command);
     tcase_add_test(tc, test_gen_requests_and_verify);
     suite_add_tcase(s, tc);
+
+    char why[256];
+    if (device_cuda_available(why, sizeof why)) {
+#if HAVE_CUDA
+        tc = tcase_create("cuda");
+        tcase_set_timeout(tc, 300);
+        tcase_add_checked_fixture(tc, model_setup, model_teardown);
+        tcase_add_test(tc, test_gpu_forward_matches_chapter05);
+        suite_add_tcase(s, tc);
+#endif
+    } else {
+        printf("06_batching: CUDA tests skipped: %s\n", why);
+    }
     return s;
 }
 

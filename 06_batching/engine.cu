@@ -1,0 +1,188 @@
+/*
+ * engine.cu: chapter 06 on the GPU -- the batched forward of one engine iteration.
+ *
+ * What it teaches: the scheduler and the block allocator stay on the host (they are a few
+ * hundred integer operations per iteration); only the forward moves. Per iteration the host
+ * uploads the scheduled tokens, their positions, each sequence's block table and lengths, and
+ * downloads one row of logits per sequence that needs a token. The K/V pool lives on the GPU
+ * with the host pool's layout and block ids, (L, Hkv, num_blocks, bs, D): the host allocator's
+ * decisions are valid on both sides.
+ *
+ *   products: cuBLAS (chapter 01's mha_linear_cuda) over the whole [rows, dim] batch
+ *   embedding, RMSNorm, residual adds, SwiGLU: chapter 04's kernels
+ *   RoPE: each row at its own position (below); K/V rows written through the tables (below)
+ *   attention: chapter 05's paged kernel v2 over the mixed batch of prefill chunks and decodes
+ *
+ * cuBLAS may choose kernels by the batch size, so unlike the CPU path this forward is not
+ * promised to be batch-invariant: 'verify --device cuda' reports how many requests' tokens match
+ * chapter 05 on the CPU, and the tests require it only on the CPU.
+ */
+#include "06_batching/engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "01_mha/mha.h"
+#include "04_kvcache/kvcache.h"
+#include "05_paged/paged.h"
+#include "common/cuda_utils.h"
+#include "common/error.h"
+
+struct EngineGpu {
+    const Model *m;
+    float *w;                  /* the weights, same offsets as m->data */
+    float *pool_k, *pool_v;    /* (L, Hkv, num_blocks, bs, D) */
+    int num_blocks, bs, max_rows, max_seqs, max_blocks;
+    float *x, *xb, *q, *att, *k, *v, *h1, *h3, *logits; /* activations of up to max_rows rows */
+    int *tokens, *pos, *row_seq, *q_start, *lens, *tables, *out_rows;
+};
+
+static float *dev(const EngineGpu *g, const float *host) { return g->w + (host - g->m->data); }
+
+/* RoPE on x (n, heads * hs), row r at position pos[r]: a thread per (row, head, pair) */
+__global__ void eng_rope_rows(float *x, const int *pos, int n, int heads, int hs)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int pairs = hs / 2;
+    if (i >= (size_t)n * heads * pairs)
+        return;
+    const int p = (int)(i % pairs), r = (int)(i / ((size_t)heads * pairs));
+    float *v = x + (i / pairs) * hs + 2 * p;
+    const float freq = 1.0f / powf(10000.0f, (float)(2 * p) / (float)hs);
+    const float val = (float)pos[r] * freq, fcr = cosf(val), fci = sinf(val);
+    const float v0 = v[0], v1 = v[1];
+    v[0] = v0 * fcr - v1 * fci;
+    v[1] = v0 * fci + v1 * fcr;
+}
+
+/* rows (n, Hkv * D) of one layer into the pool through the tables: row r belongs to sequence
+ * row_seq[r] at position pos[r]; pool (Hkv, num_blocks, bs, D) is that layer's slice. */
+__global__ void eng_write_kv(const float *rows, float *pool, const int *row_seq, const int *pos, const int *tables,
+                             int max_blocks, int n, int Hkv, int D, int bs, int num_blocks)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)n * Hkv * D)
+        return;
+    const int d = (int)(i % D), h = (int)((i / D) % Hkv), r = (int)(i / ((size_t)D * Hkv));
+    const int p = pos[r], id = tables[(size_t)row_seq[r] * max_blocks + p / bs];
+    pool[(((size_t)h * num_blocks + id) * bs + p % bs) * D + d] = rows[i];
+}
+
+/* dst (n_out, dim) = src rows out_rows[...] */
+__global__ void eng_gather_rows(const float *src, float *dst, const int *rows, int n_out, int dim)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)n_out * dim)
+        dst[i] = src[(size_t)rows[i / dim] * dim + i % dim];
+}
+
+extern "C" void engine_gpu_free(EngineGpu *g)
+{
+    if (!g)
+        return;
+    cuda_free(g->w), cuda_free(g->pool_k), cuda_free(g->pool_v);
+    float *acts[] = {g->x, g->xb, g->q, g->att, g->k, g->v, g->h1, g->h3, g->logits};
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
+        cuda_free(acts[i]);
+    int *ints[] = {g->tokens, g->pos, g->row_seq, g->q_start, g->lens, g->tables, g->out_rows};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        cuda_free(ints[i]);
+    free(g);
+}
+
+extern "C" EngineGpu *engine_gpu_create(const Model *m, int num_blocks, int block_size, int max_rows, int max_seqs)
+{
+    const ModelConfig *c = &m->c;
+    const int hs = model_head_size(c), qd = c->n_heads * hs, kvd = c->n_kv_heads * hs;
+    EngineGpu *g = (EngineGpu *)calloc(1, sizeof(EngineGpu));
+    g->m = m, g->num_blocks = num_blocks, g->bs = block_size, g->max_rows = max_rows, g->max_seqs = max_seqs;
+    g->max_blocks = (c->seq_len + block_size - 1) / block_size;
+    const size_t pool = (size_t)c->n_layers * c->n_kv_heads * num_blocks * block_size * hs, R = (size_t)max_rows;
+    g->w = (float *)cuda_try_alloc(m->n_floats * sizeof(float), "model weights");
+    g->pool_k = g->w ? (float *)cuda_try_alloc(pool * sizeof(float), "the K pool") : NULL;
+    g->pool_v = g->pool_k ? (float *)cuda_try_alloc(pool * sizeof(float), "the V pool") : NULL;
+    if (!g->pool_v) {
+        engine_gpu_free(g);
+        return NULL;
+    }
+    cuda_upload(g->w, m->data, m->n_floats * sizeof(float));
+    g->x = (float *)cuda_alloc(R * c->dim * sizeof(float)), g->xb = (float *)cuda_alloc(R * c->dim * sizeof(float));
+    g->q = (float *)cuda_alloc(R * qd * sizeof(float)), g->att = (float *)cuda_alloc(R * qd * sizeof(float));
+    g->k = (float *)cuda_alloc(R * kvd * sizeof(float)), g->v = (float *)cuda_alloc(R * kvd * sizeof(float));
+    g->h1 = (float *)cuda_alloc(R * c->hidden_dim * sizeof(float));
+    g->h3 = (float *)cuda_alloc(R * c->hidden_dim * sizeof(float));
+    g->logits = (float *)cuda_alloc((size_t)max_seqs * c->vocab_size * sizeof(float));
+    g->tokens = (int *)cuda_alloc(R * sizeof(int)), g->pos = (int *)cuda_alloc(R * sizeof(int));
+    g->row_seq = (int *)cuda_alloc(R * sizeof(int)), g->out_rows = (int *)cuda_alloc((size_t)max_seqs * sizeof(int));
+    g->q_start = (int *)cuda_alloc(((size_t)max_seqs + 1) * sizeof(int));
+    g->lens = (int *)cuda_alloc((size_t)max_seqs * sizeof(int));
+    g->tables = (int *)cuda_alloc((size_t)max_seqs * g->max_blocks * sizeof(int));
+    return g;
+}
+
+#define LAUNCH(kernel, n, ...)                                                                                         \
+    do {                                                                                                               \
+        kernel<<<cuda_blocks((size_t)(n), 256), 256>>>(__VA_ARGS__);                                                   \
+        CUDA_CHECK(cudaGetLastError());                                                                                \
+    } while (0)
+
+extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const int *pos, int n_seq,
+                                  const int *q_start, const int *lens, const int *tables, int n_out,
+                                  const int *out_rows, float *logits)
+{
+    const ModelConfig *c = &g->m->c;
+    const ModelWeights *w = &g->m->w;
+    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hs = model_head_size(c), hid = c->hidden_dim;
+    const int qd = H * hs, kvd = Hkv * hs;
+    if (n > g->max_rows || n_seq > g->max_seqs || n_out > g->max_seqs)
+        return error_set("GPU forward: %d rows of %d sequences exceed the buffers (%d rows, %d sequences)", n, n_seq,
+                         g->max_rows, g->max_seqs);
+    int *row_seq = (int *)malloc((size_t)n * sizeof(int) + 1), max_len = 1;
+    for (int i = 0; i < n_seq; i++) {
+        for (int r = q_start[i]; r < q_start[i + 1]; r++)
+            row_seq[r] = i;
+        max_len = lens[i] > max_len ? lens[i] : max_len;
+    }
+    cuda_upload(g->tokens, tokens, (size_t)n * sizeof(int)), cuda_upload(g->pos, pos, (size_t)n * sizeof(int));
+    cuda_upload(g->row_seq, row_seq, (size_t)n * sizeof(int));
+    cuda_upload(g->q_start, q_start, ((size_t)n_seq + 1) * sizeof(int));
+    cuda_upload(g->lens, lens, (size_t)n_seq * sizeof(int));
+    cuda_upload(g->tables, tables, (size_t)n_seq * g->max_blocks * sizeof(int));
+    cuda_upload(g->out_rows, out_rows, (size_t)n_out * sizeof(int));
+    free(row_seq);
+    const size_t layer_pool = (size_t)Hkv * g->num_blocks * g->bs * hs;
+    kvcache_cuda_embed(dev(g, w->token_embedding), g->tokens, g->x, n, dim);
+    int rc = 0;
+    for (int l = 0; l < c->n_layers && rc == 0; l++) {
+        kvcache_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_att + (size_t)l * dim), n, dim);
+        mha_linear_cuda(g->q, g->xb, dev(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
+        mha_linear_cuda(g->k, g->xb, dev(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
+        mha_linear_cuda(g->v, g->xb, dev(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
+        LAUNCH(eng_rope_rows, (size_t)n * H * (hs / 2), g->q, g->pos, n, H, hs);
+        LAUNCH(eng_rope_rows, (size_t)n * Hkv * (hs / 2), g->k, g->pos, n, Hkv, hs);
+        float *pk = g->pool_k + l * layer_pool, *pv = g->pool_v + l * layer_pool;
+        LAUNCH(eng_write_kv, (size_t)n * kvd, g->k, pk, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, hs, g->bs,
+               g->num_blocks);
+        LAUNCH(eng_write_kv, (size_t)n * kvd, g->v, pv, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, hs, g->bs,
+               g->num_blocks);
+        PagedCudaBatch b = {pk, pv, g->num_blocks, Hkv, g->bs, hs, g->tables, g->lens, g->q_start, g->row_seq,
+                            n_seq, g->max_blocks, n, max_len};
+        rc = paged_attention_cuda(2, &b, H, 1.0f / sqrtf((float)hs), 1, g->q, g->att);
+        mha_linear_cuda(g->xb, g->att, dev(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
+        kvcache_cuda_add(g->x, g->xb, (size_t)n * dim);
+        kvcache_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_ffn + (size_t)l * dim), n, dim);
+        mha_linear_cuda(g->h1, g->xb, dev(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
+        mha_linear_cuda(g->h3, g->xb, dev(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
+        kvcache_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
+        mha_linear_cuda(g->xb, g->h1, dev(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
+        kvcache_cuda_add(g->x, g->xb, (size_t)n * dim);
+    }
+    if (rc != 0 || n_out == 0)
+        return rc;
+    LAUNCH(eng_gather_rows, (size_t)n_out * dim, g->x, g->att, g->out_rows, n_out, dim); /* att (rows, dim) is free */
+    kvcache_cuda_rmsnorm(g->xb, g->att, dev(g, w->rms_final), n_out, dim);
+    mha_linear_cuda(g->logits, g->xb, dev(g, w->wcls), n_out, c->vocab_size, dim);
+    cuda_download(logits, g->logits, (size_t)n_out * c->vocab_size * sizeof(float));
+    return 0;
+}
