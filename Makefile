@@ -17,6 +17,8 @@ chapter_of = $(word $(1),$(CHAPTERS))
 # ---- variables a reader may set --------------------------------------------------------------
 SAN ?= 0
 DEVICE ?= auto
+CHECKPOINT ?=
+BENCH_CHECKPOINT := $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 GPU_ARCH ?= sm_90
 CHECK_PREFIX ?=
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
@@ -210,7 +212,7 @@ test-one-$(1):
 bench-$(1): deps-plot
 	@if [ -z "$(filter $(call chapter_of,$(1)),$(BUILT))" ]; then echo "chapter $(call chapter_of,$(1)) is coming (not written yet)"; exit 1; fi
 	@$(MAKE) --no-print-directory $(BIN)/$(call chapter_of,$(1)) $(SHARE)
-	$(BIN)/$(call chapter_of,$(1)) bench --device $(DEVICE)
+	$(BIN)/$(call chapter_of,$(1)) bench --device $(DEVICE) $(if $(filter 6,$(1)),$(BENCH_CHECKPOINT))
 endef
 $(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
 
@@ -223,7 +225,7 @@ test-all: tests
 	@rc=0; for t in $(TESTS); do echo; echo "== $$t"; $$t || rc=1; done; exit $$rc
 
 bench: deps-plot programs
-	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) || exit 1; done
+	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) $$([ $$c = 06_batching ] && echo $(BENCH_CHECKPOINT)) || exit 1; done
 
 # Redraws every PNG from the .dat files that benchmarks and lessons left in $(BUILD)/bench.
 plots: deps-plot $(SHARE)
@@ -245,6 +247,7 @@ help:
 	@echo "make test-N          chapter N's suite only"
 	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
 	@echo "make bench-N         chapter N's benchmarks"
+	@echo "                     CHECKPOINT=M.bin: bench-6 also times chapters 04-06 on that llama2.c checkpoint"
 	@echo "make plots           redraw every PNG from the benchmark data in build/bench/"
 	@echo "make clean           remove build/"
 	@echo

@@ -522,6 +522,11 @@ int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenO
         out[step] = tokens[n] = next;
         if (step_s)
             step_s[step] = timer_now() - t0;
+        if (o->stop_at_bos_eos && (next == 1 || next == 2)) { /* BOS or EOS: the text is over */
+            for (int i = step; i < o->max_new; i++)
+                out[i] = -1;
+            break;
+        }
     }
     if (o->use_cache)
         kvcache_free(&c);

@@ -414,6 +414,11 @@ extern "C" int kvcache_generate_cuda(const Model *m, const int *prompt, int n_pr
         out[step] = tokens[n] = model_sample(logits, c->vocab_size, o->temperature, &rng);
         if (step_s)
             step_s[step] = timer_now() - t0;
+        if (o->stop_at_bos_eos && (out[step] == 1 || out[step] == 2)) { /* BOS or EOS: the text is over */
+            for (int i = step; i < o->max_new; i++)
+                out[i] = -1;
+            break;
+        }
     }
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         cuda_free(*bufs[i]);

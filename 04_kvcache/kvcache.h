@@ -100,10 +100,12 @@ typedef struct {
     KvDtype dtype;
     int kernel;          /* decode kernel */
     int prefill_chunk;   /* 0: the whole prompt in one forward; else chunks of this many tokens */
+    int stop_at_bos_eos; /* 1: stop at a sampled BOS or EOS, as llama2.c's run.c does (text mode) */
 } GenOptions;
 
 /* Generates o->max_new tokens after the prompt into out; step_s (max_new) gets each step's
- * seconds when not NULL (step 0 includes the prefill). Checks the prompt and lengths first. */
+ * seconds when not NULL (step 0 includes the prefill). Checks the prompt and lengths first.
+ * With stop_at_bos_eos, a sampled BOS or EOS ends the generation: it and the rest of out are -1. */
 int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out, double *step_s);
 
 /* prompt + max_new must fit seq_len; ids must be < vocab. -1 with the reason otherwise. */

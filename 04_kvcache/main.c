@@ -32,6 +32,7 @@
 #include "common/roofline.h"
 #include "common/tensor.h"
 #include "common/timer.h"
+#include "common/tokenizer.h"
 #if HAVE_CUDA
 #include "common/cuda_utils.h"
 #endif
@@ -116,47 +117,17 @@ static const AttnImpls IMPLS = {
 
 static void load_model(const char *checkpoint, Model *m)
 {
-    if (checkpoint) {
-        if (model_load(checkpoint, m) != 0)
-            die_with_error();
-        return;
-    }
-    ModelConfig c = model_default_config();
-    if (model_init_random(m, &c, MODEL_DEFAULT_SEED) != 0)
+    if (model_load_or_builtin(checkpoint, m) != 0)
         die_with_error();
 }
 
-/* "1 2 3" -> ids; -1 with an error for anything but integers */
-static int parse_prompt(const char *text, int **ids, int *n)
-{
-    int cap = 16, count = 0;
-    int *out = malloc((size_t)cap * sizeof(int));
-    const char *p = text;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        if (!*p)
-            break;
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || (*end && *end != ' ' && *end != '\t' && *end != ',') || v < -2147483647L || v > 2147483647L) {
-            free(out);
-            return error_set("--prompt: '%s' is not a list of token ids (integers separated by spaces)", text);
-        }
-        if (count == cap)
-            out = realloc(out, (size_t)(cap *= 2) * sizeof(int));
-        out[count++] = (int)v;
-        p = end;
-    }
-    *ids = out, *n = count;
-    return 0;
-}
 
 /* ==== generate =================================================================================== */
 
 static int cmd_generate(int argc, char **argv)
 {
-    const char *checkpoint = NULL, *prompt_text = "1", *device = "auto", *dtype = "f32";
+    const char *checkpoint = NULL, *prompt_text = "1", *device = "auto", *dtype = "f32", *tokenizer = NULL;
+    const char *prompt_words = NULL;
     int max_new = 64, no_cache = 0, seed = 42, kernel = 0, chunk = 0;
     double temperature = 0.0;
     ArgSpec specs[] = {
@@ -164,6 +135,10 @@ static int cmd_generate(int argc, char **argv)
          .help = "llama2.c version-0 checkpoint (default: the built-in random model)"},
         {.name = "prompt", .kind = ARG_STRING, .dest = &prompt_text, .metavar = "IDS",
          .help = "prompt token ids, e.g. \"1 2 3\" (default \"1\", llama2.c's BOS)"},
+        {.name = "tokenizer", .kind = ARG_STRING, .dest = &tokenizer, .metavar = "T.bin",
+         .help = "llama2.c tokenizer.bin: print text, stop at BOS/EOS as run.c does"},
+        {.name = "prompt-text", .kind = ARG_STRING, .dest = &prompt_words, .metavar = "TEXT",
+         .help = "the prompt as text (needs --tokenizer; encoded with BOS first)"},
         {.name = "max-new", .kind = ARG_INT, .dest = &max_new, .metavar = "N", .help = "tokens to generate (default 64)",
          .min = 0, .max = 1 << 24},
         {.name = "no-cache", .kind = ARG_FLAG, .dest = &no_cache, .help = "recompute the whole sequence at every step"},
@@ -182,19 +157,23 @@ static int cmd_generate(int argc, char **argv)
     };
     ArgCommand cmd = {PROG " generate", "[options]",
                       "Generates token ids with a Llama-style model (llama2.c's run.c semantics) through the KV cache.\n"
-                      "Prints the generated ids (prompt excluded) on one line; timings go to stderr.",
+                      "Prints the generated ids (prompt excluded) on one line; timings go to stderr. With --tokenizer:\n"
+                      "prints the prompt and the generated text as run.c does, and stops at BOS or EOS.",
                       specs, (int)(sizeof specs / sizeof specs[0])};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
-    GenOptions o = {max_new, (float)temperature, (uint64_t)seed, !no_cache, KV_F32, kernel, chunk};
+    GenOptions o = {max_new, (float)temperature, (uint64_t)seed, !no_cache, KV_F32, kernel, chunk, 0};
     int *prompt = NULL, n_prompt = 0;
     if (device_resolve(device, &dev) != 0 || kv_dtype_parse(dtype, &o.dtype) != 0 ||
-        parse_prompt(prompt_text, &prompt, &n_prompt) != 0)
+        token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
         die_with_error();
     Model m;
     load_model(checkpoint, &m);
-    if (kvcache_check_request(&m.c, prompt, n_prompt, max_new) != 0)
+    Tokenizer tok;
+    const int text = tokenizer_setup(tokenizer, prompt_words, m.c.vocab_size, &tok, &prompt, &n_prompt);
+    if (text < 0 || kvcache_check_request(&m.c, prompt, n_prompt, max_new) != 0)
         die_with_error();
+    o.stop_at_bos_eos = text;
     int *out = malloc((size_t)(max_new + 1) * sizeof(int));
     const double t0 = timer_now();
     int rc;
@@ -207,13 +186,23 @@ static int cmd_generate(int argc, char **argv)
     if (rc != 0)
         die_with_error();
     const double secs = timer_now() - t0;
-    for (int i = 0; i < max_new; i++)
-        printf(i ? " %d" : "%d", out[i]);
-    printf("\n");
+    int n_gen = 0;
+    while (n_gen < max_new && out[n_gen] >= 0)
+        n_gen++;
+    if (text) {
+        char *s = tokenizer_decode_generation(&tok, prompt, n_prompt, out, max_new, 1);
+        printf("%s\n", s);
+        free(s);
+    } else {
+        for (int i = 0; i < max_new; i++)
+            printf(i ? " %d" : "%d", out[i]);
+        printf("\n");
+    }
     fflush(stdout); /* the ids before the timing line, also when both go to one file */
     fprintf(stderr, "%s generate: %d prompt + %d new tokens on %s, %s, %s cache: %.2f s, %.1f tokens/s\n", PROG,
-            n_prompt, max_new, device_name(dev), checkpoint ? checkpoint : "built-in random model",
-            no_cache ? "no" : kv_dtype_name(o.dtype), secs, max_new / (secs > 0 ? secs : 1e-9));
+            n_prompt, n_gen, device_name(dev), checkpoint ? checkpoint : "built-in random model",
+            no_cache ? "no" : kv_dtype_name(o.dtype), secs, n_gen / (secs > 0 ? secs : 1e-9));
+    tokenizer_free(&tok);
     free(out), free(prompt);
     model_free(&m);
     return 0;
@@ -229,7 +218,7 @@ static void lesson_steps(const Model *m, char *dat, size_t dat_len)
     double with[N_NEW], without[N_NEW];
     for (int i = 0; i < N_PROMPT; i++)
         prompt[i] = (i * 37 + 1) % m->c.vocab_size;
-    GenOptions o = {N_NEW, 0.0f, 0, 1, KV_F32, 2, 0};
+    GenOptions o = {N_NEW, 0.0f, 0, 1, KV_F32, 2, 0, 0};
     if (kvcache_generate(m, prompt, N_PROMPT, &o, a, with) != 0)
         die_with_error();
     o.use_cache = 0;
@@ -321,7 +310,7 @@ static void lesson_quant(const Model *m)
     int prompt[N_PROMPT], ref_tokens[N_NEW], tokens[N_NEW];
     for (int i = 0; i < N_PROMPT; i++)
         prompt[i] = (i * 53 + 7) % V;
-    GenOptions o = {N_NEW, 0.0f, 0, 1, KV_F32, 2, 0};
+    GenOptions o = {N_NEW, 0.0f, 0, 1, KV_F32, 2, 0, 0};
     if (kvcache_generate(m, prompt, N_PROMPT, &o, ref_tokens, NULL) != 0)
         die_with_error();
     /* teacher forcing: every cache sees the fp32 run's tokens; compare logits step by step */
@@ -569,7 +558,7 @@ static int cmd_bench(int argc, char **argv)
             if ((dev == DEVICE_CPU && !use_cpu) || (dev == DEVICE_CUDA && !use_gpu))
                 continue;
             for (int cache = 1; cache >= 0; cache--) {
-                GenOptions o = {gen_tokens, 0.0f, 0, cache, KV_F32, 2, 0};
+                GenOptions o = {gen_tokens, 0.0f, 0, cache, KV_F32, 2, 0, 0};
                 bench_progress("generate %d tokens on %s %s the cache ...", gen_tokens, device_name(dev),
                                cache ? "with" : "without");
                 const double t0 = timer_now();

@@ -24,6 +24,7 @@
 #include "common/npy.h"
 #include "common/tensor.h"
 #include "common/testing.h"
+#include "common/tokenizer.h"
 #if HAVE_CUDA
 #include "common/cuda_utils.h"
 #endif
@@ -227,7 +228,7 @@ START_TEST(test_sampler_is_llama2c)
     Model m;
     ck_assert_int_eq(model_init_random(&m, &c, 5), 0);
     int prompt[2] = {3, 4}, a[12], b[12];
-    GenOptions o = {12, 0.9f, 77, 1, KV_F32, 2, 0};
+    GenOptions o = {12, 0.9f, 77, 1, KV_F32, 2, 0, 0};
     ck_assert_int_eq(kvcache_generate(&m, prompt, 2, &o, a, NULL), 0);
     ck_assert_int_eq(kvcache_generate(&m, prompt, 2, &o, b, NULL), 0);
     ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
@@ -466,7 +467,7 @@ START_TEST(test_generation_with_and_without_cache)
     ModelConfig c = model_default_config();
     ck_assert_int_eq(model_init_random(&m, &c, MODEL_DEFAULT_SEED), 0);
     int prompt[3] = {1, 500, 7}, a[24], b[24], d[24];
-    GenOptions o = {24, 0.0f, 0, 1, KV_F32, 2, 0};
+    GenOptions o = {24, 0.0f, 0, 1, KV_F32, 2, 0, 0};
     ck_assert_int_eq(kvcache_generate(&m, prompt, 3, &o, a, NULL), 0);
     o.use_cache = 0;
     ck_assert_int_eq(kvcache_generate(&m, prompt, 3, &o, b, NULL), 0);
@@ -617,7 +618,7 @@ START_TEST(test_cuda_decode_and_generate)
     ModelConfig c = model_default_config();
     ck_assert_int_eq(model_init_random(&m, &c, MODEL_DEFAULT_SEED), 0);
     int prompt[5] = {1, 2, 3, 4, 5}, a[16], b[16];
-    GenOptions o = {16, 0.0f, 0, 1, KV_F32, 2, 0};
+    GenOptions o = {16, 0.0f, 0, 1, KV_F32, 2, 0, 0};
     ck_assert_int_eq(kvcache_generate(&m, prompt, 5, &o, a, NULL), 0);
     ck_assert_msg(kvcache_generate_cuda(&m, prompt, 5, &o, b, NULL) == 0, "%s", error_message());
     ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
@@ -625,6 +626,128 @@ START_TEST(test_cuda_decode_and_generate)
 }
 END_TEST
 #endif
+
+
+/* ==== the tokenizer (common/tokenizer) on the tiny fixture ====================================== */
+
+static int tiny(const char *piece)
+{
+    const int id = testing_tiny_id(piece);
+    ck_assert_msg(id >= 0, "'%s' is not in the fixture", piece);
+    return id;
+}
+
+START_TEST(test_tokenizer_known_encodings)
+{
+    char path[4200];
+    tmp_path(path, sizeof path, "tok.bin");
+    const int V = testing_write_tiny_tokenizer(path);
+    Tokenizer t;
+    ck_assert_msg(tokenizer_load(path, V, &t) == 0, "%s", error_message());
+    /* worked by hand from the fixture's merges and scores (" t" > "he" > " the" > ... > " and"):
+     * "the" = ' ' t h e -> ' t' h e -> ' t' 'he' -> ' the' */
+    const struct {
+        const char *text;
+        int n;
+        int ids[6];
+    } cases[] = {
+        {"the", 2, {TOKEN_BOS, tiny(" the")}},
+        {"and", 2, {TOKEN_BOS, tiny(" and")}},          /* ' a' first, then 'nd', then ' and' */
+        {"in", 3, {TOKEN_BOS, tiny(" "), tiny("in")}}, /* ' in' is not a token */
+        {"\xc3\xa9", 4, {TOKEN_BOS, tiny(" "), 3 + 0xC3, 3 + 0xA9}}, /* 'é' is not a token: its bytes */
+        {"", 1, {TOKEN_BOS}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int *ids, n;
+        ck_assert_int_eq(tokenizer_encode(&t, cases[i].text, 1, 0, &ids, &n), 0);
+        ck_assert_msg(n == cases[i].n && memcmp(ids, cases[i].ids, (size_t)n * sizeof(int)) == 0,
+                      "'%s': %d ids, first %d", cases[i].text, n, n > 1 ? ids[1] : -1);
+        free(ids);
+    }
+    int *ids, n;
+    ck_assert_int_eq(tokenizer_encode(&t, "the", 0, 1, &ids, &n), 0); /* EOS, no BOS */
+    ck_assert(n == 2 && ids[0] == tiny(" the") && ids[1] == TOKEN_EOS);
+    free(ids);
+    /* decoding: the space after BOS goes, <0xHH> is a byte, a lone unprintable byte is dropped */
+    char one[2];
+    ck_assert_str_eq(tokenizer_piece(&t, TOKEN_BOS, tiny(" the"), one), "the");
+    ck_assert_str_eq(tokenizer_piece(&t, tiny("in"), tiny(" the"), one), " the");
+    ck_assert_str_eq(tokenizer_piece(&t, 5, 3 + 'A', one), "A");
+    ck_assert_str_eq(tokenizer_piece(&t, 5, 3 + 0x07, one), "");
+    ck_assert_str_eq(tokenizer_piece(&t, 5, 3 + '\n', one), "\n");
+    ck_assert_str_eq(tokenizer_piece(&t, 5, V + 7, one), "");
+    tokenizer_free(&t);
+}
+END_TEST
+
+START_TEST(test_tokenizer_round_trips)
+{
+    char path[4200];
+    tmp_path(path, sizeof path, "tok.bin");
+    const int V = testing_write_tiny_tokenizer(path);
+    Tokenizer t;
+    ck_assert_int_eq(tokenizer_load(path, V, &t), 0);
+    const char *texts[] = {"Once upon a time, there was a little girl.", "the and in the\tend\n", "  two spaces",
+                           "{curly} [brackets] ~tilde~ 100%", "x"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        int *ids, n;
+        ck_assert_int_eq(tokenizer_encode(&t, texts[i], 1, 0, &ids, &n), 0);
+        ck_assert_int_le(n, (int)strlen(texts[i]) + 2); /* BOS, the prefix, at most a token per byte */
+        char *back = tokenizer_decode(&t, ids[0], ids + 1, n - 1);
+        ck_assert_msg(strcmp(back, texts[i]) == 0, "'%s' came back as '%s'", texts[i], back);
+        free(back), free(ids);
+    }
+    /* merges really happen: "Once upon a time" is 4 tokens after BOS */
+    int *ids, n;
+    ck_assert_int_eq(tokenizer_encode(&t, "Once upon a time", 1, 0, &ids, &n), 0);
+    ck_assert_msg(n == 5 && ids[1] == tiny(" Once") && ids[2] == tiny(" upon") && ids[3] == tiny(" a") &&
+                      ids[4] == tiny(" time"),
+                  "%d ids", n);
+    free(ids);
+    char *esc = text_escape("a\nb\\c\td");
+    ck_assert_str_eq(esc, "a\\nb\\\\c\\td");
+    text_unescape(esc);
+    ck_assert_str_eq(esc, "a\nb\\c\td");
+    free(esc);
+    int *parsed, np;
+    ck_assert_int_eq(token_ids_parse(" 1, 2\t3 ", &parsed, &np), 0);
+    ck_assert(np == 3 && parsed[2] == 3);
+    free(parsed);
+    ck_assert_int_eq(token_ids_parse("1 two", &parsed, &np), -1);
+    tokenizer_free(&t);
+}
+END_TEST
+
+START_TEST(test_tokenizer_rejects_bad_files)
+{
+    char path[4200], bad[4200];
+    tmp_path(path, sizeof path, "tok.bin");
+    tmp_path(bad, sizeof bad, "bad.bin");
+    const int V = testing_write_tiny_tokenizer(path);
+    Tokenizer t;
+    ck_assert_int_eq(tokenizer_load(path, V + 1, &t), -1); /* the checkpoint wants one more token */
+    ck_assert_msg(strstr(error_message(), "disagree"), "%s", error_message());
+    ck_assert_int_eq(tokenizer_load(path, V - 1, &t), -1); /* one fewer */
+    ck_assert_msg(strstr(error_message(), "more than vocab_size"), "%s", error_message());
+    ck_assert_int_eq(tokenizer_load("/nonexistent/tok.bin", V, &t), -1);
+    ck_assert_msg(strstr(error_message(), "cannot open"), "%s", error_message());
+    FILE *f = fopen(path, "rb");
+    char buf[8192];
+    const size_t got = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    write_bytes(bad, buf, got - 3); /* cut inside the last token */
+    ck_assert_int_eq(tokenizer_load(bad, V, &t), -1);
+    ck_assert_msg(strstr(error_message(), "truncated") || strstr(error_message(), "ends after"), "%s", error_message());
+    const int32_t zero = 0;
+    write_bytes(bad, &zero, sizeof zero); /* a header that is not a tokenizer's */
+    ck_assert_int_eq(tokenizer_load(bad, V, &t), -1);
+    ck_assert_msg(strstr(error_message(), "not a llama2.c tokenizer"), "%s", error_message());
+    memcpy(buf + 4 + 4, &(int32_t){-5}, 4); /* token 0's length */
+    write_bytes(bad, buf, got);
+    ck_assert_int_eq(tokenizer_load(bad, V, &t), -1);
+    ck_assert_msg(strstr(error_message(), "token 0 has length -5"), "%s", error_message());
+}
+END_TEST
 
 /* ==== the suite ================================================================================= */
 
@@ -639,6 +762,9 @@ static Suite *kvcache_suite(void)
     tcase_add_test(tc, test_save_load_round_trip);
     tcase_add_test(tc, test_forward_pieces);
     tcase_add_test(tc, test_sampler_is_llama2c);
+    tcase_add_test(tc, test_tokenizer_known_encodings);
+    tcase_add_test(tc, test_tokenizer_round_trips);
+    tcase_add_test(tc, test_tokenizer_rejects_bad_files);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cache against chapter 03");

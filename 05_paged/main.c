@@ -34,6 +34,7 @@
 #include "common/roofline.h"
 #include "common/tensor.h"
 #include "common/timer.h"
+#include "common/tokenizer.h"
 #include "common/verify.h"
 #if HAVE_CUDA
 #include "common/cuda_utils.h"
@@ -189,47 +190,16 @@ static const AttnImpls IMPLS = {
 
 static void load_model(const char *checkpoint, Model *m)
 {
-    if (checkpoint) {
-        if (model_load(checkpoint, m) != 0)
-            die_with_error();
-        return;
-    }
-    ModelConfig c = model_default_config();
-    if (model_init_random(m, &c, MODEL_DEFAULT_SEED) != 0)
+    if (model_load_or_builtin(checkpoint, m) != 0)
         die_with_error();
 }
 
-/* "1 2 3" -> ids; -1 with an error for anything but integers */
-static int parse_prompt(const char *text, int **ids, int *n)
-{
-    int cap = 16, count = 0;
-    int *out = malloc((size_t)cap * sizeof(int));
-    const char *p = text;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        if (!*p)
-            break;
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || (*end && *end != ' ' && *end != '\t' && *end != ',') || v < -2147483647L || v > 2147483647L) {
-            free(out);
-            return error_set("--prompt: '%s' is not a list of token ids (integers separated by spaces)", text);
-        }
-        if (count == cap)
-            out = realloc(out, (size_t)(cap *= 2) * sizeof(int));
-        out[count++] = (int)v;
-        p = end;
-    }
-    *ids = out, *n = count;
-    return 0;
-}
 
 /* ==== generate ===================================================================================== */
 
 static int cmd_generate(int argc, char **argv)
 {
-    const char *checkpoint = NULL, *prompt_text = "1", *device = "auto";
+    const char *checkpoint = NULL, *prompt_text = "1", *device = "auto", *tokenizer = NULL, *prompt_words = NULL;
     int max_new = 64, seed = 42, kernel = 0, block_size = 16, num_blocks = 0, n_samples = 1, shuffle = 0;
     double temperature = 0.0;
     ArgSpec specs[] = {
@@ -237,6 +207,10 @@ static int cmd_generate(int argc, char **argv)
          .help = "llama2.c version-0 checkpoint (default: the built-in random model)"},
         {.name = "prompt", .kind = ARG_STRING, .dest = &prompt_text, .metavar = "IDS",
          .help = "prompt token ids, e.g. \"1 2 3\" (default \"1\", llama2.c's BOS)"},
+        {.name = "tokenizer", .kind = ARG_STRING, .dest = &tokenizer, .metavar = "T.bin",
+         .help = "llama2.c tokenizer.bin: print text, stop at BOS/EOS as run.c does"},
+        {.name = "prompt-text", .kind = ARG_STRING, .dest = &prompt_words, .metavar = "TEXT",
+         .help = "the prompt as text (needs --tokenizer; encoded with BOS first)"},
         {.name = "max-new", .kind = ARG_INT, .dest = &max_new, .metavar = "N", .help = "tokens to generate (default 64)",
          .min = 0, .max = 1 << 24},
         {.name = "block-size", .kind = ARG_INT, .dest = &block_size, .metavar = "B",
@@ -261,26 +235,50 @@ static int cmd_generate(int argc, char **argv)
     ArgCommand cmd = {PROG " generate", "[options]",
                       "Generates token ids with a Llama-style model (llama2.c's run.c semantics) through a paged KV\n"
                       "cache. Prints the generated ids (prompt excluded), one line per sample; the pool's use goes to\n"
-                      "stderr. Sample i gives the tokens of '04_kvcache generate --seed S+i'.",
+                      "stderr. Sample i gives the tokens of '04_kvcache generate --seed S+i'. With --tokenizer: text\n"
+                      "(the prompt, then each sample's continuation after a '--- sample i ---' line when K > 1),\n"
+                      "each sample stopping at BOS or EOS.",
                       specs, (int)(sizeof specs / sizeof specs[0])};
     args_parse_or_exit(&cmd, argc, argv);
     if (strcmp(device, "cuda") == 0)
         die("--device cuda: chapter 05 generates on the CPU; its GPU kernels run in 'attn', 'verify' and 'bench' "
             "(chapter 04 generates on the GPU)");
     int *prompt = NULL, n_prompt = 0;
-    if (parse_prompt(prompt_text, &prompt, &n_prompt) != 0)
+    if (token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
         die_with_error();
     Model m;
     load_model(checkpoint, &m);
+    Tokenizer tok;
+    const int text = tokenizer_setup(tokenizer, prompt_words, m.c.vocab_size, &tok, &prompt, &n_prompt);
+    if (text < 0)
+        die_with_error();
     PagedGenOptions o = {max_new, (float)temperature, (uint64_t)seed, n_samples, block_size, num_blocks, kernel,
-                         (uint64_t)shuffle};
+                         (uint64_t)shuffle, text};
     int *out = malloc((size_t)n_samples * (max_new + 1) * sizeof(int));
     PagedGenStats st = {0};
     const double t0 = timer_now();
     if (paged_generate(&m, prompt, n_prompt, &o, out, &st) != 0)
         die_with_error();
     const double secs = timer_now() - t0;
+    long n_gen = 0;
+    for (int s = 0; s < n_samples; s++)
+        for (int i = 0; i < max_new && out[(size_t)s * max_new + i] >= 0; i++)
+            n_gen++;
     for (int s = 0; s < n_samples; s++) {
+        if (text) {
+            char *str = tokenizer_decode_generation(&tok, prompt, n_prompt, out + (size_t)s * max_new, max_new,
+                                                    n_samples == 1);
+            if (n_samples > 1 && s == 0) {
+                char *p = tokenizer_decode_generation(&tok, prompt, n_prompt, NULL, 0, 1);
+                printf("%s\n", p);
+                free(p);
+            }
+            if (n_samples > 1)
+                printf("--- sample %d ---\n", s);
+            printf("%s\n", str);
+            free(str);
+            continue;
+        }
         for (int i = 0; i < max_new; i++)
             printf(i ? " %d" : "%d", out[(size_t)s * max_new + i]);
         printf("\n");
@@ -291,9 +289,10 @@ static int cmd_generate(int argc, char **argv)
             "%s generate: %d prompt + %d new tokens x %d sample%s on cpu, %s: %.2f s, %.1f tokens/s; pool: %d blocks "
             "of %d tokens (%s each), peak %d in use (%s), %zu copy-on-write copies\n",
             PROG, n_prompt, max_new, n_samples, n_samples > 1 ? "s" : "", checkpoint ? checkpoint : "built-in random model",
-            secs, (double)max_new * n_samples / (secs > 0 ? secs : 1e-9), st.num_blocks, block_size,
+            secs, (double)n_gen / (secs > 0 ? secs : 1e-9), st.num_blocks, block_size,
             format_bytes((double)st.block_bytes, b1, sizeof b1), st.peak_blocks,
             format_bytes((double)st.block_bytes * st.peak_blocks, b2, sizeof b2), st.cow_copies);
+    tokenizer_free(&tok);
     free(out), free(prompt);
     model_free(&m);
     return 0;
@@ -736,14 +735,14 @@ static void lesson_tokens(const Model *m)
     int prompt[N_PROMPT], ref[N_NEW], got[N_NEW];
     for (int i = 0; i < N_PROMPT; i++)
         prompt[i] = (i * 29 + 3) % m->c.vocab_size;
-    GenOptions o4 = {N_NEW, 0.0f, 0, 1, KV_F32, 2, 0};
+    GenOptions o4 = {N_NEW, 0.0f, 0, 1, KV_F32, 2, 0, 0};
     if (kvcache_generate(m, prompt, N_PROMPT, &o4, ref, NULL) != 0)
         die_with_error();
     printf("5. Greedy generation, %d tokens after a %d-token prompt, against chapter 04 (contiguous cache):\n\n",
            N_NEW, N_PROMPT);
     const int sizes[] = {1, 8, 16, 32};
     for (int i = 0; i < 4; i++) {
-        PagedGenOptions o = {N_NEW, 0.0f, 0, 1, sizes[i], 0, 2, 77};
+        PagedGenOptions o = {N_NEW, 0.0f, 0, 1, sizes[i], 0, 2, 77, 0};
         PagedGenStats st;
         if (paged_generate(m, prompt, N_PROMPT, &o, got, &st) != 0)
             die_with_error();

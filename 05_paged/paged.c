@@ -657,12 +657,20 @@ int paged_generate(const Model *m, const int *prompt, int n_prompt, const PagedG
     for (int step = 0; step < o->max_new && rc == 0; step++)
         for (int i = 0; i < K && rc == 0; i++) {
             int *toks = out + (size_t)i * o->max_new;
+            if (step > 0 && toks[step - 1] < 0) { /* this sample stopped */
+                toks[step] = -1;
+                continue;
+            }
             if (step == 0)
                 memcpy(logits, first, (size_t)V * sizeof(float));
             else
                 rc = paged_forward(m, &p, &seqs[i], &toks[step - 1], 1, o->kernel, logits);
             if (rc == 0)
                 toks[step] = model_sample(logits, V, o->temperature, &rngs[i]);
+            if (rc == 0 && o->stop_at_bos_eos && (toks[step] == 1 || toks[step] == 2)) {
+                toks[step] = -1; /* BOS or EOS: the text is over; its blocks go back */
+                paged_seq_free(&p, &seqs[i]);
+            }
         }
     if (stats)
         *stats = (PagedGenStats){p.peak_used, p.num_blocks, p.n_cow_copies, paged_block_bytes(&p)};

@@ -166,6 +166,7 @@ typedef struct {
     int num_blocks;    /* 0: just enough for the request (paged_blocks_for_request) */
     int kernel;        /* CPU attention kernel, 0 = fast */
     uint64_t shuffle;  /* 0: blocks in pool order; else shuffle the free list with this seed */
+    int stop_at_bos_eos; /* 1: a sample ends at a sampled BOS or EOS (its out row is -1 from there) */
 } PagedGenOptions;
 
 /* Blocks a request needs at its longest: the prompt's full blocks once (shared by every sample)

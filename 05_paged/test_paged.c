@@ -229,12 +229,12 @@ START_TEST(test_forked_samples_equal_chapter04_seeds)
     int got[60], want[20];
     for (int i = 0; i < 2; i++) {
         const int bs = i ? 16 : 4;
-        PagedGenOptions o = {N, 0.9f, 42, K, bs, 0, 2, 5};
+        PagedGenOptions o = {N, 0.9f, 42, K, bs, 0, 2, 5, 0};
         PagedGenStats st;
         ck_assert_msg(paged_generate(&m, prompt, 10, &o, got, &st) == 0, "%s", error_message());
         ck_assert_int_eq(st.peak_blocks, paged_blocks_for_request(10, N, K, bs)); /* the estimate is exact */
         for (int k = 0; k < K; k++) {
-            GenOptions o4 = {N, 0.9f, 42 + (uint64_t)k, 1, KV_F32, 2, 0};
+            GenOptions o4 = {N, 0.9f, 42 + (uint64_t)k, 1, KV_F32, 2, 0, 0};
             ck_assert_int_eq(kvcache_generate(&m, prompt, 10, &o4, want, NULL), 0);
             ck_assert_msg(memcmp(want, got + k * N, sizeof want) == 0, "bs %d sample %d differs from chapter 04", bs, k);
         }
@@ -242,7 +242,7 @@ START_TEST(test_forked_samples_equal_chapter04_seeds)
         ck_assert(memcmp(got, got + N, N * sizeof(int)) != 0 || memcmp(got + N, got + 2 * N, N * sizeof(int)) != 0);
     }
     /* a pool too small for the request is refused up front, naming the need */
-    PagedGenOptions o = {N, 0.0f, 0, K, 4, 5, 2, 0};
+    PagedGenOptions o = {N, 0.0f, 0, K, 4, 5, 2, 0, 0};
     ck_assert_int_eq(paged_generate(&m, prompt, 10, &o, got, NULL), -1);
     ck_assert_msg(strstr(error_message(), "can never fit"), "%s", error_message());
     model_free(&m);

@@ -32,8 +32,9 @@ void engine_free_requests(EngineRequest *reqs, int n)
     free(reqs);
 }
 
-/* One line "<arrival> <max_new> <ids...>" into r; -1 with the reason in why. */
-static int parse_line(char *line, EngineRequest *r, char *why, size_t why_len)
+/* One line "<arrival> <max_new> <ids...>" (or "<arrival> <max_new> <text>" with a tokenizer)
+ * into r; -1 with the reason in why. */
+static int parse_line(char *line, const Tokenizer *tok, EngineRequest *r, char *why, size_t why_len)
 {
     char *p = line, *end;
     errno = 0;
@@ -50,6 +51,20 @@ static int parse_line(char *line, EngineRequest *r, char *why, size_t why_len)
         return -1;
     }
     p = end;
+    if (tok) { /* text mode: the rest of the line, after one separator, is the prompt */
+        if (*p)
+            p++;
+        p[strcspn(p, "\r\n")] = '\0';
+        text_unescape(p);
+        if (!*p) {
+            snprintf(why, why_len, "the prompt text is empty");
+            return -1;
+        }
+        int *ids, n;
+        tokenizer_encode(tok, p, 1, 0, &ids, &n);
+        *r = (EngineRequest){arrival, (int)max_new, n, ids};
+        return 0;
+    }
     int cap = 16, n = 0;
     int *ids = malloc((size_t)cap * sizeof(int));
     for (;;) {
@@ -77,7 +92,7 @@ static int parse_line(char *line, EngineRequest *r, char *why, size_t why_len)
     return 0;
 }
 
-int engine_read_requests(const char *path, EngineRequest **reqs, int *n)
+int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineRequest **reqs, int *n)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -97,7 +112,7 @@ int engine_read_requests(const char *path, EngineRequest **reqs, int *n)
         char why[160];
         if (count == cap)
             out = realloc(out, (size_t)(cap *= 2) * sizeof(EngineRequest));
-        if (parse_line(p, &out[count], why, sizeof why) != 0) {
+        if (parse_line(p, tokenizer, &out[count], why, sizeof why) != 0) {
             free(line);
             fclose(f);
             engine_free_requests(out, count);
@@ -147,7 +162,7 @@ const char *engine_policy_name(EnginePolicy p) { return p == ENGINE_STATIC ? "st
 
 EngineOptions engine_default_options(void)
 {
-    EngineOptions o = {ENGINE_CONTINUOUS, 32, 256, 16, 0, 0.0f, 42, 0, 0.0, 0, 0, 0};
+    EngineOptions o = {ENGINE_CONTINUOUS, 32, 256, 16, 0, 0.0f, 42, 0, 0.0, 0, 0, 0, 0};
     return o;
 }
 
@@ -200,6 +215,7 @@ typedef struct {
     double first_s, finish_s;
     int preemptions;
     int chunk;      /* tokens scheduled in the current iteration */
+    int stopped;    /* sampled BOS or EOS (with stop_at_bos_eos) */
 } Seq;
 
 typedef struct {
@@ -428,7 +444,12 @@ static int run_iteration(Engine *e, int *prefill_tokens, int *decode_tokens, int
     for (int k = 0; k < n_out && rc == 0; k++) {
         const int i = out_seq[k];
         Seq *s = &e->s[i];
-        s->tokens[s->n_tokens++] = model_sample(logits + (size_t)k * V, V, e->o.temperature, &s->rng);
+        const int next = model_sample(logits + (size_t)k * V, V, e->o.temperature, &s->rng);
+        if (e->o.stop_at_bos_eos && (next == 1 || next == 2)) {
+            s->stopped = 1; /* the text is over; the stop token is not part of it */
+            continue;
+        }
+        s->tokens[s->n_tokens++] = next;
         s->n_generated++;
     }
     *n_sched_out = n_sched;
@@ -581,14 +602,14 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
             break;
         for (int k = 0; k < e.n_running; k++) { /* a first token is stamped with the end of its iteration */
             Seq *s = &e.s[e.running[k]];
-            if (s->n_generated >= 1 && isnan(s->first_s))
+            if ((s->n_generated >= 1 || s->stopped) && isnan(s->first_s))
                 s->first_s = clock;
         }
         /* finished sequences leave and give their blocks back */
         for (int k = 0; k < e.n_running;) {
             const int i = e.running[k];
             Seq *s = &e.s[i];
-            if (s->n_generated < reqs[i].max_new) {
+            if (s->n_generated < reqs[i].max_new && !s->stopped) {
                 k++;
                 continue;
             }
@@ -619,9 +640,9 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
         r->n_tokens = s->n_generated;
         r->tokens = malloc((size_t)s->n_generated * sizeof(int) + 1);
         memcpy(r->tokens, s->tokens + reqs[i].n_prompt, (size_t)s->n_generated * sizeof(int));
-        r->ttft_s = s->n_generated > 0 ? s->first_s - reqs[i].arrival : NAN;
+        r->ttft_s = !isnan(s->first_s) ? s->first_s - reqs[i].arrival : NAN;
         r->tpot_s = s->n_generated > 1 ? (s->finish_s - s->first_s) / (s->n_generated - 1) : NAN;
-        r->finish_s = s->n_generated > 0 ? s->finish_s : NAN;
+        r->finish_s = !isnan(s->finish_s) ? s->finish_s : NAN;
         r->preemptions = s->preemptions;
         metrics->completed++;
     }

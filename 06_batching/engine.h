@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "common/model.h"
+#include "common/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,8 +47,10 @@ typedef struct {
 
 /* Reads a requests file: one request per line, "<arrival_seconds> <max_new_tokens> <prompt
  * ids...>"; blank lines and lines starting with '#' are ignored. -1 with an error naming the
- * file and line for anything else (a missing field, a negative number, a non-integer id). */
-int engine_read_requests(const char *path, EngineRequest **reqs, int *n);
+ * file and line for anything else (a missing field, a negative number, a non-integer id).
+ * With a tokenizer (text mode), the prompt is the rest of the line after one space, as text
+ * ("\n", "\t" and "\\" stand for a newline, a tab, a backslash), encoded with BOS first. */
+int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineRequest **reqs, int *n);
 void engine_free_requests(EngineRequest *reqs, int n);
 
 typedef enum { ENGINE_CONTINUOUS = 0, ENGINE_STATIC = 1 } EnginePolicy;
@@ -68,6 +71,7 @@ typedef struct {
     uint64_t shuffle;    /* 0: the pool hands out blocks in order; else shuffled with this seed */
     int keep_log;        /* record one EngineIteration per iteration */
     int cuda;            /* 1: the forward on the GPU (the scheduler stays on the host) */
+    int stop_at_bos_eos; /* 1: a request ends at a sampled BOS or EOS, which is not part of its output */
 } EngineOptions;
 
 /* Defaults: continuous, max_batch 32, max_tokens 256, block size 16, num_blocks 0 (enough for

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
 #include "06_batching/engine.h"
 #include "common/args.h"
@@ -30,19 +31,14 @@
 #include "common/roofline.h"
 #include "common/tensor.h"
 #include "common/timer.h"
+#include "common/tokenizer.h"
 #include "common/verify.h"
 
 #define PROG "06_batching"
 
 static void load_model(const char *checkpoint, Model *m)
 {
-    if (checkpoint) {
-        if (model_load(checkpoint, m) != 0)
-            die_with_error();
-        return;
-    }
-    ModelConfig c = model_default_config();
-    if (model_init_random(m, &c, MODEL_DEFAULT_SEED) != 0)
+    if (model_load_or_builtin(checkpoint, m) != 0)
         die_with_error();
 }
 
@@ -77,6 +73,7 @@ static int write_iterations(const char *path, const EngineMetrics *mt)
 static int cmd_serve(int argc, char **argv)
 {
     const char *checkpoint = NULL, *requests = NULL, *policy = "continuous", *metrics_path = NULL, *iter_path = NULL;
+    const char *tokenizer = NULL;
     const char *device = "auto";
     EngineOptions o = engine_default_options();
     int seed = 42, shuffle = 0;
@@ -86,6 +83,8 @@ static int cmd_serve(int argc, char **argv)
          .help = "one request per line: <arrival_seconds> <max_new_tokens> <prompt ids...> ('#' comments)"},
         {.name = "checkpoint", .kind = ARG_STRING, .dest = &checkpoint, .metavar = "M.bin",
          .help = "llama2.c version-0 checkpoint (default: the built-in random model)"},
+        {.name = "tokenizer", .kind = ARG_STRING, .dest = &tokenizer, .metavar = "T.bin",
+         .help = "text mode: prompts in the file are text, outputs are text, requests stop at BOS/EOS"},
         {.name = "policy", .kind = ARG_CHOICE, .dest = &policy, .choices = ENGINE_POLICY_CHOICES,
          .help = "continuous (default): decide at every iteration; static: run each batch to its end"},
         {.name = "max-batch", .kind = ARG_INT, .dest = &o.max_batch, .metavar = "N",
@@ -117,7 +116,9 @@ static int cmd_serve(int argc, char **argv)
                       "request: '<index>: <generated ids>', or '<index>: rejected: <reason>' for a request that can\n"
                       "never run (longer than seq_len, or needing more blocks than the pool has). The metrics go to\n"
                       "stderr. On the CPU each request's tokens are those of '05_paged generate' run on it alone\n"
-                      "(the forward is batch-invariant); on a GPU (cuBLAS) that is checked by 'verify', not promised.",
+                      "(the forward is batch-invariant); on a GPU (cuBLAS) that is checked by 'verify', not promised.\n"
+                      "With --tokenizer: each line's prompt is text (the rest of the line; \\n, \\t, \\\\ escapes), each output\n"
+                      "'<index>: <generated text>' with newlines written as \\n, and a request ends at BOS or EOS.",
                       specs, (int)(sizeof specs / sizeof specs[0])};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
@@ -126,12 +127,15 @@ static int cmd_serve(int argc, char **argv)
     o.cuda = dev == DEVICE_CUDA;
     o.temperature = (float)temperature, o.seed = (uint64_t)seed, o.shuffle = (uint64_t)shuffle;
     o.keep_log = iter_path != NULL;
-    EngineRequest *reqs;
-    int n;
-    if (engine_read_requests(requests, &reqs, &n) != 0)
-        die_with_error();
     Model m;
     load_model(checkpoint, &m);
+    Tokenizer tok;
+    const int text = tokenizer_setup(tokenizer, NULL, m.c.vocab_size, &tok, NULL, NULL);
+    EngineRequest *reqs;
+    int n;
+    if (text < 0 || engine_read_requests(requests, text ? &tok : NULL, &reqs, &n) != 0)
+        die_with_error();
+    o.stop_at_bos_eos = text;
     EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
     EngineMetrics mt;
     if (engine_serve(&m, reqs, n, &o, res, &mt) != 0)
@@ -140,7 +144,14 @@ static int cmd_serve(int argc, char **argv)
         printf("%d:", i);
         if (res[i].status == ENGINE_REJECTED)
             printf(" rejected: %s", res[i].reason);
-        for (int t = 0; t < res[i].n_tokens; t++)
+        if (text && res[i].status == ENGINE_DONE) { /* the generated text, escaped onto one line */
+            char *s = tokenizer_decode_generation(&tok, reqs[i].prompt, reqs[i].n_prompt, res[i].tokens,
+                                                  res[i].n_tokens, 0);
+            char *e = text_escape(s);
+            printf(" %s", e);
+            free(s), free(e);
+        }
+        for (int t = 0; t < res[i].n_tokens && !text; t++)
             printf(" %d", res[i].tokens[t]);
         printf("\n");
     }
@@ -177,6 +188,7 @@ static int cmd_serve(int argc, char **argv)
     engine_free_metrics(&mt);
     free(res);
     engine_free_requests(reqs, n);
+    tokenizer_free(&tok);
     model_free(&m);
     return 0;
 }
@@ -232,7 +244,7 @@ static int **single_runs(const Model *m, const EngineRequest *reqs, int n, float
     int **want = calloc((size_t)n, sizeof(int *));
     for (int i = 0; i < n; i++) {
         want[i] = malloc(((size_t)reqs[i].max_new + 1) * sizeof(int));
-        PagedGenOptions g = {reqs[i].max_new, temperature, seed + (uint64_t)i, 1, 16, 0, 2, 0};
+        PagedGenOptions g = {reqs[i].max_new, temperature, seed + (uint64_t)i, 1, 16, 0, 2, 0, 0};
         if (reqs[i].max_new > 0 && (long)reqs[i].n_prompt + reqs[i].max_new <= m->c.seq_len &&
             paged_generate(m, reqs[i].prompt, reqs[i].n_prompt, &g, want[i], NULL) != 0)
             die_with_error();
@@ -444,7 +456,7 @@ static void rate_sweep(const Model *m, Tsv *tsv, const double *rates, int n_rate
     for (int p = 0; p < 2; p++)
         for (int ri = 0; ri < n_rates; ri++) {
             EngineMetrics *r = &res[p * n_rates + ri];
-            tsv_row(tsv, "%s\t%.1f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d", p ? "continuous" : "static",
+            tsv_row(tsv, "%s\t%.1f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d\tbuiltin", p ? "continuous" : "static",
                     rates[ri], n_req, max_batch, r->throughput, r->ttft_p50, r->ttft_p99, r->tpot_p50 * 1e3,
                     r->tpot_p99 * 1e3, r->mean_batch, r->preemptions);
             engine_free_metrics(r);
@@ -462,7 +474,7 @@ static void lesson_sweep(const Model *m, char *dat, size_t dat_len)
     if (tsv_open(&t, "/dev/null", dat) != 0)
         die_with_error();
     tsv_header(&t, "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\ttpot_p99_ms\t"
-                   "mean_batch\tpreemptions");
+                   "mean_batch\tpreemptions\tmodel");
     rate_sweep(m, &t, rates, 4, 24, 16, NULL);
     tsv_close(&t);
     printf("2. The arrival rate swept (24 requests each, skewed lengths, max-batch 16):\n\n"
@@ -588,10 +600,12 @@ static int cmd_lesson(int argc, char **argv)
 
 static int cmd_bench(int argc, char **argv)
 {
-    const char *out = NULL, *device = "auto";
+    const char *out = NULL, *device = "auto", *checkpoint = NULL;
     int n_req = 96, single_tokens = 128;
     ArgSpec specs[] = {
         {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "FILE", .help = "rows to FILE instead of stdout"},
+        {.name = "checkpoint", .kind = ARG_STRING, .dest = &checkpoint, .metavar = "M.bin",
+         .help = "also time chapters 04, 05 and 06 on this llama2.c checkpoint (e.g. stories15M.bin)"},
         {.name = "requests", .kind = ARG_INT, .dest = &n_req, .metavar = "N",
          .help = "requests per point of the rate sweep (default 96)", .min = 4, .max = 1 << 20},
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
@@ -604,9 +618,11 @@ static int cmd_bench(int argc, char **argv)
                       "once, through the engine, against chapter 05's generate on one of them. (3) Batch scaling\n"
                       "(policy 'batch_scaling', and 'batch_scaling_cuda' with the forward on a GPU when there is one):\n"
                       "b = 1 .. 32 sequences decoding together; tpot_p50_ms is then the time of one iteration.\n"
+                      "(4) Tokens/s of one sequence through chapters 04, 05 and 06, and of 32 through the engine\n"
+                      "(ch04_generate, ch05_generate, ch06_engine), on the built-in model and on --checkpoint.\n"
                       "Columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms\n"
-                      "tpot_p99_ms mean_batch preemptions (policy 'single' for chapter 05 alone).",
-                      specs, 3};
+                      "tpot_p99_ms mean_batch preemptions model.",
+                      specs, 4};
     args_parse_or_exit(&cmd, argc, argv);
     Model m;
     load_model(NULL, &m);
@@ -617,7 +633,7 @@ static int cmd_bench(int argc, char **argv)
         die_with_error();
     fprintf(stderr, "%s bench on %s\n", PROG, roofline_machine());
     tsv_header(&tsv, "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\t"
-                     "tpot_p99_ms\tmean_batch\tpreemptions");
+                     "tpot_p99_ms\tmean_batch\tpreemptions\tmodel");
     char why[256];
     const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why) && strcmp(device, "cpu") != 0;
     if (strcmp(device, "cuda") == 0 && !have_gpu)
@@ -641,7 +657,7 @@ static int cmd_bench(int argc, char **argv)
             g_cuda = on_gpu;
             ServeRun b = serve_once(&m, br, bsz[bi], ENGINE_CONTINUOUS, bsz[bi], 0, 0);
             g_cuda = 0;
-            tsv_row(&tsv, "batch_scaling%s\t0\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d", on_gpu ? "_cuda" : "",
+            tsv_row(&tsv, "batch_scaling%s\t0\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d\tbuiltin", on_gpu ? "_cuda" : "",
                     bsz[bi], bsz[bi], b.mt.throughput, b.mt.ttft_p50, b.mt.ttft_p99, b.mt.tpot_p50 * 1e3,
                     b.mt.tpot_p99 * 1e3, b.mt.mean_batch, b.mt.preemptions);
             engine_free_metrics(&b.mt);
@@ -653,25 +669,56 @@ static int cmd_bench(int argc, char **argv)
         model_free(&m);
         return 0;
     }
-    /* batch 32 against a single sequence */
-    EngineRequest *reqs = calloc(32, sizeof(EngineRequest));
-    for (int i = 0; i < 32; i++) {
-        reqs[i] = (EngineRequest){0.0, single_tokens, 16, malloc(16 * sizeof(int))};
-        for (int t = 0; t < 16; t++)
-            reqs[i].prompt[t] = (i * 131 + t * 17 + 1) % m.c.vocab_size;
+    /* tokens/s of chapters 04, 05 and 06 on the built-in model (and on --checkpoint): one
+     * sequence of 16 + 128 tokens through each, and 32 of them through the engine */
+    double single = NAN, batch32 = NAN;
+    for (int mi = 0; mi < (checkpoint ? 2 : 1); mi++) {
+        Model cm;
+        if (mi == 1)
+            load_model(checkpoint, &cm);
+        const Model *mm = mi ? &cm : &m;
+        const char *name = mi ? checkpoint : "builtin";
+        const int new_tokens = single_tokens < mm->c.seq_len - 16 ? single_tokens : mm->c.seq_len - 16;
+        EngineRequest *reqs = calloc(32, sizeof(EngineRequest));
+        for (int i = 0; i < 32; i++) {
+            reqs[i] = (EngineRequest){0.0, new_tokens, 16, malloc(16 * sizeof(int))};
+            for (int t = 0; t < 16; t++)
+                reqs[i].prompt[t] = (i * 131 + t * 17 + 1) % mm->c.vocab_size;
+        }
+        int *toks = malloc((size_t)new_tokens * sizeof(int));
+        bench_progress("%s: one sequence through chapter 04 ...", name);
+        GenOptions g4 = {new_tokens, 0.0f, 0, 1, KV_F32, 2, 0, 0};
+        double t0 = timer_now();
+        if (kvcache_generate(mm, reqs[0].prompt, 16, &g4, toks, NULL) != 0)
+            die_with_error();
+        const double ch4 = new_tokens / (timer_now() - t0);
+        bench_progress("%s: one sequence through chapter 05 ...", name);
+        PagedGenOptions g5 = {new_tokens, 0.0f, 0, 1, 16, 0, 2, 0, 0};
+        t0 = timer_now();
+        if (paged_generate(mm, reqs[0].prompt, 16, &g5, toks, NULL) != 0)
+            die_with_error();
+        const double ch5 = new_tokens / (timer_now() - t0);
+        bench_progress("%s: one and 32 sequences through the engine ...", name);
+        ServeRun one = serve_once(mm, reqs, 1, ENGINE_CONTINUOUS, 1, 0, 0);
+        ServeRun r = serve_once(mm, reqs, 32, ENGINE_CONTINUOUS, 32, 0, 0);
+        tsv_row(&tsv, "ch04_generate\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0\t%s", ch4, 1e3 / ch4, name);
+        tsv_row(&tsv, "ch05_generate\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0\t%s", ch5, 1e3 / ch5, name);
+        const ServeRun *runs[2] = {&one, &r};
+        for (int k = 0; k < 2; k++)
+            tsv_row(&tsv, "ch06_engine\t0\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d\t%s", k ? 32 : 1, k ? 32 : 1,
+                    runs[k]->mt.throughput, runs[k]->mt.ttft_p50, runs[k]->mt.ttft_p99, runs[k]->mt.tpot_p50 * 1e3,
+                    runs[k]->mt.tpot_p99 * 1e3, runs[k]->mt.mean_batch, runs[k]->mt.preemptions, name);
+        fprintf(stderr, "%s: tokens/s, one sequence: chapter 04 %.1f, chapter 05 %.1f, chapter 06 %.1f; the engine at "
+                        "batch 32: %.1f (x%.2f chapter 05)\n",
+                name, ch4, ch5, one.mt.throughput, r.mt.throughput, r.mt.throughput / ch5);
+        if (mi == 0)
+            single = ch5, batch32 = r.mt.throughput;
+        engine_free_metrics(&one.mt), engine_free_metrics(&r.mt);
+        free(toks);
+        engine_free_requests(reqs, 32);
+        if (mi == 1)
+            model_free(&cm);
     }
-    bench_progress("32 sequences through the engine ...");
-    ServeRun r = serve_once(&m, reqs, 32, ENGINE_CONTINUOUS, 32, 0, 0);
-    tsv_row(&tsv, "continuous\t0\t32\t32\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d", r.mt.throughput, r.mt.ttft_p50,
-            r.mt.ttft_p99, r.mt.tpot_p50 * 1e3, r.mt.tpot_p99 * 1e3, r.mt.mean_batch, r.mt.preemptions);
-    bench_progress("one sequence through chapter 05 ...");
-    int *toks = malloc((size_t)single_tokens * sizeof(int));
-    PagedGenOptions g = {single_tokens, 0.0f, 0, 1, 16, 0, 2, 0};
-    const double t0 = timer_now();
-    if (paged_generate(&m, reqs[0].prompt, 16, &g, toks, NULL) != 0)
-        die_with_error();
-    const double single = single_tokens / (timer_now() - t0);
-    tsv_row(&tsv, "single\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0", single, 1e3 / single);
     bench_progress_done();
     tsv_close(&tsv);
     fprintf(stderr,
@@ -680,10 +727,7 @@ static int cmd_bench(int argc, char **argv)
             rates[3], ratio);
     fprintf(stderr, "targets: the engine at batch 32: %.1f tokens/s, one sequence (chapter 05): %.1f tokens/s: x%.2f "
                     "(target >= x5)\n",
-            r.mt.throughput, single, r.mt.throughput / single);
-    engine_free_metrics(&r.mt);
-    free(toks);
-    engine_free_requests(reqs, 32);
+            batch32, single, batch32 / single);
     char png[4096];
     if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
         fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
 #include "06_batching/engine.h"
 #include "common/device.h"
@@ -22,6 +23,7 @@
 #include "common/model.h"
 #include "common/rng.h"
 #include "common/testing.h"
+#include "common/tokenizer.h"
 
 static char tmp[4096];
 static void tmp_setup(void) { temp_dir_create(tmp, sizeof tmp); }
@@ -53,7 +55,7 @@ static int **alone(const EngineRequest *r, int n, float temperature, uint64_t se
         if ((long)r[i].n_prompt + r[i].max_new > model.c.seq_len)
             continue;
         want[i] = malloc(((size_t)r[i].max_new + 1) * sizeof(int));
-        PagedGenOptions g = {r[i].max_new, temperature, seed + (uint64_t)i, 1, 8, 0, 2, 0};
+        PagedGenOptions g = {r[i].max_new, temperature, seed + (uint64_t)i, 1, 8, 0, 2, 0, 0};
         ck_assert_msg(paged_generate(&model, r[i].prompt, r[i].n_prompt, &g, want[i], NULL) == 0, "%s", error_message());
     }
     return want;
@@ -250,7 +252,7 @@ START_TEST(test_requests_parser)
     write_text(path, "# a comment\n\n0 4 1 2 3\n  0.5\t2 7\n# another\n1.25 0 9 9\n");
     EngineRequest *r;
     int n;
-    ck_assert_msg(engine_read_requests(path, &r, &n) == 0, "%s", error_message());
+    ck_assert_msg(engine_read_requests(path, NULL, &r, &n) == 0, "%s", error_message());
     ck_assert_int_eq(n, 3);
     ck_assert(r[0].arrival == 0.0 && r[0].max_new == 4 && r[0].n_prompt == 3 && r[0].prompt[2] == 3);
     ck_assert(r[1].arrival == 0.5 && r[1].max_new == 2 && r[1].n_prompt == 1 && r[1].prompt[0] == 7);
@@ -270,16 +272,16 @@ START_TEST(test_requests_parser)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_text(path, bad[i].text);
-        ck_assert_int_eq(engine_read_requests(path, &r, &n), -1);
+        ck_assert_int_eq(engine_read_requests(path, NULL, &r, &n), -1);
         ck_assert_msg(strstr(error_message(), bad[i].expect), "case %zu: '%s' not in '%s'", i, bad[i].expect,
                       error_message());
     }
-    ck_assert_int_eq(engine_read_requests("/nonexistent/r.txt", &r, &n), -1);
+    ck_assert_int_eq(engine_read_requests("/nonexistent/r.txt", NULL, &r, &n), -1);
     ck_assert_msg(strstr(error_message(), "cannot open"), "%s", error_message());
     /* a generated workload survives the round trip through a file */
     EngineRequest *w = workload(9, 5.0, 2);
     ck_assert_int_eq(engine_write_requests(path, w, 9), 0);
-    ck_assert_int_eq(engine_read_requests(path, &r, &n), 0);
+    ck_assert_int_eq(engine_read_requests(path, NULL, &r, &n), 0);
     ck_assert_int_eq(n, 9);
     for (int i = 0; i < 9; i++) {
         ck_assert(fabs(r[i].arrival - w[i].arrival) < 1e-6 && r[i].max_new == w[i].max_new);
@@ -382,8 +384,8 @@ START_TEST(test_gen_requests_and_verify)
     run(&r, (const char *[]){"gen-requests", "--out", b, "--n", "30", "--rate", "4", "--seed", "3", NULL});
     EngineRequest *x, *y;
     int nx, ny;
-    ck_assert_int_eq(engine_read_requests(a, &x, &nx), 0);
-    ck_assert_int_eq(engine_read_requests(b, &y, &ny), 0);
+    ck_assert_int_eq(engine_read_requests(a, NULL, &x, &nx), 0);
+    ck_assert_int_eq(engine_read_requests(b, NULL, &y, &ny), 0);
     ck_assert_int_eq(nx, 30);
     for (int i = 0; i < 30; i++) /* the same seed gives the same workload, arrivals in order */
         ck_assert(x[i].arrival == y[i].arrival && x[i].n_prompt == y[i].n_prompt &&
@@ -401,6 +403,114 @@ START_TEST(test_gen_requests_and_verify)
         run(&r, (const char *[]){subs[i], i ? "--help" : NULL, NULL});
         ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 06_batching"), "%s --help: %s", subs[i], r.out);
     }
+}
+END_TEST
+
+
+/* ==== text: a tokenizer and a checkpoint made here, through chapters 04, 05 and 06 =============== */
+
+START_TEST(test_text_through_chapters_04_05_06)
+{
+    char tok[4200], ck[4200], req[4200], p4[4200], p5[4200];
+    snprintf(tok, sizeof tok, "%s/tok.bin", tmp), snprintf(ck, sizeof ck, "%s/tiny.bin", tmp);
+    snprintf(req, sizeof req, "%s/r.txt", tmp);
+    program_path(p4, sizeof p4, "04_kvcache"), program_path(p5, sizeof p5, "05_paged");
+    const int V = testing_write_tiny_tokenizer(tok);
+    ModelConfig c = {.dim = 64, .hidden_dim = 96, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = V,
+                     .seq_len = 128, .shared_classifier = 0};
+    Model m;
+    ck_assert_int_eq(model_init_random(&m, &c, 8), 0);
+    ck_assert_int_eq(model_save(&m, ck), 0);
+    model_free(&m);
+    const char *prompts[2] = {"Once upon a time", "the and\\nin"}; /* the second with an escaped newline */
+    FILE *f = fopen(req, "w");
+    fprintf(f, "# text mode: the prompt is the rest of the line\n0 30 %s\n0.01 25 %s\n", prompts[0], prompts[1]);
+    fclose(f);
+    ProcResult r6;
+    run(&r6, (const char *[]){"serve", "--checkpoint", ck, "--tokenizer", tok, "--requests", req, "--device", "cpu",
+                              "--max-batch", "2", NULL});
+    ck_assert_msg(r6.status == 0, "%s", r6.err);
+    char *save = NULL, *line = strtok_r(r6.out, "\n", &save);
+    for (int i = 0; i < 2; i++, line = strtok_r(NULL, "\n", &save)) {
+        char prompt[64], news[8];
+        snprintf(prompt, sizeof prompt, "%s", prompts[i]);
+        text_unescape(prompt);
+        snprintf(news, sizeof news, "%d", i ? 25 : 30);
+        ProcResult r4, r5;
+        const char *a4[] = {p4, "generate", "--checkpoint", ck, "--tokenizer", tok, "--prompt-text", prompt, "--max-new",
+                            news, "--device", "cpu", NULL};
+        const char *a5[] = {p5, "generate", "--checkpoint", ck, "--tokenizer", tok, "--prompt-text", prompt, "--max-new",
+                            news, "--block-size", "4", NULL};
+        ck_assert_int_eq(run_program(&r4, a4), 0);
+        ck_assert_int_eq(run_program(&r5, a5), 0);
+        ck_assert_msg(r4.status == 0 && r5.status == 0, "%s %s", r4.err, r5.err);
+        ck_assert_str_eq(r4.out, r5.out); /* chapter 05's text is chapter 04's */
+        /* chapter 06 prints the continuation alone, escaped onto one line */
+        char prefix[16];
+        snprintf(prefix, sizeof prefix, "%d: ", i);
+        ck_assert_msg(line && strncmp(line, prefix, strlen(prefix)) == 0, "%s", line);
+        char *cont = strdup(line + strlen(prefix));
+        text_unescape(cont);
+        char *whole = malloc(strlen(prompt) + strlen(cont) + 2);
+        sprintf(whole, "%s%s\n", prompt, cont);
+        ck_assert_msg(strcmp(whole, r4.out) == 0, "request %d: chapter 06 '%s' against chapter 04 '%s'", i, whole,
+                      r4.out);
+        ck_assert_int_gt((int)strlen(cont), 10);
+        free(cont), free(whole);
+    }
+}
+END_TEST
+
+/* A model whose logits are all zero (final norm weight 0): sampling is uniform, so where the
+ * first BOS or EOS falls is known from the generator alone, without running the model. */
+START_TEST(test_stop_at_bos_eos_in_every_chapter)
+{
+    char ck[4200];
+    snprintf(ck, sizeof ck, "%s/flat.bin", tmp);
+    ModelConfig c = {.dim = 32, .hidden_dim = 48, .n_layers = 1, .n_heads = 2, .n_kv_heads = 1, .vocab_size = 40,
+                     .seq_len = 200, .shared_classifier = 0};
+    Model m;
+    ck_assert_int_eq(model_init_random(&m, &c, 2), 0);
+    memset(m.w.rms_final, 0, (size_t)c.dim * sizeof(float));
+    ck_assert_int_eq(model_save(&m, ck), 0);
+    model_free(&m);
+    ck_assert_int_eq(model_load(ck, &m), 0);
+    const int prompt[3] = {1, 5, 6}, N = 150;
+    for (uint64_t seed = 1; seed <= 3; seed++) {
+        /* the generator's own sequence: where does it first draw 1 or 2? */
+        Rng rng;
+        model_rng_seed(&rng, seed);
+        float *flat = calloc((size_t)c.vocab_size, sizeof(float));
+        int stop = -1, want[150];
+        for (int t = 0; t < N && stop < 0; t++) {
+            memset(flat, 0, (size_t)c.vocab_size * sizeof(float));
+            want[t] = model_sample(flat, c.vocab_size, 1.0f, &rng);
+            if (want[t] == 1 || want[t] == 2)
+                stop = t;
+        }
+        free(flat);
+        ck_assert_int_ge(stop, 0); /* 2 of 40 tokens stop: within 150 draws for these seeds */
+        int out4[150], out5[150];
+        GenOptions o4 = {N, 1.0f, seed, 1, KV_F32, 2, 0, 1};
+        ck_assert_int_eq(kvcache_generate(&m, prompt, 3, &o4, out4, NULL), 0);
+        PagedGenOptions o5 = {N, 1.0f, seed, 1, 8, 0, 2, 0, 1};
+        ck_assert_int_eq(paged_generate(&m, prompt, 3, &o5, out5, NULL), 0);
+        for (int t = 0; t < N; t++) {
+            ck_assert_int_eq(out4[t], t < stop ? want[t] : -1);
+            ck_assert_int_eq(out5[t], out4[t]);
+        }
+        EngineRequest req = {0.0, N, 3, (int *)prompt};
+        EngineOptions o = engine_default_options();
+        o.temperature = 1.0f, o.seed = seed, o.stop_at_bos_eos = 1, o.fixed_step_s = 0.01;
+        EngineResult res;
+        EngineMetrics mt;
+        ck_assert_int_eq(engine_serve(&m, &req, 1, &o, &res, &mt), 0);
+        ck_assert_int_eq(res.n_tokens, stop);
+        ck_assert(stop == 0 || memcmp(res.tokens, want, (size_t)stop * sizeof(int)) == 0);
+        engine_free_results(&res, 1);
+        engine_free_metrics(&mt);
+    }
+    model_free(&m);
 }
 END_TEST
 
@@ -446,6 +556,8 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, test_requests_parser);
     tcase_add_test(tc, test_serve_command);
     tcase_add_test(tc, test_gen_requests_and_verify);
+    tcase_add_test(tc, test_text_through_chapters_04_05_06);
+    tcase_add_test(tc, test_stop_at_bos_eos_in_every_chapter);
     suite_add_tcase(s, tc);
 
     char why[256];

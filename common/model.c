@@ -236,6 +236,14 @@ int model_load(const char *path, Model *m)
     return 0;
 }
 
+int model_load_or_builtin(const char *checkpoint, Model *m)
+{
+    if (checkpoint)
+        return model_load(checkpoint, m);
+    ModelConfig c = model_default_config();
+    return model_init_random(m, &c, MODEL_DEFAULT_SEED);
+}
+
 int model_save(const Model *m, const char *path)
 {
     FILE *f = fopen(path, "wb");

@@ -97,6 +97,9 @@ int model_init_random(Model *m, const ModelConfig *c, uint64_t seed);
 /* Reads a llama2.c version-0 checkpoint; every problem is one error naming the file. */
 int model_load(const char *path, Model *m);
 
+/* model_load(checkpoint), or the built-in random model when checkpoint is NULL. */
+int model_load_or_builtin(const char *checkpoint, Model *m);
+
 /* Writes m in the same format (RoPE tables as zeros): test fixtures and converters. */
 int model_save(const Model *m, const char *path);
 

@@ -1,6 +1,8 @@
 /* testing.c: see testing.h. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "testing.h"
+#include "tokenizer.h"
+#include "error.h"
 
 #include <ftw.h>
 #include <math.h>
@@ -144,4 +146,59 @@ void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, doubl
             }
         }
     free(w);
+}
+
+/* ==== a tiny tokenizer fixture ====================================================================== */
+
+static const char *const TINY_MERGES[] = { /* in merge order: each is two earlier tokens */
+    " t", "he", " the", "in", "ing", " a", "an", "nd", " and", "er", " w", "as", " was", "on",
+    "ce", " O", " On", " Once", " u", "pon", " upon", "im", "ime", " time", "re", " there", " l", "it",
+};
+#define TINY_N_MERGES ((int)(sizeof TINY_MERGES / sizeof TINY_MERGES[0]))
+#define TINY_VOCAB (3 + 256 + 95 + TINY_N_MERGES)
+
+static char tiny_pieces[TINY_VOCAB][16];
+
+static void tiny_build(void)
+{
+    if (tiny_pieces[0][0])
+        return;
+    snprintf(tiny_pieces[0], 16, "<unk>");
+    snprintf(tiny_pieces[1], 16, "\n<s>\n");
+    snprintf(tiny_pieces[2], 16, "\n</s>\n");
+    for (int b = 0; b < 256; b++)
+        snprintf(tiny_pieces[3 + b], 16, "<0x%02X>", b);
+    for (int c = 32; c < 127; c++) /* ' ' .. '~' */
+        tiny_pieces[259 + c - 32][0] = (char)c, tiny_pieces[259 + c - 32][1] = '\0';
+    for (int i = 0; i < TINY_N_MERGES; i++)
+        snprintf(tiny_pieces[354 + i], 16, "%s", TINY_MERGES[i]);
+}
+
+const char *testing_tiny_piece(int id)
+{
+    tiny_build();
+    return id >= 0 && id < TINY_VOCAB ? tiny_pieces[id] : NULL;
+}
+
+int testing_tiny_id(const char *piece)
+{
+    tiny_build();
+    for (int i = 0; i < TINY_VOCAB; i++)
+        if (strcmp(tiny_pieces[i], piece) == 0)
+            return i;
+    return -1;
+}
+
+int testing_write_tiny_tokenizer(const char *path)
+{
+    tiny_build();
+    char *pieces[TINY_VOCAB];
+    float scores[TINY_VOCAB];
+    for (int i = 0; i < TINY_VOCAB; i++) {
+        pieces[i] = tiny_pieces[i];
+        scores[i] = i < 354 ? 0.0f : -(float)(i - 354); /* earlier merges first: " t" before "he" */
+    }
+    if (tokenizer_save(path, TINY_VOCAB, pieces, scores) != 0)
+        die_with_error();
+    return TINY_VOCAB;
 }

@@ -49,6 +49,14 @@ void fill_normal(float *x, size_t n, uint64_t seed);
 void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, double scale, const float *q,
                    const float *k, const float *v, double *out);
 
+/* A tiny llama2.c-format tokenizer, made here (never downloaded): <unk>, BOS, EOS, the 256 byte
+ * tokens <0x00> .. <0xFF> (ids 3 .. 258), the printable ASCII characters, then a few merges
+ * (" t", "he", " the", ...) with decreasing scores. Writes it to path and returns its vocabulary
+ * size; testing_tiny_piece(id) is the piece of an id (to find ids in tests). */
+int testing_write_tiny_tokenizer(const char *path);
+const char *testing_tiny_piece(int id);
+int testing_tiny_id(const char *piece); /* -1 if absent */
+
 #ifdef __cplusplus
 }
 #endif
