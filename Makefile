@@ -169,7 +169,7 @@ $(BUILD)/share/common.gp: common/plot_setup.gp
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot \
+.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -224,6 +224,14 @@ test: deps-test deps-plot
 test-all: tests
 	@rc=0; for t in $(TESTS); do echo; echo "== $$t"; $$t || rc=1; done; exit $$rc
 
+# Workshop mode: chapter N's key code as a TODO in exercises/, built and tested against the
+# chapter's suite (scripts/exercise.sh; EXERCISE_FLAGS=--fresh regenerates the file).
+exercise-check:
+	@bash scripts/exercise-selftest.sh
+
+exercise-%:
+	@bash scripts/exercise.sh $* $(EXERCISE_FLAGS)
+
 bench: deps-plot programs
 	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) $$([ $$c = 06_batching ] && echo $(BENCH_CHECKPOINT)) || exit 1; done
 
@@ -246,6 +254,8 @@ help:
 	@echo "make test            build and run every chapter's Check suite (installs Check if needed)"
 	@echo "make test-N          chapter N's suite only"
 	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
+	@echo "make exercise-N      workshop mode: chapter N's key code as a TODO in exercises/, tested"
+	@echo "make exercise-check  every exercise fails untouched and passes when solved (CI runs it)"
 	@echo "make bench-N         chapter N's benchmarks"
 	@echo "                     CHECKPOINT=M.bin: bench-6 also times chapters 04-06 on that llama2.c checkpoint"
 	@echo "make plots           redraw every PNG from the benchmark data in build/bench/"

@@ -72,7 +72,12 @@ int gqa_attention_ref(const GqaShape *s, const float *q, const float *k, const f
     for (size_t b = 0; b < (size_t)s->B; b++)
         for (size_t h = 0; h < (size_t)s->H; h++) {
             const size_t bh = b * s->H + h;
+            /* EXERCISE 02 BEGIN: the kv head that query head h of sequence b reads: G = H / Hkv query heads share one */
             const size_t bkv = b * s->Hkv + h / G; /* the only change from chapter 01 */
+            /* EXERCISE 02 STUB:
+            exercise_todo("exercise 02, the kv head of gqa_attention_ref in 02_mqa_gqa/gqa.c");
+            const size_t bkv = b * s->Hkv + 0 * G;
+               EXERCISE 02 END */
             mha_head_attention_ref(q + bh * T * D, k + bkv * S * D, v + bkv * S * D, scores + bh * T * S,
                                    out + bh * T * D, s->T, s->S, s->D, s->causal, s->scale);
         }

@@ -108,6 +108,7 @@ int flash_attention_tiled(const GqaShape *s, FlashTiles tiles, const float *q, c
                             Sr[c] = dot * s->scale;
                             m_tile = Sr[c] > m_tile ? Sr[c] : m_tile;
                         }
+                        /* EXERCISE 03 BEGIN: the online softmax of row r over this tile: the new maximum m_new, the factor alpha = e^(m[r] - m_new) that rescales l[r] and the row of o summed so far, then add e^(Sr[c] - m_new) to l[r] and e^(Sr[c] - m_new) * V row c to o, and keep m_new */
                         /* the online softmax: a larger maximum rescales what was summed so far */
                         const float m_new = m[r] > m_tile ? m[r] : m_tile;
                         const float alpha = expf(m[r] - m_new); /* 0 on the row's first tile (m = -inf) */
@@ -122,6 +123,12 @@ int flash_attention_tiled(const GqaShape *s, FlashTiles tiles, const float *q, c
                                 orow[d] += p * vh[(size_t)(c0 + c) * D + d];
                         }
                         m[r] = m_new;
+                        /* EXERCISE 03 STUB:
+                        exercise_todo("exercise 03, the online softmax of flash_attention_tiled in 03_flash/flash.c");
+                        m[r] = m_tile, l[r] = 1.0f;
+                        for (int d = 0; d < D; d++)
+                            o[(size_t)r * D + d] = vh[(size_t)c0 * D + d];
+                           EXERCISE 03 END */
                     }
                 }
                 /* out = o / l; lse = m + log l. A row that saw no key: zeros and -inf. */

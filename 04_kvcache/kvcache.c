@@ -211,7 +211,12 @@ int kvcache_decode_ref(const KvCache *c, int layer, int H, float scale, int n_se
         for (int h = 0; h < H; h++) {
             const float *qh = q + ((size_t)i * H + h) * D;
             float *oh = out + ((size_t)i * H + h) * D;
+            /* EXERCISE 04 BEGIN: where the cached keys of query head h start: the row (layer, b, kv head h / G, position 0) of the cache */
             const size_t row0 = row_of(c, layer, b, h / G, 0);
+            /* EXERCISE 04 STUB:
+            exercise_todo("exercise 04, the cache row of kvcache_decode_ref in 04_kvcache/kvcache.c");
+            const size_t row0 = row_of(c, layer, 0 * b, h / G, 0);
+               EXERCISE 04 END */
             /* scores of the one query against every cached key, and their softmax */
             float m = -INFINITY, sum = 0.0f;
             for (int j = 0; j < n; j++) {

@@ -353,7 +353,12 @@ int paged_attention_ref(const PagedPool *p, int layer, int H, float scale, int c
                 /* scores against every visible key, found through the table */
                 float m = -INFINITY, sum = 0.0f;
                 for (int j = 0; j < n; j++) {
+                    /* EXERCISE 05 BEGIN: key j through the block table: logical block j / bs is physical block s->blocks[j / bs], and the key is row j % bs of it (paged_k_block gives the block's (bs, D) rows) */
                     const float *kr = paged_k_block(p, s->blocks[j / bs], layer, hq / G) + (size_t)(j % bs) * D;
+                    /* EXERCISE 05 STUB:
+                    exercise_todo("exercise 05, the block-table lookup of paged_attention_ref in 05_paged/paged.c");
+                    const float *kr = paged_k_block(p, j / bs, layer, hq / G) + (size_t)(j % bs) * D;
+                       EXERCISE 05 END */
                     float dot = 0.0f;
                     for (int d = 0; d < D; d++)
                         dot += qr[d] * kr[d];

@@ -331,6 +331,7 @@ static int schedule(Engine *e)
         s->chunk = chunk, budget -= chunk, total += chunk;
     }
     /* (2) admissions, first come first served */
+    /* EXERCISE 06 BEGIN: continuous batching's admission step: while the policy is continuous, someone waits, the batch has room (max_batch) and the budget tokens remain, admit the head of the queue with its first chunk of min(its tokens, budget) -- if the pool has the blocks for that chunk; otherwise stop (nobody overtakes the head) */
     while (e->o.policy == ENGINE_CONTINUOUS && e->n_waiting > 0 && e->n_running < e->o.max_batch && budget > 0) {
         const int i = e->waiting[0];
         Seq *s = &e->s[i];
@@ -343,6 +344,17 @@ static int schedule(Engine *e)
             return -1;
         s->chunk = chunk, budget -= chunk, total += chunk;
     }
+    /* EXERCISE 06 STUB:
+    if (e->o.policy == ENGINE_CONTINUOUS && e->n_running == 0 && e->n_waiting > 0) {
+        exercise_todo("exercise 06, the admission step of schedule() in 06_batching/engine.c");
+        const int i = e->waiting[0];
+        queue_remove(e->waiting, &e->n_waiting, i);
+        admit(e, i);
+        if (paged_seq_append(&e->pool, &e->s[i].seq, 1) != 0)
+            return -1;
+        e->s[i].chunk = 1, total += 1;
+    }
+       EXERCISE 06 END */
     return total;
 }
 

@@ -36,3 +36,11 @@ void die(const char *fmt, ...)
 }
 
 void die_with_error(void) { die("%s", last_message[0] ? last_message : "unknown error"); }
+
+void exercise_todo(const char *what)
+{
+    static int said;
+    if (!said)
+        fprintf(stderr, "TODO: %s is an unfinished exercise (see 'make exercise-N')\n", what);
+    said = 1;
+}

@@ -29,6 +29,10 @@ void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* die() with the message recorded by the last failing call. */
 void die_with_error(void) __attribute__((noreturn));
 
+/* Workshop mode (scripts/exercise.sh): the stub of an unfinished exercise calls this; it says
+ * once, on stderr, which part is still a TODO. */
+void exercise_todo(const char *what);
+
 #ifdef __cplusplus
 }
 #endif
