@@ -169,7 +169,7 @@ $(BUILD)/share/common.gp: common/plot_setup.gp
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check \
+.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check check-docs \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -226,6 +226,14 @@ test-all: tests
 
 # Workshop mode: chapter N's key code as a TODO in exercises/, built and tested against the
 # chapter's suite (scripts/exercise.sh; EXERCISE_FLAGS=--fresh regenerates the file).
+# Every command the README and docs/ show, run (or checked with --help) as written.
+check-docs: programs
+	@bash scripts/check-docs.sh
+
+# The README's results table from the benchmark data (scripts/results.sh).
+results:
+	@bash scripts/results.sh $(BUILD)
+
 exercise-check:
 	@bash scripts/exercise-selftest.sh
 
@@ -254,6 +262,8 @@ help:
 	@echo "make test            build and run every chapter's Check suite (installs Check if needed)"
 	@echo "make test-N          chapter N's suite only"
 	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
+	@echo "make check-docs      every command in the README and docs/ runs as written (CI runs it)"
+	@echo "make results         the README's results table, from build/bench/ (after make bench, make chapter-5)"
 	@echo "make exercise-N      workshop mode: chapter N's key code as a TODO in exercises/, tested"
 	@echo "make exercise-check  every exercise fails untouched and passes when solved (CI runs it)"
 	@echo "make bench-N         chapter N's benchmarks"

@@ -315,7 +315,7 @@ static void dots_column_block(float *out, size_t ldo, const float *a, size_t lda
                               size_t N, size_t K, size_t j0)
 {
     const size_t j1 = j0 + DOT_COLS < N ? j0 + DOT_COLS : N, pairs_end = j0 + (j1 - j0) / 2 * 2;
-    const size_t M3 = M >= 3 ? M / 3 * 3 : 0;
+    const size_t M3 = M >= 6 ? M / 3 * 3 : 0; /* up to 5 rows: dots_rows takes four at a time */
     for (size_t i0 = 0; i0 < M3; i0 += 3)
         for (size_t j = j0; j < pairs_end; j += 2)
             dots_3x2(out, ldo, a, lda, b, ldb, i0, K, j);
