@@ -22,6 +22,12 @@ BENCH_CHECKPOINT := $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 GPU_ARCH ?= sm_90
 CHECK_PREFIX ?=
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+# FUZZ=1: everything built with clang and libFuzzer's instrumentation into build/fuzz-clang
+# (make fuzz sets it); no CUDA there.
+ifeq ($(FUZZ),1)
+  override CC := clang
+  override CUDA := 0
+endif
 CUDA ?= $(if $(NVCC),1,0)
 CC ?= gcc
 ifeq ($(CC),cc)
@@ -44,7 +50,9 @@ else
   HAVE_CHECK = $(shell pkg-config --exists check 2>/dev/null && echo yes || echo no)
 endif
 
-ifeq ($(SAN),1)
+ifeq ($(FUZZ),1)
+  BUILD := build/fuzz-clang
+else ifeq ($(SAN),1)
   BUILD := build/san
 else
   BUILD := build
@@ -72,6 +80,12 @@ ifeq ($(SAN),1)
   SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
   CFLAGS += $(SANFLAGS)
   LDLIBS += $(SANFLAGS)
+endif
+ifeq ($(FUZZ),1)
+  FUZZFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+               -Wno-pass-failed
+  CFLAGS += $(FUZZFLAGS)
+  LDLIBS += -fsanitize=address,undefined
 endif
 ifeq ($(CUDA),1)
   CUDA_HOME := $(patsubst %/bin/,%,$(dir $(NVCC)))
@@ -166,10 +180,53 @@ $(BUILD)/share/common.gp: common/plot_setup.gp
 	@mkdir -p $(@D)
 	cp $< $@
 
+# ---- fuzzing (fuzz/): each target as a libFuzzer binary (FUZZ=1) or a corpus replayer --------
+FUZZ_NAMES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+ALL_LIBS := $(call chain_libs,$(lastword $(BUILT)))
+FUZZ_SECONDS ?= 60
+.PRECIOUS: $(OBJ)/fuzz/%.o
+
+$(BUILD)/fuzz/replay-%: $(OBJ)/fuzz/fuzz_%.o $(OBJ)/fuzz/replay.o $(OBJ)/fuzz/common.o $(ALL_LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/fuzz/fuzz-%: $(OBJ)/fuzz/fuzz_%.o $(OBJ)/fuzz/common.o $(ALL_LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $^ $(LDLIBS) -o $@
+
+# Every chapter's verify (small sizes) and a short serve under valgrind (scripts/memcheck.sh).
+memcheck: programs
+	@bash scripts/memcheck.sh $(BUILD)
+
+# The seed corpus, written by the repository's own code (fuzz/make_corpus.c).
+fuzz-corpus: $(OBJ)/fuzz/make_corpus.o $(LIB)/libcommon.a
+	@mkdir -p $(BUILD)/fuzz fuzz/corpus/npy fuzz/corpus/checkpoint fuzz/corpus/tokenizer fuzz/corpus/requests fuzz/corpus/engine
+	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $(BUILD)/fuzz/make_corpus
+	$(BUILD)/fuzz/make_corpus
+
+# Every committed corpus input through its target (with SAN=1: under ASan + UBSan; CI does that).
+fuzz-replay: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/replay-$(f))
+	@rc=0; for f in $(FUZZ_NAMES); do $(BUILD)/fuzz/replay-$$f fuzz/corpus/$$f || rc=1; done; exit $$rc
+
+# libFuzzer on every target for FUZZ_SECONDS each (clang); new interesting inputs are kept in
+# build/fuzz-clang/corpus/, crashes in build/fuzz-clang/findings/.
+fuzz:
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-run
+
+fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
+	@rc=0; for f in $(FUZZ_NAMES); do \
+	    mkdir -p $(BUILD)/corpus/$$f $(BUILD)/findings; \
+	    echo "== fuzz $$f for $(FUZZ_SECONDS) s"; \
+	    $(BUILD)/fuzz/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	        -artifact_prefix=$(BUILD)/findings/$$f- $(BUILD)/corpus/$$f fuzz/corpus/$$f 2>&1 | \
+	        grep -E "^(stat::number_of_executed_units|#[0-9]+ +DONE|==[0-9]+==ERROR|SUMMARY|fuzz:)" || true; \
+	    if ls $(BUILD)/findings/$$f-* >/dev/null 2>&1; then echo "fuzz $$f: FINDINGS in $(BUILD)/findings/"; rc=1; fi; \
+	done; exit $$rc
+
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check check-docs \
+.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -263,6 +320,9 @@ help:
 	@echo "make test-N          chapter N's suite only"
 	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
 	@echo "make check-docs      every command in the README and docs/ runs as written (CI runs it)"
+	@echo "make fuzz            libFuzzer on every fuzz target for FUZZ_SECONDS (60) each (clang)"
+	@echo "make fuzz-replay     the committed fuzz corpus through every target (SAN=1: under ASan+UBSan; CI)"
+	@echo "make memcheck        every verify (small sizes) and a short serve under valgrind"
 	@echo "make results         the README's results table, from build/bench/ (after make bench, make chapter-5)"
 	@echo "make exercise-N      workshop mode: chapter N's key code as a TODO in exercises/, tested"
 	@echo "make exercise-check  every exercise fails untouched and passes when solved (CI runs it)"

@@ -39,6 +39,14 @@
 #include <omp.h>
 #endif
 
+/* IEEE half precision as a storage type: C23's _Float16 (gcc, clang >= 15 on x86); clang 14
+ * (the fuzzing build) has only its storage-only __fp16. Casts round to nearest even either way. */
+#if defined(__clang__) && !defined(__FLT16_MAX__)
+typedef __fp16 half_t;
+#else
+typedef _Float16 half_t;
+#endif
+
 /* ==== the cache ====================================================================================== */
 
 int kv_dtype_parse(const char *name, KvDtype *out)
@@ -116,9 +124,9 @@ static void store_row(const KvCache *c, void *base, float *scales, size_t row, c
     if (c->dtype == KV_F32) {
         memcpy((float *)base + row * D, x, (size_t)D * sizeof(float));
     } else if (c->dtype == KV_F16) {
-        _Float16 *dst = (_Float16 *)base + row * D;
+        half_t *dst = (half_t *)base + row * D;
         for (int d = 0; d < D; d++)
-            dst[d] = (_Float16)x[d];
+            dst[d] = (half_t)x[d];
     } else { /* int8: symmetric, one scale per row */
         float amax = 0.0f;
         for (int d = 0; d < D; d++)
@@ -140,9 +148,9 @@ static void load_rows(const KvCache *c, const void *base, const float *scales, s
     if (c->dtype == KV_F32) {
         memcpy(dst, (const float *)base + row * D, n * D * sizeof(float));
     } else if (c->dtype == KV_F16) {
-        const _Float16 *src = (const _Float16 *)base + row * D;
+        const half_t *src = (const half_t *)base + row * D;
         size_t i = 0;
-#ifdef __F16C__ /* eight at a time with vcvtph2ps; gcc converts _Float16 one by one */
+#ifdef __F16C__ /* eight at a time with vcvtph2ps; gcc converts half_t one by one */
         for (; i + 8 <= n * D; i += 8)
             _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
 #endif

@@ -904,13 +904,14 @@ static void verify_mixed(VerifyTally *tally, const char *device, int only_kernel
 static int cmd_verify(int argc, char **argv)
 {
     const char *device = "auto";
-    int kernel = 0, quick = 0, verbose = 0;
+    int kernel = 0, quick = 0, smoke = 0, verbose = 0;
     ArgSpec specs[] = {
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
          .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
         {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N", .min = 1,
          .max = 9},
         {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
+        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     ArgCommand cmd = {PROG " verify", "[options]",
@@ -921,7 +922,7 @@ static int cmd_verify(int argc, char **argv)
                       "in {1, 8, 16, 32}, blocks shuffled and every unused slot NaN; then batches of five sequences of\n"
                       "different lengths (decode and prefill rows mixed) against the paged reference.\n"
                       "Tolerance: atol 1e-5, rtol 1e-4. Ends with 'N passed, N failed'.",
-                      specs, 4};
+                      specs, 5};
     args_parse_or_exit(&cmd, argc, argv);
     if (kernel > PAGED_CPU_KERNELS)
         die("--kernel %d: %s has kernels 1..%d", kernel, PROG, PAGED_CPU_KERNELS);
@@ -940,7 +941,7 @@ static int cmd_verify(int argc, char **argv)
         im.label = label;
         g_block_size = VERIFY_BLOCK_SIZES[i];
         g_shuffle_seed = 1000 + (uint64_t)i;
-        attn_verify_grid(&tally, &im, device, kernel, have_gpu, quick, &seed);
+        attn_verify_grid(&tally, &im, device, kernel, have_gpu, smoke ? 2 : quick, &seed);
         verify_mixed(&tally, device, kernel, have_gpu, VERIFY_BLOCK_SIZES[i], seed++);
     }
     return verify_finish(&tally);

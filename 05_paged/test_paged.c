@@ -25,6 +25,9 @@
 #include "common/rng.h"
 #include "common/tensor.h"
 #include "common/testing.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if HAVE_CUDA
 #include "common/cuda_utils.h"
 #endif
@@ -436,6 +439,58 @@ START_TEST(test_attention_mixed_batch)
 }
 END_TEST
 
+
+/* ==== determinism and sizes ======================================================================= */
+
+/* The same logits, bit for bit, with one thread and with two: the fast kernel's partitions are
+ * fixed by the sequence's length, and every product splits its work by columns, never inside a
+ * sum. (Chapter 04's split decode is the exception: its number of parts follows the thread
+ * count, so its logits can differ in the last bits between thread counts.) */
+START_TEST(test_logits_do_not_depend_on_the_thread_count)
+{
+#ifdef _OPENMP
+    Model m;
+    ModelConfig c = small_config();
+    ck_assert_int_eq(model_init_random(&m, &c, 13), 0);
+    const int V = c.vocab_size, n0 = 40, total = 70;
+    int tok[70];
+    for (int i = 0; i < total; i++)
+        tok[i] = (i * 17 + 5) % V;
+    const size_t n = (size_t)(total - n0 + 1) * V;
+    float *one = malloc(n * 4), *two = malloc(n * 4), *again = malloc(n * 4);
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    paged_logits(&m, 8, 0.0f, 0, tok, n0, total, one);
+    omp_set_num_threads(2);
+    paged_logits(&m, 8, 0.0f, 0, tok, n0, total, two);
+    paged_logits(&m, 8, 0.0f, 0, tok, n0, total, again);
+    omp_set_num_threads(saved);
+    ck_assert_msg(memcmp(one, two, n * 4) == 0, "1 and 2 threads give different logits");
+    ck_assert_msg(memcmp(two, again, n * 4) == 0, "two runs give different logits");
+    free(one), free(two), free(again);
+    model_free(&m);
+#endif
+}
+END_TEST
+
+/* Offsets into a pool whose element count passes 2^31 are computed in size_t: checked on the
+ * arithmetic of paged_block_offset, without allocating 200 GB. */
+START_TEST(test_pool_offsets_beyond_32_bits)
+{
+    PagedPool p;
+    memset(&p, 0, sizeof p);
+    p.n_layers = 32, p.n_kv_heads = 8, p.head_dim = 128, p.block_size = 16, p.num_blocks = 100000;
+    const uint64_t want = ((uint64_t)(31 * 8 + 7) * 100000 + 99999) * 16 * 128;
+    ck_assert(want > ((uint64_t)1 << 31));
+    ck_assert_uint_eq(paged_block_offset(&p, 99999, 31, 7), want);
+    ck_assert_uint_eq(paged_block_offset(&p, 0, 16, 0), (uint64_t)16 * 8 * 100000 * 16 * 128);
+    /* and a pool that would not fit size_t is refused, not wrapped around */
+    PagedPool q;
+    ck_assert_int_eq(paged_pool_create(&q, 1 << 20, 1 << 10, 1 << 10, 1 << 10, 1 << 20), -1);
+    ck_assert_msg(strstr(error_message(), "too large"), "%s", error_message());
+}
+END_TEST
+
 /* ==== the program ================================================================================ */
 
 static void expect_error(const char *const *args, const char *expect)
@@ -605,6 +660,8 @@ static Suite *paged_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_allocator_random_operations);
     tcase_add_test(tc, test_allocator_detects_misuse);
+    tcase_add_test(tc, test_logits_do_not_depend_on_the_thread_count);
+    tcase_add_test(tc, test_pool_offsets_beyond_32_bits);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("program");

@@ -162,7 +162,7 @@ const char *engine_policy_name(EnginePolicy p) { return p == ENGINE_STATIC ? "st
 
 EngineOptions engine_default_options(void)
 {
-    EngineOptions o = {ENGINE_CONTINUOUS, 32, 256, 16, 0, 0.0f, 42, 0, 0.0, 0, 0, 0, 0};
+    EngineOptions o = {ENGINE_CONTINUOUS, 32, 256, 16, 0, 0.0f, 42, 0, 0.0, 0, 0, 0, 0, 0};
     return o;
 }
 
@@ -629,6 +629,16 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
             s->phase = PH_DONE, s->finish_s = clock, settled++;
             last_finish = clock > last_finish ? clock : last_finish;
             queue_remove(e.running, &e.n_running, i);
+        }
+        if (e.o.check_invariants) { /* every table against the pool (fuzzing, tests) */
+            PagedSeq **all = mem_alloc((size_t)n * sizeof(PagedSeq *) + 1, "tables");
+            for (int k = 0; k < n && all; k++)
+                all[k] = &e.s[k].seq;
+            if (!all || paged_check(&e.pool, all, n) != 0)
+                rc = error_set("iteration %d broke the pool's invariants: %s", metrics->iterations, error_message());
+            mem_free(all);
+            if (rc != 0)
+                break;
         }
         metrics->iterations++;
         metrics->mean_batch += n_sched;

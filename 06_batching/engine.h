@@ -72,6 +72,7 @@ typedef struct {
     int keep_log;        /* record one EngineIteration per iteration */
     int cuda;            /* 1: the forward on the GPU (the scheduler stays on the host) */
     int stop_at_bos_eos; /* 1: a request ends at a sampled BOS or EOS, which is not part of its output */
+    int check_invariants; /* 1: after every iteration, the pool's invariants (paged_check) or an error */
 } EngineOptions;
 
 /* Defaults: continuous, max_batch 32, max_tokens 256, block size 16, num_blocks 0 (enough for

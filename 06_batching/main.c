@@ -267,6 +267,7 @@ static int cmd_verify(int argc, char **argv)
          .help = "auto: the CPU engine, and the GPU forward when a GPU is present"},
         {.name = "quick", .kind = ARG_FLAG, .dest = &quick,
          .help = "one workload, greedy only (for sanitizers)"},
+        {.name = "smoke", .kind = ARG_FLAG, .dest = &quick, .help = "the same as --quick (for valgrind)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     ArgCommand cmd = {PROG " verify", "[options]",
@@ -275,7 +276,7 @@ static int cmd_verify(int argc, char **argv)
                       "and 32, a small token budget (chunked prefill), a tight pool (preemption), shuffled blocks\n"
                       "and temperature sampling, and checks every request's tokens against chapter 05's\n"
                       "paged_generate run on it alone. Ends with 'N passed, N failed'.",
-                      specs, 3};
+                      specs, 4};
     args_parse_or_exit(&cmd, argc, argv);
     char why[256];
     const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why);

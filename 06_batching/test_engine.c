@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/model.h"
 #include "common/rng.h"
+#include "common/tensor.h"
 #include "common/testing.h"
 #include "common/tokenizer.h"
 
@@ -73,7 +74,7 @@ static void free_want(int **want, int n)
 static EngineMetrics serve_and_check(const EngineRequest *r, int n, EngineOptions o, int *const *want,
                                      const char *what)
 {
-    o.fixed_step_s = 0.01, o.keep_log = 1;
+    o.fixed_step_s = 0.01, o.keep_log = 1, o.check_invariants = 1;
     EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
     EngineMetrics mt;
     ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s: %s", what, error_message());
@@ -514,6 +515,76 @@ START_TEST(test_stop_at_bos_eos_in_every_chapter)
 }
 END_TEST
 
+
+/* ==== bounded resources and determinism ============================================================ */
+
+START_TEST(test_many_requests_through_a_small_pool)
+{
+    const int n = 200;
+    EngineRequest *r = workload(n, 50.0, 41);
+    int longest = 0;
+    for (int i = 0; i < n; i++) {
+        const int need = paged_blocks_for_request(r[i].n_prompt, r[i].max_new, 1, 4);
+        longest = need > longest ? need : longest;
+    }
+    int **want = alone(r, n, 0.0f, 0);
+    EngineOptions o = engine_default_options();
+    o.block_size = 4, o.num_blocks = longest, o.max_batch = 16, o.max_tokens = 24;
+    EngineMetrics mt = serve_and_check(r, n, o, want, "200 requests, a pool of the longest one's blocks");
+    ck_assert_int_eq(mt.completed, n);
+    ck_assert_int_gt(mt.preemptions, 0);
+    engine_free_metrics(&mt);
+    free_want(want, n);
+    engine_free_requests(r, n);
+}
+END_TEST
+
+START_TEST(test_a_long_requests_file_in_bounded_memory)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/long.txt", tmp);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 100000; i++)
+        fprintf(f, "%d.%03d %d %d %d %d\n", i / 1000, i % 1000, 1 + i % 7, i % 97, (i * 7) % 97, (i * 13) % 97);
+    fclose(f);
+    const size_t before = mem_rss_bytes();
+    EngineRequest *r;
+    int n;
+    ck_assert_int_eq(engine_read_requests(path, NULL, &r, &n), 0);
+    const size_t after = mem_rss_bytes();
+    ck_assert_int_eq(n, 100000);
+    ck_assert(r[99999].n_prompt == 3 && r[99999].max_new == 1 + 99999 % 7);
+    /* about 40 bytes a request here; allow 64 MiB for 10^5 of them and the allocator's slack */
+    ck_assert_msg(after < before || after - before < (size_t)64 << 20, "reading 10^5 requests took %zu MiB",
+                  (after - before) >> 20);
+    engine_free_requests(r, n);
+}
+END_TEST
+
+START_TEST(test_serve_is_deterministic)
+{
+    char req[4200];
+    snprintf(req, sizeof req, "%s/r.txt", tmp);
+    ProcResult a;
+    run(&a, (const char *[]){"gen-requests", "--out", req, "--n", "12", "--rate", "30", "--prompt-median", "6",
+                             "--output-median", "8", "--seed", "9", NULL});
+    ck_assert_msg(a.status == 0, "%s", a.err);
+    const char *threads[3] = {"1", "2", "2"};
+    char first[65536] = "";
+    for (int i = 0; i < 3; i++) { /* the same output with 1 thread, 2 threads, and 2 threads again */
+        setenv("OMP_NUM_THREADS", threads[i], 1);
+        ProcResult r;
+        run(&r, (const char *[]){"serve", "--requests", req, "--max-batch", "4", "--device", "cpu", NULL});
+        unsetenv("OMP_NUM_THREADS");
+        ck_assert_msg(r.status == 0, "%s", r.err);
+        if (i == 0)
+            snprintf(first, sizeof first, "%s", r.out);
+        else
+            ck_assert_msg(strcmp(first, r.out) == 0, "run %d (%s threads) differs", i, threads[i]);
+    }
+}
+END_TEST
+
 #if HAVE_CUDA
 /* The GPU forward against chapter 05 on the CPU: cuBLAS sums in its own orders, so this is
  * agreement of greedy tokens between two fp32 computations, which near-ties could break; it
@@ -558,6 +629,9 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, test_gen_requests_and_verify);
     tcase_add_test(tc, test_text_through_chapters_04_05_06);
     tcase_add_test(tc, test_stop_at_bos_eos_in_every_chapter);
+    tcase_add_test(tc, test_many_requests_through_a_small_pool);
+    tcase_add_test(tc, test_a_long_requests_file_in_bounded_memory);
+    tcase_add_test(tc, test_serve_is_deterministic);
     suite_add_tcase(s, tc);
 
     char why[256];

@@ -201,7 +201,7 @@ void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *devic
         for (int j = 0; j < VERIFY_N_LENGTHS; j++)
             for (int causal = 0; causal <= 1; causal++, n_case++) {
                 int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
-                if (quick && (T > 129 || S > 129))
+                if ((quick == 1 && (T > 129 || S > 129)) || (quick >= 2 && (T > 17 || S > 17)))
                     continue;
                 int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2, H, Hkv;
                 if (im->heads == ATTN_HEADS_EQUAL) {
@@ -225,7 +225,7 @@ void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *devic
 int attn_verify_command(const AttnImpls *im, int argc, char **argv)
 {
     const char *device = "auto";
-    int kernel = 0, quick = 0, verbose = 0;
+    int kernel = 0, quick = 0, smoke = 0, verbose = 0;
     char name[96], summary[1024];
     ArgSpec specs[] = {
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
@@ -233,6 +233,7 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
         {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N",
          .min = 1, .max = 9},
         {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
+        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     snprintf(name, sizeof name, "%s verify", im->prog);
@@ -242,7 +243,7 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
              "%s, causal and not, plus logits of +-1e4 and rows of very\n"
              "negative logits. Tolerance: atol 1e-5, rtol 1e-4. Ends with 'N passed, N failed'.",
              im->prog, im->heads == ATTN_HEADS_EQUAL ? "H in {1, 4, 8} (Hkv = H)" : "H:Hkv in {1:1, 4:1, 8:1, 9:3, 8:2}");
-    ArgCommand cmd = {name, "[options]", summary, specs, 4};
+    ArgCommand cmd = {name, "[options]", summary, specs, 5};
     args_parse_or_exit(&cmd, argc, argv);
     int n_max = im->n_cpu > im->n_cuda ? im->n_cpu : im->n_cuda;
     if (kernel > n_max)
@@ -257,6 +258,6 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
 
     VerifyTally tally = {0, 0, verbose};
     uint64_t seed = 1;
-    attn_verify_grid(&tally, im, device, kernel, have_gpu, quick, &seed);
+    attn_verify_grid(&tally, im, device, kernel, have_gpu, smoke ? 2 : quick, &seed);
     return verify_finish(&tally);
 }

@@ -86,7 +86,7 @@ int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv
 int attn_verify_command(const AttnImpls *im, int argc, char **argv);
 
 /* The grid of attn_verify_command (T x S x causal, the D and H:Hkv that go with each case, and
- * the extreme-logit cases) into a tally; quick keeps lengths <= 129. */
+ * the extreme-logit cases) into a tally; quick = 1 keeps lengths <= 129, 2 lengths <= 17. */
 void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *device, int only_kernel, int have_gpu,
                       int quick, uint64_t *seed);
 

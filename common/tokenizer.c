@@ -149,8 +149,10 @@ int tokenizer_encode(const Tokenizer *t, const char *text, int bos, int eos, int
         if (id >= 0)
             ids[n++] = id;
         else
-            for (size_t b = 0; b < len; b++)
-                ids[n++] = (unsigned char)text[i + b] + 3; /* <0x00> is id 3 */
+            for (size_t b = 0; b < len; b++) { /* <0x00> is id 3; a vocabulary without bytes gives <unk> */
+                const int byte_id = (unsigned char)text[i + b] + 3;
+                ids[n++] = byte_id < t->vocab_size ? byte_id : 0;
+            }
         i += len;
     }
     /* merge the best-scoring adjacent pair the vocabulary knows, until none is left */

@@ -53,13 +53,20 @@ for prog in build/bin/0*; do
     step "verify-$c" 120 "$prog" verify --device cuda
 done
 if [ -n "$sanitizer" ]; then
-    for prog in build/bin/0*; do
-        c=$(basename "$prog")
-        step "memcheck-$c" 180 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
-            "$prog" verify --device cuda --quick
+    # every CUDA kernel at small sizes under the three checkers: out-of-bounds and misaligned
+    # accesses (memcheck, with leaks), shared-memory races (racecheck), reads of uninitialised
+    # device memory (initcheck)
+    for tool in memcheck racecheck initcheck; do
+        extra=()
+        [ $tool = memcheck ] && extra=(--leak-check full)
+        for prog in build/bin/0*; do
+            c=$(basename "$prog")
+            step "$tool-$c" 240 "$sanitizer" --tool $tool "${extra[@]}" --error-exitcode 9 \
+                "$prog" verify --device cuda --smoke
+        done
     done
 else
-    echo "memcheck: compute-sanitizer not found" | tee -a "$summary"
+    echo "compute-sanitizer not found: memcheck, racecheck, initcheck skipped" | tee -a "$summary"
 fi
 for prog in build/bin/0*; do
     c=$(basename "$prog")
