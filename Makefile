@@ -209,13 +209,15 @@ fuzz-replay: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/replay-$(f))
 	@rc=0; for f in $(FUZZ_NAMES); do $(BUILD)/fuzz/replay-$$f fuzz/corpus/$$f || rc=1; done; exit $$rc
 
 # libFuzzer on every target for FUZZ_SECONDS each (clang); new interesting inputs are kept in
-# build/fuzz-clang/corpus/, crashes in build/fuzz-clang/findings/.
+# build/fuzz-clang/corpus/, this run's crashes in build/fuzz-clang/findings/ (a fixed one goes
+# into fuzz/corpus/<target>/found-*, so that every replay checks it again).
 fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz: clang is not installed (apt-get install clang: libFuzzer comes with it)"; exit 1; }
 	@$(MAKE) --no-print-directory FUZZ=1 fuzz-run
 
 fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
 	@rc=0; for f in $(FUZZ_NAMES); do \
-	    mkdir -p $(BUILD)/corpus/$$f $(BUILD)/findings; \
+	    mkdir -p $(BUILD)/corpus/$$f $(BUILD)/findings; rm -f $(BUILD)/findings/$$f-*; \
 	    echo "== fuzz $$f for $(FUZZ_SECONDS) s"; \
 	    $(BUILD)/fuzz/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
 	        -artifact_prefix=$(BUILD)/findings/$$f- $(BUILD)/corpus/$$f fuzz/corpus/$$f 2>&1 | \

@@ -156,6 +156,11 @@ START_TEST(test_loader_rejects_bad_files)
     write_bytes(path, "\x01\x02", 2);
     ck_assert_int_eq(model_load(path, &m), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "28-byte header"));
+    /* vocab_size INT32_MIN: negating it overflowed (found by make fuzz; refused now) */
+    const int32_t h[7] = {64, 48, 2, 4, 2, INT32_MIN, 160};
+    write_bytes(path, h, sizeof h);
+    ck_assert_int_eq(model_load(path, &m), -1);
+    ck_assert_msg(strstr(error_message(), "vocab_size is -2147483648"), "%s", error_message());
     ck_assert_int_eq(model_load("/nonexistent/m.bin", &m), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "cannot open"));
 }

@@ -62,7 +62,7 @@ static int parse_line(char *line, const Tokenizer *tok, EngineRequest *r, char *
         }
         int *ids, n;
         tokenizer_encode(tok, p, 1, 0, &ids, &n);
-        *r = (EngineRequest){arrival, (int)max_new, n, ids};
+        *r = (EngineRequest){arrival, (int)max_new, n, ids, 0.0};
         return 0;
     }
     int cap = 16, n = 0;
@@ -88,7 +88,7 @@ static int parse_line(char *line, const Tokenizer *tok, EngineRequest *r, char *
         free(ids);
         return -1;
     }
-    *r = (EngineRequest){arrival, (int)max_new, n, ids};
+    *r = (EngineRequest){arrival, (int)max_new, n, ids, 0.0};
     return 0;
 }
 
@@ -191,7 +191,7 @@ int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs)
         }
         pr = clampi(pr, 1, w->seq_len - 1);
         nw = clampi(nw, 1, w->seq_len - pr);
-        out[i] = (EngineRequest){t, nw, pr, malloc((size_t)pr * sizeof(int))};
+        out[i] = (EngineRequest){t, nw, pr, malloc((size_t)pr * sizeof(int)), 0.0};
         for (int k = 0; k < pr; k++)
             out[i].prompt[k] = (int)rng_below(&rng, (uint32_t)w->vocab);
     }
@@ -201,7 +201,7 @@ int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs)
 
 /* ==== the engine ====================================================================================== */
 
-typedef enum { PH_PENDING, PH_WAITING, PH_RUNNING, PH_DONE, PH_REJECTED } Phase;
+typedef enum { PH_PENDING, PH_WAITING, PH_RUNNING, PH_DONE, PH_REJECTED, PH_ABORTED } Phase;
 
 typedef struct {
     int *tokens;    /* prompt, then generated ids */
@@ -286,6 +286,20 @@ static void admit(Engine *e, int i)
     Seq *s = &e->s[i];
     s->phase = PH_RUNNING, s->admitted = e->admissions++;
     e->running[e->n_running++] = i;
+}
+
+/* The client of request i went away: it leaves the queue or the batch where it is, and its
+ * blocks go back to the pool at once (between iterations, so no chunk is in flight). */
+static void abort_request(Engine *e, int i, double clock)
+{
+    Seq *s = &e->s[i];
+    if (s->phase == PH_RUNNING)
+        queue_remove(e->running, &e->n_running, i);
+    else
+        queue_remove(e->waiting, &e->n_waiting, i);
+    paged_seq_free(&e->pool, &s->seq);
+    s->n_computed = 0, s->chunk = 0, s->admitted = -1, s->phase = PH_ABORTED, s->finish_s = clock;
+    e->met->aborted++;
 }
 
 /* Insertion sort of the running list by admission (it is short and nearly sorted). */
@@ -594,6 +608,15 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
                 e.waiting[e.n_waiting++] = i;
             }
         }
+        /* aborts due by now: running or waiting requests whose client went away */
+        for (int q = 0; q < 2; q++) { /* the running list, then the queue; backwards, as they shrink */
+            const int *list = q ? e.waiting : e.running;
+            for (int k = (q ? e.n_waiting : e.n_running) - 1; k >= 0; k--)
+                if (reqs[list[k]].abort_at > 0 && reqs[list[k]].abort_at <= clock) {
+                    abort_request(&e, list[k], clock);
+                    settled++;
+                }
+        }
         if (e.n_running == 0 && e.n_waiting == 0)
             continue;
         const double t0 = timer_now();
@@ -655,10 +678,13 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
         metrics->mean_batch /= metrics->iterations;
     for (int i = 0; i < n && rc == 0; i++) {
         Seq *s = &e.s[i];
-        if (s->phase != PH_DONE)
+        if (s->phase != PH_DONE && s->phase != PH_ABORTED)
             continue;
         EngineResult *r = &results[i];
-        r->status = ENGINE_DONE;
+        r->status = s->phase == PH_DONE ? ENGINE_DONE : ENGINE_ABORTED;
+        if (s->phase == PH_ABORTED)
+            snprintf(r->reason, sizeof r->reason, "aborted at %.3f s after %d of %d tokens", s->finish_s,
+                     s->n_generated, reqs[i].max_new);
         r->n_tokens = s->n_generated;
         r->tokens = malloc((size_t)s->n_generated * sizeof(int) + 1);
         memcpy(r->tokens, s->tokens + reqs[i].n_prompt, (size_t)s->n_generated * sizeof(int));
@@ -666,7 +692,7 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
         r->tpot_s = s->n_generated > 1 ? (s->finish_s - s->first_s) / (s->n_generated - 1) : NAN;
         r->finish_s = !isnan(s->finish_s) ? s->finish_s : NAN;
         r->preemptions = s->preemptions;
-        metrics->completed++;
+        metrics->completed += s->phase == PH_DONE;
     }
     if (rc == 0)
         finish_metrics(&e, results, first_arrival, last_finish);

@@ -43,6 +43,10 @@ typedef struct {
     int max_new;    /* tokens to generate */
     int n_prompt;
     int *prompt;    /* (n_prompt) token ids */
+    double abort_at; /* > 0: the client goes away at this time (seconds after the start): the
+                      * request stops where it is, keeps the tokens it has and gives its blocks
+                      * back (ENGINE_ABORTED); 0: never. Not in the requests file: an API field
+                      * for callers, the tests and the fuzzer. */
 } EngineRequest;
 
 /* Reads a requests file: one request per line, "<arrival_seconds> <max_new_tokens> <prompt
@@ -79,12 +83,12 @@ typedef struct {
  * max_batch sequences of seq_len tokens), greedy, seed 42. */
 EngineOptions engine_default_options(void);
 
-typedef enum { ENGINE_DONE = 0, ENGINE_REJECTED = 1 } EngineStatus;
+typedef enum { ENGINE_DONE = 0, ENGINE_REJECTED = 1, ENGINE_ABORTED = 2 } EngineStatus;
 
 typedef struct {
     EngineStatus status;
-    char reason[192];    /* why it was rejected */
-    int *tokens;         /* (n_tokens) generated ids */
+    char reason[192];    /* why it was rejected or aborted */
+    int *tokens;         /* (n_tokens) generated ids (aborted: those generated before the abort) */
     int n_tokens;
     double ttft_s, tpot_s, finish_s; /* NAN when undefined */
     int preemptions;
@@ -101,8 +105,8 @@ typedef struct {
 } EngineIteration;
 
 typedef struct {
-    int completed, rejected, preemptions, iterations, peak_blocks, num_blocks;
-    long generated;           /* output tokens */
+    int completed, rejected, aborted, preemptions, iterations, peak_blocks, num_blocks;
+    long generated;           /* output tokens of completed requests */
     double makespan_s;        /* first arrival to last finish */
     double throughput;        /* generated / makespan_s */
     double ttft_p50, ttft_p99, tpot_p50, tpot_p99;

@@ -261,13 +261,13 @@ typedef struct {
 static int cmd_verify(int argc, char **argv)
 {
     const char *device = "auto";
-    int verbose = 0, quick = 0;
+    int verbose = 0, quick = 0, smoke = 0;
     ArgSpec specs[] = {
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
          .help = "auto: the CPU engine, and the GPU forward when a GPU is present"},
         {.name = "quick", .kind = ARG_FLAG, .dest = &quick,
          .help = "one workload, greedy only (for sanitizers)"},
-        {.name = "smoke", .kind = ARG_FLAG, .dest = &quick, .help = "the same as --quick (for valgrind)"},
+        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "--quick with 10 requests, not 24 (for valgrind)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     ArgCommand cmd = {PROG " verify", "[options]",
@@ -278,6 +278,7 @@ static int cmd_verify(int argc, char **argv)
                       "paged_generate run on it alone. Ends with 'N passed, N failed'.",
                       specs, 4};
     args_parse_or_exit(&cmd, argc, argv);
+    quick |= smoke;
     char why[256];
     const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why);
     if (strcmp(device, "cuda") == 0 && !have_gpu)
@@ -299,13 +300,13 @@ static int cmd_verify(int argc, char **argv)
     };
     VerifyTally tally = {0, 0, verbose};
     for (int wl = 0; wl < (quick ? 1 : 2); wl++) {
-        WorkloadSpec w = {24, wl ? 40.0 : 0.0, WORKLOAD_SKEWED, 12, 16, c.seq_len, c.vocab_size, 100 + (uint64_t)wl};
+        WorkloadSpec w = {smoke ? 10 : 24, wl ? 40.0 : 0.0, WORKLOAD_SKEWED, 12, 16, c.seq_len, c.vocab_size, 100 + (uint64_t)wl};
         EngineRequest *reqs;
         if (engine_make_workload(&w, &reqs) != 0)
             die_with_error();
         /* one more request that can never run: its prompt and output exceed seq_len */
         reqs = realloc(reqs, (size_t)(w.n + 1) * sizeof(EngineRequest));
-        reqs[w.n] = (EngineRequest){0.05, 100, 200, calloc(200, sizeof(int))};
+        reqs[w.n] = (EngineRequest){0.05, 100, 200, calloc(200, sizeof(int)), 0.0};
         w.n++;
         for (int t = 0; t < (quick ? 1 : 2); t++) {
             const float temperature = t ? 0.9f : 0.0f;
@@ -650,7 +651,7 @@ static int cmd_bench(int argc, char **argv)
         for (int bi = 0; bi < 6; bi++) {
             EngineRequest *br = calloc((size_t)bsz[bi], sizeof(EngineRequest));
             for (int i = 0; i < bsz[bi]; i++) {
-                br[i] = (EngineRequest){0.0, 64, 16, malloc(16 * sizeof(int))};
+                br[i] = (EngineRequest){0.0, 64, 16, malloc(16 * sizeof(int)), 0.0};
                 for (int t = 0; t < 16; t++)
                     br[i].prompt[t] = (i * 37 + t * 11 + 2) % m.c.vocab_size;
             }
@@ -682,7 +683,7 @@ static int cmd_bench(int argc, char **argv)
         const int new_tokens = single_tokens < mm->c.seq_len - 16 ? single_tokens : mm->c.seq_len - 16;
         EngineRequest *reqs = calloc(32, sizeof(EngineRequest));
         for (int i = 0; i < 32; i++) {
-            reqs[i] = (EngineRequest){0.0, new_tokens, 16, malloc(16 * sizeof(int))};
+            reqs[i] = (EngineRequest){0.0, new_tokens, 16, malloc(16 * sizeof(int)), 0.0};
             for (int t = 0; t < 16; t++)
                 reqs[i].prompt[t] = (i * 131 + t * 17 + 1) % mm->c.vocab_size;
         }

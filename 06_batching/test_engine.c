@@ -159,6 +159,65 @@ START_TEST(test_chunked_prefill_and_preemption_match_chapter05)
 }
 END_TEST
 
+/* Aborts (a client going away): an aborted request keeps a prefix of its tokens and gives its
+ * blocks back at once (the pool's invariants hold after every iteration, the pool is full at
+ * the end), and every other request still gets exactly its tokens alone -- for both policies,
+ * with a pool tight enough to preempt. */
+START_TEST(test_aborted_requests_leave_the_rest_unchanged)
+{
+    const int n = 16;
+    EngineRequest *r = workload(n, 30.0, 23);
+    int **want = alone(r, n, 0.0f, 0);
+    int longest = 0;
+    for (int i = 0; i < n; i++) {
+        const int need = paged_blocks_for_request(r[i].n_prompt, r[i].max_new, 1, 4);
+        longest = need > longest ? need : longest;
+        if (i % 4 == 1) /* mid-generation (or while waiting), at different times */
+            r[i].abort_at = r[i].arrival + 0.02 * (1 + i / 4);
+    }
+    r[0].abort_at = r[0].arrival + 0.055;                    /* the first: it runs at once, ~5 steps */
+    r[2].abort_at = r[2].arrival > 0 ? r[2].arrival : 1e-9; /* at its arrival: nothing generated */
+    r[3].abort_at = 1000.0;                                  /* after it finishes: no effect */
+    for (int p = 0; p <= 1; p++) {
+        EngineOptions o = engine_default_options();
+        o.policy = p ? ENGINE_STATIC : ENGINE_CONTINUOUS, o.max_batch = 4, o.block_size = 4;
+        o.num_blocks = 2 * longest, o.max_tokens = 8, o.fixed_step_s = 0.01, o.check_invariants = 1;
+        EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
+        EngineMetrics mt;
+        ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s", error_message());
+        int aborted = 0, partial = 0;
+        for (int i = 0; i < n; i++) {
+            ck_assert_msg(res[i].status == ENGINE_DONE || (r[i].abort_at > 0 && res[i].status == ENGINE_ABORTED),
+                          "request %d: status %d", i, res[i].status);
+            ck_assert_int_le(res[i].n_tokens, r[i].max_new);
+            ck_assert_msg(memcmp(res[i].tokens, want[i], (size_t)res[i].n_tokens * sizeof(int)) == 0,
+                          "request %d's tokens are not (a prefix of) its tokens alone", i);
+            if (res[i].status == ENGINE_DONE) {
+                ck_assert_int_eq(res[i].n_tokens, r[i].max_new);
+                continue;
+            }
+            ck_assert_msg(strstr(res[i].reason, "aborted at"), "%s", res[i].reason);
+            ck_assert_double_ge(res[i].finish_s, r[i].abort_at);
+            aborted++;
+            partial += res[i].n_tokens > 0 && res[i].n_tokens < r[i].max_new;
+        }
+        ck_assert_int_eq(res[2].status, ENGINE_ABORTED);
+        ck_assert_int_eq(res[2].n_tokens, 0);
+        ck_assert_int_eq(res[3].status, ENGINE_DONE);
+        ck_assert_msg(res[0].status == ENGINE_ABORTED && res[0].n_tokens > 0 && res[0].n_tokens < r[0].max_new,
+                      "request 0: status %d, %d of %d tokens", res[0].status, res[0].n_tokens, r[0].max_new);
+        ck_assert_int_ge(partial, 1);
+        ck_assert_int_eq(mt.aborted, aborted);
+        ck_assert_int_eq(mt.completed + mt.aborted + mt.rejected, n);
+        engine_free_results(res, n);
+        engine_free_metrics(&mt);
+        free(res);
+    }
+    free_want(want, n);
+    engine_free_requests(r, n);
+}
+END_TEST
+
 START_TEST(test_shuffled_order_sampling_and_rejections)
 {
     const int n = 16;
@@ -173,8 +232,8 @@ START_TEST(test_shuffled_order_sampling_and_rejections)
     }
     /* two requests that can never run: too long for seq_len, and too many blocks for the pool */
     r = realloc(r, (size_t)(n + 2) * sizeof(EngineRequest));
-    r[n] = (EngineRequest){0.1, 150, 50, calloc(50, sizeof(int))};
-    r[n + 1] = (EngineRequest){0.2, 100, 60, calloc(60, sizeof(int))}; /* 159 tokens: 40 blocks of 4 */
+    r[n] = (EngineRequest){0.1, 150, 50, calloc(50, sizeof(int)), 0.0};
+    r[n + 1] = (EngineRequest){0.2, 100, 60, calloc(60, sizeof(int)), 0.0}; /* 159 tokens: 40 blocks of 4 */
     int **want = alone(r, n + 2, 0.8f, 100);
     int expect_rejected = 0;
     for (int i = 0; i < n + 2; i++) /* rejected for the pool below, though seq_len allows them */
@@ -500,7 +559,7 @@ START_TEST(test_stop_at_bos_eos_in_every_chapter)
             ck_assert_int_eq(out4[t], t < stop ? want[t] : -1);
             ck_assert_int_eq(out5[t], out4[t]);
         }
-        EngineRequest req = {0.0, N, 3, (int *)prompt};
+        EngineRequest req = {0.0, N, 3, (int *)prompt, 0.0};
         EngineOptions o = engine_default_options();
         o.temperature = 1.0f, o.seed = seed, o.stop_at_bos_eos = 1, o.fixed_step_s = 0.01;
         EngineResult res;
@@ -615,6 +674,7 @@ static Suite *engine_suite(void)
     tcase_add_checked_fixture(tc, model_setup, model_teardown);
     tcase_add_test(tc, test_policies_and_batch_sizes_match_chapter05);
     tcase_add_test(tc, test_chunked_prefill_and_preemption_match_chapter05);
+    tcase_add_test(tc, test_aborted_requests_leave_the_rest_unchanged);
     tcase_add_test(tc, test_shuffled_order_sampling_and_rejections);
     tcase_add_test(tc, test_continuous_keeps_the_batch_fuller);
     tcase_add_test(tc, test_bad_options);

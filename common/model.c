@@ -199,10 +199,15 @@ int model_load(const char *path, Model *m)
         fclose(f);
         return error_set("%s: truncated: a llama2.c checkpoint starts with a 28-byte header", path);
     }
-    ModelConfig c = {h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
-    if (h[5] == 0 || model_check_config(&c) != 0) {
+    /* a negative vocab_size means "unshared classifier"; 0 and INT32_MIN (no positive twin) are bad */
+    const int vocab_bad = h[5] == 0 || h[5] == INT32_MIN;
+    ModelConfig c = {h[0], h[1], h[2], h[3], h[4], vocab_bad ? 0 : h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
+    if (vocab_bad || model_check_config(&c) != 0) {
         char why[512];
-        snprintf(why, sizeof why, "%s", h[5] == 0 ? "vocab_size is 0" : error_message());
+        if (vocab_bad)
+            snprintf(why, sizeof why, "vocab_size is %d", (int)h[5]);
+        else
+            snprintf(why, sizeof why, "%s", error_message());
         fclose(f);
         return error_set("%s: bad header: %s", path, why);
     }

@@ -5,9 +5,11 @@
  * on a pool and six tables, paged_check after every one; a refused append (PAGED_EXHAUSTED) must
  * change nothing; at the end everything is freed and the pool is full again.
  * Odd first byte: the engine's options (policy, batch, token budget, block size, pool size) and
- * up to ten requests (arrival, prompt, max_new) from the input, served on a tiny model with
- * check_invariants on: it must finish (no stall), give every served request max_new tokens,
- * reject only with a reason, and give every block back (engine_serve checks that itself).
+ * up to ten requests (arrival, prompt, max_new, abort time) from the input, served on a tiny
+ * model with check_invariants on (the pool's invariants after every step): it must finish (no
+ * stall), give every completed request max_new tokens, reject or abort only with a reason, and
+ * give every block back (engine_serve checks that itself). Arrivals, steps, finishes, aborts
+ * and preemptions all happen inside; fork is the allocator's (the engine does not fork).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -89,8 +91,13 @@ static void scheduler(Bytes *b)
     EngineRequest r[10];
     int n = 0;
     while (b->n > 0 && n < 10) {
+        /* one byte each, in this order: prompt length, arrival, max_new, abort (below 64: the
+         * client goes away that many steps after it arrives), then the prompt's ids */
         const int np = 1 + next(b) % 20;
-        r[n] = (EngineRequest){next(b) * 0.01, next(b) % 24, np, malloc((size_t)np * sizeof(int))};
+        const double arrival = next(b) * 0.01;
+        const int max_new = next(b) % 24, abort_byte = next(b);
+        const double abort_at = abort_byte < 64 ? arrival + abort_byte * 0.01 + 1e-6 : 0.0;
+        r[n] = (EngineRequest){arrival, max_new, np, malloc((size_t)np * sizeof(int)), abort_at};
         for (int t = 0; t < np; t++)
             r[n].prompt[t] = next(b) % 50;
         n++;
@@ -102,8 +109,10 @@ static void scheduler(Bytes *b)
     for (int i = 0; i < n; i++) {
         if (res[i].status == ENGINE_DONE && res[i].n_tokens != r[i].max_new)
             fuzz_fail("request %d: %d tokens of %d", i, res[i].n_tokens, r[i].max_new);
-        if (res[i].status == ENGINE_REJECTED && !res[i].reason[0])
-            fuzz_fail("request %d rejected without a reason", i);
+        if (res[i].status != ENGINE_DONE && !res[i].reason[0])
+            fuzz_fail("request %d rejected or aborted without a reason", i);
+        if (res[i].status == ENGINE_ABORTED && (r[i].abort_at <= 0 || res[i].n_tokens > r[i].max_new))
+            fuzz_fail("request %d aborted with no abort time, or with too many tokens", i);
     }
     if (n > 0) {
         engine_free_results(res, n);

@@ -1,7 +1,8 @@
 /*
  * make_corpus.c: writes the seed corpus of every fuzz target into fuzz/corpus/ with the
  * repository's own writers (make fuzz-corpus): small valid inputs and a few broken ones, from
- * which libFuzzer mutates.
+ * which libFuzzer mutates. Files named found-* are not written here: they are inputs make fuzz
+ * found (each fixed), kept so that every replay checks them again.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,7 +66,11 @@ int main(void)
     /* engine: allocator operations (even first byte) and a scheduler run (odd) */
     const uint8_t ops[] = {0, 3, 20, 0, 0, 5, 0, 1, 9, 1, 0, 1, 0, 1, 3, 2, 1, 3, 0, 2, 4, 7, 0, 4, 8, 2, 2};
     const uint8_t sched[] = {1, 0, 4, 7, 2, 20, 0, 3, 5, 6, 0, 8, 1, 2, 3, 4, 5, 6, 9, 4, 5, 12, 10, 11, 12, 13, 7};
+    /* the same with aborts: options, then (prompt length - 1, arrival, max_new, abort, ids...) */
+    const uint8_t aborts[] = {1, 0, 3, 8, 2, 30, 0, 1, 0,  4, 0, 20, 5,   1, 2, 3, 4, 5,
+                              2, 1, 10, 200, 6, 7, 8,     5, 2, 15, 2,   9, 10, 11, 12, 13, 14};
     put("engine/allocator.bin", ops, sizeof ops), put("engine/scheduler.bin", sched, sizeof sched);
+    put("engine/scheduler-aborts.bin", aborts, sizeof aborts);
     printf("make_corpus: seed inputs written under fuzz/corpus/\n");
     return 0;
 }
