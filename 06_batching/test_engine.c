@@ -62,6 +62,17 @@ static int **alone(const EngineRequest *r, int n, float temperature, uint64_t se
     return want;
 }
 
+/* The most blocks of bs tokens any of the n requests needs at its longest. */
+static int longest_in_blocks(const EngineRequest *r, int n, int bs)
+{
+    int longest = 0;
+    for (int i = 0; i < n; i++) {
+        const int need = paged_blocks_for_request(r[i].n_prompt, r[i].max_new, 1, bs);
+        longest = need > longest ? need : longest;
+    }
+    return longest;
+}
+
 static void free_want(int **want, int n)
 {
     for (int i = 0; i < n; i++)
@@ -129,11 +140,7 @@ START_TEST(test_chunked_prefill_and_preemption_match_chapter05)
     const int n = 24;
     EngineRequest *r = workload(n, 0.0, 11);
     int **want = alone(r, n, 0.0f, 0);
-    int longest = 0;
-    for (int i = 0; i < n; i++) {
-        const int need = paged_blocks_for_request(r[i].n_prompt, r[i].max_new, 1, 4);
-        longest = need > longest ? need : longest;
-    }
+    const int longest = longest_in_blocks(r, n, 4);
     /* a budget of 3 tokens: every prompt in chunks */
     EngineOptions o = engine_default_options();
     o.max_tokens = 3, o.block_size = 4;
@@ -168,13 +175,9 @@ START_TEST(test_aborted_requests_leave_the_rest_unchanged)
     const int n = 16;
     EngineRequest *r = workload(n, 30.0, 23);
     int **want = alone(r, n, 0.0f, 0);
-    int longest = 0;
-    for (int i = 0; i < n; i++) {
-        const int need = paged_blocks_for_request(r[i].n_prompt, r[i].max_new, 1, 4);
-        longest = need > longest ? need : longest;
-        if (i % 4 == 1) /* mid-generation (or while waiting), at different times */
-            r[i].abort_at = r[i].arrival + 0.02 * (1 + i / 4);
-    }
+    const int longest = longest_in_blocks(r, n, 4);
+    for (int i = 1; i < n; i += 4) /* mid-generation (or while waiting), at different times */
+        r[i].abort_at = r[i].arrival + 0.02 * (1 + i / 4);
     r[0].abort_at = r[0].arrival + 0.055;                    /* the first: it runs at once, ~5 steps */
     r[2].abort_at = r[2].arrival > 0 ? r[2].arrival : 1e-9; /* at its arrival: nothing generated */
     r[3].abort_at = 1000.0;                                  /* after it finishes: no effect */
@@ -581,11 +584,7 @@ START_TEST(test_many_requests_through_a_small_pool)
 {
     const int n = 200;
     EngineRequest *r = workload(n, 50.0, 41);
-    int longest = 0;
-    for (int i = 0; i < n; i++) {
-        const int need = paged_blocks_for_request(r[i].n_prompt, r[i].max_new, 1, 4);
-        longest = need > longest ? need : longest;
-    }
+    const int longest = longest_in_blocks(r, n, 4);
     int **want = alone(r, n, 0.0f, 0);
     EngineOptions o = engine_default_options();
     o.block_size = 4, o.num_blocks = longest, o.max_batch = 16, o.max_tokens = 24;
