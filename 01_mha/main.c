@@ -153,11 +153,7 @@ static int cmd_bench(int argc, char **argv)
     }
     bench_progress_done();
     tsv_close(&tsv);
-    char png[4096];
-    if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
-        fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
-    else if (plot_available())
-        fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     return 0;
 }
 
@@ -400,12 +396,7 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
     printf("   This machine has %s of RAM: the score matrix alone outgrows it at T=%d, where one call would\n"
            "   still take only about %.0f s (the measured time at T=%d, x4 per doubling). Memory is the wall.\n\n",
            format_bytes((double)mem_physical_bytes(), b1, sizeof b1), t_wall, t_ms / 1e3, T / 2);
-    char png[4096];
-    int rc = plot_draw(PROG, "lesson", dat, 1, png, sizeof png);
-    if (rc == 0)
-        printf("   Plot: %s (data: %s)\n\n", png, dat);
-    else if (rc < 0)
-        printf("   (plot failed: %s)\n\n", error_message());
+    plot_show(PROG, "lesson", dat, 1, stdout, "   ", "\n\n");
 }
 
 static int cmd_lesson(int argc, char **argv)

@@ -23,6 +23,7 @@
 #include "common/error.h"
 #include "common/matmul.h"
 #include "common/npy.h"
+#include "common/plot.h"
 #include "common/tensor.h"
 #include "common/testing.h"
 #include "common/verify.h"
@@ -641,6 +642,31 @@ START_TEST(test_npy_tensor_rank_and_dtype)
 }
 END_TEST
 
+/* ==== common/: plots ============================================================================= */
+
+/* plot_show names what went wrong in one line after the caller's lead (a chapter without a plot
+ * script here); without gnuplot it writes nothing to f (plot_draw says so on stdout). */
+START_TEST(test_plot_show_reports_a_failure)
+{
+    char dat[4200], line[8192] = "";
+    write_bytes(tmp_path(dat, sizeof dat, "p.dat"), "x\ty\n1\t2\n", 10);
+    FILE *f = tmpfile();
+    ck_assert_ptr_nonnull(f);
+    const int rc = plot_show("no_such_chapter", "bench", dat, 0, f, "lead: ", "\n");
+    rewind(f);
+    const int got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    if (!plot_available()) {
+        ck_assert_int_eq(rc, 1);
+        ck_assert_int_eq(got, 0);
+        return;
+    }
+    ck_assert_int_eq(rc, -1);
+    ck_assert_msg(strncmp(line, "lead: (plot failed: ", 20) == 0, "%s", line);
+    ck_assert_msg(strstr(line, "no_such_chapter.gp: plot script missing"), "%s", line);
+}
+END_TEST
+
 /* ==== common/: arguments ========================================================================= */
 
 START_TEST(test_args_errors)
@@ -933,6 +959,7 @@ static Suite *mha_suite(void)
 
     tc = tcase_create("common");
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_plot_show_reports_a_failure);
     tcase_add_test(tc, test_matmul_against_triple_loop);
     tcase_add_test(tc, test_matmul_rows_do_not_depend_on_the_batch);
     tcase_add_test(tc, test_vexp_against_libm);

@@ -274,7 +274,7 @@ static void lesson_print(Device dev, const LessonRow rows[LESSON_NKV], double di
 
 static void lesson_plot(const LessonRow rows[LESSON_NKV])
 {
-    char dat[4096], png[4096];
+    char dat[4096];
     paths_in_build(dat, sizeof dat, "bench", PROG "_lesson.dat");
     Tsv tsv;
     if (tsv_open(&tsv, "/dev/null", dat) != 0)
@@ -288,11 +288,7 @@ static void lesson_plot(const LessonRow rows[LESSON_NKV])
                 r->gpu_decode_ms);
     }
     tsv_close(&tsv);
-    int rc = plot_draw(PROG, "lesson", dat, 1, png, sizeof png);
-    if (rc == 0)
-        printf("Plot: %s (data: %s)\n\n", png, dat);
-    else if (rc < 0)
-        printf("(plot failed: %s)\n\n", error_message());
+    plot_show(PROG, "lesson", dat, 1, stdout, "", "\n\n");
 }
 
 static int cmd_lesson(int argc, char **argv)
@@ -408,11 +404,7 @@ static int cmd_bench(int argc, char **argv)
     }
     bench_progress_done();
     tsv_close(&tsv);
-    char png[4096];
-    if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
-        fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
-    else if (plot_available())
-        fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     return 0;
 }
 

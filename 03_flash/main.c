@@ -305,16 +305,11 @@ static int cmd_lesson(int argc, char **argv)
     printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s. Device for this lesson: cpu%s.\n\n",
            roofline_machine(), roof->fma_gflops, roof->dram_gbs,
            dev == DEVICE_CUDA ? " (the GPU versions: 03_flash bench --device cuda)" : "");
-    char dat1[4096], dat2[4096], png[4096];
+    char dat1[4096], dat2[4096];
     lesson_sweep(roof, dat1, sizeof dat1);
     lesson_tiles(roof, dat2, sizeof dat2);
-    int rc = plot_draw(PROG, "lesson", dat1, 1, png, sizeof png);
-    if (rc == 0)
-        printf("Plot: %s (data: %s)\n", png, dat1);
-    else if (rc < 0)
-        printf("(plot failed: %s)\n", error_message());
-    if (plot_draw(PROG, "tiles", dat2, 0, png, sizeof png) == 0)
-        printf("Plot: %s (data: %s)\n\n", png, dat2);
+    plot_show(PROG, "lesson", dat1, 1, stdout, "", "\n");
+    plot_show(PROG, "tiles", dat2, 0, stdout, "", "\n\n");
     printf("Take-away: the scores never leave the core's caches, so memory stays linear in T and the time is\n"
            "spent on multiply-adds instead of on writing and re-reading a T x S matrix. Chapter 04 uses the\n"
            "same kernel to decode against a KV cache, one query at a time.\n");
@@ -428,11 +423,7 @@ static int cmd_bench(int argc, char **argv)
                             "(4x its measured T = 8192; target < 5%%)\n",
                     alloc03_16384 / 1048576, 100.0 * alloc03_16384 / (4 * alloc02_8192), 4 * alloc02_8192 / 1048576);
     }
-    char png[4096];
-    if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
-        fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
-    else if (plot_available())
-        fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     return 0;
 }
 

@@ -405,13 +405,11 @@ static int cmd_lesson(int argc, char **argv)
            roofline_machine(), roof->fma_gflops, roof->dram_gbs, m.c.dim, m.c.hidden_dim, m.c.n_layers, m.c.n_heads,
            m.c.n_kv_heads, model_head_size(&m.c), m.c.vocab_size, m.c.seq_len, model_param_count(&m.c),
            format_bytes(4.0 * model_param_count(&m.c), b1, sizeof b1));
-    char dat1[4096], dat2[4096], png[4096];
+    char dat1[4096], dat2[4096];
     lesson_steps(&m, dat1, sizeof dat1);
-    if (plot_draw(PROG, "steps", dat1, 1, png, sizeof png) == 0)
-        printf("   Plot: %s\n\n", png);
+    plot_show(PROG, "steps", dat1, 1, stdout, "   ", "\n\n");
     lesson_memory(&m.c, dat2, sizeof dat2);
-    if (plot_draw(PROG, "memory", dat2, 0, png, sizeof png) == 0)
-        printf("   Plot: %s\n\n", png);
+    plot_show(PROG, "memory", dat2, 0, stdout, "   ", "\n\n");
     lesson_quant(&m);
     printf("Take-away: the cache turns each step's work from the whole sequence into one token, at the price\n"
            "of memory that grows with every token; GQA and fp16/int8 storage buy that memory back. Chapter 05\n"
@@ -592,11 +590,7 @@ static int cmd_bench(int argc, char **argv)
             fprintf(stderr, "targets: %d tokens: with the cache %.1f s, without %.1f s: x%.1f (target >= x10)\n",
                     gen_tokens, with_s, without_s, without_s / with_s);
     }
-    char png[4096];
-    if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
-        fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
-    else if (plot_available())
-        fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     return 0;
 }
 

@@ -783,10 +783,9 @@ static int cmd_lesson(int argc, char **argv)
            "Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s.\n\n",
            roofline_machine(), roof->fma_gflops, roof->dram_gbs);
     lesson_picture();
-    char dat[4096], png[4096];
+    char dat[4096];
     lesson_waste(m.c.seq_len, dat, sizeof dat);
-    if (plot_draw(PROG, "waste", dat, 1, png, sizeof png) == 0)
-        printf("   Plot: %s\n\n", png);
+    plot_show(PROG, "waste", dat, 1, stdout, "   ", "\n\n");
     lesson_fork(&m);
     lesson_speed();
     lesson_tokens(&m);
@@ -1049,11 +1048,7 @@ static int cmd_bench(int argc, char **argv)
                         "contiguous cache's speed (target >= 90%%); block size 16 reads at %.1f%% of the DRAM "
                         "bandwidth (target >= 80%%)\n",
                         hkvs[hi], L, sh ? "shuffled" : "in order", 100.0 * worst16[hi][sh], pct16[hi][sh]);
-    char png[4096];
-    if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
-        fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
-    else if (plot_available())
-        fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     return 0;
 }
 

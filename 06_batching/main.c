@@ -584,13 +584,11 @@ static int cmd_lesson(int argc, char **argv)
            "Machine: %s. Model: the built-in one (chapter 04). The clock advances by each iteration's measured\n"
            "time and skips idle gaps.\n\n",
            roofline_machine());
-    char dat[4096], png[4096];
+    char dat[4096];
     lesson_compare(&m, dat, sizeof dat);
-    if (plot_draw(PROG, "occupancy", dat, 1, png, sizeof png) == 0)
-        printf("   Plot: %s\n\n", png);
+    plot_show(PROG, "occupancy", dat, 1, stdout, "   ", "\n\n");
     lesson_sweep(&m, dat, sizeof dat);
-    if (plot_draw(PROG, "lesson", dat, 0, png, sizeof png) == 0)
-        printf("   Plot: %s\n\n", png);
+    plot_show(PROG, "lesson", dat, 0, stdout, "   ", "\n\n");
     lesson_preemption(&m);
     printf("Take-away: the engine's work per iteration is one batched forward; continuous batching keeps that\n"
            "batch full, chunked prefill bounds each iteration's work, and paging plus preemption lets the pool\n"
@@ -730,11 +728,7 @@ static int cmd_bench(int argc, char **argv)
     fprintf(stderr, "targets: the engine at batch 32: %.1f tokens/s, one sequence (chapter 05): %.1f tokens/s: x%.2f "
                     "(target >= x5)\n",
             batch32, single, batch32 / single);
-    char png[4096];
-    if (plot_draw(PROG, "bench", dat, 0, png, sizeof png) == 0)
-        fprintf(stderr, "%s bench: data %s, plot %s\n", PROG, dat, png);
-    else if (plot_available())
-        fprintf(stderr, "%s bench: plot failed: %s\n", PROG, error_message());
+    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     model_free(&m);
     return 0;
 }

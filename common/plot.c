@@ -79,3 +79,15 @@ int plot_draw(const char *chapter, const char *which, const char *datafile, int 
     }
     return 0;
 }
+
+int plot_show(const char *chapter, const char *which, const char *datafile, int in_terminal, FILE *f,
+              const char *lead, const char *end)
+{
+    char png[PATH_MAX];
+    const int rc = plot_draw(chapter, which, datafile, in_terminal, png, sizeof png);
+    if (rc == 0)
+        fprintf(f, "%sPlot: %s (data: %s)%s", lead, png, datafile, end);
+    else if (rc < 0)
+        fprintf(f, "%s(plot failed: %s)%s", lead, error_message(), end);
+    return rc;
+}

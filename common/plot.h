@@ -11,6 +11,7 @@
 #define COMMON_PLOT_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +24,11 @@ int plot_available(void); /* gnuplot on PATH */
  * Returns 0 when drawn, 1 when skipped because gnuplot is missing, -1 on failure. */
 int plot_draw(const char *chapter, const char *which, const char *datafile, int in_terminal,
               char *png, size_t png_len);
+
+/* plot_draw, then one line on f: lead "Plot: <png> (data: <datafile>)" end, or lead "(plot
+ * failed: <why>)" end; nothing more when gnuplot is missing. Returns what plot_draw returned. */
+int plot_show(const char *chapter, const char *which, const char *datafile, int in_terminal, FILE *f,
+              const char *lead, const char *end);
 
 #ifdef __cplusplus
 }
