@@ -649,7 +649,8 @@ END_TEST
 START_TEST(test_plot_show_reports_a_failure)
 {
     char dat[4200], line[8192] = "";
-    write_bytes(tmp_path(dat, sizeof dat, "p.dat"), "x\ty\n1\t2\n", 10);
+    const char *rows = "x\ty\n1\t2\n";
+    write_bytes(tmp_path(dat, sizeof dat, "p.dat"), rows, strlen(rows));
     FILE *f = tmpfile();
     ck_assert_ptr_nonnull(f);
     const int rc = plot_show("no_such_chapter", "bench", dat, 0, f, "lead: ", "\n");
