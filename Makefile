@@ -28,6 +28,15 @@ ifeq ($(FUZZ),1)
   override CC := clang
   override CUDA := 0
 endif
+# MEMCHECK=1: the build valgrind runs (make memcheck sets it), in build/memcheck, CPU only.
+# Valgrind (Debian 12's 3.19) cannot decode AVX-512 instructions, so on x86 this build targets
+# x86-64-v3 (AVX2, FMA, F16C) even on an AVX-512 host; elsewhere the host's own.
+ifeq ($(MEMCHECK),1)
+  override CUDA := 0
+  ifeq ($(shell uname -m),x86_64)
+    MARCH := -march=x86-64-v3
+  endif
+endif
 CUDA ?= $(if $(NVCC),1,0)
 CC ?= gcc
 ifeq ($(CC),cc)
@@ -52,6 +61,8 @@ endif
 
 ifeq ($(FUZZ),1)
   BUILD := build/fuzz-clang
+else ifeq ($(MEMCHECK),1)
+  BUILD := build/memcheck
 else ifeq ($(SAN),1)
   BUILD := build/san
 else
@@ -91,16 +102,23 @@ ifeq ($(CUDA),1)
   CUDA_HOME := $(patsubst %/bin/,%,$(dir $(NVCC)))
   CFLAGS += -DHAVE_CUDA=1
   NVCCFLAGS := -O2 -arch=$(GPU_ARCH) -std=c++17 -I. -DHAVE_CUDA=1 -Xcompiler -Wall,-Wextra -Werror all-warnings -lineinfo
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+  # A CPU run must not pay for the GPU libraries: the runtime is linked statically (it opens the
+  # driver at the first CUDA call) and cuBLAS is opened with dlopen on first use
+  # (common/cuda_utils.cu), by the name of the library this build compiles against.
+  CUDA_LIBDIR := $(CUDA_HOME)/lib64
+  CUBLAS_SONAME := $(or $(shell objdump -p $(CUDA_LIBDIR)/libcublas.so 2>/dev/null | awk '/SONAME/ {print $$2}'),libcublas.so)
+  LDLIBS += -L$(CUDA_LIBDIR) -lcudart_static -ldl -lpthread -lrt -lstdc++
 else
   CFLAGS += -DHAVE_CUDA=0
 endif
 
-# Check: from pkg-config, or linked statically from unpacked Debian packages (CHECK_PREFIX).
+# Check: from pkg-config, or linked statically from unpacked Debian packages (CHECK_PREFIX),
+# whose libraries sit in the compiler's multiarch folder (x86_64-linux-gnu, aarch64-linux-gnu).
 ifneq ($(CHECK_PREFIX),)
+  MULTIARCH ?= $(or $(shell $(CC) -print-multiarch 2>/dev/null),x86_64-linux-gnu)
   CHECK_CFLAGS = -I$(CHECK_PREFIX)/usr/include
-  CHECK_LIBS = $(CHECK_PREFIX)/usr/lib/x86_64-linux-gnu/libcheck_pic.a \
-               $(CHECK_PREFIX)/usr/lib/x86_64-linux-gnu/libsubunit.a -pthread -lrt -lm
+  CHECK_LIBS = $(CHECK_PREFIX)/usr/lib/$(MULTIARCH)/libcheck_pic.a \
+               $(CHECK_PREFIX)/usr/lib/$(MULTIARCH)/libsubunit.a -pthread -lrt -lm
 else
   CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
   CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
@@ -108,7 +126,7 @@ endif
 
 # Objects are rebuilt when the flags change (CUDA=0 after CUDA=1, say): they depend on a stamp
 # file that is rewritten only when its contents would change.
-CONFIG_LINE := $(CC) $(CFLAGS) | $(NVCCFLAGS) | $(LDLIBS)
+CONFIG_LINE := $(CC) $(CFLAGS) | $(NVCCFLAGS) $(CUBLAS_SONAME) | $(LDLIBS)
 STAMP := $(BUILD)/config.stamp
 ifeq ($(filter clean help,$(MAKECMDGOALS)),)
   $(shell mkdir -p $(BUILD) && { [ "$$(cat $(STAMP) 2>/dev/null)" = "$(CONFIG_LINE)" ] || echo "$(CONFIG_LINE)" > $(STAMP); })
@@ -142,6 +160,8 @@ $(OBJ)/%.o: %.c $(STAMP)
 $(OBJ)/%.cu.o: %.cu $(STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(OBJ)/common/cuda_utils.cu.o: NVCCFLAGS += -DCUBLAS_SONAME='"$(CUBLAS_SONAME)"' -DCUDA_LIBDIR='"$(CUDA_LIBDIR)"'
 
 # Test sources need Check's headers.
 define test_obj_rule
@@ -194,8 +214,12 @@ $(BUILD)/fuzz/fuzz-%: $(OBJ)/fuzz/fuzz_%.o $(OBJ)/fuzz/common.o $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer $^ $(LDLIBS) -o $@
 
-# Every chapter's verify (small sizes) and a short serve under valgrind (scripts/memcheck.sh).
-memcheck: programs
+# Every chapter's verify (small sizes) and a short serve under valgrind (scripts/memcheck.sh),
+# on the build valgrind can decode (MEMCHECK=1 above).
+memcheck:
+	@$(MAKE) --no-print-directory MEMCHECK=1 memcheck-run
+
+memcheck-run: programs
 	@bash scripts/memcheck.sh $(BUILD)
 
 # The seed corpus, written by the repository's own code (fuzz/make_corpus.c).
@@ -228,7 +252,7 @@ fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck \
+.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -311,6 +335,32 @@ plots: deps-plot $(SHARE)
 	        && echo "$(BUILD)/plots/$$base.png" && n=$$((n+1)); \
 	done; echo "$$n plots drawn"
 
+# ---- aarch64 Linux: a cross build, its tests run under user-mode emulation (make test-arm64) ----
+# Everything built for aarch64 by the cross gcc into build/arm64: CUDA=0 (nvcc does not target it
+# here) and -march=armv8-a (the baseline every 64-bit ARM CPU runs: -march=native would describe
+# this host), linked with Check for arm64 that scripts/arm64-deps.sh unpacks (it installs the
+# cross gcc and qemu-user too). Every chapter's suite then runs under qemu-aarch64; TEST_RUNNER
+# makes the suites start the programs through the emulator as well (common/testing.c), and
+# TEST_SMALL=1 gives the few tests that would take minutes there smaller sizes.
+ARM64_CC ?= aarch64-linux-gnu-gcc
+ARM64_BUILD ?= build/arm64
+ARM64_CHECK ?= .deps/check-arm64
+ARM64_RUN ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
+.PHONY: test-arm64 test-arm64-run
+
+test-arm64:
+	@bash scripts/arm64-deps.sh $(ARM64_CHECK)
+	@$(MAKE) --no-print-directory CC=$(ARM64_CC) MARCH=-march=armv8-a CUDA=0 SAN=0 FUZZ=0 MEMCHECK=0 \
+	    BUILD=$(ARM64_BUILD) CHECK_PREFIX=$(abspath $(ARM64_CHECK)) test-arm64-run
+
+# (the second half, inside the cross build's variables; run it through test-arm64)
+test-arm64-run: tests
+	@rc=0; for t in $(TESTS); do \
+	    echo; echo "== $$t under $(firstword $(ARM64_RUN))"; start=$$(date +%s); \
+	    TEST_RUNNER="$(ARM64_RUN)" TEST_SMALL=1 $(ARM64_RUN) $$t || rc=1; \
+	    echo "$$(basename $$t): $$(( $$(date +%s) - start )) s"; \
+	done; exit $$rc
+
 clean:
 	rm -rf build
 
@@ -325,6 +375,7 @@ help:
 	@echo "make fuzz            libFuzzer on every fuzz target for FUZZ_SECONDS (60) each (clang)"
 	@echo "make fuzz-replay     the committed fuzz corpus through every target (SAN=1: under ASan+UBSan; CI)"
 	@echo "make memcheck        every verify (small sizes) and a short serve under valgrind"
+	@echo "make test-arm64      cross build for aarch64 Linux, every chapter's suite under qemu-aarch64 (CI)"
 	@echo "make results         the README's results table, from build/bench/ (after make bench, make chapter-5)"
 	@echo "make exercise-N      workshop mode: chapter N's key code as a TODO in exercises/, tested"
 	@echo "make exercise-check  every exercise fails untouched and passes when solved (CI runs it)"

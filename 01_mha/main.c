@@ -127,8 +127,8 @@ static int cmd_bench(int argc, char **argv)
     if (tsv_open(&tsv, ba.out, dat) != 0)
         die_with_error();
     const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s, DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
+    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
+            roof->fma_gflops, roof->fma_what, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
     tsv_header(&tsv, "device\tkernel\tB\tH\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\tscores_bytes\tpeak_bytes");
     for (int d = 0; d < 2; d++) {
         Device dev = d ? DEVICE_CUDA : DEVICE_CPU;
@@ -181,8 +181,12 @@ static int cmd_init_weights(int argc, char **argv)
                       "into grouped-query weights.",
                       specs, 5};
     args_parse_or_exit(&cmd, argc, argv);
-    if ((double)C * H * D * 16.0 > (double)mem_physical_bytes())
-        die("--dim %d --heads %d --head-dim %d: the weights would not fit in memory", C, H, D);
+    if ((double)C * H * D * 16.0 > (double)mem_budget_bytes()) { /* four float matrices of C x H*D */
+        char need[32], have[32];
+        die("--dim %d --heads %d --head-dim %d: the weights need %s, more than the %s of memory available", C, H, D,
+            format_bytes((double)C * H * D * 16.0, need, sizeof need),
+            format_bytes((double)mem_budget_bytes(), have, sizeof have));
+    }
     Rng rng;
     rng_seed(&rng, (uint64_t)seed);
     MhaWeights w;
@@ -423,8 +427,8 @@ static int cmd_lesson(int argc, char **argv)
         die_with_error();
     const Roofline *roof = roofline_get();
     lesson_intro();
-    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s.\n", roofline_machine(),
-           roof->fma_gflops, roof->dram_gbs);
+    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s.\n", roofline_machine(),
+           roof->fma_gflops, roof->fma_what, roof->dram_gbs);
     printf("Device: %s%s%s.\n\n", device_name(dev), dev == DEVICE_CUDA ? ", " : "",
            dev == DEVICE_CUDA ? device_description(dev) : " (run with a GPU and nvcc for the CUDA versions)");
     lesson_layer(dev, roof);

@@ -141,8 +141,9 @@ __global__ void mha_softmax_kernel2(float *scores, int T, int S, int causal)
 static void scores_gemm(const MhaShape *s, const float *d_q, const float *d_k, float *d_scores)
 {
     const float zero = 0.0f;
+    const CublasApi *cublas = cuda_cublas();
     /* per (b, h): scores (T, S) = q (T, D) · k (S, D)ᵀ * scale */
-    CUBLAS_CHECK(cublasSgemmStridedBatched(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, s->S, s->T, s->D, &s->scale,
+    CUBLAS_CHECK(cublas->SgemmStridedBatched(cublas->handle, CUBLAS_OP_T, CUBLAS_OP_N, s->S, s->T, s->D, &s->scale,
                                            d_k, s->D, (long long)s->S * s->D, d_q, s->D, (long long)s->T * s->D,
                                            &zero, d_scores, s->S, (long long)s->T * s->S, s->B * s->H));
 }
@@ -150,8 +151,9 @@ static void scores_gemm(const MhaShape *s, const float *d_q, const float *d_k, f
 static void pv_gemm(const MhaShape *s, const float *d_p, const float *d_v, float *d_out)
 {
     const float one = 1.0f, zero = 0.0f;
+    const CublasApi *cublas = cuda_cublas();
     /* per (b, h): out (T, D) = p (T, S) · v (S, D) */
-    CUBLAS_CHECK(cublasSgemmStridedBatched(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, s->D, s->T, s->S, &one, d_v,
+    CUBLAS_CHECK(cublas->SgemmStridedBatched(cublas->handle, CUBLAS_OP_N, CUBLAS_OP_N, s->D, s->T, s->S, &one, d_v,
                                            s->D, (long long)s->S * s->D, d_p, s->S, (long long)s->T * s->S, &zero,
                                            d_out, s->D, (long long)s->T * s->D, s->B * s->H));
 }
@@ -216,7 +218,8 @@ extern "C" int mha_attention_cuda(int kernel, const MhaShape *s, const float *d_
 extern "C" void mha_linear_cuda(float *d_y, const float *d_x, const float *d_w, int M, int N, int K)
 {
     const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, d_w, K, d_x, K, &zero, d_y, N));
+    const CublasApi *cublas = cuda_cublas();
+    CUBLAS_CHECK(cublas->Sgemm(cublas->handle, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, d_w, K, d_x, K, &zero, d_y, N));
 }
 
 /* (B, T, H, D) <-> (B, H, T, D); a thread an element. to_heads selects the direction. */

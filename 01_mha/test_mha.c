@@ -14,13 +14,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "01_mha/mha.h"
 #include "common/args.h"
 #include "common/attn_cli.h"
+#include "common/bench.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/fileio.h"
+#include "common/hostile.h"
 #include "common/matmul.h"
 #include "common/npy.h"
 #include "common/plot.h"
@@ -259,6 +266,8 @@ START_TEST(test_grid_against_reference)
         for (int j = 0; j < VERIFY_N_LENGTHS; j++)
             for (int causal = 0; causal <= 1; causal++, n_case++) {
                 int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
+                if (testing_small() && (T > 257 || S > 257))
+                    continue; /* under emulation: lengths up to 257, still several tiles (n_case goes on) */
                 int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS];
                 int H = (int[]){1, 4, 8}[n_case % 3], B = 1 + n_case % 2;
                 if ((double)T * S * H * B > 3e5)
@@ -617,7 +626,7 @@ START_TEST(test_npy_malformed_files)
     ck_assert_int_eq(npy_read("/nonexistent/q.npy", &a), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "cannot open"));
     ck_assert_int_eq(npy_read(tmp, &a), -1); /* a folder */
-    ck_assert_ptr_nonnull(strstr(error_message(), "not a regular file"));
+    ck_assert_ptr_nonnull(strstr(error_message(), "is a folder, expected a file"));
 }
 END_TEST
 
@@ -639,6 +648,242 @@ START_TEST(test_npy_tensor_rank_and_dtype)
     ck_assert_ptr_nonnull(strstr(error_message(), "expected float32"));
     ck_assert_int_eq(npy_write("/nonexistent/dir/x.npy", NPY_F32, 1, (size_t[]){6}, data), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "cannot create"));
+}
+END_TEST
+
+/* ==== common/: files a hostile user hands us (fileio) ============================================ */
+
+/* Special files as inputs are refused at once, with what they are: a FIFO would block a plain
+ * fopen() forever (nobody writes it), a folder or a device is not a file to read. */
+START_TEST(test_special_files_as_inputs)
+{
+    char fifo[4200], path[4200];
+    NpyArray a;
+    tmp_path(fifo, sizeof fifo, "fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    ck_assert_int_eq(npy_read(fifo, &a), -1); /* returns: the Check timeout would catch a hang */
+    ck_assert_msg(strstr(error_message(), "fifo: is a FIFO, not a regular file"), "%s", error_message());
+    ck_assert_int_eq(npy_read(tmp, &a), -1);
+    ck_assert_msg(strstr(error_message(), "is a folder, expected a file"), "%s", error_message());
+    ck_assert_int_eq(npy_read("/dev/zero", &a), -1);
+    ck_assert_msg(strstr(error_message(), "/dev/zero: is a character device"), "%s", error_message());
+    FILE *f = file_open_input(tmp_path(path, sizeof path, "missing.npy"));
+    ck_assert_ptr_null(f);
+    ck_assert_msg(strstr(error_message(), "missing.npy: cannot open: No such file"), "%s", error_message());
+    /* the program: one line, exit status 1, well within the limit */
+    char prog[4200];
+    const char *argv[] = {program_path(prog, sizeof prog, "01_mha"), "attn", "--q", fifo, "--k", fifo, "--v", fifo,
+                          "--out", tmp_path(path, sizeof path, "o.npy"), NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program_limited(&r, argv, 10, NULL), 0);
+    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1 && strstr(r.err, "is a FIFO"), "status %d: %s", r.status,
+                  r.err);
+}
+END_TEST
+
+/* Outputs that cannot be renamed over: a folder and a socket-like thing are refused before any
+ * work, a FIFO nobody reads is an error (not a hang), a character device is written in place
+ * with every write checked; none of it leaves a file behind. */
+START_TEST(test_special_files_as_outputs)
+{
+    char fifo[4200], before[4096], after[4096];
+    const float data[4] = {1, 2, 3, 4};
+    tmp_path(fifo, sizeof fifo, "fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    testing_folder_names(tmp, before, sizeof before);
+    ck_assert_int_eq(npy_write(tmp, NPY_F32, 1, (size_t[]){4}, data), -1);
+    ck_assert_msg(strstr(error_message(), "is a folder, expected a file"), "%s", error_message());
+    ck_assert_int_eq(file_check_output(tmp), -1);
+    ck_assert_int_eq(npy_write(fifo, NPY_F32, 1, (size_t[]){4}, data), -1);
+    ck_assert_msg(strstr(error_message(), "fifo: is a FIFO that no process is reading"), "%s", error_message());
+    ck_assert_int_eq(npy_write("/dev/full", NPY_F32, 1, (size_t[]){4}, data), -1);
+    ck_assert_msg(strstr(error_message(), "/dev/full: write failed: No space left on device"), "%s", error_message());
+    ck_assert_int_eq(npy_write("/dev/null", NPY_F32, 1, (size_t[]){4}, data), 0);
+    char path[4200];
+    ck_assert_int_eq(npy_write(tmp_path(path, sizeof path, "no/such/folder.npy"), NPY_F32, 1, (size_t[]){4}, data),
+                     -1);
+    ck_assert_msg(strstr(error_message(), "cannot create: No such file or directory"), "%s", error_message());
+    ck_assert_int_eq(file_check_output(path), -1);
+    testing_folder_names(tmp, after, sizeof after);
+    ck_assert_str_eq(before, after);
+}
+END_TEST
+
+typedef struct {
+    size_t n;
+    const float *data;
+} NpyJob;
+
+static int write_npy_job(const char *path, void *ctx)
+{
+    const NpyJob *j = ctx;
+    return npy_write(path, NPY_F32, 1, (size_t[]){j->n}, j->data);
+}
+
+/* A full disk or a file-size limit while writing: the previous file is left exactly as it was,
+ * and no temporary file is left beside it. */
+START_TEST(test_failed_write_keeps_the_previous_file)
+{
+    char path[4200], before[4096], after[4096], err[512];
+    const char *previous = "a previous good output\n";
+    tmp_path(path, sizeof path, "out.npy");
+    write_bytes(path, previous, strlen(previous));
+    ck_assert_int_eq(chmod(path, 0640), 0);
+    testing_folder_names(tmp, before, sizeof before);
+    float *data = calloc(1 << 16, sizeof(float));
+    NpyJob job = {1 << 16, data}; /* 256 KiB against a limit of 16 KiB */
+    const int status = testing_write_limited(write_npy_job, path, &job, 16 << 10, err, sizeof err);
+    ck_assert_msg(status == 1 && strstr(err, "out.npy: write failed: File too large"), "status %d: %s", status, err);
+    FILE *f = fopen(path, "rb");
+    char got[256] = "";
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(got, sizeof got, f));
+    fclose(f);
+    ck_assert_str_eq(got, previous);
+    testing_folder_names(tmp, after, sizeof after);
+    ck_assert_str_eq(before, after);
+    /* a write that succeeds replaces it and keeps its permissions; a new file gets 0666 & ~umask */
+    ck_assert_int_eq(write_npy_job(path, &job), 0);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq(st.st_mode & 0777, 0640);
+    ck_assert_int_eq((long)st.st_size, 128 + (1 << 16) * 4);
+    const mode_t old = umask(027);
+    ck_assert_int_eq(write_npy_job(tmp_path(path, sizeof path, "new.npy"), &job), 0);
+    umask(old);
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq(st.st_mode & 0777, 0640);
+    /* a symbolic link stays a link to the file it names, which gets the new data */
+    char link[4200];
+    ck_assert_int_eq(symlink("new.npy", tmp_path(link, sizeof link, "link.npy")), 0);
+    job.n = 3;
+    ck_assert_int_eq(write_npy_job(link, &job), 0);
+    ck_assert_int_eq(lstat(link, &st), 0);
+    ck_assert(S_ISLNK(st.st_mode));
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq((long)st.st_size, 128 + 3 * 4);
+    free(data);
+}
+END_TEST
+
+static int write_tsv_rows(const char *path, void *ctx)
+{
+    (void)ctx;
+    Tsv t;
+    if (tsv_open(&t, path, NULL) != 0)
+        return -1;
+    tsv_header(&t, "a\tb");
+    for (int i = 0; i < 20000; i++) /* ~300 KiB: the limit stops it, and tsv_row die()s */
+        tsv_row(&t, "%d\t%d.5", i, i);
+    tsv_close(&t);
+    return 0;
+}
+
+/* A benchmark's rows whose write fails: die() (exit status 1), and its exit handler removes the
+ * temporary file; an output still being written when a signal ends the program is removed too. */
+START_TEST(test_dying_writer_leaves_nothing)
+{
+    char path[4200], before[4096], after[4096], err[512];
+    const char *previous = "kind\tvalue\nold\t1\n";
+    tmp_path(path, sizeof path, "rows.tsv");
+    write_bytes(path, previous, strlen(previous));
+    testing_folder_names(tmp, before, sizeof before);
+    ck_assert_int_eq(testing_write_limited(write_tsv_rows, path, NULL, 32 << 10, err, sizeof err), 1);
+    ck_assert_msg(strstr(err, "rows.tsv: write failed: File too large"), "%s", err);
+    testing_folder_names(tmp, after, sizeof after);
+    ck_assert_str_eq(before, after);
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) { /* an output half written when SIGTERM comes */
+        signal(SIGTERM, SIG_DFL); /* Check's own handler would end the whole test's process group */
+        OutFile o;
+        if (out_open(&o, path) != 0 || out_printf(&o, "half\n") != 0 || fflush(o.f) != 0)
+            _exit(2);
+        raise(SIGTERM);
+        _exit(3);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM, "status %d", status);
+    testing_folder_names(tmp, after, sizeof after);
+    ck_assert_str_eq(before, after);
+    char got[256] = "";
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fread(got, 1, sizeof got - 1, f), strlen(previous));
+    fclose(f);
+    ck_assert_str_eq(got, previous);
+}
+END_TEST
+
+/* Invisible characters in a name or a value are shown escaped in messages. */
+START_TEST(test_error_quote)
+{
+    ck_assert_str_eq(error_quote("plain name.npy"), "plain name.npy");
+    ck_assert_str_eq(error_quote("q\r.npy"), "q\\r.npy");
+    ck_assert_str_eq(error_quote("a\tb\nc\x01\x7f\\"), "a\\tb\\nc\\x01\\x7f\\\\");
+    const char *a = error_quote("one"), *b = error_quote("two"); /* several in one message */
+    ck_assert_str_eq(a, "one");
+    ck_assert_str_eq(b, "two");
+    char *long_name = malloc(5000);
+    memset(long_name, 'x', 4999), long_name[4999] = '\0';
+    const char *cut = error_quote(long_name);
+    ck_assert_uint_lt(strlen(cut), 1024);
+    ck_assert_str_eq(cut + strlen(cut) - 3, "...");
+    free(long_name);
+}
+END_TEST
+
+/* Runs argv with descriptor 1 closed; stderr into err. Returns the exit status. */
+static int run_with_stdout_closed(const char *const argv[], char *err, size_t len)
+{
+    FILE *e = tmpfile();
+    ck_assert_ptr_nonnull(e);
+    fflush(stdout);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fileno(e), STDERR_FILENO);
+        close(STDOUT_FILENO);
+        alarm(60);
+        testing_exec(argv); /* through TEST_RUNNER under emulation */
+        _exit(127);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    rewind(e);
+    const size_t n = fread(err, 1, len - 1, e);
+    err[n] = '\0';
+    fclose(e);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Output that is lost is an error: stdout on a full disk or closed gives exit status 1 and one
+ * line saying so; a name with a carriage return is shown escaped, on one line. */
+START_TEST(test_lost_standard_output_is_an_error)
+{
+    char prog[4200], dir[4200], err[4096];
+    program_path(prog, sizeof prog, "01_mha");
+    tmp_path(dir, sizeof dir, "w");
+    const char *init[] = {prog, "init-weights", "--out", dir, "--dim", "8", "--heads", "2", "--head-dim", "4", NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program_limited(&r, init, 60, "/dev/full"), 0);
+    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1 &&
+                      strstr(r.err, "01_mha: error: writing standard output: No space left on device"),
+                  "status %d: %s", r.status, r.err);
+    const char *help[] = {prog, "--help", NULL};
+    ck_assert_int_eq(run_program_limited(&r, help, 60, "/dev/full"), 0);
+    ck_assert_msg(r.status == 1 && strstr(r.err, "writing standard output"), "status %d: %s", r.status, r.err);
+    const int status = run_with_stdout_closed(init, err, sizeof err);
+    ck_assert_msg(status == 1 && count_lines(err) == 1 && strstr(err, "writing standard output: Bad file descriptor"),
+                  "status %d: %s", status, err);
+    ck_assert_int_eq(run_program_limited(&r, init, 60, NULL), 0); /* the same, with a working stdout */
+    ck_assert_msg(r.status == 0, "%s", r.err);
+    char bad[4200];
+    snprintf(bad, sizeof bad, "%s/q\r.npy", tmp);
+    const char *attn[] = {prog, "attn", "--q", bad, "--k", bad, "--v", bad, "--out", "/dev/null", NULL};
+    ck_assert_int_eq(run_program_limited(&r, attn, 60, NULL), 0);
+    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1 && strstr(r.err, "q\\r.npy: cannot open"), "status %d: %s",
+                  r.status, r.err);
 }
 END_TEST
 
@@ -688,8 +933,15 @@ START_TEST(test_args_errors)
         int argc;
         const char *expect;
     } bad[] = {
-        {{"sub", "--s", "a", "--n", "11"}, 5, "--n 11 is out of range (1..10)"},
-        {{"sub", "--s", "a", "--n", "1x"}, 5, "--n expects an integer, got '1x'"},
+        {{"sub", "--s", "a", "--n", "11"}, 5, "--n expects an integer from 1 to 10, got '11'"},
+        {{"sub", "--s", "a", "--n", "1x"}, 5, "--n expects an integer from 1 to 10, got '1x'"},
+        {{"sub", "--s", "a", "--n", "99999999999"}, 5, "--n expects an integer from 1 to 10, got '99999999999'"},
+        {{"sub", "--s", "a", "--x", "1e999"}, 5, "--x expects a finite number, got '1e999'"},
+        {{"sub", "--s", "--n", "3"}, 4, "--s needs a value, got the option '--n'"},
+        {{"sub", "--s", "-h"}, 3, "--s needs a value, got the option '-h'"},
+        {{"sub", "--s", "a", "--x", "--flag"}, 5, "--x needs a value, got the option '--flag'"},
+        {{"sub", "--s", "a", "--x", "-inf"}, 5, "--x expects a finite number, got '-inf'"},
+        {{"sub", "--s", "a", "--device", "--flag"}, 5, "--device needs a value, got the option '--flag'"},
         {{"sub", "--s", "a", "--x", "nan"}, 5, "--x expects a finite number"},
         {{"sub", "--s", "a", "--x", ""}, 5, "--x expects a finite number"},
         {{"sub", "--s", "a", "--bogus"}, 4, "unknown option '--bogus'"},
@@ -709,6 +961,74 @@ START_TEST(test_args_errors)
     ck_assert_int_eq(flag, 1);
     ck_assert_str_eq(s, "name");
     ck_assert_str_eq(dev, "cpu");
+    /* values that start with '-' on purpose: a negative number as its own word, "-" alone, and any
+     * text after '=' */
+    const char *dashes[] = {"sub", "--x", "-1e-3", "--s=--odd", NULL};
+    ck_assert_msg(args_parse(&cmd, 4, (char **)dashes) == 0, "%s", error_message());
+    ck_assert_double_eq(x, -1e-3);
+    ck_assert_str_eq(s, "--odd");
+    const char *dash[] = {"sub", "--s", "-", NULL};
+    ck_assert_msg(args_parse(&cmd, 3, (char **)dash) == 0, "%s", error_message());
+    ck_assert_str_eq(s, "-");
+}
+END_TEST
+
+/* Two options that cannot go together are an error naming both (and --help says so), whatever
+ * their order; either alone is fine. */
+START_TEST(test_args_conflicts)
+{
+    const char *ids = NULL, *text = NULL;
+    ArgSpec specs[] = {
+        {.name = "prompt", .kind = ARG_STRING, .dest = &ids, .metavar = "IDS", .help = "ids"},
+        {.name = "prompt-text", .kind = ARG_STRING, .dest = &text, .metavar = "TEXT", .help = "text",
+         .conflicts = "prompt"},
+    };
+    ArgCommand cmd = {"prog gen", "[options]", "A test command.", specs, 2};
+    const char *both[] = {"gen", "--prompt-text", "hi", "--prompt", "1 2", NULL};
+    ck_assert_int_eq(args_parse(&cmd, 5, (char **)both), -1);
+    ck_assert_msg(strstr(error_message(), "--prompt and --prompt-text cannot be given together"), "%s",
+                  error_message());
+    const char *reversed[] = {"gen", "--prompt", "1 2", "--prompt-text", "hi", NULL};
+    ck_assert_int_eq(args_parse(&cmd, 5, (char **)reversed), -1);
+    ck_assert_ptr_nonnull(strstr(error_message(), "cannot be given together"));
+    const char *one[] = {"gen", "--prompt-text", "hi", NULL};
+    ck_assert_int_eq(args_parse(&cmd, 3, (char **)one), 0);
+    ck_assert_str_eq(text, "hi");
+}
+END_TEST
+
+/* ==== common/: the memory budget ================================================================= */
+
+/* The budget bounds what is held in total, not each request: allocations that fit alone are
+ * refused once their sum passes it, with a message naming what, how much, what is held and the
+ * budget; nothing large is allocated here. */
+START_TEST(test_memory_budget)
+{
+    const size_t avail = mem_budget_bytes();
+    ck_assert_uint_gt(avail, 0);
+    /* one request beyond the memory available: refused before calloc sees it */
+    ck_assert_ptr_null(mem_alloc(avail + 1, "the huge buffer"));
+    ck_assert_msg(strstr(error_message(), "the huge buffer needs"), "%s", error_message());
+    ck_assert_msg(strstr(error_message(), "of memory available ("), "%s", error_message());
+    ck_assert_ptr_null(mem_alloc(SIZE_MAX, "the largest buffer")); /* no wrap in the header arithmetic */
+
+    const size_t held = mem_current_bytes();
+    mem_set_budget(held + (1u << 20));
+    void *a = mem_alloc(600 << 10, "the first half");
+    ck_assert_msg(a != NULL, "%s", error_message());
+    ck_assert_int_eq(mem_check(600 << 10, "the second half"), -1);
+    ck_assert_ptr_null(mem_alloc(600 << 10, "the second half"));
+    ck_assert_msg(strstr(error_message(), "the second half needs 600.00 KiB; with the"), "%s", error_message());
+    ck_assert_msg(strstr(error_message(), "of memory available (the budget set by mem_set_budget)"), "%s",
+                  error_message());
+    ck_assert_uint_eq(mem_current_bytes(), held + (600 << 10)); /* a refusal holds nothing */
+    ck_assert_int_eq(mem_check(300 << 10, "a quarter"), 0);
+    mem_free(a);
+    void *b = mem_alloc(600 << 10, "the second half"); /* fits again once the first is freed */
+    ck_assert_msg(b != NULL, "%s", error_message());
+    mem_free(b);
+    mem_set_budget(0);
+    ck_assert_uint_eq(mem_budget_bytes() > 0, 1);
 }
 END_TEST
 
@@ -795,7 +1115,7 @@ START_TEST(test_attn_command_bad_input)
     write_bytes(tr, raw, n - 10);
 
     char why[256];
-    int gpu = device_cuda_available(why, sizeof why);
+    int gpu = testing_cuda_available(why, sizeof why);
     const struct {
         const char *argv[16];
         const char *expect;
@@ -812,14 +1132,18 @@ START_TEST(test_attn_command_bad_input)
         {{"attn", "--q", q, "--k", kn, "--v", k, "--out", o}, "is NaN"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--scale", "abc"}, "expects a finite number"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--kernel", "3", "--device", "cpu"}, "kernels 1..2"},
-        {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--kernel", "0"}, "out of range"},
+        {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--kernel", "0"}, "--kernel expects an integer from 1 to 99, got '0'"},
+        {{"attn", "--q", "--k", k, "--v", k, "--out", o}, "--q needs a value, got the option '--k'"},
+        {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--scale", "nan"}, "--scale expects a finite number"},
+        {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--scale", "1e39"}, "does not fit in a float"},
+        {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--scale", "1e38"}, "scores can overflow float32"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--frobnicate"}, "unknown option '--frobnicate'"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "extra"}, "unexpected argument 'extra'"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", "/nonexistent/dir/o.npy"}, "cannot create"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--device", "tpu"}, "must be one of"},
         {{"transmogrify"}, "unknown subcommand 'transmogrify'"},
         {{"verify", "--kernel", "5"}, "has kernels 1..2"},
-        {{"bench", "--max-t", "7"}, "out of range"},
+        {{"bench", "--max-t", "7"}, "--max-t expects an integer from"},
         {{"attn", "--q", q, "--k", k, "--v", k, "--out", o, "--device", gpu ? "cpu" : "cuda"},
          gpu ? NULL : "no usable GPU"},
     };
@@ -839,6 +1163,62 @@ START_TEST(test_attn_command_bad_input)
 }
 END_TEST
 
+/* Scores beyond float32 from finite inputs (--scale 1e38; q and k of 1e20) are refused before
+ * any work, naming the overflow, and the out file is not written; --scale 0 and a negative scale
+ * are scales like any other (0: every key weighs the same, the output is the mean of V). */
+START_TEST(test_attn_refuses_overflowing_scores)
+{
+    char prog[4200], q[4200], k[4200], v[4200], big[4200], o[4200];
+    program_path(prog, sizeof prog, "01_mha");
+    enum { T = 3, S = 4, D = 8 };
+    float buf[S * D], huge[S * D];
+    fill_normal(buf, S * D, 61);
+    for (int i = 0; i < S * D; i++)
+        huge[i] = 1e20f * buf[i];
+    write_tensor(tmp, "q.npy", buf, 1, 1, T, D);
+    write_tensor(tmp, "k.npy", buf, 1, 1, S, D);
+    write_tensor(tmp, "v.npy", buf, 1, 1, S, D);
+    write_tensor(tmp, "big.npy", huge, 1, 1, T, D);
+    write_tensor(tmp, "bigk.npy", huge, 1, 1, S, D);
+    char bigk[4200];
+    tmp_path(q, sizeof q, "q.npy"), tmp_path(k, sizeof k, "k.npy"), tmp_path(v, sizeof v, "v.npy");
+    tmp_path(big, sizeof big, "big.npy"), tmp_path(bigk, sizeof bigk, "bigk.npy"), tmp_path(o, sizeof o, "o.npy");
+    const char *refused[][12] = {
+        {prog, "attn", "--q", q, "--k", k, "--v", v, "--out", o, "--scale", "1e38"},
+        {prog, "attn", "--q", big, "--k", bigk, "--v", v, "--out", o, "--scale", "1"},
+    };
+    for (int i = 0; i < 2; i++) {
+        const char *argv[13] = {0};
+        memcpy(argv, refused[i], sizeof refused[i]);
+        ProcResult r;
+        ck_assert_int_eq(run_program(&r, argv), 0);
+        ck_assert_msg(r.status == 1, "case %d: status %d: %s", i, r.status, r.err);
+        ck_assert_msg(count_lines(r.err) == 1 && strstr(r.err, "the attention scores can overflow float32"), "case %d: %s",
+                      i, r.err);
+        ck_assert_msg(access(o, F_OK) != 0, "case %d: %s was written", i, o);
+    }
+    const char *scales[] = {"0", "-1"};
+    for (int i = 0; i < 2; i++) {
+        const char *argv[] = {prog, "attn", "--q", q, "--k", k, "--v", v, "--out", o, "--scale", scales[i], NULL};
+        ProcResult r;
+        ck_assert_int_eq(run_program(&r, argv), 0);
+        ck_assert_msg(r.status == 0, "--scale %s: status %d: %s", scales[i], r.status, r.err);
+        Tensor out;
+        ck_assert_msg(npy_read_tensor(o, 4, &out) == 0, "%s", error_message());
+        for (int t = 0; t < T; t++)
+            for (int d = 0; d < D; d++) {
+                double mean = 0.0;
+                for (int s = 0; s < S; s++)
+                    mean += buf[s * D + d] / (double)S;
+                ck_assert(isfinite(out.data[t * D + d]));
+                if (i == 0)
+                    ck_assert_double_eq_tol(out.data[t * D + d], mean, 1e-5);
+            }
+        tensor_free(&out);
+    }
+}
+END_TEST
+
 START_TEST(test_help_everywhere)
 {
     char prog[4200];
@@ -854,18 +1234,65 @@ START_TEST(test_help_everywhere)
 }
 END_TEST
 
+/* A CPU run must not pay for the GPU code (cuBLAS alone is ~600 MB of libraries; linked, it held
+ * `--help` at 200 MiB of resident memory): the test binary, linked like the programs, maps no CUDA
+ * library after running attention on the CPU, and every program's --help stays under 20 MiB. */
+static int maps_mention(const char *what)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    ck_assert_msg(f != NULL, "cannot read /proc/self/maps");
+    char line[4096];
+    int found = 0;
+    while (fgets(line, sizeof line, f))
+        found |= strstr(line, what) != NULL;
+    fclose(f);
+    return found;
+}
+
+START_TEST(test_cpu_run_maps_no_gpu_library)
+{
+    Device dev;
+    ck_assert_int_eq(device_resolve("cpu", &dev), 0);
+    Problem p = problem_new(1, 2, 9, 9, 8, 1, 77);
+    float *out = malloc(n_out(&p.s) * sizeof(float));
+    ck_assert_int_eq(mha_attention_cpu(0, &p.s, p.q, p.k, p.v, out), 0);
+    ck_assert_msg(!maps_mention("libcublas"), "cuBLAS is mapped after a CPU run");
+    ck_assert_msg(!maps_mention("libcudart"), "the shared CUDA runtime is mapped after a CPU run");
+    ck_assert_msg(!maps_mention("libcuda.so"), "the CUDA driver is mapped after a CPU run");
+    free(out);
+    problem_free(&p);
+
+#if !defined(__SANITIZE_ADDRESS__) /* ASan's shadow memory alone is larger than the bound */
+    const char *programs[] = {"01_mha", "02_mqa_gqa", "03_flash", "04_kvcache", "05_paged", "06_batching"};
+    for (int i = 0; i < 6; i++) {
+        char prog[4200];
+        program_path(prog, sizeof prog, programs[i]);
+        const char *argv[] = {prog, "--help", NULL};
+        ProcResult r;
+        ck_assert_int_eq(run_program(&r, argv), 0);
+        ck_assert_msg(r.status == 0, "%s --help: status %d", programs[i], r.status);
+        ck_assert_msg(r.max_rss_kib < 20 * 1024, "%s --help peaked at %ld KiB of resident memory", programs[i],
+                      r.max_rss_kib);
+    }
+#endif
+}
+END_TEST
+
 START_TEST(test_verify_command_quick)
 {
     char prog[4200], line[256];
     program_path(prog, sizeof prog, "01_mha");
-    const char *argv[] = {prog, "verify", "--quick", "--device", "cpu", NULL};
+    /* under emulation the --smoke grid (lengths up to 17): the grid test above runs the kernels
+     * on lengths up to 257 there, this one checks the command */
+    const int small = testing_small();
+    const char *argv[] = {prog, "verify", small ? "--smoke" : "--quick", "--device", "cpu", NULL};
     ProcResult r;
     ck_assert_int_eq(run_program(&r, argv), 0);
     ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
     last_line(r.out, line, sizeof line);
     int passed = -1, failed = -1;
     ck_assert_int_eq(sscanf(line, "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, 100);
+    ck_assert_int_gt(passed, small ? 20 : 100);
     ck_assert_int_eq(failed, 0);
 }
 END_TEST
@@ -924,7 +1351,80 @@ START_TEST(test_cuda_layer_against_cpu)
     free(x), free(y), free(ref);
 }
 END_TEST
+/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
+ * float64 oracle, every CUDA version. */
+START_TEST(test_attn_command_on_the_gpu)
+{
+    char prog[4200], err[4096];
+    program_path(prog, sizeof prog, "01_mha");
+    const int shapes[][7] = {{2, 3, 3, 37, 70, 64, 1}, {1, 2, 2, 5, 5, 128, 0}}; /* B H Hkv T S D causal */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int *x = shapes[si];
+        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
+        float *out = malloc(n * sizeof(float));
+        double *want = malloc(n * sizeof(double));
+        for (int kern = 1; kern <= MHA_CUDA_KERNELS; kern++) {
+            const int status = testing_attn_command(prog, tmp, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
+                                                    700 + si, out, want, err, sizeof err);
+            ck_assert_msg(status == 0, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern, status, err);
+            ck_assert_msg(compare_f32_f64("attn --device cuda", out, want, n, ATOL, RTOL, 5).n_bad == 0,
+                          "shape %zu kernel %d", si, kern);
+        }
+        free(out), free(want);
+    }
+}
+END_TEST
+
 #endif
+
+/* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
+
+#define ATTN01 "01_mha", "attn"
+#define GOOD_KV "--k", "@/k.npy", "--v", "@/v.npy"
+static const HostileCase hostile_cases[] = {
+    {.argv = {ATTN01, "--q", "@/missing.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "missing.npy"},
+    {.argv = {ATTN01, "--q", "@/fifo", GOOD_KV, "--out", "@/out.npy"}, .expect = "not a regular file"},
+    {.argv = {ATTN01, "--q", "@/adir", GOOD_KV, "--out", "@/out.npy"}, .expect = "is a folder"},
+    {.argv = {ATTN01, "--q", "@/trunc.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "trunc.npy"},
+    {.argv = {ATTN01, "--q", "@/empty.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "empty.npy"},
+    {.argv = {ATTN01, "--q", "@/2d.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "2d.npy"},
+    {.argv = {ATTN01, "--q", "@/q.npy", "--k", "@/nan.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
+     .expect = "nan.npy"},
+    {.argv = {ATTN01, "--q", "@/q.npy", "--k", "@/k1.npy", "--v", "@/k1.npy", "--out", "@/out.npy"},
+     .expect = "Hkv = 1"},
+    {.argv = {ATTN01, "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
+     .expect = "overflow"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--scale", "1e38"}, .expect = "overflow"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--scale", "nan"}, .expect = "--scale"},
+    {.argv = {ATTN01, "--q", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/out.npy"}, .expect = "--q"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/fifo"}, .expect = "FIFO"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out"}, .expect = "is a folder"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/nodir/o.npy"}, .expect = "nodir"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "/dev/full"}, .expect = "/dev/full"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--kernel", "99"}, .expect = "--kernel"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--kernel", "99999999999"},
+     .expect = "--kernel"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--device", "gpu"}, .expect = "--device"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--frobnicate"}, .expect = "--frobnicate"},
+    {.argv = {ATTN01, "--q", "@/q\r.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "\\r"},
+    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV}, .expect = "--out"},
+    {.argv = {"01_mha", "init-weights", "--out", "@/fifo"}, .expect = "fifo"},
+    {.argv = {"01_mha", "init-weights", "--out", "@/out", "--dim", "0"}, .expect = "--dim"},
+    {.argv = {"01_mha", "init-weights", "--out", "@/out", "--heads", "-3"}, .expect = "--heads"},
+    {.argv = {"01_mha", "bench", "--out", "@/fifo", "--max-t", "128", "--repeats", "1"}, .expect = "FIFO"},
+    {.argv = {"01_mha", "bench", "--max-t", "-5"}, .expect = "--max-t"},
+    {.argv = {"01_mha", "bench", "--repeats", "0"}, .expect = "--repeats"},
+    {.argv = {"01_mha", "nonsense"}, .expect = "nonsense"},
+};
+
+START_TEST(test_hostile_inputs)
+{
+    hostile_fixtures(tmp);
+    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
+    int failed = hostile_run(tmp, hostile_cases, n);
+    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+}
+END_TEST
 
 /* ==== the suite ================================================================================= */
 
@@ -967,7 +1467,14 @@ static Suite *mha_suite(void)
     tcase_add_test(tc, test_npy_round_trip);
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_tensor_rank_and_dtype);
+    tcase_add_test(tc, test_special_files_as_inputs);
+    tcase_add_test(tc, test_special_files_as_outputs);
+    tcase_add_test(tc, test_failed_write_keeps_the_previous_file);
+    tcase_add_test(tc, test_dying_writer_leaves_nothing);
+    tcase_add_test(tc, test_error_quote);
     tcase_add_test(tc, test_args_errors);
+    tcase_add_test(tc, test_args_conflicts);
+    tcase_add_test(tc, test_memory_budget);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("program");
@@ -975,21 +1482,29 @@ static Suite *mha_suite(void)
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_attn_command_matches_float64);
     tcase_add_test(tc, test_attn_command_bad_input);
+    tcase_add_test(tc, test_attn_refuses_overflowing_scores);
     tcase_add_test(tc, test_help_everywhere);
+    tcase_add_test(tc, test_lost_standard_output_is_an_error);
+    tcase_add_test(tc, test_cpu_run_maps_no_gpu_library);
     tcase_add_test(tc, test_verify_command_quick);
     suite_add_tcase(s, tc);
 
-    char why[256];
-    if (device_cuda_available(why, sizeof why)) {
+    tc = tcase_create("hostile inputs");
+    tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_hostile_inputs);
+    suite_add_tcase(s, tc);
+
+    if (testing_cuda_cases("01_mha")) { /* asked in a child process: this one must not start CUDA */
 #if HAVE_CUDA
         tc = tcase_create("cuda");
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_cuda_kernels_against_reference);
         tcase_add_test(tc, test_cuda_layer_against_cpu);
+        tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+        tcase_add_test(tc, test_attn_command_on_the_gpu);
         suite_add_tcase(s, tc);
 #endif
-    } else {
-        printf("01_mha: CUDA tests skipped: %s\n", why);
     }
     return s;
 }
@@ -998,7 +1513,9 @@ int main(void)
 {
     error_set_program("test_01_mha");
     SRunner *sr = srunner_create(mha_suite());
+    testing_suite_start("test_01_mha");
     srunner_run_all(sr, CK_NORMAL);
+    testing_suite_end();
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -70,7 +70,8 @@ static void scores_gemm(const GqaShape *s, const float *d_q, const float *d_k, f
 {
     const float zero = 0.0f;
     const int R = (s->H / s->Hkv) * s->T; /* stacked query rows per group */
-    CUBLAS_CHECK(cublasSgemmStridedBatched(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, s->S, R, s->D, &s->scale, d_k,
+    const CublasApi *cublas = cuda_cublas();
+    CUBLAS_CHECK(cublas->SgemmStridedBatched(cublas->handle, CUBLAS_OP_T, CUBLAS_OP_N, s->S, R, s->D, &s->scale, d_k,
                                            s->D, (long long)s->S * s->D, d_q, s->D, (long long)R * s->D, &zero,
                                            d_scores, s->S, (long long)R * s->S, s->B * s->Hkv));
 }
@@ -79,7 +80,8 @@ static void pv_gemm(const GqaShape *s, const float *d_p, const float *d_v, float
 {
     const float one = 1.0f, zero = 0.0f;
     const int R = (s->H / s->Hkv) * s->T;
-    CUBLAS_CHECK(cublasSgemmStridedBatched(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, s->D, R, s->S, &one, d_v, s->D,
+    const CublasApi *cublas = cuda_cublas();
+    CUBLAS_CHECK(cublas->SgemmStridedBatched(cublas->handle, CUBLAS_OP_N, CUBLAS_OP_N, s->D, R, s->S, &one, d_v, s->D,
                                            (long long)s->S * s->D, d_p, s->S, (long long)R * s->S, &zero, d_out, s->D,
                                            (long long)R * s->D, s->B * s->Hkv));
 }

@@ -312,8 +312,8 @@ static int cmd_lesson(int argc, char **argv)
         die_with_error();
     const Roofline *roof = roofline_get();
     lesson_intro();
-    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s. Device: %s%s%s.\n\n",
-           roofline_machine(), roof->fma_gflops, roof->dram_gbs, device_name(dev), dev == DEVICE_CUDA ? ", " : "",
+    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s. Device: %s%s%s.\n\n",
+           roofline_machine(), roof->fma_gflops, roof->fma_what, roof->dram_gbs, device_name(dev), dev == DEVICE_CUDA ? ", " : "",
            dev == DEVICE_CUDA ? device_description(dev) : "");
     LessonRow rows[LESSON_NKV];
     double diff = NAN;
@@ -361,8 +361,8 @@ static int cmd_bench(int argc, char **argv)
     if (tsv_open(&tsv, out, dat) != 0)
         die_with_error();
     const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s, DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
+    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
+            roof->fma_gflops, roof->fma_what, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
     tsv_header(&tsv, "mode\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tgbs\tkv_read_bytes\tpct_peak"
                      "\tpct_dram");
     for (int di = 0; di < 2; di++) {

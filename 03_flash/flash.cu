@@ -13,7 +13,8 @@
  *           and sum with warp shuffles, then split D to accumulate P V. The division by l
  *           happens once at the end and tiles past the causal diagonal are never loaded. fp32.
  *   v3 tc:  tensor cores through WMMA: Q, K, V converted to fp16 (head dim padded to a multiple
- *           of 16; the conversion is timed with the kernel, its buffers are kept between calls),
+ *           of 16; the conversion is timed with the kernel, its buffers are kept between calls
+ *           and freed at exit),
  *           S = Q Kᵀ and O += P V as 16x16x16 fragment products with fp32 accumulation;
  *           the softmax runs on CUDA cores between them. Tiles on the causal diagonal do P V on
  *           CUDA cores, over exactly the keys each row sees.
@@ -30,6 +31,7 @@
 
 #include "common/attn_cli.h"
 #include "common/cuda_utils.h"
+#include "common/cuda_workspace.h"
 #include "common/error.h"
 
 /* Dynamic shared memory above 48 KiB must be asked for per kernel, within the device's limit. */
@@ -365,6 +367,8 @@ extern "C" const char *flash_cuda_kernel_name(int kernel)
     }
 }
 
+extern "C" int flash_cuda_kernel_fp16(int kernel) { return kernel == 0 || kernel == 3; }
+
 static int launch_tc(const GqaShape *s, const float *d_q, const float *d_k, const float *d_v, float *d_out,
                      float *d_lse)
 {
@@ -375,21 +379,15 @@ static int launch_tc(const GqaShape *s, const float *d_q, const float *d_k, cons
                         2 * TC_BR * sizeof(float);
     if (reserve_shared((const void *)flash_kernel3, smem, "flash kernel 3 (tc)", s->D) != 0)
         return -1;
-    /* the fp16 copies are kept between calls (a benchmark should not time cudaMalloc) */
-    static half *h_q, *h_k, *h_v;
-    static size_t cap_q, cap_kv;
-    if (q_rows * Dp > cap_q || kv_rows * Dp > cap_kv) {
-        cuda_free(h_q), cuda_free(h_k), cuda_free(h_v);
-        cap_q = q_rows * Dp, cap_kv = kv_rows * Dp;
-        h_q = (half *)cuda_try_alloc(cap_q * sizeof(half), "fp16 copy of Q");
-        h_k = (half *)cuda_try_alloc(cap_kv * sizeof(half), "fp16 copy of K");
-        h_v = (half *)cuda_try_alloc(cap_kv * sizeof(half), "fp16 copy of V");
-        if (!h_q || !h_k || !h_v) {
-            cuda_free(h_q), cuda_free(h_k), cuda_free(h_v);
-            h_q = h_k = h_v = NULL, cap_q = cap_kv = 0;
-            return -1;
-        }
-    }
+    /* the fp16 copies are kept between calls (a benchmark should not time cudaMalloc), grow
+     * only, and are freed at exit (common/cuda_workspace.h) */
+    static CudaWorkspace ws_q = CUDA_WORKSPACE("fp16 copy of Q"), ws_k = CUDA_WORKSPACE("fp16 copy of K"),
+                         ws_v = CUDA_WORKSPACE("fp16 copy of V");
+    half *h_q = (half *)cuda_workspace(&ws_q, q_rows * Dp * sizeof(half));   /* (B*H*T, Dp) */
+    half *h_k = h_q ? (half *)cuda_workspace(&ws_k, kv_rows * Dp * sizeof(half)) : NULL; /* (B*Hkv*S, Dp) */
+    half *h_v = h_k ? (half *)cuda_workspace(&ws_v, kv_rows * Dp * sizeof(half)) : NULL; /* (B*Hkv*S, Dp) */
+    if (!h_v)
+        return -1;
     flash_to_half<<<cuda_blocks(q_rows * Dp, 256), 256>>>(d_q, h_q, q_rows, s->D, Dp);
     CUDA_CHECK(cudaGetLastError());
     flash_to_half<<<cuda_blocks(kv_rows * Dp, 256), 256>>>(d_k, h_k, kv_rows, s->D, Dp);

@@ -71,6 +71,9 @@ void flash_merge(float *o, float *lse, const float *o2, const float *lse2, size_
 int flash_attention_cuda(int kernel, const GqaShape *s, const float *d_q, const float *d_k, const float *d_v,
                          float *d_out, float *d_lse);
 const char *flash_cuda_kernel_name(int kernel); /* "fa1", "fa2", "tc"; NULL if unknown */
+/* 1 for the versions that compute in fp16 (tc): they are checked by FlashAttention's rule, an
+ * error at most 2x that of naive attention in fp16, not at fp32 tolerance. */
+int flash_cuda_kernel_fp16(int kernel);
 #endif
 
 #ifdef __cplusplus

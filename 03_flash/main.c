@@ -68,6 +68,7 @@ static const AttnImpls IMPLS = {
     .cuda = run_cuda,
     .cuda_name = flash_cuda_kernel_name,
     .n_cuda = FLASH_CUDA_KERNELS,
+    .cuda_fp16 = flash_cuda_kernel_fp16, /* tc: checked by FlashAttention's rule, not fp32 tolerance */
 #endif
     .heads = ATTN_HEADS_DIVIDE,
 };
@@ -302,8 +303,9 @@ static int cmd_lesson(int argc, char **argv)
         die_with_error();
     const Roofline *roof = roofline_get();
     lesson_intro(roof);
-    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s. Device for this lesson: cpu%s.\n\n",
-           roofline_machine(), roof->fma_gflops, roof->dram_gbs,
+    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s. Device for this lesson: "
+           "cpu%s.\n\n",
+           roofline_machine(), roof->fma_gflops, roof->fma_what, roof->dram_gbs,
            dev == DEVICE_CUDA ? " (the GPU versions: 03_flash bench --device cuda)" : "");
     char dat1[4096], dat2[4096];
     lesson_sweep(roof, dat1, sizeof dat1);
@@ -349,8 +351,8 @@ static int cmd_bench(int argc, char **argv)
     if (tsv_open(&tsv, out, dat) != 0)
         die_with_error();
     const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s, DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
+    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
+            roof->fma_gflops, roof->fma_what, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
     tsv_header(&tsv, "chapter\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\talloc_bytes");
     /* for the targets: % of peak of the fast version per T; times at T = 4096; memory at the largest T */
     double pct[16] = {0}, ms02_4096 = NAN, ms03_4096 = NAN, alloc02_8192 = NAN, alloc03_16384 = NAN;

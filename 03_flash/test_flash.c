@@ -19,9 +19,11 @@
 #include "02_mqa_gqa/gqa.h"
 #include "03_flash/flash.h"
 #include "common/attn_cli.h"
+#include "common/attn_harness.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/hostile.h"
 #include "common/npy.h"
 #include "common/tensor.h"
 #include "common/testing.h"
@@ -94,6 +96,8 @@ START_TEST(test_grid_against_chapter02)
         for (int j = 0; j < VERIFY_N_LENGTHS; j++)
             for (int causal = 0; causal <= 1; causal++, n_case++) {
                 int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
+                if (testing_small() && (T > 257 || S > 257))
+                    continue; /* under emulation: lengths up to 257, still several tiles (n_case goes on) */
                 int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2;
                 int H = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][0];
                 int Hkv = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][1];
@@ -321,6 +325,50 @@ START_TEST(test_memory_stays_linear)
 }
 END_TEST
 
+/* The tc version on the GPU is checked against naive attention in fp16 (common/attn_harness.c),
+ * which rounds with attn_round_fp16: that must be the compiler's own fp16 conversion --
+ * subnormals, ties to even and overflow included -- and the naive run must sit within fp16's
+ * error of the truth, so that "2x its error" is a meaningful bound. */
+START_TEST(test_fp16_yardstick)
+{
+#if defined(__FLT16_MAX__)
+    const float edge[] = {0.0f, -0.0f, 1.0f, -1.0f, 3.14159265f, 65504.0f, 65519.0f, 65520.0f, -65520.0f, 1e6f,
+                          1e-8f, 2.98e-8f, 2.99e-8f, 5.96e-8f, 6.0e-5f, 6.1035156e-5f, 1.00048828125f, 1.00146484375f,
+                          2049.0f, 2051.0f, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) {
+        const float got = attn_round_fp16(edge[i]), want = (float)(_Float16)edge[i];
+        ck_assert_msg(memcmp(&got, &want, sizeof got) == 0, "%.9g: %.9g, _Float16 gives %.9g", (double)edge[i],
+                      (double)got, (double)want);
+    }
+    float x[4096];
+    fill_normal(x, 4096, 77);
+    for (int i = 0; i < 4096; i++) {
+        const float y = ldexpf(x[i], i % 64 - 32), got = attn_round_fp16(y), want = (float)(_Float16)y;
+        ck_assert_msg(memcmp(&got, &want, sizeof got) == 0, "%.9g: %.9g, _Float16 gives %.9g", (double)y, (double)got,
+                      (double)want);
+    }
+#endif
+    Problem p = problem_new(1, 4, 2, 37, 70, 64, 1, 91);
+    const size_t n = n_q(&p.s);
+    const AttnDims d = {1, 4, 2, 37, 70, 64, 1, p.s.scale};
+    double *truth = malloc(n * sizeof(double));
+    float *ref = malloc(n * sizeof(float)), *naive = malloc(n * sizeof(float));
+    attention_f64(1, 4, 2, 37, 70, 64, 1, p.s.scale, p.q, p.k, p.v, truth);
+    for (size_t i = 0; i < n; i++)
+        ref[i] = (float)truth[i];
+    attn_naive_fp16(&d, p.q, p.k, p.v, naive);
+    AttnFp16Check c = attn_check_fp16(naive, ref, naive, n);
+    ck_assert_msg(c.err > 1e-5 && c.err < 1e-2, "naive fp16's error %g is not fp16-sized", c.err);
+    ck_assert_msg(c.ok && c.nmse < 1e-5, "the naive run against itself: NMSE %g", c.nmse);
+    /* an output with one element off by 3x naive's error fails the rule */
+    memcpy(p.out, ref, n * sizeof(float));
+    p.out[n / 2] += (float)(3 * c.err_naive);
+    ck_assert(!attn_check_fp16(p.out, ref, naive, n).ok);
+    free(truth), free(ref), free(naive);
+    problem_free(&p);
+}
+END_TEST
+
 START_TEST(test_bad_shapes_and_tiles)
 {
     Problem p = problem_new(1, 2, 1, 4, 4, 257, 0, 1600);
@@ -405,13 +453,16 @@ START_TEST(test_help_and_verify)
         ck_assert_int_eq(run_program(&r, argv), 0);
         ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 03_flash"), "%s --help: %s", subs[i], r.out);
     }
-    const char *argv[] = {prog, "verify", "--quick", "--device", "cpu", NULL};
+    /* under emulation the --smoke grid (lengths up to 17): the grid test above runs the kernels
+     * on lengths up to 257 there, this one checks the command */
+    const int small = testing_small();
+    const char *argv[] = {prog, "verify", small ? "--smoke" : "--quick", "--device", "cpu", NULL};
     ProcResult r;
     ck_assert_int_eq(run_program(&r, argv), 0);
     ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
     int passed = -1, failed = -1;
     ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, 200);
+    ck_assert_int_gt(passed, small ? 40 : 200);
     ck_assert_int_eq(failed, 0);
 }
 END_TEST
@@ -419,38 +470,13 @@ END_TEST
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
 #if HAVE_CUDA
-static float to_f16(float x) { return (float)(_Float16)x; }
-
-/* Naive attention as it runs in fp16 (PyTorch's math path): inputs rounded to fp16, scores
- * rounded to fp16, softmax in fp32 and rounded, P V accumulated in fp32 and rounded. */
+/* Naive attention in fp16, FlashAttention's yardstick for the tc version: the harness's, shared
+ * with `03_flash verify` (common/attn_harness.h). */
 static void naive_f16(const Problem *p, float *out)
 {
     const GqaShape *s = &p->s;
-    const int G = s->H / s->Hkv;
-    float *w = malloc((size_t)s->S * sizeof(float));
-    for (size_t bh = 0; bh < (size_t)s->B * s->H; bh++) {
-        const size_t bkv = (bh / s->H) * s->Hkv + (bh % s->H) / G;
-        for (int t = 0; t < s->T; t++) {
-            const int n = attn_visible_keys(t, s->T, s->S, s->causal);
-            float m = -INFINITY, sum = 0.0f;
-            for (int j = 0; j < n; j++) {
-                float dot = 0.0f;
-                for (int d = 0; d < s->D; d++)
-                    dot += to_f16(p->q[(bh * s->T + t) * s->D + d]) * to_f16(p->k[(bkv * s->S + j) * s->D + d]);
-                w[j] = to_f16(dot * s->scale);
-                m = fmaxf(m, w[j]);
-            }
-            for (int j = 0; j < n; j++)
-                sum += w[j] = expf(w[j] - m);
-            for (int d = 0; d < s->D; d++) {
-                float acc = 0.0f;
-                for (int j = 0; j < n; j++)
-                    acc += to_f16(w[j] / sum) * to_f16(p->v[(bkv * s->S + j) * s->D + d]);
-                out[(bh * s->T + t) * s->D + d] = n ? to_f16(acc) : 0.0f;
-            }
-        }
-    }
-    free(w);
+    const AttnDims d = {s->B, s->H, s->Hkv, s->T, s->S, s->D, s->causal, s->scale};
+    attn_naive_fp16(&d, p->q, p->k, p->v, out);
 }
 
 static const int CUDA_SHAPES[][7] = {{1, 2, 2, 1, 1, 32, 0},    {2, 6, 2, 17, 29, 64, 1},  {1, 4, 4, 65, 63, 80, 1},
@@ -473,15 +499,13 @@ START_TEST(test_cuda_kernels)
             cuda_memset_nan(d_o, qb);
             ck_assert_msg(flash_attention_cuda(kern, &p.s, d_q, d_k, d_v, d_o, d_l) == 0, "%s", error_message());
             cuda_download(p.out, d_o, qb), cuda_download(gpu_lse, d_l, lb);
-            if (kern < 3) { /* fp32: fp32 tolerance, lse too */
+            if (!flash_cuda_kernel_fp16(kern)) { /* fp32: fp32 tolerance, lse too */
                 ck_assert_msg(compare_f32("cuda fp32", p.out, ref, n_q(&p.s), ATOL, RTOL, 5).n_bad == 0, "kernel %d shape %d", kern, i);
                 ck_assert_msg(compare_f32("cuda lse", gpu_lse, lse_ref, n_rows(&p.s), ATOL, RTOL, 5).n_bad == 0, "kernel %d shape %d", kern, i);
-            } else { /* fp16: FlashAttention's rule, and NMSE */
-                double err = max_abs_diff(p.out, ref, n_q(&p.s)), err_naive = max_abs_diff(lo, ref, n_q(&p.s));
-                double nmse = rel_l2_error(p.out, ref, n_q(&p.s));
-                nmse *= nmse;
-                ck_assert_msg(err <= 2 * err_naive, "tc shape %d: error %g above 2x naive fp16's %g", i, err, err_naive);
-                ck_assert_msg(nmse <= 5e-4, "tc shape %d: NMSE %g", i, nmse);
+            } else { /* fp16: FlashAttention's rule, and NMSE (the rule verify applies) */
+                AttnFp16Check c = attn_check_fp16(p.out, ref, lo, n_q(&p.s));
+                ck_assert_msg(c.ok, "tc shape %d: error %g (2x naive fp16's: %g), NMSE %g (at most 5e-4)", i, c.err,
+                              c.err_naive, c.nmse);
             }
         }
         cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o), cuda_free(d_l);
@@ -490,7 +514,85 @@ START_TEST(test_cuda_kernels)
     }
 }
 END_TEST
+/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
+ * float64 oracle, every CUDA version. */
+START_TEST(test_attn_command_on_the_gpu)
+{
+    char prog[4200], err[4096];
+    program_path(prog, sizeof prog, "03_flash");
+    const int shapes[][7] = {{2, 8, 2, 37, 70, 128, 1}, {1, 4, 1, 20, 50, 256, 1}, {1, 2, 2, 65, 3, 64, 0}}; /* B H Hkv T S D causal */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int *x = shapes[si];
+        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
+        float *out = malloc(n * sizeof(float));
+        double *want = malloc(n * sizeof(double));
+        for (int kern = 1; kern <= FLASH_CUDA_KERNELS; kern++) {
+            const int status = testing_attn_command(prog, tmp, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
+                                                    700 + si, out, want, err, sizeof err);
+            ck_assert_msg(status == 0, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern, status, err);
+            if (!flash_cuda_kernel_fp16(kern)) {
+                ck_assert_msg(compare_f32_f64("attn --device cuda", out, want, n, ATOL, RTOL, 5).n_bad == 0,
+                              "shape %zu kernel %d", si, kern);
+                continue;
+            }
+            /* tc: FlashAttention's rule against the oracle, with the harness's naive fp16 run */
+            float *ref = malloc(n * sizeof(float)), *naive = malloc(n * sizeof(float));
+            Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 0);
+            fill_normal(p.q, n_q(&p.s), 700 + si), fill_normal(p.k, n_kv(&p.s), 701 + si);
+            fill_normal(p.v, n_kv(&p.s), 702 + si);
+            const AttnDims d = {x[0], x[1], x[2], x[3], x[4], x[5], x[6], p.s.scale};
+            attn_naive_fp16(&d, p.q, p.k, p.v, naive);
+            for (size_t i = 0; i < n; i++)
+                ref[i] = (float)want[i];
+            AttnFp16Check c = attn_check_fp16(out, ref, naive, n);
+            ck_assert_msg(c.ok, "shape %zu tc: error %g (2x naive fp16's %g), NMSE %g", si, c.err, c.err_naive, c.nmse);
+            problem_free(&p), free(ref), free(naive);
+        }
+        free(out), free(want);
+    }
+}
+END_TEST
+
 #endif
+
+/* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
+
+#define ATTN03 "03_flash", "attn"
+#define GOOD_QKV "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy"
+static const HostileCase hostile_cases[] = {
+    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/missing.npy", "--out", "@/out.npy"},
+     .expect = "missing.npy"},
+    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/fifo", "--out", "@/out.npy"},
+     .expect = "not a regular file"},
+    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/adir", "--out", "@/out.npy"},
+     .expect = "is a folder"},
+    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/empty.npy", "--out", "@/out.npy"},
+     .expect = "empty.npy"},
+    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/2d.npy", "--out", "@/out.npy"},
+     .expect = "2d.npy"},
+    {.argv = {ATTN03, "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
+     .expect = "overflow"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--scale", "1e38", "--causal"}, .expect = "overflow"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--scale", "inf"}, .expect = "--scale"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out"}, .expect = "is a folder"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", "/dev/full"}, .expect = "/dev/full"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--kernel", "x"}, .expect = "--kernel"},
+    {.argv = {ATTN03, GOOD_QKV, "--out"}, .expect = "--out"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--causal=yes"}, .expect = "--causal"},
+    {.argv = {"03_flash", "bench", "--out", "@/fifo", "--max-t", "256", "--repeats", "1"}, .expect = "FIFO"},
+    {.argv = {"03_flash", "bench", "--out", "@/out", "--max-t", "256", "--repeats", "1"}, .expect = "is a folder"},
+    {.argv = {"03_flash", "bench", "--max-t", "0"}, .expect = "--max-t"},
+    {.argv = {"03_flash", "verify", "--kernel", "12"}, .expect = "--kernel"},
+};
+
+START_TEST(test_hostile_inputs)
+{
+    hostile_fixtures(tmp);
+    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
+    int failed = hostile_run(tmp, hostile_cases, n);
+    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+}
+END_TEST
 
 /* ==== the suite ================================================================================= */
 
@@ -513,6 +615,7 @@ static Suite *flash_suite(void)
     tcase_add_test(tc, test_nan_in_hidden_rows_changes_nothing);
     tcase_add_test(tc, test_memory_stays_linear);
     tcase_add_test(tc, test_bad_shapes_and_tiles);
+    tcase_add_test(tc, test_fp16_yardstick);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("program");
@@ -522,16 +625,21 @@ static Suite *flash_suite(void)
     tcase_add_test(tc, test_help_and_verify);
     suite_add_tcase(s, tc);
 
-    char why[256];
-    if (device_cuda_available(why, sizeof why)) {
+    tc = tcase_create("hostile inputs");
+    tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_hostile_inputs);
+    suite_add_tcase(s, tc);
+
+    if (testing_cuda_cases("03_flash")) { /* asked in a child process: this one must not start CUDA */
 #if HAVE_CUDA
         tc = tcase_create("cuda");
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, test_cuda_kernels);
+        tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+        tcase_add_test(tc, test_attn_command_on_the_gpu);
         suite_add_tcase(s, tc);
 #endif
-    } else {
-        printf("03_flash: CUDA tests skipped: %s\n", why);
     }
     return s;
 }
@@ -540,7 +648,9 @@ int main(void)
 {
     error_set_program("test_03_flash");
     SRunner *sr = srunner_create(flash_suite());
+    testing_suite_start("test_03_flash");
     srunner_run_all(sr, CK_NORMAL);
+    testing_suite_end();
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -501,6 +501,38 @@ int kvcache_forward_nocache(const Model *m, const int *tokens, int n, float *log
     return rc;
 }
 
+int kvcache_greedy_divergence(const Model *m, const int *prompt, int n_prompt, const int *a, const int *b, int n,
+                              double *gap)
+{
+    *gap = 0.0;
+    int i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    if (i == n)
+        return -1;
+    const int V = m->c.vocab_size;
+    if (a[i] < 0 || a[i] >= V || b[i] < 0 || b[i] >= V) { /* a stop (-1) against a token: no tie to weigh */
+        *gap = INFINITY;
+        return i;
+    }
+    int *tokens = mem_alloc((size_t)(n_prompt + i) * sizeof(int) + 1, "prompt and common prefix");
+    float *logits = mem_alloc((size_t)V * sizeof(float), "logits (vocab)");
+    int rc = !tokens || !logits ? -1 : 0;
+    if (rc == 0) {
+        memcpy(tokens, prompt, (size_t)n_prompt * sizeof(int));
+        memcpy(tokens + n_prompt, a, (size_t)i * sizeof(int));
+        rc = kvcache_forward_nocache(m, tokens, n_prompt + i, logits);
+    }
+    if (rc == 0) {
+        double top = 1.0;
+        for (int v = 0; v < V; v++)
+            top = fmax(top, fabs((double)logits[v]));
+        *gap = fabs((double)logits[a[i]] - (double)logits[b[i]]) / top;
+    }
+    mem_free(tokens), mem_free(logits);
+    return rc == 0 ? i : -2;
+}
+
 int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out, double *step_s)
 {
     if (kvcache_check_request(&m->c, prompt, n_prompt, o->max_new) != 0)
@@ -532,6 +564,10 @@ int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenO
         if (rc != 0)
             break;
         const int next = model_sample(logits, m->c.vocab_size, o->temperature, &rng);
+        if (next < 0) { /* the logits overflowed (error recorded) */
+            rc = -1;
+            break;
+        }
         out[step] = tokens[n] = next;
         if (step_s)
             step_s[step] = timer_now() - t0;

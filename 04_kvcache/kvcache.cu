@@ -24,6 +24,7 @@
 #include "01_mha/mha.h"
 #include "03_flash/flash.h"
 #include "common/cuda_utils.h"
+#include "common/cuda_workspace.h"
 #include "common/error.h"
 #include "common/tensor.h"
 #include "common/timer.h"
@@ -91,6 +92,9 @@ __global__ void kv_decode_kernel1(const float *k, const float *v, const float *q
             }
             for (int off = 16; off > 0; off /= 2)
                 sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            /* every lane read ms[r] above; a shuffle orders no shared-memory access, so without
+             * this barrier lane 0's write below may race with those reads */
+            __syncwarp();
             if (lane == 0) {
                 const float alpha = __expf(ms[r] - m_new);
                 al[r] = alpha;
@@ -160,18 +164,18 @@ extern "C" int kvcache_decode_cuda(int kernel, const float *d_k, const float *d_
     CUDA_CHECK(cudaFuncSetAttribute((const void *)kv_decode_kernel1, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)smem));
     const size_t tasks = (size_t)B * Hkv * n_splits;
-    float *part_o = (float *)cuda_try_alloc(tasks * G * D * sizeof(float), "decode partial outputs");
-    float *part_lse = part_o ? (float *)cuda_try_alloc(tasks * G * sizeof(float), "decode partial lse") : NULL;
-    if (!part_lse) {
-        cuda_free(part_o);
+    /* called once per layer per generated token: the partials live in workspaces kept between
+     * calls (grow-only, freed at exit), not in a cudaMalloc and cudaFree per call */
+    static CudaWorkspace ws_o = CUDA_WORKSPACE("decode partial outputs"), ws_lse = CUDA_WORKSPACE("decode partial lse");
+    float *part_o = (float *)cuda_workspace(&ws_o, tasks * G * D * sizeof(float));            /* (tasks, G, D) */
+    float *part_lse = part_o ? (float *)cuda_workspace(&ws_lse, tasks * G * sizeof(float)) : NULL; /* (tasks, G) */
+    if (!part_lse)
         return -1;
-    }
     kv_decode_kernel1<<<(unsigned)tasks, DEC_WARPS * 32, smem>>>(d_k, d_v, d_q, d_lens, H, Hkv, max_seq, D, n_splits,
                                                                  1.0f / sqrtf((float)D), part_o, part_lse);
     CUDA_CHECK(cudaGetLastError());
     kv_decode_reduce<<<(unsigned)(B * H), 128>>>(part_o, part_lse, H, Hkv, D, n_splits, d_out);
     CUDA_CHECK(cudaGetLastError());
-    cuda_free(part_o), cuda_free(part_lse);
     return 0;
 }
 
@@ -411,7 +415,12 @@ extern "C" int kvcache_generate_cuda(const Model *m, const int *prompt, int n_pr
         if (rc != 0)
             break;
         cuda_sync();
-        out[step] = tokens[n] = model_sample(logits, c->vocab_size, o->temperature, &rng);
+        const int next = model_sample(logits, c->vocab_size, o->temperature, &rng);
+        if (next < 0) { /* the logits overflowed (error recorded) */
+            rc = -1;
+            break;
+        }
+        out[step] = tokens[n] = next;
         if (step_s)
             step_s[step] = timer_now() - t0;
         if (o->stop_at_bos_eos && (out[step] == 1 || out[step] == 2)) { /* BOS or EOS: the text is over */

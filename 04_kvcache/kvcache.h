@@ -111,6 +111,18 @@ int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenO
 /* prompt + max_new must fit seq_len; ids must be < vocab. -1 with the reason otherwise. */
 int kvcache_check_request(const ModelConfig *c, const int *prompt, int n_prompt, int max_new);
 
+/* Do two greedy continuations a and b (n tokens each) of the same prompt agree, up to near-ties?
+ * Two fp32 computations of one model that add in different orders (the CPU and the GPU, cuBLAS
+ * at two batch sizes) give logits that differ in the last bits, so they pick different tokens
+ * where the two best logits are that close; after such a step the sequences part for good.
+ * Returns the first position where a and b differ (-1: identical), and in *gap the distance
+ * of the two tokens' logits there, by the CPU (kvcache_forward_nocache on the prompt and the
+ * common prefix), relative to max(1, the largest |logit|). A near-tie is a gap within
+ * KVCACHE_NEAR_TIE. -2 with an error recorded when the forward fails. */
+#define KVCACHE_NEAR_TIE 1e-4
+int kvcache_greedy_divergence(const Model *m, const int *prompt, int n_prompt, const int *a, const int *b, int n,
+                              double *gap);
+
 /* ---- CUDA ------------------------------------------------------------------------------------ */
 #if HAVE_CUDA
 #define KVCACHE_CUDA_KERNELS 1

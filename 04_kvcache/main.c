@@ -138,20 +138,21 @@ static int cmd_generate(int argc, char **argv)
         {.name = "tokenizer", .kind = ARG_STRING, .dest = &tokenizer, .metavar = "T.bin",
          .help = "llama2.c tokenizer.bin: print text, stop at BOS/EOS as run.c does"},
         {.name = "prompt-text", .kind = ARG_STRING, .dest = &prompt_words, .metavar = "TEXT",
-         .help = "the prompt as text (needs --tokenizer; encoded with BOS first)"},
+         .help = "the prompt as text (needs --tokenizer; encoded with BOS first)", .conflicts = "prompt"},
         {.name = "max-new", .kind = ARG_INT, .dest = &max_new, .metavar = "N", .help = "tokens to generate (default 64)",
          .min = 0, .max = 1 << 24},
         {.name = "no-cache", .kind = ARG_FLAG, .dest = &no_cache, .help = "recompute the whole sequence at every step"},
         {.name = "kv-dtype", .kind = ARG_CHOICE, .dest = &dtype, .choices = KV_DTYPE_CHOICES,
-         .help = "how the cache stores K and V (default f32)"},
+         .help = "how the cache stores K and V (default f32)", .conflicts = "no-cache"},
         {.name = "temperature", .kind = ARG_DOUBLE, .dest = &temperature, .metavar = "T",
-         .help = "0 = greedy (default); > 0 samples from softmax(logits / T)", .min = 0, .max = 100},
+         .help = "0 = greedy (default); >= 1.2e-38 samples from softmax(logits / T)", .min = 0, .max = 100},
         {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "S", .help = "sampling seed (default 42)", .min = 0,
          .max = 2147483647},
         {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N",
          .help = "CPU decode kernel: 1 = ref, 2 = split (default)", .min = 1, .max = KVCACHE_CPU_KERNELS},
         {.name = "prefill-chunk", .kind = ARG_INT, .dest = &chunk, .metavar = "N",
-         .help = "prefill the prompt N tokens at a time (default: all at once)", .min = 1, .max = 1 << 24},
+         .help = "prefill the prompt N tokens at a time (default: all at once)", .min = 1, .max = 1 << 24,
+         .conflicts = "no-cache"},
         {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
          .help = "where to run (default auto: the GPU if there is one)"},
     };
@@ -165,12 +166,16 @@ static int cmd_generate(int argc, char **argv)
     GenOptions o = {max_new, (float)temperature, (uint64_t)seed, !no_cache, KV_F32, kernel, chunk, 0};
     int *prompt = NULL, n_prompt = 0;
     if (device_resolve(device, &dev) != 0 || kv_dtype_parse(dtype, &o.dtype) != 0 ||
-        token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
+        model_check_temperature(temperature) != 0 || token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
         die_with_error();
+    if (kernel != 0 && dev == DEVICE_CUDA) /* the GPU path has one decode kernel: --kernel would do nothing */
+        die("--kernel %d picks a CPU decode kernel, and this run is on the GPU (%s): add --device cpu, or leave "
+            "--kernel out",
+            kernel, strcmp(device, "cuda") == 0 ? "--device cuda" : "--device auto found one");
     Model m;
     load_model(checkpoint, &m);
     Tokenizer tok;
-    const int text = tokenizer_setup(tokenizer, prompt_words, m.c.vocab_size, &tok, &prompt, &n_prompt);
+    const int text = tokenizer_setup(tokenizer, prompt_words, m.c.vocab_size, m.c.seq_len, &tok, &prompt, &n_prompt);
     if (text < 0 || kvcache_check_request(&m.c, prompt, n_prompt, max_new) != 0)
         die_with_error();
     o.stop_at_bos_eos = text;
@@ -198,7 +203,7 @@ static int cmd_generate(int argc, char **argv)
             printf(i ? " %d" : "%d", out[i]);
         printf("\n");
     }
-    fflush(stdout); /* the ids before the timing line, also when both go to one file */
+    stdout_flush_or_die(); /* the ids before the timing line (also when both go to one file), or exit 1 */
     fprintf(stderr, "%s generate: %d prompt + %d new tokens on %s, %s, %s cache: %.2f s, %.1f tokens/s\n", PROG,
             n_prompt, n_gen, device_name(dev), checkpoint ? checkpoint : "built-in random model",
             no_cache ? "no" : kv_dtype_name(o.dtype), secs, n_gen / (secs > 0 ? secs : 1e-9));
@@ -399,10 +404,10 @@ static int cmd_lesson(int argc, char **argv)
            "tokens never change once computed, so a decoder keeps them: per layer, a cache laid out\n"
            "[batch, kv_heads, max_seq, head_dim] for K and for V. The prompt goes through the model once\n"
            "(prefill); then each step runs one token and attends one query against the cache (decode).\n\n"
-           "Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s.\n"
+           "Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s.\n"
            "Model: the built-in random one, llama2.c semantics: dim %d, hidden %d, %d layers, %d heads, %d kv heads\n"
            "(head size %d), vocab %d, seq_len %d: %zu parameters (%s).\n\n",
-           roofline_machine(), roof->fma_gflops, roof->dram_gbs, m.c.dim, m.c.hidden_dim, m.c.n_layers, m.c.n_heads,
+           roofline_machine(), roof->fma_gflops, roof->fma_what, roof->dram_gbs, m.c.dim, m.c.hidden_dim, m.c.n_layers, m.c.n_heads,
            m.c.n_kv_heads, model_head_size(&m.c), m.c.vocab_size, m.c.seq_len, model_param_count(&m.c),
            format_bytes(4.0 * model_param_count(&m.c), b1, sizeof b1));
     char dat1[4096], dat2[4096];
@@ -488,8 +493,8 @@ static int cmd_bench(int argc, char **argv)
     if (tsv_open(&tsv, out, dat) != 0)
         die_with_error();
     const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s, DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->dram_gbs, use_gpu ? "; GPU: " : "", use_gpu ? device_description(DEVICE_CUDA) : "");
+    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
+            roof->fma_gflops, roof->fma_what, roof->dram_gbs, use_gpu ? "; GPU: " : "", use_gpu ? device_description(DEVICE_CUDA) : "");
     tsv_header(&tsv, "mode\tdevice\tvariant\tdtype\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\ttokens_per_s");
     const int B = 16, H = 8, D = 128, hkvs[2] = {8, 2};
     int target_l = 1024; /* the target's shape: L = 16384, or the longest L of a shorter sweep */
@@ -594,6 +599,39 @@ static int cmd_bench(int argc, char **argv)
     return 0;
 }
 
+/* ==== CPU and GPU tokens, compared ================================================================= */
+
+/* Hidden subcommand for scripts/gpu-check.sh: `_agree PROMPT A B` (three lists of ids, the
+ * built-in model) says whether greedy continuations A and B of PROMPT agree up to a near-tie
+ * (kvcache_greedy_divergence): exit 0 when identical or when they part at a near-tie, 1 when
+ * they part where the CPU's logits are clearly apart. */
+static int cmd_agree(int argc, char **argv)
+{
+    if (argc != 4)
+        die("usage: %s _agree \"PROMPT IDS\" \"IDS A\" \"IDS B\"", PROG);
+    int *prompt = NULL, *a = NULL, *b = NULL, n_prompt = 0, n_a = 0, n_b = 0;
+    if (token_ids_parse(argv[1], &prompt, &n_prompt) != 0 || token_ids_parse(argv[2], &a, &n_a) != 0 ||
+        token_ids_parse(argv[3], &b, &n_b) != 0)
+        die_with_error();
+    if (n_a != n_b)
+        die("_agree: %d tokens against %d", n_a, n_b);
+    Model m;
+    load_model(NULL, &m);
+    double gap = 0.0;
+    const int at = kvcache_greedy_divergence(&m, prompt, n_prompt, a, b, n_a, &gap);
+    if (at == -2)
+        die_with_error();
+    if (at == -1)
+        printf("%d tokens: identical\n", n_a);
+    else
+        printf("%d tokens: identical up to token %d, where %d and %d are %s (logits %.2e apart, relative; a "
+               "near-tie is within %.0e)\n",
+               n_a, at, a[at], b[at], gap <= KVCACHE_NEAR_TIE ? "a near-tie" : "NOT a near-tie", gap, KVCACHE_NEAR_TIE);
+    model_free(&m);
+    free(prompt), free(a), free(b);
+    return at >= 0 && gap > KVCACHE_NEAR_TIE;
+}
+
 /* ==== main ====================================================================================== */
 
 int main(int argc, char **argv)
@@ -612,6 +650,8 @@ int main(int argc, char **argv)
         return cmd_generate(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
         return cmd_bench(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "_agree") == 0)
+        return cmd_agree(argc - 1, argv + 1);
     if (argc > 1 && argv[1][0] != '-')
         die("unknown subcommand '%s' (expected generate, attn, verify or bench; see '%s --help')", argv[1], PROG);
     return cmd_lesson(argc, argv);

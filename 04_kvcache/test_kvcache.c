@@ -10,18 +10,23 @@
  * Then the program: generate with and without the cache, attn through the cache, bad input.
  */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "03_flash/flash.h"
 #include "04_kvcache/kvcache.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/hostile.h"
 #include "common/model.h"
 #include "common/npy.h"
+#include "common/rng.h"
 #include "common/tensor.h"
 #include "common/testing.h"
 #include "common/tokenizer.h"
@@ -166,6 +171,44 @@ START_TEST(test_loader_rejects_bad_files)
 }
 END_TEST
 
+/* A header whose declared size wraps past 2^64 to the file's own size (fuzz/make_corpus.c works
+ * the numbers out: 28 + 4 (2^62 + 32) = 2^64 + 156) passed the size check and read 2^64 bytes
+ * into a 156-byte model: refused now, in the header, by overflow-checked sizes -- and sizes too
+ * large without wrapping likewise. */
+START_TEST(test_loader_refuses_wrapping_sizes)
+{
+    char path[4200];
+    tmp_path(path, sizeof path, "wrap.bin");
+    const int32_t wrap[7] = {1 << 30, 1, 1, 1 << 29, 1, 2147483647 - 9, 16};
+    unsigned char file[156] = {0};
+    memcpy(file, wrap, sizeof wrap);
+    write_bytes(path, file, sizeof file);
+    Model m;
+    ck_assert_int_eq(model_load(path, &m), -1);
+    ck_assert_msg(strstr(error_message(), "bad header: the model's size overflows"), "%s", error_message());
+    ck_assert_ptr_nonnull(strstr(error_message(), path));
+    /* the same config from code: model_check_config refuses it before anything is sized */
+    ModelConfig c = {1 << 30, 1, 1, 1 << 29, 1, 2147483647 - 9, 16, 1};
+    ck_assert_int_eq(model_check_config(&c), -1);
+    ck_assert_int_eq(model_init_random(&m, &c, 1), -1);
+    ck_assert_ptr_nonnull(strstr(error_message(), "the model's size overflows"));
+    /* every field at its largest: products far past 2^64, refused the same way */
+    const int32_t big[7] = {2147483644, 2147483647, 2147483647, 2, 2, -2147483647, 2147483647};
+    write_bytes(path, big, sizeof big);
+    ck_assert_int_eq(model_load(path, &m), -1);
+    ck_assert_msg(strstr(error_message(), "the model's size overflows"), "%s", error_message());
+    /* the program says so in one line (and, under SAN=1, without a sanitizer report) */
+    write_bytes(path, file, sizeof file);
+    char prog[4200];
+    const char *argv[] = {program_path(prog, sizeof prog, "04_kvcache"), "generate", "--checkpoint", path,
+                          "--max-new", "2", NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program(&r, argv), 0);
+    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1, "status %d: %s", r.status, r.err);
+    ck_assert_msg(strstr(r.err, "bad header: the model's size overflows"), "%s", r.err);
+}
+END_TEST
+
 START_TEST(test_save_load_round_trip)
 {
     char path[4200];
@@ -178,6 +221,59 @@ START_TEST(test_save_load_round_trip)
     ck_assert_int_eq(memcmp(a.data, b.data, a.n_floats * sizeof(float)), 0);
     ck_assert_int_eq(memcmp(&a.c, &b.c, sizeof a.c), 0);
     model_free(&a), model_free(&b);
+}
+END_TEST
+
+static int save_model_job(const char *path, void *ctx) { return model_save(ctx, path); }
+
+static int save_tokenizer_job(const char *path, void *ctx)
+{
+    (void)ctx; /* the tiny tokenizer written by testing.c, re-saved through tokenizer_save */
+    char src[4200];
+    snprintf(src, sizeof src, "%s.src", path);
+    const int V = testing_write_tiny_tokenizer(src);
+    Tokenizer t;
+    if (tokenizer_load(src, V, &t) != 0)
+        return -1;
+    unlink(src);
+    const int rc = tokenizer_save(path, V, t.pieces, t.scores);
+    tokenizer_free(&t);
+    return rc;
+}
+
+/* A checkpoint or a tokenizer saved onto a disk that fills up: the previous file is left whole and
+ * nothing else is left in the folder. */
+START_TEST(test_failed_saves_keep_the_previous_files)
+{
+    char path[4200], before[4096], after[4096], err[512];
+    ModelConfig c = small_config(1);
+    Model m;
+    ck_assert_int_eq(model_init_random(&m, &c, 3), 0);
+    const char *previous = "a previous good file\n";
+    const struct {
+        const char *name;
+        int (*job)(const char *, void *);
+    } jobs[] = {{"model.bin", save_model_job}, {"tok.bin", save_tokenizer_job}};
+    for (int j = 0; j < 2; j++) {
+        write_bytes(tmp_path(path, sizeof path, jobs[j].name), previous, strlen(previous));
+        testing_folder_names(tmp, before, sizeof before);
+        const int status = testing_write_limited(jobs[j].job, path, &m, 1024, err, sizeof err);
+        ck_assert_msg(status == 1 && strstr(err, "write failed: File too large"), "%s: status %d: %s", jobs[j].name,
+                      status, err);
+        testing_folder_names(tmp, after, sizeof after);
+        ck_assert_str_eq(before, after);
+        FILE *f = fopen(path, "rb");
+        char got[64] = "";
+        ck_assert_ptr_nonnull(f);
+        ck_assert_uint_eq(fread(got, 1, sizeof got - 1, f), strlen(previous));
+        fclose(f);
+        ck_assert_str_eq(got, previous);
+        ck_assert_int_eq(jobs[j].job(path, &m), 0); /* and without the limit it is replaced */
+    }
+    Model b;
+    ck_assert_int_eq(model_load(tmp_path(path, sizeof path, "model.bin"), &b), 0);
+    ck_assert_int_eq(memcmp(m.data, b.data, m.n_floats * sizeof(float)), 0);
+    model_free(&m), model_free(&b);
 }
 END_TEST
 
@@ -228,6 +324,27 @@ START_TEST(test_sampler_is_llama2c)
     ck_assert_int_eq(id, (int)(coin / 0.25f));
     float greedy[3] = {0.5f, 2.0f, 1.0f};
     ck_assert_int_eq(model_sample(greedy, 3, 0.0f, &rng), 1);
+    /* a temperature so small that logit / T overflows: the limit, greedy -- not exp(inf - inf),
+     * which picked the last id every time */
+    float high[3] = {1.0f, 100.0f, 50.0f}, low[3] = {-100.0f, -50.0f, -200.0f};
+    ck_assert_int_eq(model_sample(high, 3, FLT_MIN, &rng), 1);
+    ck_assert_int_eq(model_sample(low, 3, FLT_MIN, &rng), 1);
+    /* logits that overflowed (a checkpoint with huge weights) are an error, never a token */
+    float bad[3] = {1.0f, INFINITY, 0.0f}, nan_logit[3] = {NAN, 1.0f, 0.0f};
+    ck_assert_int_eq(model_sample(bad, 3, 0.0f, &rng), -1);
+    ck_assert_msg(strstr(error_message(), "logit 1 of 3 is infinite"), "%s", error_message());
+    ck_assert_int_eq(model_sample(nan_logit, 3, 0.8f, &rng), -1);
+    ck_assert_msg(strstr(error_message(), "logit 0 of 3 is NaN"), "%s", error_message());
+    /* the --temperature rule: 0, or a normal positive float */
+    ck_assert_int_eq(model_check_temperature(0.0), 0);
+    ck_assert_int_eq(model_check_temperature(FLT_MIN), 0);
+    ck_assert_int_eq(model_check_temperature(100.0), 0);
+    ck_assert_int_eq(model_check_temperature(1e-40), -1);
+    ck_assert_msg(strstr(error_message(), "--temperature 1e-40 is below the smallest normal float"), "%s",
+                  error_message());
+    ck_assert_int_eq(model_check_temperature(-1.0), -1);
+    ck_assert_int_eq(model_check_temperature(NAN), -1);
+    ck_assert_int_eq(model_check_temperature(INFINITY), -1);
     /* the same seed, the same samples */
     ModelConfig c = small_config(0);
     Model m;
@@ -499,6 +616,30 @@ static void expect_error(const char *const *args, const char *expect)
     ck_assert_msg(strstr(r.err, expect), "expected '%s' in: %s", expect, r.err);
 }
 
+/* Generated ids that cannot be written are an error (the issue: `generate > /dev/full` exited 0),
+ * and the timing line that would say they were generated is not printed. */
+START_TEST(test_generate_to_a_full_disk)
+{
+    char prog[4200], fifo[4200];
+    const char *argv[] = {program_path(prog, sizeof prog, "04_kvcache"), "generate", "--max-new", "3", "--device",
+                          "cpu", NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program_limited(&r, argv, 120, "/dev/full"), 0);
+    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1 &&
+                      strstr(r.err, "04_kvcache: error: writing standard output: No space left on device"),
+                  "status %d: %s", r.status, r.err);
+    /* a FIFO as the checkpoint or the tokenizer: refused at once, not a hang */
+    ck_assert_int_eq(mkfifo(tmp_path(fifo, sizeof fifo, "fifo"), 0600), 0);
+    const char *ck[] = {prog, "generate", "--checkpoint", fifo, NULL};
+    ck_assert_int_eq(run_program_limited(&r, ck, 30, NULL), 0);
+    ck_assert_msg(r.status == 1 && strstr(r.err, "fifo: is a FIFO, not a regular file"), "status %d: %s", r.status,
+                  r.err);
+    const char *tk[] = {prog, "generate", "--tokenizer", tmp, "--max-new", "1", NULL};
+    ck_assert_int_eq(run_program_limited(&r, tk, 60, NULL), 0);
+    ck_assert_msg(r.status == 1 && strstr(r.err, "is a folder, expected a file"), "status %d: %s", r.status, r.err);
+}
+END_TEST
+
 START_TEST(test_generate_command)
 {
     char prog[4200], ckpt[4200];
@@ -533,6 +674,50 @@ START_TEST(test_generate_command)
     write_checkpoint(tmp_path(ckpt, sizeof ckpt, "trunc.bin"), &c, 100);
     expect_error((const char *[]){"generate", "--checkpoint", ckpt, NULL}, "truncated");
     expect_error((const char *[]){"frobnicate", NULL}, "unknown subcommand");
+    /* the temperature rule, the ranges, values that are options, options that exclude each other */
+    expect_error((const char *[]){"generate", "--temperature", "1e-40", NULL},
+                 "--temperature 1e-40 is below the smallest normal float");
+    expect_error((const char *[]){"generate", "--temperature", "-1", NULL},
+                 "--temperature expects a number from 0 to 100, got '-1'");
+    expect_error((const char *[]){"generate", "--temperature", "nan", NULL}, "--temperature expects a number");
+    expect_error((const char *[]){"generate", "--temperature", "inf", NULL}, "--temperature expects a number");
+    expect_error((const char *[]){"generate", "--max-new", "99999999999", NULL},
+                 "--max-new expects an integer from 0 to 16777216, got '99999999999'");
+    expect_error((const char *[]){"generate", "--checkpoint", "--prompt", "1", NULL},
+                 "--checkpoint needs a value, got the option '--prompt'");
+    expect_error((const char *[]){"generate", "--prompt", "1", "--prompt-text", "hi", NULL},
+                 "--prompt and --prompt-text cannot be given together");
+    expect_error((const char *[]){"generate", "--no-cache", "--kv-dtype", "f16", NULL},
+                 "--no-cache and --kv-dtype cannot be given together");
+    expect_error((const char *[]){"generate", "--no-cache", "--prefill-chunk", "4", NULL},
+                 "--no-cache and --prefill-chunk cannot be given together");
+}
+END_TEST
+
+/* A checkpoint whose weights make the logits overflow float32 (finite weights, rms_final of
+ * 3e38): generation stops with an error naming the logit, in-process and in the program, instead
+ * of sampling the last id from NaN probabilities. */
+START_TEST(test_generation_stops_at_overflowing_logits)
+{
+    ModelConfig c = small_config(0);
+    Model m;
+    ck_assert_int_eq(model_init_random(&m, &c, 6), 0);
+    for (int i = 0; i < c.dim; i++)
+        m.w.rms_final[i] = 3e38f;
+    char ckpt[4200];
+    ck_assert_int_eq(model_save(&m, tmp_path(ckpt, sizeof ckpt, "huge.bin")), 0);
+    model_free(&m);
+    ck_assert_msg(model_load(ckpt, &m) == 0, "%s", error_message()); /* finite weights: it loads */
+    int prompt[2] = {3, 4}, out[4];
+    for (int t = 0; t < 2; t++) {
+        GenOptions o = {4, t ? 0.8f : 0.0f, 1, 1, KV_F32, 2, 0, 0};
+        ck_assert_int_eq(kvcache_generate(&m, prompt, 2, &o, out, NULL), -1);
+        ck_assert_msg(strstr(error_message(), "overflowed float32"), "%s", error_message());
+    }
+    model_free(&m);
+    expect_error((const char *[]){"generate", "--checkpoint", ckpt, "--prompt", "3 4", "--max-new", "3", "--device",
+                                  "cpu", NULL},
+                 "overflowed float32");
 }
 END_TEST
 
@@ -598,38 +783,107 @@ END_TEST
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
 #if HAVE_CUDA
-START_TEST(test_cuda_decode_and_generate)
+/* The split decode kernel against the CPU's, lengths ragged within a batch: G = 4 at D = 128; G = 32
+ * at D = 128, whose 49.5 KiB of shared memory need the opt-in above 48 KiB; D = 256, the largest
+ * head the chapter takes; and lengths under one part. Unused cache slots hold NaN on the GPU. */
+START_TEST(test_cuda_decode)
 {
-    const int H = 8, Hkv = 2, D = 128, B = 3, max_seq = 1024;
-    int lens[3] = {1, 500, 1024};
-    KvCache kc;
-    random_cache(&kc, B, Hkv, max_seq, D, KV_F32, lens, 31);
-    const size_t nq = (size_t)B * H * D, nk = (size_t)B * Hkv * max_seq * D;
-    float *q = malloc(nq * 4), *ref = malloc(nq * 4), *got = malloc(nq * 4);
-    fill_normal(q, nq, 2);
-    ck_assert_int_eq(kvcache_decode_split(&kc, 0, H, 1.0f / sqrtf((float)D), B, NULL, lens, q, ref, 0), 0);
-    float *d_k = cuda_alloc(nk * 4), *d_v = cuda_alloc(nk * 4), *d_q = cuda_alloc(nq * 4), *d_o = cuda_alloc(nq * 4);
-    int *d_lens = cuda_alloc(sizeof lens);
-    cuda_upload(d_k, kc.k, nk * 4), cuda_upload(d_v, kc.v, nk * 4), cuda_upload(d_q, q, nq * 4);
-    cuda_upload(d_lens, lens, sizeof lens);
-    ck_assert_int_eq(kvcache_decode_cuda(1, d_k, d_v, B, H, Hkv, max_seq, D, d_q, d_lens, 1024, d_o), 0);
-    cuda_download(got, d_o, nq * 4);
-    ck_assert(compare_f32("cuda decode", got, ref, nq, ATOL, RTOL, 5).n_bad == 0);
-    cuda_free(d_k), cuda_free(d_v), cuda_free(d_q), cuda_free(d_o), cuda_free(d_lens);
-    free(q), free(ref), free(got);
-    kvcache_free(&kc);
-    /* the whole model on the GPU generates the CPU's greedy tokens */
+    const struct {
+        int B, H, Hkv, D, max_seq, lens[3];
+    } cases[] = {
+        {3, 8, 2, 128, 1024, {1, 500, 1024}},
+        {2, 32, 1, 128, 300, {300, 77, 0}},
+        {2, 4, 4, 256, 200, {3, 200, 0}},
+        {3, 6, 3, 64, 40, {2, 1, 39}},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int B = cases[ci].B, H = cases[ci].H, Hkv = cases[ci].Hkv, D = cases[ci].D, max_seq = cases[ci].max_seq;
+        const int *lens = cases[ci].lens;
+        int max_len = 1;
+        for (int b = 0; b < B; b++)
+            max_len = lens[b] > max_len ? lens[b] : max_len;
+        KvCache kc;
+        random_cache(&kc, B, Hkv, max_seq, D, KV_F32, lens, 31 + ci);
+        const size_t nq = (size_t)B * H * D, nk = (size_t)B * Hkv * max_seq * D;
+        float *q = malloc(nq * 4), *ref = malloc(nq * 4), *got = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+        fill_normal(q, nq, 2 + ci);
+        ck_assert_int_eq(kvcache_decode_split(&kc, 0, H, 1.0f / sqrtf((float)D), B, NULL, lens, q, ref, 0), 0);
+        memcpy(k, kc.k, nk * 4), memcpy(v, kc.v, nk * 4);
+        for (int b = 0; b < B; b++) /* (B, Hkv, max_seq, D): NaN past each sequence's length */
+            for (int h = 0; h < Hkv; h++)
+                for (size_t x = (size_t)lens[b] * D; x < (size_t)max_seq * D; x++)
+                    k[((size_t)b * Hkv + h) * max_seq * D + x] = v[((size_t)b * Hkv + h) * max_seq * D + x] = NAN;
+        float *d_k = cuda_alloc(nk * 4), *d_v = cuda_alloc(nk * 4), *d_q = cuda_alloc(nq * 4), *d_o = cuda_alloc(nq * 4);
+        int *d_lens = cuda_alloc((size_t)B * sizeof(int));
+        cuda_upload(d_k, k, nk * 4), cuda_upload(d_v, v, nk * 4), cuda_upload(d_q, q, nq * 4);
+        cuda_upload(d_lens, lens, (size_t)B * sizeof(int));
+        for (int rep = 0; rep < 2; rep++) { /* twice: the second call reuses the kept workspace */
+            cuda_memset_nan(d_o, nq * 4);
+            ck_assert_msg(kvcache_decode_cuda(1, d_k, d_v, B, H, Hkv, max_seq, D, d_q, d_lens, max_len, d_o) == 0,
+                          "case %zu: %s", ci, error_message());
+            cuda_download(got, d_o, nq * 4);
+            ck_assert_msg(compare_f32("cuda decode", got, ref, nq, ATOL, RTOL, 5).n_bad == 0, "case %zu", ci);
+        }
+        cuda_free(d_k), cuda_free(d_v), cuda_free(d_q), cuda_free(d_o), cuda_free(d_lens);
+        free(q), free(ref), free(got), free(k), free(v);
+        kvcache_free(&kc);
+    }
+}
+END_TEST
+
+/* The whole model on the GPU against the CPU, greedy: with the cache, with the prompt prefilled
+ * in chunks, and without the cache. Two fp32 computations that add in different orders: the
+ * tokens must be identical, or part only where the CPU's two best logits are a near-tie. */
+START_TEST(test_cuda_generate_matches_cpu)
+{
     Model m;
     ModelConfig c = model_default_config();
     ck_assert_int_eq(model_init_random(&m, &c, MODEL_DEFAULT_SEED), 0);
-    int prompt[5] = {1, 2, 3, 4, 5}, a[16], b[16];
-    GenOptions o = {16, 0.0f, 0, 1, KV_F32, 2, 0, 0};
-    ck_assert_int_eq(kvcache_generate(&m, prompt, 5, &o, a, NULL), 0);
-    ck_assert_msg(kvcache_generate_cuda(&m, prompt, 5, &o, b, NULL) == 0, "%s", error_message());
-    ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+    int prompt[5] = {1, 2, 3, 4, 5}, a[24], b[24];
+    const struct {
+        int use_cache, chunk;
+        const char *what;
+    } modes[] = {{1, 0, "cache"}, {1, 2, "cache, prefill in chunks of 2"}, {1, 1, "cache, prefill a token at a time"},
+                 {0, 0, "no cache"}};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        GenOptions o = {24, 0.0f, 0, modes[i].use_cache, KV_F32, 2, modes[i].chunk, 0};
+        ck_assert_int_eq(kvcache_generate(&m, prompt, 5, &o, a, NULL), 0);
+        ck_assert_msg(kvcache_generate_cuda(&m, prompt, 5, &o, b, NULL) == 0, "%s: %s", modes[i].what, error_message());
+        double gap = 0.0;
+        const int at = kvcache_greedy_divergence(&m, prompt, 5, a, b, 24, &gap);
+        ck_assert_msg(at == -1 || (at >= 0 && gap <= KVCACHE_NEAR_TIE),
+                      "%s: the GPU's token %d is %d, the CPU's %d, and their logits are %g apart (not a near-tie)",
+                      modes[i].what, at, at >= 0 ? b[at] : -1, at >= 0 ? a[at] : -1, gap);
+        if (at >= 0)
+            printf("04_kvcache: %s: GPU and CPU part at token %d, a near-tie (%.1e)\n", modes[i].what, at, gap);
+    }
     model_free(&m);
 }
 END_TEST
+/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
+ * float64 oracle, every CUDA version. */
+START_TEST(test_attn_command_on_the_gpu)
+{
+    char prog[4200], err[4096];
+    program_path(prog, sizeof prog, "04_kvcache");
+    const int shapes[][7] = {{3, 8, 2, 1, 300, 128, 1}, {2, 4, 4, 1, 17, 256, 0}, {1, 8, 2, 12, 40, 64, 1}}; /* B H Hkv T S D causal */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int *x = shapes[si];
+        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
+        float *out = malloc(n * sizeof(float));
+        double *want = malloc(n * sizeof(double));
+        for (int kern = 1; kern <= KVCACHE_CUDA_KERNELS; kern++) {
+            const int status = testing_attn_command(prog, tmp, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
+                                                    700 + si, out, want, err, sizeof err);
+            ck_assert_msg(status == 0, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern, status, err);
+            ck_assert_msg(compare_f32_f64("attn --device cuda", out, want, n, ATOL, RTOL, 5).n_bad == 0,
+                          "shape %zu kernel %d", si, kern);
+        }
+        free(out), free(want);
+    }
+}
+END_TEST
+
 #endif
 
 
@@ -754,6 +1008,343 @@ START_TEST(test_tokenizer_rejects_bad_files)
 }
 END_TEST
 
+/* ==== the tokenizer's fast encoder against the reference ========================================= */
+
+/* Writes a vocabulary of V tokens: the three specials, then pieces[3..V), scores in order. */
+static void save_vocab(const char *path, int V, char **pieces, const float *scores)
+{
+    if (tokenizer_save(path, V, pieces, scores) != 0)
+        ck_abort_msg("%s", error_message());
+}
+
+/* The tiny fixture with its scores replaced: all 0 (every pair ties; the leftmost always
+ * merges first) or in reverse (the fixture's last merges first). */
+static int write_tiny_rescored(const char *path, int reverse)
+{
+    char *pieces[512];
+    float scores[512];
+    int V = 0;
+    while (testing_tiny_piece(V))
+        pieces[V] = (char *)testing_tiny_piece(V), scores[V] = reverse ? (float)V : 0.0f, V++;
+    save_vocab(path, V, pieces, scores);
+    return V;
+}
+
+/* A vocabulary made for merges and ties: the specials (BOS's piece is "S", and "S " and "Sa" are
+ * tokens, so that BOS merges too), the 256 bytes when with_bytes (else the pieces start at id 3,
+ * and a byte's fallback id lands on whatever piece is there), and every string of 1 to 4
+ * characters over "ab " with a score of 0, -1 or -2 drawn at random. */
+static int write_tie_vocab(const char *path, int with_bytes, uint64_t seed)
+{
+    static char text[600][8];
+    char *pieces[600];
+    float scores[600];
+    Rng rng;
+    rng_seed(&rng, seed);
+    int V = 0;
+    const char *specials[] = {"<unk>", "S", "E"};
+    for (int i = 0; i < 3; i++)
+        snprintf(text[V], 8, "%s", specials[i]), V++;
+    for (int b = 0; with_bytes && b < 256; b++)
+        snprintf(text[V], 8, "<0x%02X>", b), V++;
+    snprintf(text[V], 8, "S "), V++;
+    snprintf(text[V], 8, "Sa"), V++;
+    for (int len = 1; len <= 4; len++)
+        for (int code = 0, n = len == 1 ? 3 : len == 2 ? 9 : len == 3 ? 27 : 81; code < n; code++) {
+            for (int k = 0, c = code; k < len; k++, c /= 3)
+                text[V][k] = "ab "[c % 3];
+            text[V][len] = '\0';
+            V++;
+        }
+    for (int i = 0; i < V; i++)
+        pieces[i] = text[i], scores[i] = -(float)rng_below(&rng, 3);
+    save_vocab(path, V, pieces, scores);
+    return V;
+}
+
+/* A random text of one of five kinds, at most cap bytes (NUL-terminated in buf). */
+static void random_text(Rng *rng, int kind, char *buf, size_t cap)
+{
+    static const char *const words[] = {"the", "and", "Once", "upon", "a", "time", "there", "was", "in",
+                                        "sing", "little", "it", "on", "we", "an", "ab", "ba", "S"};
+    static const char *const odd[] = {"\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x99\x82", "\x80", "\xbf\xbf",
+                                      "\xe4\xb8", "\xff", "\xc3", "\xf0\x9f\x99\x82\x80\x80"};
+    const size_t len = rng_below(rng, (uint32_t)cap);
+    size_t n = 0;
+    char pattern[8];
+    const size_t plen = 1 + rng_below(rng, 5);
+    for (size_t k = 0; k < plen; k++)
+        pattern[k] = "ab the"[rng_below(rng, 6)];
+    while (n < len) {
+        const char *add;
+        char one[2] = {0, 0};
+        switch (kind) {
+        case 0: /* any bytes but NUL */
+            one[0] = (char)(1 + rng_below(rng, 255)), add = one;
+            break;
+        case 1: /* the tie vocabulary's alphabet */
+            one[0] = "ab  aS"[rng_below(rng, 6)], add = one;
+            break;
+        case 2: /* UTF-8, valid and not: stray continuation bytes, cut characters, 0xFF */
+            if (rng_below(rng, 3) == 0)
+                add = odd[rng_below(rng, sizeof odd / sizeof odd[0])];
+            else
+                one[0] = "abe t."[rng_below(rng, 6)], add = one;
+            break;
+        case 3: /* English-like words */
+            add = rng_below(rng, 2) ? " " : words[rng_below(rng, sizeof words / sizeof words[0])];
+            break;
+        default: /* one short pattern, repeated */
+            one[0] = pattern[n % plen], add = one;
+            break;
+        }
+        const size_t al = strlen(add);
+        if (n + al > len)
+            break;
+        memcpy(buf + n, add, al);
+        n += al;
+    }
+    buf[n] = '\0';
+}
+
+/* Both encoders on one text: the same ids, never fewer than tokenizer_min_tokens promises. */
+static void check_same_encoding(const Tokenizer *t, const char *text, int bos, int eos, const char *what)
+{
+    int *fast, *ref, nf, nr;
+    ck_assert_msg(tokenizer_encode(t, text, bos, eos, &fast, &nf) == 0, "%s", error_message());
+    ck_assert_msg(tokenizer_encode_ref(t, text, bos, eos, &ref, &nr) == 0, "%s", error_message());
+    int at = 0;
+    while (at < nf && at < nr && fast[at] == ref[at])
+        at++;
+    ck_assert_msg(nf == nr && at == nf, "%s, text of %zu bytes: %d ids against the reference's %d, first apart at %d",
+                  what, strlen(text), nf, nr, at);
+    ck_assert_msg((size_t)nf >= tokenizer_min_tokens(t, strlen(text), bos, eos), "%s: %d ids, fewer than promised",
+                  what, nf);
+    free(fast), free(ref);
+}
+
+START_TEST(test_tokenizer_matches_reference)
+{
+    char path[4200];
+    tmp_path(path, sizeof path, "tok.bin");
+    char *text = malloc(2049);
+    Rng rng;
+    rng_seed(&rng, 7);
+    int compared = 0;
+    for (int vocab = 0; vocab < 5; vocab++) {
+        const int V = vocab == 0   ? testing_write_tiny_tokenizer(path)
+                      : vocab <= 2 ? write_tiny_rescored(path, vocab == 2)
+                                   : write_tie_vocab(path, vocab == 3, 100 + (uint64_t)vocab);
+        static const char *const names[] = {"tiny", "tiny, all scores tied", "tiny, reverse order",
+                                            "ties over \"ab \"", "ties over \"ab \", no byte tokens"};
+        Tokenizer t;
+        ck_assert_msg(tokenizer_load(path, V, &t) == 0, "%s", error_message());
+        for (int i = 0; i < 500; i++, compared++) { /* 100 texts of each kind, up to 300 bytes */
+            random_text(&rng, i % 5, text, 301);
+            check_same_encoding(&t, text, (int)rng_below(&rng, 2), (int)rng_below(&rng, 2), names[vocab]);
+        }
+        for (int kind = 0; kind < 5; kind++, compared++) { /* and one of 2 KiB each */
+            random_text(&rng, kind, text, 2049);
+            check_same_encoding(&t, text, 1, 0, names[vocab]);
+        }
+        const char *fixed[] = {"", "a", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "ab ab ab ab ab",
+                               "the the the thethethe", "Once upon a time, there was a little girl."};
+        for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++, compared++)
+            check_same_encoding(&t, fixed[i], 1, 1, names[vocab]);
+        tokenizer_free(&t);
+    }
+    ck_assert_int_eq(compared, 5 * 511);
+    free(text);
+}
+END_TEST
+
+/* Merge order decides the result; each expectation worked by hand. Vocabulary (no " ", so no
+ * dummy prefix): a b c d x, then ab -3, bc -1, cd -2, abc -4, bcd -0.5, xa -4, bca -4, ax -4. */
+START_TEST(test_tokenizer_merge_order)
+{
+    char path[4200];
+    tmp_path(path, sizeof path, "order.bin");
+    char *pieces[] = {"<unk>", "<s>", "</s>", "a",   "b",   "c",  "d",   "x",
+                      "ab",    "bc",  "cd",   "abc", "bcd", "xa", "bca", "ax"};
+    const float scores[] = {0, 0, 0, 0, 0, 0, 0, 0, -3, -1, -2, -4, -0.5f, -4, -4, -4};
+    enum { A = 3, B, C, D, X, AB, BC, CD, ABC, BCD, XA, BCA, AX, V };
+    save_vocab(path, V, pieces, scores);
+    Tokenizer t;
+    ck_assert_msg(tokenizer_load(path, V, &t) == 0, "%s", error_message());
+    const struct {
+        const char *text;
+        int n, ids[4];
+    } cases[] = {
+        /* a b c d: of ab, bc, cd the best is bc -> a bc d; then bcd (-0.5) beats abc (-4) -> a bcd.
+         * Leftmost-first would give ab c d -> abc d; not rescoring the new pairs, a bc d. */
+        {"abcd", 2, {A, BCD}},
+        /* a b c: bc (-1) before ab (-3) -> a bc; then the new pair on its left, abc -> abc */
+        {"abc", 1, {ABC}},
+        /* x a b c: bc -> x a bc; now xa and abc tie at -4: the leftmost, xa, an older pair than
+         * abc -> xa bc. (Newest pair first would give x abc.) */
+        {"xabc", 2, {XA, BC}},
+        /* b c a x: bc -> bc a x; now bca (new) and ax (old) tie at -4: the leftmost, bca -> bca x.
+         * (Oldest pair first would give bc ax.) */
+        {"bcax", 2, {BCA, X}},
+        /* a b a: ab (-3); no "ba" -> ab a */
+        {"aba", 2, {AB, A}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int ref = 0; ref <= 1; ref++) {
+            int *ids, n;
+            ck_assert_int_eq((ref ? tokenizer_encode_ref : tokenizer_encode)(&t, cases[i].text, 0, 0, &ids, &n), 0);
+            ck_assert_msg(n == cases[i].n && memcmp(ids, cases[i].ids, (size_t)n * sizeof(int)) == 0,
+                          "'%s' (%s): %d ids, %d %d", cases[i].text, ref ? "reference" : "heap", n, ids[0],
+                          n > 1 ? ids[1] : -1);
+            free(ids);
+        }
+    }
+    tokenizer_free(&t);
+}
+END_TEST
+
+/* A long text encodes in O(n log n): 1 MiB (256 KiB under the sanitizers), which the quadratic
+ * reference would take hours over. No time is asserted -- a quadratic encoder would simply not
+ * finish within the test's timeout. The ids decode back to the text. */
+START_TEST(test_tokenizer_long_text)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    const size_t n_text = (size_t)1 << 18;
+#else
+    const size_t n_text = (size_t)1 << 20;
+#endif
+    char path[4200];
+    tmp_path(path, sizeof path, "tok.bin");
+    const int V = testing_write_tiny_tokenizer(path);
+    Tokenizer t;
+    ck_assert_int_eq(tokenizer_load(path, V, &t), 0);
+    char *text = malloc(n_text + 1);
+    Rng rng;
+    rng_seed(&rng, 3);
+    const char *para = "Once upon a time, there was a little girl. She was singing in the rain and the wind.\n";
+    for (size_t i = 0; i < n_text; i++) /* English, and every 7th KiB random printable bytes */
+        text[i] = (i >> 10) % 7 == 6 ? (char)(32 + rng_below(&rng, 95)) : para[i % strlen(para)];
+    text[n_text] = '\0';
+    int *ids, n;
+    ck_assert_int_eq(tokenizer_encode(&t, text, 1, 0, &ids, &n), 0);
+    ck_assert_msg(n > (int)(n_text / 6) && n < (int)n_text, "%d ids for %zu bytes", n, n_text);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(ids[i] >= 0 && ids[i] < V, "id %d is %d", i, ids[i]);
+    char *back = tokenizer_decode(&t, ids[0], ids + 1, n - 1);
+    ck_assert_msg(strcmp(back, text) == 0, "the text did not come back");
+    free(back), free(ids), free(text);
+    tokenizer_free(&t);
+}
+END_TEST
+
+/* A text that cannot fit is refused from its length alone, before it is encoded. */
+START_TEST(test_tokenizer_refuses_long_text_unread)
+{
+    char path[4200];
+    tmp_path(path, sizeof path, "tok.bin");
+    const int V = testing_write_tiny_tokenizer(path);
+    Tokenizer t;
+    ck_assert_int_eq(tokenizer_load(path, V, &t), 0);
+    /* the fixture's longest piece is 6 bytes ("<0x00>"): BOS, the prefix and n bytes weigh n + 2 */
+    ck_assert_int_eq(t.max_token_length, 6);
+    ck_assert_uint_eq(tokenizer_min_tokens(&t, 0, 0, 0), 0);
+    ck_assert_uint_eq(tokenizer_min_tokens(&t, 0, 1, 1), 2);
+    ck_assert_uint_eq(tokenizer_min_tokens(&t, 600, 1, 0), 101); /* ceil(602 / 6) */
+    ck_assert_uint_eq(tokenizer_min_tokens(&t, 600, 1, 1), 102);
+    tokenizer_free(&t);
+    char *text = malloc(200001);
+    memset(text, 'x', 200000), text[200000] = '\0';
+    int *prompt = NULL, n_prompt = 0;
+    ck_assert_int_eq(tokenizer_setup(path, text, V, 256, &t, &prompt, &n_prompt), -1);
+    ck_assert_msg(strstr(error_message(), "--prompt-text is 200000 bytes: at least 33334 tokens") &&
+                      strstr(error_message(), "seq_len 256"),
+                  "%s", error_message());
+    text[384] = '\0'; /* 386 / 6 -> 65 tokens at least: one too many for 64 */
+    ck_assert_int_eq(tokenizer_setup(path, text, V, 64, &t, &prompt, &n_prompt), -1);
+    text[300] = '\0'; /* passes the bound (51); its 302 ids are the caller's to refuse */
+    ck_assert_int_eq(tokenizer_setup(path, text, V, 64, &t, &prompt, &n_prompt), 1);
+    ck_assert_int_eq(n_prompt, 302);
+    tokenizer_free(&t), free(prompt), free(text);
+    /* a vocabulary whose byte token for 'q' has an empty piece: BOS and a 'q' join to "<s>", BOS
+     * again, so 100 q's vanish into BOS, and the bound can promise only one token */
+    char *pieces[3 + 256];
+    float scores[3 + 256];
+    static char bytes[256][8];
+    for (int i = 0; i < 3 + 256; i++) {
+        if (i >= 3)
+            snprintf(bytes[i - 3], 8, i - 3 == 'q' ? "" : "<0x%02X>", i - 3);
+        pieces[i] = i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : bytes[i - 3];
+        scores[i] = 0.0f;
+    }
+    save_vocab(path, 3 + 256, pieces, scores);
+    ck_assert_int_eq(tokenizer_load(path, 3 + 256, &t), 0);
+    char qs[101];
+    memset(qs, 'q', 100), qs[100] = '\0';
+    ck_assert_uint_eq(tokenizer_min_tokens(&t, 100, 1, 0), 1);
+    check_same_encoding(&t, qs, 1, 0, "empty byte piece");
+    int *ids, n;
+    ck_assert_int_eq(tokenizer_encode(&t, qs, 1, 0, &ids, &n), 0);
+    ck_assert_msg(n == 1 && ids[0] == TOKEN_BOS, "%d ids", n);
+    free(ids);
+    tokenizer_free(&t);
+}
+END_TEST
+
+/* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
+
+#define GEN04 "04_kvcache", "generate", "--device", "cpu"
+static const HostileCase hostile_cases[] = {
+    {.argv = {GEN04, "--checkpoint", "@/missing.bin"}, .expect = "missing.bin"},
+    {.argv = {GEN04, "--checkpoint", "@/fifo"}, .expect = "not a regular file"},
+    {.argv = {GEN04, "--checkpoint", "@/adir"}, .expect = "is a folder"},
+    {.argv = {GEN04, "--checkpoint", "@/trunc.bin"}, .expect = "trunc.bin"},
+    {.argv = {GEN04, "--checkpoint", "@/wrap.bin"}, .expect = "overflows"},
+    {.argv = {GEN04, "--checkpoint", "@/q.npy"}, .expect = "q.npy"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/fifo", "--prompt-text", "hi"},
+     .expect = "not a regular file"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/adir", "--prompt-text", "hi"},
+     .expect = "is a folder"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/trunc.bin", "--prompt-text", "hi"},
+     .expect = "trunc.bin"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt-text", "hi"}, .expect = "--tokenizer"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/tok.bin", "--prompt", "1 2", "--prompt-text", "hi"},
+     .expect = "--prompt-text"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--no-cache", "--kv-dtype", "int8"}, .expect = "--kv-dtype"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--temperature", "1e-40"}, .expect = "--temperature"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--temperature", "-1"}, .expect = "--temperature"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--temperature", "nan"}, .expect = "--temperature"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt", "1 2 x"}, .expect = "--prompt"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt", "1 99999"}, .expect = "99999"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt", ""}, .expect = "--prompt"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "-1"}, .expect = "--max-new"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "99999999999"}, .expect = "--max-new"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "300"}, .expect = "seq_len"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prefill-chunk", "0"}, .expect = "--prefill-chunk"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--kv-dtype", "f8"}, .expect = "--kv-dtype"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--kernel", "3"}, .expect = "--kernel"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--seed"}, .expect = "--seed"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/tok.bin", "--prompt-text", "<@/long.txt"},
+     .expect = "seq_len"},
+    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "4"},
+     .expect = "standard output", .stdout_to = "/dev/full"},
+    {.argv = {"04_kvcache", "attn", "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
+     .expect = "overflow"},
+    {.argv = {"04_kvcache", "attn", "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/fifo"},
+     .expect = "FIFO"},
+    {.argv = {"04_kvcache", "bench", "--out", "@/out", "--max-l", "1024", "--gen-tokens", "0", "--repeats", "1"},
+     .expect = "is a folder"},
+    {.argv = {"04_kvcache", "bench", "--gen-tokens", "-4"}, .expect = "--gen-tokens"},
+};
+
+START_TEST(test_hostile_inputs)
+{
+    hostile_fixtures(tmp);
+    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
+    int failed = hostile_run(tmp, hostile_cases, n);
+    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+}
+END_TEST
+
 /* ==== the suite ================================================================================= */
 
 static Suite *kvcache_suite(void)
@@ -764,12 +1355,23 @@ static Suite *kvcache_suite(void)
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_loader_reads_run_c_order);
     tcase_add_test(tc, test_loader_rejects_bad_files);
+    tcase_add_test(tc, test_loader_refuses_wrapping_sizes);
     tcase_add_test(tc, test_save_load_round_trip);
+    tcase_add_test(tc, test_failed_saves_keep_the_previous_files);
     tcase_add_test(tc, test_forward_pieces);
     tcase_add_test(tc, test_sampler_is_llama2c);
     tcase_add_test(tc, test_tokenizer_known_encodings);
     tcase_add_test(tc, test_tokenizer_round_trips);
     tcase_add_test(tc, test_tokenizer_rejects_bad_files);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("tokenizer: the heap encoder against the reference");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_tokenizer_matches_reference);
+    tcase_add_test(tc, test_tokenizer_merge_order);
+    tcase_add_test(tc, test_tokenizer_long_text);
+    tcase_add_test(tc, test_tokenizer_refuses_long_text_unread);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cache against chapter 03");
@@ -788,20 +1390,28 @@ static Suite *kvcache_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_generate_command);
+    tcase_add_test(tc, test_generate_to_a_full_disk);
+    tcase_add_test(tc, test_generation_stops_at_overflowing_logits);
     tcase_add_test(tc, test_attn_through_the_cache_matches_float64);
     tcase_add_test(tc, test_help_and_verify);
     suite_add_tcase(s, tc);
 
-    char why[256];
-    if (device_cuda_available(why, sizeof why)) {
+    tc = tcase_create("hostile inputs");
+    tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_hostile_inputs);
+    suite_add_tcase(s, tc);
+
+    if (testing_cuda_cases("04_kvcache")) { /* asked in a child process: this one must not start CUDA */
 #if HAVE_CUDA
         tc = tcase_create("cuda");
         tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, test_cuda_decode_and_generate);
+        tcase_add_test(tc, test_cuda_decode);
+        tcase_add_test(tc, test_cuda_generate_matches_cpu);
+        tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+        tcase_add_test(tc, test_attn_command_on_the_gpu);
         suite_add_tcase(s, tc);
 #endif
-    } else {
-        printf("04_kvcache: CUDA tests skipped: %s\n", why);
     }
     return s;
 }
@@ -810,7 +1420,9 @@ int main(void)
 {
     error_set_program("test_04_kvcache");
     SRunner *sr = srunner_create(kvcache_suite());
+    testing_suite_start("test_04_kvcache");
     srunner_run_all(sr, CK_NORMAL);
+    testing_suite_end();
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -14,6 +14,8 @@
  *
  * Every subcommand takes --help.
  */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,9 +53,24 @@ static uint64_t g_shuffle_seed = 1234; /* the order the pool hands out blocks */
  * (a slot the kernels must not read), then K/V (B, Hkv, S, D) written through the tables. */
 static int paged_from_bhsd(const AttnDims *d, int bs, const float *k, const float *v, PagedPool *p, PagedSeq *seqs)
 {
-    const int per_seq = (d->S + bs - 1) / bs;
-    if (paged_pool_create(p, 1, d->Hkv, d->D, bs, d->B * per_seq > 0 ? d->B * per_seq : 1) != 0)
+    /* a pool of exactly the blocks the B sequences take: ceil(S / bs) each, in size_t (B * that
+     * can pass INT_MAX) */
+    const size_t per_seq = ((size_t)d->S + (size_t)bs - 1) / (size_t)bs, blocks = (size_t)d->B * per_seq;
+    if (blocks > (size_t)INT_MAX)
+        return error_set("B = %d sequences of S = %d keys take %zu blocks of %d tokens, more than a pool can have "
+                         "(%d): give a larger --block-size",
+                         d->B, d->S, blocks, bs, INT_MAX);
+    if (paged_pool_create(p, 1, d->Hkv, d->D, bs, blocks > 0 ? (int)blocks : 1) != 0) {
+        if (bs > d->S) { /* the likely cause: every sequence's one block is mostly empty */
+            char why[512], fit[32];
+            snprintf(why, sizeof why, "%s", error_message());
+            format_bytes(2.0 * d->B * d->Hkv * d->S * d->D * sizeof(float), fit, sizeof fit);
+            error_set("%s; --block-size %d is larger than S = %d: each of the B = %d sequences holds one block with "
+                      "%d empty slots (--block-size %d would need %s)",
+                      why, bs, d->S, d->B, bs - d->S, d->S, fit);
+        }
         return -1;
+    }
     const size_t pool_floats = (size_t)p->num_blocks * p->n_kv_heads * bs * d->D;
     for (size_t i = 0; i < pool_floats; i++)
         p->k[i] = p->v[i] = NAN;
@@ -154,7 +171,13 @@ static int run_ref(int kernel, const AttnDims *d, const float *q, const float *k
 /* On the GPU: the same shuffled placement, scattered on the device (paged.cu). */
 static int run_cuda(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
 {
-    const int bs = g_block_size, per_seq = (d->S + bs - 1) / bs, n_blocks = d->B * per_seq > 0 ? d->B * per_seq : 1;
+    const int bs = g_block_size;
+    const size_t blocks = (size_t)d->B * (((size_t)d->S + (size_t)bs - 1) / (size_t)bs);
+    if (blocks > (size_t)INT_MAX)
+        return error_set("B = %d sequences of S = %d keys take %zu blocks of %d tokens, more than a pool can have "
+                         "(%d): give a larger --block-size",
+                         d->B, d->S, blocks, bs, INT_MAX);
+    const int n_blocks = blocks > 0 ? (int)blocks : 1;
     int *perm = malloc((size_t)n_blocks * sizeof(int));
     for (int i = 0; i < n_blocks; i++)
         perm[i] = i;
@@ -210,7 +233,7 @@ static int cmd_generate(int argc, char **argv)
         {.name = "tokenizer", .kind = ARG_STRING, .dest = &tokenizer, .metavar = "T.bin",
          .help = "llama2.c tokenizer.bin: print text, stop at BOS/EOS as run.c does"},
         {.name = "prompt-text", .kind = ARG_STRING, .dest = &prompt_words, .metavar = "TEXT",
-         .help = "the prompt as text (needs --tokenizer; encoded with BOS first)"},
+         .help = "the prompt as text (needs --tokenizer; encoded with BOS first)", .conflicts = "prompt"},
         {.name = "max-new", .kind = ARG_INT, .dest = &max_new, .metavar = "N", .help = "tokens to generate (default 64)",
          .min = 0, .max = 1 << 24},
         {.name = "block-size", .kind = ARG_INT, .dest = &block_size, .metavar = "B",
@@ -221,7 +244,7 @@ static int cmd_generate(int argc, char **argv)
          .help = "K samples of the prompt, forked after one prefill; sample i uses seed + i (default 1)", .min = 1,
          .max = 4096},
         {.name = "temperature", .kind = ARG_DOUBLE, .dest = &temperature, .metavar = "T",
-         .help = "0 = greedy (default); > 0 samples from softmax(logits / T)", .min = 0, .max = 100},
+         .help = "0 = greedy (default); >= 1.2e-38 samples from softmax(logits / T)", .min = 0, .max = 100},
         {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "S", .help = "sampling seed (default 42)", .min = 0,
          .max = 2147483647},
         {.name = "shuffle", .kind = ARG_INT, .dest = &shuffle, .metavar = "S",
@@ -244,17 +267,20 @@ static int cmd_generate(int argc, char **argv)
         die("--device cuda: chapter 05 generates on the CPU; its GPU kernels run in 'attn', 'verify' and 'bench' "
             "(chapter 04 generates on the GPU)");
     int *prompt = NULL, n_prompt = 0;
-    if (token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
+    if (model_check_temperature(temperature) != 0 || token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
         die_with_error();
     Model m;
     load_model(checkpoint, &m);
     Tokenizer tok;
-    const int text = tokenizer_setup(tokenizer, prompt_words, m.c.vocab_size, &tok, &prompt, &n_prompt);
+    const int text = tokenizer_setup(tokenizer, prompt_words, m.c.vocab_size, m.c.seq_len, &tok, &prompt, &n_prompt);
     if (text < 0)
         die_with_error();
     PagedGenOptions o = {max_new, (float)temperature, (uint64_t)seed, n_samples, block_size, num_blocks, kernel,
                          (uint64_t)shuffle, text};
-    int *out = malloc((size_t)n_samples * (max_new + 1) * sizeof(int));
+    /* up to 4096 samples x 2^24 tokens: counted against the memory budget like the pool */
+    int *out = mem_alloc((size_t)n_samples * ((size_t)max_new + 1) * sizeof(int), "the generated tokens");
+    if (!out)
+        die_with_error();
     PagedGenStats st = {0};
     const double t0 = timer_now();
     if (paged_generate(&m, prompt, n_prompt, &o, out, &st) != 0)
@@ -283,7 +309,7 @@ static int cmd_generate(int argc, char **argv)
             printf(i ? " %d" : "%d", out[(size_t)s * max_new + i]);
         printf("\n");
     }
-    fflush(stdout);
+    stdout_flush_or_die(); /* the samples are out before the pool line on stderr, or exit 1 */
     char b1[32], b2[32];
     fprintf(stderr,
             "%s generate: %d prompt + %d new tokens x %d sample%s on cpu, %s: %.2f s, %.1f tokens/s; pool: %d blocks "
@@ -293,7 +319,7 @@ static int cmd_generate(int argc, char **argv)
             format_bytes((double)st.block_bytes, b1, sizeof b1), st.peak_blocks,
             format_bytes((double)st.block_bytes * st.peak_blocks, b2, sizeof b2), st.cow_copies);
     tokenizer_free(&tok);
-    free(out), free(prompt);
+    mem_free(out), free(prompt);
     model_free(&m);
     return 0;
 }
@@ -780,8 +806,8 @@ static int cmd_lesson(int argc, char **argv)
            "fragment what is left. Paging cuts the cache into blocks of a few tokens kept in one pool; each\n"
            "sequence has a block table (logical block -> physical block), takes a block when its last one is\n"
            "full, and the attention kernel reads K and V through the table, in place.\n\n"
-           "Machine: %s; measured fp32 FMA peak %.1f GFLOP/s, DRAM read %.1f GB/s.\n\n",
-           roofline_machine(), roof->fma_gflops, roof->dram_gbs);
+           "Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s.\n\n",
+           roofline_machine(), roof->fma_gflops, roof->fma_what, roof->dram_gbs);
     lesson_picture();
     char dat[4096];
     lesson_waste(m.c.seq_len, dat, sizeof dat);
@@ -877,6 +903,7 @@ static void verify_mixed(VerifyTally *tally, const char *device, int only_kernel
                     cuda_upload(dqs, q_start, sizeof q_start), cuda_upload(drs, row_seq, (size_t)q_start[n_seq] * sizeof(int));
                     PagedCudaBatch b = {dk, dv, p.num_blocks, Hkv, bs, D, dt, dl, dqs, drs, n_seq, max_blocks,
                                         q_start[n_seq], 700};
+                    cuda_memset_nan(dout, n * sizeof(float)); /* an element never written must fail */
                     rc = paged_attention_cuda(kern, &b, H, scale, causal, dq, dout);
                     if (rc == 0)
                         cuda_download(out, dout, n * sizeof(float));
@@ -910,7 +937,8 @@ static int cmd_verify(int argc, char **argv)
         {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N", .min = 1,
          .max = 9},
         {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
-        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)"},
+        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)",
+         .conflicts = "quick"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     ArgCommand cmd = {PROG " verify", "[options]",
@@ -1063,9 +1091,12 @@ int main(int argc, char **argv)
             if (strncmp(argv[i], "--block-size", 12) == 0 && (argv[i][12] == '\0' || argv[i][12] == '=')) {
                 const char *val = argv[i][12] == '=' ? argv[i] + 13 : i + 1 < argc ? argv[i + 1] : NULL;
                 char *end;
+                if (val && argv[i][12] == '\0' && val[0] == '-' && val[1] != '\0' && !(val[1] >= '0' && val[1] <= '9'))
+                    die("05_paged attn: --block-size needs a value, got the option '%s'", val);
+                errno = 0;
                 const long bs = val ? strtol(val, &end, 10) : 0;
-                if (!val || *end || bs < 1 || bs > 4096)
-                    die("--block-size needs an integer in 1..4096");
+                if (!val || !*val || *end || errno || bs < 1 || bs > 4096)
+                    die("05_paged attn: --block-size expects an integer from 1 to 4096, got '%s'", val ? val : "");
                 g_block_size = (int)bs;
                 const int drop = argv[i][12] == '=' ? 1 : 2;
                 for (int j = i; j + drop <= argc; j++)

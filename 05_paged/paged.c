@@ -41,9 +41,16 @@ int paged_pool_create(PagedPool *p, int n_layers, int n_kv_heads, int head_dim, 
                          n_layers, n_kv_heads, head_dim, block_size, num_blocks);
     size_t per_block = 1, elems;
     if (size_mul(&per_block, (size_t)n_layers * n_kv_heads, (size_t)block_size * head_dim) != 0 ||
-        size_mul(&elems, per_block, (size_t)num_blocks) != 0 || elems > SIZE_MAX / 8)
+        size_mul(&elems, per_block, (size_t)num_blocks) != 0 || elems > SIZE_MAX / 16) /* 16: K, V and 2 ints a block */
         return error_set("a pool of %d blocks x %d layers x %d kv heads x %d tokens x %d is too large", num_blocks,
                          n_layers, n_kv_heads, block_size, head_dim);
+    /* the whole pool against the memory budget before any of it is allocated: K and V pass
+     * mem_alloc's check one at a time, but the pool is their sum */
+    char what[256];
+    snprintf(what, sizeof what, "the block pool (K and V of %d blocks of %d tokens, %d layers x %d kv heads x head dim %d)",
+             num_blocks, block_size, n_layers, n_kv_heads, head_dim);
+    if (mem_check(2 * elems * sizeof(float) + 2 * (size_t)num_blocks * sizeof(int), what) != 0)
+        return -1;
     p->n_layers = n_layers, p->n_kv_heads = n_kv_heads, p->head_dim = head_dim;
     p->block_size = block_size, p->num_blocks = num_blocks;
     p->serial = next_serial++;
@@ -622,7 +629,7 @@ int paged_blocks_for_request(int n_prompt, int max_new, int n_samples, int block
     const long longest = (long)n_prompt + (max_new > 0 ? max_new - 1 : 0);
     const long shared = n_prompt / block_size, per_sample = (longest + block_size - 1) / block_size - shared;
     if (longest == n_prompt) /* nothing is written after the fork: the prompt's blocks suffice */
-        return (int)((n_prompt + block_size - 1) / block_size);
+        return (int)(((long)n_prompt + block_size - 1) / block_size);
     const long total = shared + (long)n_samples * per_sample;
     return total > 0x7fffffffL ? 0x7fffffff : (int)total;
 }
@@ -670,8 +677,8 @@ int paged_generate(const Model *m, const int *prompt, int n_prompt, const PagedG
                 memcpy(logits, first, (size_t)V * sizeof(float));
             else
                 rc = paged_forward(m, &p, &seqs[i], &toks[step - 1], 1, o->kernel, logits);
-            if (rc == 0)
-                toks[step] = model_sample(logits, V, o->temperature, &rngs[i]);
+            if (rc == 0 && (toks[step] = model_sample(logits, V, o->temperature, &rngs[i])) < 0)
+                rc = -1; /* the logits overflowed (error recorded) */
             if (rc == 0 && o->stop_at_bos_eos && (toks[step] == 1 || toks[step] == 2)) {
                 toks[step] = -1; /* BOS or EOS: the text is over; its blocks go back */
                 paged_seq_free(&p, &seqs[i]);

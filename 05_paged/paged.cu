@@ -23,6 +23,7 @@
 
 #include "04_kvcache/kvcache.h"
 #include "common/cuda_utils.h"
+#include "common/cuda_workspace.h"
 #include "common/error.h"
 #include "common/rng.h"
 
@@ -174,6 +175,9 @@ __global__ void paged_kernel_v2(PagedCudaBatch b, int H, float scale, int causal
             }
             for (int off = 16; off > 0; off /= 2)
                 sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            /* every lane read ms[r] above; a shuffle orders no shared-memory access, so without
+             * this barrier lane 0's write below may race with those reads */
+            __syncwarp();
             if (lane == 0) {
                 al[r] = __expf(ms[r] - m_new);
                 ls[r] = ls[r] * al[r] + sum;
@@ -259,18 +263,18 @@ extern "C" int paged_attention_cuda(int kernel, const PagedCudaBatch *b, int H, 
     CUDA_CHECK(cudaFuncSetAttribute((const void *)paged_kernel_v2, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)smem));
     const size_t tasks = (size_t)b->rows * b->Hkv * n_parts;
-    float *part_o = (float *)cuda_try_alloc(tasks * G * D * sizeof(float), "paged partial outputs");
-    float *part_lse = part_o ? (float *)cuda_try_alloc(tasks * G * sizeof(float), "paged partial lse") : NULL;
-    if (!part_lse) {
-        cuda_free(part_o);
+    /* called once per layer per engine iteration: workspaces kept between calls (grow-only,
+     * freed at exit), not a cudaMalloc and cudaFree per call */
+    static CudaWorkspace ws_o = CUDA_WORKSPACE("paged partial outputs"), ws_lse = CUDA_WORKSPACE("paged partial lse");
+    float *part_o = (float *)cuda_workspace(&ws_o, tasks * G * D * sizeof(float));            /* (tasks, G, D) */
+    float *part_lse = part_o ? (float *)cuda_workspace(&ws_lse, tasks * G * sizeof(float)) : NULL; /* (tasks, G) */
+    if (!part_lse)
         return -1;
-    }
     paged_kernel_v2<<<dim3((unsigned)b->rows, (unsigned)b->Hkv, (unsigned)n_parts), PG_THREADS, smem>>>(
         *b, H, scale, causal, part_keys, d_q, part_o, part_lse);
     CUDA_CHECK(cudaGetLastError());
     paged_reduce<<<dim3((unsigned)b->rows, (unsigned)H), 128>>>(part_o, part_lse, H, b->Hkv, D, n_parts, d_out);
     CUDA_CHECK(cudaGetLastError());
-    cuda_free(part_o), cuda_free(part_lse);
     return 0;
 }
 

@@ -14,12 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/hostile.h"
 #include "common/model.h"
 #include "common/npy.h"
 #include "common/rng.h"
@@ -491,6 +493,26 @@ START_TEST(test_pool_offsets_beyond_32_bits)
 }
 END_TEST
 
+/* The pool is checked whole against the memory budget before any of it is allocated: K and V
+ * would each pass alone (the bug: two 16 GiB pools on a 23 GiB machine, killed while filling the
+ * second). Here with a budget of 1 MiB, so nothing large is ever asked for. */
+START_TEST(test_pool_checked_whole_against_the_budget)
+{
+    const size_t held = mem_current_bytes();
+    mem_set_budget(held + (1u << 20));
+    PagedPool p;
+    /* K and V of 64 blocks x 16 tokens x 4 heads x 64 floats: 1 MiB each, 2 MiB together */
+    ck_assert_int_eq(paged_pool_create(&p, 1, 4, 64, 16, 64), -1);
+    ck_assert_msg(strstr(error_message(), "the block pool (K and V of 64 blocks of 16 tokens, 1 layers x 4 kv heads x "
+                                          "head dim 64) needs 2.00 MiB"),
+                  "%s", error_message());
+    ck_assert_uint_eq(mem_current_bytes(), held); /* not even K was allocated */
+    ck_assert_int_eq(paged_pool_create(&p, 1, 4, 64, 16, 16), 0); /* a quarter of it fits */
+    paged_pool_free(&p);
+    mem_set_budget(0);
+}
+END_TEST
+
 /* ==== the program ================================================================================ */
 
 static void expect_error(const char *const *args, const char *expect)
@@ -544,8 +566,47 @@ START_TEST(test_generate_command_matches_chapter04)
     expect_error((const char *[]){"generate", "--prompt", "1 5000", NULL}, "ids must be in 0..1023");
     expect_error((const char *[]){"generate", "--max-new", "2048", NULL}, "exceeds the model's seq_len 2048");
     expect_error((const char *[]){"generate", "--device", "cuda", NULL}, "generates on the CPU");
-    expect_error((const char *[]){"attn", "--block-size", "x", NULL}, "--block-size");
+    expect_error((const char *[]){"attn", "--block-size", "x", NULL}, "--block-size expects an integer from 1 to 4096");
+    expect_error((const char *[]){"attn", "--block-size", "--q", NULL}, "--block-size needs a value, got the option");
+    expect_error((const char *[]){"generate", "--prompt", "1", "--prompt-text", "x", NULL},
+                 "--prompt and --prompt-text cannot be given together");
+    expect_error((const char *[]){"generate", "--temperature", "1e-40", NULL}, "below the smallest normal float");
+    expect_error((const char *[]){"verify", "--quick", "--smoke", NULL}, "--quick and --smoke cannot be given together");
     expect_error((const char *[]){"frobnicate", NULL}, "unknown subcommand");
+}
+END_TEST
+
+/* attn --block-size 4096 on inputs of one key per sequence: each of the B sequences holds a
+ * block of 4096 slots, so the pool is 4096x the inputs. B is chosen so that the pool is about
+ * twice the memory available: it must be refused before anything is allocated (it was: two
+ * pools, K and V, each passing a check against physical memory alone, then the OOM killer), with
+ * a message naming the pool, its size, and the block size as the cause; no output is written. */
+START_TEST(test_attn_pool_beyond_memory_is_refused)
+{
+    const size_t avail = mem_budget_bytes(), per_seq = 2 * 4096 * 64 * sizeof(float); /* K and V, Hkv 1, D 64 */
+    if (avail > ((size_t)64 << 30)) { /* the inputs would be avail / 2730: keep the test small */
+        fprintf(stderr, "test_attn_pool_beyond_memory_is_refused: skipped, %zu GiB available\n", avail >> 30);
+        return;
+    }
+    const size_t B = 2 * avail / per_seq + 1;
+    float *x = malloc(B * 64 * sizeof(float));
+    fill_normal(x, B * 64, 5);
+    char q[4200], o[4200], prog[4200];
+    snprintf(q, sizeof q, "%s/q.npy", tmp), snprintf(o, sizeof o, "%s/o.npy", tmp);
+    ck_assert_int_eq(npy_write(q, NPY_F32, 4, (size_t[]){B, 1, 1, 64}, x), 0);
+    free(x);
+    const char *argv[] = {program_path(prog, sizeof prog, "05_paged"), "attn", "--q", q, "--k", q, "--v", q, "--out",
+                          o, "--block-size", "4096", "--device", "cpu", NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program(&r, argv), 0);
+    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1, "status %d: %s", r.status, r.err);
+    ck_assert_msg(strstr(r.err, "the block pool (K and V of"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "of memory available"), "%s", r.err);
+    ck_assert_msg(strstr(r.err, "--block-size 4096 is larger than S = 1"), "%s", r.err);
+    ck_assert_msg(access(o, F_OK) != 0, "%s was written", o);
+#if !defined(__SANITIZE_ADDRESS__) /* the shadow memory alone is larger */
+    ck_assert_msg(r.max_rss_kib < 512 * 1024, "peaked at %ld KiB", r.max_rss_kib);
+#endif
 }
 END_TEST
 
@@ -610,37 +671,112 @@ END_TEST
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
 #if HAVE_CUDA
+/* Both CUDA kernels against the float64 oracle through shuffled tables, every block size: a
+ * GQA batch of prefill rows; G = 32 at D = 128 over two partitions of v2 (49.5 KiB of shared
+ * memory: the opt-in above 48 KiB); D = 256, the largest head. */
 START_TEST(test_cuda_kernels_against_cpu)
 {
-    const int H = 8, Hkv = 2, D = 64, B = 3, S = 300, T = 2;
-    const size_t nq = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
-    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *want = malloc(nq * 4), *got = malloc(nq * 4);
-    fill_normal(q, nq, 1), fill_normal(k, nk, 2), fill_normal(v, nk, 3);
-    double *want64 = malloc(nq * sizeof(double));
-    attention_f64(B, H, Hkv, T, S, D, 1, 1.0 / sqrt((double)D), q, k, v, want64);
-    for (size_t i = 0; i < nq; i++)
-        want[i] = (float)want64[i];
-    float *dq = cuda_alloc(nq * 4), *dk = cuda_alloc(nk * 4), *dv = cuda_alloc(nk * 4), *dout = cuda_alloc(nq * 4);
-    cuda_upload(dq, q, nq * 4), cuda_upload(dk, k, nk * 4), cuda_upload(dv, v, nk * 4);
-    for (int bi = 0; bi < 4; bi++) {
-        const int bs = BLOCK_SIZES[bi], per = (S + bs - 1) / bs;
-        int *perm = malloc((size_t)B * per * sizeof(int));
-        for (int i = 0; i < B * per; i++)
-            perm[i] = B * per - 1 - i; /* the blocks in reverse order */
-        for (int kern = 1; kern <= PAGED_CUDA_KERNELS; kern++) {
-            ck_assert_msg(paged_attention_cuda_bhsd(kern, B, H, Hkv, T, S, D, bs, perm, 1.0f / sqrtf((float)D), 1, dq,
-                                                    dk, dv, dout) == 0,
-                          "%s", error_message());
-            cuda_download(got, dout, nq * 4);
-            ck_assert_msg(compare_f32("cuda paged", got, want, nq, ATOL, RTOL, 5).n_bad == 0, "bs %d kernel %d", bs, kern);
+    const int shapes[][6] = {{8, 2, 64, 3, 300, 2}, {32, 1, 128, 2, 600, 1}, {4, 2, 256, 2, 130, 3}}; /* H Hkv D B S T */
+    for (int si = 0; si < 3; si++) {
+        const int H = shapes[si][0], Hkv = shapes[si][1], D = shapes[si][2], B = shapes[si][3], S = shapes[si][4];
+        const int T = shapes[si][5];
+        const size_t nq = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
+        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *want = malloc(nq * 4), *got = malloc(nq * 4);
+        fill_normal(q, nq, 1 + 10 * (uint64_t)si), fill_normal(k, nk, 2 + 10 * (uint64_t)si);
+        fill_normal(v, nk, 3 + 10 * (uint64_t)si);
+        double *want64 = malloc(nq * sizeof(double));
+        attention_f64(B, H, Hkv, T, S, D, 1, 1.0 / sqrt((double)D), q, k, v, want64);
+        for (size_t i = 0; i < nq; i++)
+            want[i] = (float)want64[i];
+        float *dq = cuda_alloc(nq * 4), *dk = cuda_alloc(nk * 4), *dv = cuda_alloc(nk * 4), *dout = cuda_alloc(nq * 4);
+        cuda_upload(dq, q, nq * 4), cuda_upload(dk, k, nk * 4), cuda_upload(dv, v, nk * 4);
+        for (int bi = 0; bi < 4; bi++) {
+            const int bs = BLOCK_SIZES[bi], per = (S + bs - 1) / bs;
+            int *perm = malloc((size_t)B * per * sizeof(int));
+            for (int i = 0; i < B * per; i++)
+                perm[i] = B * per - 1 - i; /* the blocks in reverse order */
+            for (int kern = 1; kern <= PAGED_CUDA_KERNELS; kern++) {
+                cuda_memset_nan(dout, nq * 4);
+                ck_assert_msg(paged_attention_cuda_bhsd(kern, B, H, Hkv, T, S, D, bs, perm, 1.0f / sqrtf((float)D), 1,
+                                                        dq, dk, dv, dout) == 0,
+                              "%s", error_message());
+                cuda_download(got, dout, nq * 4);
+                ck_assert_msg(compare_f32("cuda paged", got, want, nq, ATOL, RTOL, 5).n_bad == 0,
+                              "H %d Hkv %d D %d: bs %d kernel %d", H, Hkv, D, bs, kern);
+            }
+            free(perm);
         }
-        free(perm);
+        cuda_free(dq), cuda_free(dk), cuda_free(dv), cuda_free(dout);
+        free(q), free(k), free(v), free(want), free(got), free(want64);
     }
-    cuda_free(dq), cuda_free(dk), cuda_free(dv), cuda_free(dout);
-    free(q), free(k), free(v), free(want), free(got), free(want64);
 }
 END_TEST
+/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
+ * float64 oracle, every CUDA version. */
+START_TEST(test_attn_command_on_the_gpu)
+{
+    char prog[4200], err[4096];
+    program_path(prog, sizeof prog, "05_paged");
+    const int shapes[][7] = {{3, 8, 2, 1, 300, 128, 1}, {2, 32, 1, 3, 600, 128, 1}, {1, 4, 2, 9, 40, 256, 0}}; /* B H Hkv T S D causal */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int *x = shapes[si];
+        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
+        float *out = malloc(n * sizeof(float));
+        double *want = malloc(n * sizeof(double));
+        for (int kern = 1; kern <= PAGED_CUDA_KERNELS; kern++) {
+            const int status = testing_attn_command(prog, tmp, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
+                                                    700 + si, out, want, err, sizeof err);
+            ck_assert_msg(status == 0, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern, status, err);
+            ck_assert_msg(compare_f32_f64("attn --device cuda", out, want, n, ATOL, RTOL, 5).n_bad == 0,
+                          "shape %zu kernel %d", si, kern);
+        }
+        free(out), free(want);
+    }
+}
+END_TEST
+
 #endif
+
+/* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
+
+#define GEN05 "05_paged", "generate", "--device", "cpu", "--checkpoint", "@/model.bin"
+#define ATTN05 "05_paged", "attn", "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy"
+static const HostileCase hostile_cases[] = {
+    {.argv = {"05_paged", "generate", "--checkpoint", "@/wrap.bin"}, .expect = "overflows"},
+    {.argv = {"05_paged", "generate", "--checkpoint", "@/fifo"}, .expect = "not a regular file"},
+    {.argv = {GEN05, "--block-size", "0"}, .expect = "--block-size"},
+    {.argv = {GEN05, "--block-size", "-16"}, .expect = "--block-size"},
+    {.argv = {GEN05, "--num-blocks", "1", "--max-new", "40"}, .expect = "can never fit"},
+    {.argv = {GEN05, "--num-blocks", "268435456", "--block-size", "4096"}, .expect = "memory available"},
+    {.argv = {GEN05, "--n-samples", "0"}, .expect = "--n-samples"},
+    {.argv = {GEN05, "--n-samples", "2147483647"}, .expect = "--n-samples"},
+    {.argv = {GEN05, "--temperature", "1e-40"}, .expect = "--temperature"},
+    {.argv = {GEN05, "--temperature", "inf"}, .expect = "--temperature"},
+    {.argv = {GEN05, "--shuffle", "-1"}, .expect = "--shuffle"},
+    {.argv = {GEN05, "--kernel", "9"}, .expect = "--kernel"},
+    {.argv = {GEN05, "--prompt", "1 2x"}, .expect = "--prompt"},
+    {.argv = {GEN05, "--prompt", "1 2", "--tokenizer", "@/tok.bin", "--prompt-text", "hi"},
+     .expect = "--prompt-text"},
+    {.argv = {GEN05, "--tokenizer", "@/tok.bin", "--prompt-text", "<@/long.txt"}, .expect = "seq_len"},
+    {.argv = {GEN05, "--max-new", "4"}, .expect = "standard output", .stdout_to = "/dev/full"},
+    {.argv = {ATTN05, "--out", "@/out.npy", "--block-size", "4097"}, .expect = "--block-size"},
+    {.argv = {ATTN05, "--out", "@/out.npy", "--block-size", "0"}, .expect = "--block-size"},
+    {.argv = {ATTN05, "--out", "@/fifo"}, .expect = "FIFO"},
+    {.argv = {"05_paged", "attn", "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
+     .expect = "overflow"},
+    {.argv = {ATTN05, "--out", "@/out.npy", "--scale", "1e38"}, .expect = "overflow"},
+    {.argv = {"05_paged", "bench", "--out", "@/fifo", "--l", "256", "--repeats", "1"}, .expect = "FIFO"},
+    {.argv = {"05_paged", "bench", "--l", "-1"}, .expect = "--l"},
+};
+
+START_TEST(test_hostile_inputs)
+{
+    hostile_fixtures(tmp);
+    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
+    int failed = hostile_run(tmp, hostile_cases, n);
+    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+}
+END_TEST
 
 /* ==== the suite ================================================================================= */
 
@@ -662,6 +798,7 @@ static Suite *paged_suite(void)
     tcase_add_test(tc, test_allocator_detects_misuse);
     tcase_add_test(tc, test_logits_do_not_depend_on_the_thread_count);
     tcase_add_test(tc, test_pool_offsets_beyond_32_bits);
+    tcase_add_test(tc, test_pool_checked_whole_against_the_budget);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("program");
@@ -669,19 +806,25 @@ static Suite *paged_suite(void)
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
     tcase_add_test(tc, test_generate_command_matches_chapter04);
     tcase_add_test(tc, test_attn_command_matches_float64);
+    tcase_add_test(tc, test_attn_pool_beyond_memory_is_refused);
     tcase_add_test(tc, test_help_and_verify);
     suite_add_tcase(s, tc);
 
-    char why[256];
-    if (device_cuda_available(why, sizeof why)) {
+    tc = tcase_create("hostile inputs");
+    tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+    tcase_add_test(tc, test_hostile_inputs);
+    suite_add_tcase(s, tc);
+
+    if (testing_cuda_cases("05_paged")) { /* asked in a child process: this one must not start CUDA */
 #if HAVE_CUDA
         tc = tcase_create("cuda");
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, test_cuda_kernels_against_cpu);
+        tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
+        tcase_add_test(tc, test_attn_command_on_the_gpu);
         suite_add_tcase(s, tc);
 #endif
-    } else {
-        printf("05_paged: CUDA tests skipped: %s\n", why);
     }
     return s;
 }
@@ -690,7 +833,9 @@ int main(void)
 {
     error_set_program("test_05_paged");
     SRunner *sr = srunner_create(paged_suite());
+    testing_suite_start("test_05_paged");
     srunner_run_all(sr, CK_NORMAL);
+    testing_suite_end();
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -12,6 +12,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 
 #include "05_paged/paged.h"
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/rng.h"
 #include "common/tensor.h"
 #include "common/timer.h"
@@ -28,13 +30,13 @@
 void engine_free_requests(EngineRequest *reqs, int n)
 {
     for (int i = 0; i < n && reqs; i++)
-        free(reqs[i].prompt);
+        free(reqs[i].prompt), free(reqs[i].rejected);
     free(reqs);
 }
 
 /* One line "<arrival> <max_new> <ids...>" (or "<arrival> <max_new> <text>" with a tokenizer)
  * into r; -1 with the reason in why. */
-static int parse_line(char *line, const Tokenizer *tok, EngineRequest *r, char *why, size_t why_len)
+static int parse_line(char *line, const Tokenizer *tok, int seq_len, EngineRequest *r, char *why, size_t why_len)
 {
     char *p = line, *end;
     errno = 0;
@@ -60,9 +62,27 @@ static int parse_line(char *line, const Tokenizer *tok, EngineRequest *r, char *
             snprintf(why, why_len, "the prompt text is empty");
             return -1;
         }
+        /* a text whose length alone proves it cannot fit is not encoded: a request the model
+         * cannot serve, rejected on its own output line (the file's syntax is fine) */
+        const size_t n_bytes = strlen(p), at_least = tokenizer_min_tokens(tok, n_bytes, 1, 0);
+        if (seq_len > 0 && at_least + (size_t)max_new > (size_t)seq_len) {
+            char reason[256];
+            snprintf(reason, sizeof reason, "the prompt text is %zu bytes: at least %zu tokens with BOS (a token covers "
+                     "at most %d bytes), which with max_new %ld exceeds the model's seq_len %d", n_bytes, at_least,
+                     tok->max_token_length, max_new, seq_len);
+            *r = (EngineRequest){arrival, (int)max_new, 0, NULL, 0.0, strdup(reason)};
+            if (!r->rejected) {
+                snprintf(why, why_len, "out of memory");
+                return -1;
+            }
+            return 0;
+        }
         int *ids, n;
-        tokenizer_encode(tok, p, 1, 0, &ids, &n);
-        *r = (EngineRequest){arrival, (int)max_new, n, ids, 0.0};
+        if (tokenizer_encode(tok, p, 1, 0, &ids, &n) != 0) {
+            snprintf(why, why_len, "%s", error_message());
+            return -1;
+        }
+        *r = (EngineRequest){arrival, (int)max_new, n, ids, 0.0, NULL};
         return 0;
     }
     int cap = 16, n = 0;
@@ -88,15 +108,15 @@ static int parse_line(char *line, const Tokenizer *tok, EngineRequest *r, char *
         free(ids);
         return -1;
     }
-    *r = (EngineRequest){arrival, (int)max_new, n, ids, 0.0};
+    *r = (EngineRequest){arrival, (int)max_new, n, ids, 0.0, NULL};
     return 0;
 }
 
-int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineRequest **reqs, int *n)
+int engine_read_requests(const char *path, const Tokenizer *tokenizer, int seq_len, EngineRequest **reqs, int *n)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = file_open_input(path); /* a regular file, or an error: never blocks on a FIFO */
     if (!f)
-        return error_set("%s: cannot open: %s", path, strerror(errno));
+        return -1;
     int cap = 64, count = 0, lineno = 0;
     EngineRequest *out = malloc((size_t)cap * sizeof(EngineRequest));
     char *line = NULL;
@@ -104,19 +124,29 @@ int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineReq
     ssize_t len;
     while ((len = getline(&line, &line_cap, f)) >= 0) {
         lineno++;
+        /* a NUL would end the line early for the parser: the rest of a prompt, or a whole
+         * request after it, would vanish without a word */
+        const char *nul = memchr(line, '\0', (size_t)len);
+        if (nul) {
+            const size_t column = (size_t)(nul - line) + 1;
+            free(line);
+            fclose(f);
+            engine_free_requests(out, count);
+            return error_set("%s:%d: NUL byte (column %zu): a requests file is text", error_quote(path), lineno, column);
+        }
         char *p = line;
         while (isspace((unsigned char)*p))
             p++;
         if (!*p || *p == '#')
             continue;
-        char why[160];
+        char why[256];
         if (count == cap)
             out = realloc(out, (size_t)(cap *= 2) * sizeof(EngineRequest));
-        if (parse_line(p, tokenizer, &out[count], why, sizeof why) != 0) {
+        if (parse_line(p, tokenizer, seq_len, &out[count], why, sizeof why) != 0) {
             free(line);
             fclose(f);
             engine_free_requests(out, count);
-            return error_set("%s:%d: %s", path, lineno, why);
+            return error_set("%s:%d: %s", error_quote(path), lineno, why);
         }
         count++;
     }
@@ -124,7 +154,7 @@ int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineReq
     fclose(f);
     if (count == 0) {
         free(out);
-        return error_set("%s: no requests (every line is blank or a comment)", path);
+        return error_set("%s: no requests (every line is blank or a comment)", error_quote(path));
     }
     *reqs = out, *n = count;
     return 0;
@@ -132,19 +162,17 @@ int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineReq
 
 int engine_write_requests(const char *path, const EngineRequest *reqs, int n)
 {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return error_set("%s: cannot create: %s", path, strerror(errno));
-    fprintf(f, "# <arrival_seconds> <max_new_tokens> <prompt ids...>\n");
+    OutFile o; /* a temporary file renamed over path at the end: a failed write keeps the old one */
+    if (out_open(&o, path) != 0)
+        return -1;
+    out_printf(&o, "# <arrival_seconds> <max_new_tokens> <prompt ids...>\n");
     for (int i = 0; i < n; i++) {
-        fprintf(f, "%.6f %d", reqs[i].arrival, reqs[i].max_new);
+        out_printf(&o, "%.6f %d", reqs[i].arrival, reqs[i].max_new);
         for (int t = 0; t < reqs[i].n_prompt; t++)
-            fprintf(f, " %d", reqs[i].prompt[t]);
-        fprintf(f, "\n");
+            out_printf(&o, " %d", reqs[i].prompt[t]);
+        out_printf(&o, "\n");
     }
-    if (fclose(f) != 0)
-        return error_set("%s: write failed", path);
-    return 0;
+    return out_commit(&o);
 }
 
 int engine_policy_parse(const char *name, EnginePolicy *out)
@@ -191,7 +219,7 @@ int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs)
         }
         pr = clampi(pr, 1, w->seq_len - 1);
         nw = clampi(nw, 1, w->seq_len - pr);
-        out[i] = (EngineRequest){t, nw, pr, malloc((size_t)pr * sizeof(int)), 0.0};
+        out[i] = (EngineRequest){t, nw, pr, malloc((size_t)pr * sizeof(int)), 0.0, NULL};
         for (int k = 0; k < pr; k++)
             out[i].prompt[k] = (int)rng_below(&rng, (uint32_t)w->vocab);
     }
@@ -441,7 +469,7 @@ static int run_iteration(Engine *e, int *prefill_tokens, int *decode_tokens, int
         }
 #if HAVE_CUDA
         if (e->gpu) { /* the tables and lengths go to the GPU with the tokens */
-            const int mb = (e->m->c.seq_len + e->o.block_size - 1) / e->o.block_size;
+            const int mb = (int)(((size_t)e->m->c.seq_len + (size_t)e->o.block_size - 1) / (size_t)e->o.block_size);
             int *tables = mem_alloc((size_t)n_sched * mb * sizeof(int) + 1, "block tables for the GPU");
             int *lens = mem_alloc((size_t)n_sched * sizeof(int) + 1, "lengths for the GPU");
             rc = !tables || !lens ? -1 : 0;
@@ -471,6 +499,10 @@ static int run_iteration(Engine *e, int *prefill_tokens, int *decode_tokens, int
         const int i = out_seq[k];
         Seq *s = &e->s[i];
         const int next = model_sample(logits + (size_t)k * V, V, e->o.temperature, &s->rng);
+        if (next < 0) { /* the logits overflowed (error recorded) */
+            rc = -1;
+            break;
+        }
         if (e->o.stop_at_bos_eos && (next == 1 || next == 2)) {
             s->stopped = 1; /* the text is over; the stop token is not part of it */
             continue;
@@ -528,8 +560,53 @@ static int check_options(const EngineOptions *o)
         return error_set("--max-batch (%d), --max-tokens-per-step (%d) and --block-size (%d) must be at least 1, "
                          "--num-blocks (%d) not negative",
                          o->max_batch, o->max_tokens, o->block_size, o->num_blocks);
-    if (!(o->temperature >= 0))
-        return error_set("--temperature must be >= 0");
+    return model_check_temperature(o->temperature);
+}
+
+/* The default pool: max_batch sequences of seq_len tokens, counted in size_t (--max-batch 2^20
+ * with --block-size 1 is 2^31 blocks: in int that wrapped to a negative count). -1 with a message
+ * saying what it would need when no pool can have that many blocks. */
+static int default_pool_blocks(const Model *m, const EngineOptions *o, int *num_blocks)
+{
+    const size_t per_seq = ((size_t)m->c.seq_len + (size_t)o->block_size - 1) / (size_t)o->block_size;
+    const size_t blocks = (size_t)o->max_batch * per_seq; /* < 2^31 * 2^31: no wrap in 64 bits */
+    if (blocks > (size_t)INT_MAX) {
+        char b[32];
+        const double bytes = (double)blocks * 2.0 * m->c.n_layers * model_kv_dim(&m->c) * o->block_size * sizeof(float);
+        return error_set("the default pool, --max-batch %d sequences of seq_len %d tokens in blocks of %d, would need "
+                         "%zu blocks (%s of K and V), more than a pool can have (%d blocks): give --num-blocks N or a "
+                         "smaller --max-batch",
+                         o->max_batch, m->c.seq_len, o->block_size, blocks, format_bytes(bytes, b, sizeof b), INT_MAX);
+    }
+    *num_blocks = (int)blocks;
+    return 0;
+}
+
+typedef struct {
+    double arrival;
+    int index;
+} Arrival;
+
+static int cmp_arrival(const void *a, const void *b)
+{
+    const Arrival *x = a, *y = b;
+    if (x->arrival != y->arrival)
+        return x->arrival < y->arrival ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index); /* equal times: file order */
+}
+
+int engine_arrival_order(const EngineRequest *reqs, int n, int *order)
+{
+    /* qsort is not stable; sorting on (arrival, index) makes the order unique, hence stable */
+    Arrival *a = malloc((size_t)n * sizeof(Arrival) + 1);
+    if (!a)
+        return error_set("out of memory sorting %d arrival times", n);
+    for (int i = 0; i < n; i++)
+        a[i] = (Arrival){reqs[i].arrival, i};
+    qsort(a, (size_t)n, sizeof(Arrival), cmp_arrival);
+    for (int i = 0; i < n; i++)
+        order[i] = a[i].index;
+    free(a);
     return 0;
 }
 
@@ -543,11 +620,20 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
     e.m = m, e.reqs = reqs, e.n = n, e.o = *opt, e.met = metrics;
     memset(metrics, 0, sizeof *metrics);
     memset(results, 0, (size_t)n * sizeof(EngineResult));
-    if (e.o.num_blocks == 0) /* enough for max_batch sequences of seq_len tokens */
-        e.o.num_blocks = e.o.max_batch * ((m->c.seq_len + e.o.block_size - 1) / e.o.block_size);
-    if (paged_pool_create(&e.pool, m->c.n_layers, m->c.n_kv_heads, model_head_size(&m->c), e.o.block_size,
-                          e.o.num_blocks) != 0)
+    const int default_pool = e.o.num_blocks == 0; /* enough for max_batch sequences of seq_len tokens */
+    if (default_pool && default_pool_blocks(m, &e.o, &e.o.num_blocks) != 0)
         return -1;
+    if (paged_pool_create(&e.pool, m->c.n_layers, m->c.n_kv_heads, model_head_size(&m->c), e.o.block_size,
+                          e.o.num_blocks) != 0) {
+        if (default_pool) { /* say where the size came from: the user never gave it */
+            char why[512];
+            snprintf(why, sizeof why, "%s", error_message());
+            error_set("%s (the default pool: --max-batch %d sequences of seq_len %d tokens; give --num-blocks N or a "
+                      "smaller --max-batch)",
+                      why, e.o.max_batch, m->c.seq_len);
+        }
+        return -1;
+    }
     if (e.o.shuffle)
         paged_pool_shuffle(&e.pool, e.o.shuffle);
     if (e.o.cuda) {
@@ -570,24 +656,24 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
     for (int i = 0; i < n && rc == 0; i++) {
         Seq *s = &e.s[i];
         memset(s, 0, sizeof *s);
-        s->tokens = mem_alloc(((size_t)reqs[i].n_prompt + reqs[i].max_new) * sizeof(int) + 1, "request tokens");
+        /* a request that will be rejected on arrival (by the reader, or too long for seq_len)
+         * never holds tokens: no room is taken for its max_new */
+        const int never = reqs[i].rejected || (long)reqs[i].n_prompt + reqs[i].max_new > m->c.seq_len;
+        const size_t room = never ? 0 : (size_t)reqs[i].n_prompt + (size_t)reqs[i].max_new;
+        s->tokens = mem_alloc(room * sizeof(int) + 1, "request tokens");
         if (!s->tokens) {
             rc = -1;
             break;
         }
-        memcpy(s->tokens, reqs[i].prompt, (size_t)reqs[i].n_prompt * sizeof(int));
-        s->n_tokens = reqs[i].n_prompt;
+        if (!never)
+            memcpy(s->tokens, reqs[i].prompt, (size_t)reqs[i].n_prompt * sizeof(int));
+        s->n_tokens = never ? 0 : reqs[i].n_prompt;
         paged_seq_init(&s->seq);
         model_rng_seed(&s->rng, e.o.seed + (uint64_t)i);
         s->admitted = -1, s->phase = PH_PENDING, s->first_s = s->finish_s = NAN;
-        order[i] = i;
     }
-    /* arrival order: by time, then by position in the file (insertion sort keeps it stable) */
-    for (int k = 1; k < n && rc == 0; k++)
-        for (int j = k; j > 0 && reqs[order[j - 1]].arrival > reqs[order[j]].arrival; j--) {
-            const int t = order[j];
-            order[j] = order[j - 1], order[j - 1] = t;
-        }
+    if (rc == 0 && engine_arrival_order(reqs, n, order) != 0)
+        rc = -1;
     double clock = 0.0, first_arrival = n > 0 && rc == 0 ? reqs[order[0]].arrival : 0.0, last_finish = 0.0;
     int next = 0, settled = 0;
     while (rc == 0 && settled < n) {
@@ -597,7 +683,9 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
         for (; next < n && reqs[order[next]].arrival <= clock; next++) {
             const int i = order[next];
             char why[192];
-            if (!seq_fits_at_all(&e, i, why, sizeof why)) {
+            if (reqs[i].rejected) /* the reader knew already (a text too long for seq_len) */
+                snprintf(why, sizeof why, "%s", reqs[i].rejected);
+            if (reqs[i].rejected || !seq_fits_at_all(&e, i, why, sizeof why)) {
                 e.s[i].phase = PH_REJECTED, results[i].status = ENGINE_REJECTED;
                 snprintf(results[i].reason, sizeof results[i].reason, "%s", why);
                 metrics->rejected++, settled++;
@@ -712,6 +800,43 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
 #endif
     mem_free(e.s), mem_free(e.waiting), mem_free(e.running), mem_free(order);
     return rc;
+}
+
+int engine_serve_alone(const Model *m, const EngineRequest *reqs, int n, const EngineOptions *o, int ***tokens)
+{
+    int **t = calloc((size_t)n + 1, sizeof(int *));
+    if (!t)
+        return error_set("out of memory for %d token lists", n);
+    for (int i = 0; i < n; i++) {
+        EngineOptions oi = *o;
+        oi.seed = o->seed + (uint64_t)i, oi.keep_log = 0;
+        EngineResult res;
+        EngineMetrics mt;
+        if (engine_serve(m, &reqs[i], 1, &oi, &res, &mt) != 0) {
+            engine_free_tokens(t, n);
+            return -1;
+        }
+        if (res.status != ENGINE_REJECTED) {
+            t[i] = malloc(((size_t)reqs[i].max_new + 1) * sizeof(int));
+            if (!t[i]) {
+                engine_free_results(&res, 1), engine_free_metrics(&mt), engine_free_tokens(t, n);
+                return error_set("out of memory for the tokens of request %d", i);
+            }
+            for (int j = 0; j <= reqs[i].max_new; j++)
+                t[i][j] = j < res.n_tokens ? res.tokens[j] : -1;
+        }
+        engine_free_results(&res, 1);
+        engine_free_metrics(&mt);
+    }
+    *tokens = t;
+    return 0;
+}
+
+void engine_free_tokens(int **tokens, int n)
+{
+    for (int i = 0; i < n && tokens; i++)
+        free(tokens[i]);
+    free(tokens);
 }
 
 void engine_free_results(EngineResult *results, int n)

@@ -8,14 +8,23 @@
  * with the host pool's layout and block ids, (L, Hkv, num_blocks, bs, D): the host allocator's
  * decisions are valid on both sides.
  *
- *   products: cuBLAS (chapter 01's mha_linear_cuda) over the whole [rows, dim] batch
+ *   products: a tiled matrix product of its own over the whole [rows, dim] batch (below)
  *   embedding, RMSNorm, residual adds, SwiGLU: chapter 04's kernels
  *   RoPE: each row at its own position (below); K/V rows written through the tables (below)
  *   attention: chapter 05's paged kernel v2 over the mixed batch of prefill chunks and decodes
  *
- * cuBLAS may choose kernels by the batch size, so unlike the CPU path this forward is not
- * promised to be batch-invariant: 'verify --device cuda' reports how many requests' tokens match
- * chapter 05 on the CPU, and the tests require it only on the CPU.
+ * Batch invariance on the GPU: a row's bits must not depend on the other rows of the batch, or a
+ * request's tokens would depend on what else is running (and on how its prompt was chunked).
+ * cuBLAS chooses its algorithm (tiles, split-K) by the shape, so the same row can come out with
+ * different last bits at 3 rows and at 40: chapters 01-04 use it, this forward does not. Its own
+ * product sums every output over k = 0, 1, ..., K-1 in one thread, in that order, whatever M
+ * is; RMSNorm reduces one row per block; the paged kernel splits a row's keys at fixed
+ * 512-key boundaries of its own sequence. So on the GPU too a request gets bit for bit the tokens
+ * it gets served alone on the GPU (the tests and 'verify --device cuda' check exactly that). It
+ * is not the CPU's arithmetic: against chapter 05 on the CPU, logits agree within fp32 rounding
+ * (the tests allow 1e-4) and greedy tokens are identical or part at a near-tie (chapter 04's
+ * kvcache_greedy_divergence).
+ * The price: a simple product, slower than cuBLAS's on large models (bench-6 times the engine).
  */
 #include "06_batching/engine.h"
 
@@ -23,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "01_mha/mha.h"
 #include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
 #include "common/cuda_utils.h"
@@ -67,6 +75,56 @@ __global__ void eng_write_kv(const float *rows, float *pool, const int *row_seq,
     const int d = (int)(i % D), h = (int)((i / D) % Hkv), r = (int)(i / ((size_t)D * Hkv));
     const int p = pos[r], id = tables[(size_t)row_seq[r] * max_blocks + p / bs];
     pool[(((size_t)h * num_blocks + id) * bs + p % bs) * D + d] = rows[i];
+}
+
+/* ==== the batch-invariant matrix product ============================================================ */
+
+#define EMM_TILE 32 /* a block computes a 32 x 32 tile of y */
+#define EMM_ROWS 4  /* rows of the tile per thread: blockDim (32, EMM_TILE / EMM_ROWS) */
+
+/* y (M, N) = x (M, K) · w (N, K)ᵀ, row-major. Thread (tx, ty) owns column n0 + tx of the rows
+ * m0 + ty + 8 i (i < 4) and sums each over k = 0, 1, ..., K-1 in that order, one fused
+ * multiply-add per step: y[m][n] depends on row m of x and on w alone, not on M. */
+__global__ void eng_matmul(const float *x, const float *w, float *y, int M, int N, int K)
+{
+    __shared__ float xs[EMM_TILE][EMM_TILE + 1]; /* x (m0 .., k0 ..); +1: column reads hit 32 banks */
+    __shared__ float ws[EMM_TILE][EMM_TILE + 1]; /* w (n0 .., k0 ..) */
+    const int tx = threadIdx.x, ty = threadIdx.y, step = EMM_TILE / EMM_ROWS;
+    const int m0 = blockIdx.y * EMM_TILE, n0 = blockIdx.x * EMM_TILE;
+    float acc[EMM_ROWS];
+#pragma unroll
+    for (int i = 0; i < EMM_ROWS; i++)
+        acc[i] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += EMM_TILE) {
+        const int k = k0 + tx;
+        for (int r = ty; r < EMM_TILE; r += step) { /* coalesced: a warp reads 32 consecutive k */
+            xs[r][tx] = m0 + r < M && k < K ? x[(size_t)(m0 + r) * K + k] : 0.0f;
+            ws[r][tx] = n0 + r < N && k < K ? w[(size_t)(n0 + r) * K + k] : 0.0f;
+        }
+        __syncthreads();
+        const int kn = min(EMM_TILE, K - k0); /* the padding past K is never added, not even as 0 */
+        for (int kk = 0; kk < kn; kk++) {
+            const float wv = ws[tx][kk];
+#pragma unroll
+            for (int i = 0; i < EMM_ROWS; i++)
+                acc[i] = fmaf(xs[ty + i * step][kk], wv, acc[i]);
+        }
+        __syncthreads(); /* the tiles are read; the next ones may be loaded */
+    }
+#pragma unroll
+    for (int i = 0; i < EMM_ROWS; i++) {
+        const int m = m0 + ty + i * step, n = n0 + tx;
+        if (m < M && n < N)
+            y[(size_t)m * N + n] = acc[i];
+    }
+}
+
+/* y (M, N) = x (M, K) · w (N, K)ᵀ on the device, batch-invariant (eng_matmul). */
+static void eng_linear(float *d_y, const float *d_x, const float *d_w, int M, int N, int K)
+{
+    const dim3 grid((unsigned)((N + EMM_TILE - 1) / EMM_TILE), (unsigned)((M + EMM_TILE - 1) / EMM_TILE));
+    eng_matmul<<<grid, dim3(EMM_TILE, EMM_TILE / EMM_ROWS)>>>(d_x, d_w, d_y, M, N, K);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 /* dst (n_out, dim) = src rows out_rows[...] */
@@ -156,9 +214,9 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
         kvcache_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_att + (size_t)l * dim), n, dim);
-        mha_linear_cuda(g->q, g->xb, dev(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
-        mha_linear_cuda(g->k, g->xb, dev(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
-        mha_linear_cuda(g->v, g->xb, dev(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
+        eng_linear(g->q, g->xb, dev(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
+        eng_linear(g->k, g->xb, dev(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
+        eng_linear(g->v, g->xb, dev(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
         LAUNCH(eng_rope_rows, (size_t)n * H * (hs / 2), g->q, g->pos, n, H, hs);
         LAUNCH(eng_rope_rows, (size_t)n * Hkv * (hs / 2), g->k, g->pos, n, Hkv, hs);
         float *pk = g->pool_k + l * layer_pool, *pv = g->pool_v + l * layer_pool;
@@ -169,20 +227,20 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
         PagedCudaBatch b = {pk, pv, g->num_blocks, Hkv, g->bs, hs, g->tables, g->lens, g->q_start, g->row_seq,
                             n_seq, g->max_blocks, n, max_len};
         rc = paged_attention_cuda(2, &b, H, 1.0f / sqrtf((float)hs), 1, g->q, g->att);
-        mha_linear_cuda(g->xb, g->att, dev(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
+        eng_linear(g->xb, g->att, dev(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
         kvcache_cuda_add(g->x, g->xb, (size_t)n * dim);
         kvcache_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_ffn + (size_t)l * dim), n, dim);
-        mha_linear_cuda(g->h1, g->xb, dev(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
-        mha_linear_cuda(g->h3, g->xb, dev(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
+        eng_linear(g->h1, g->xb, dev(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
+        eng_linear(g->h3, g->xb, dev(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
         kvcache_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
-        mha_linear_cuda(g->xb, g->h1, dev(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
+        eng_linear(g->xb, g->h1, dev(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
         kvcache_cuda_add(g->x, g->xb, (size_t)n * dim);
     }
     if (rc != 0 || n_out == 0)
         return rc;
     LAUNCH(eng_gather_rows, (size_t)n_out * dim, g->x, g->att, g->out_rows, n_out, dim); /* att (rows, dim) is free */
     kvcache_cuda_rmsnorm(g->xb, g->att, dev(g, w->rms_final), n_out, dim);
-    mha_linear_cuda(g->logits, g->xb, dev(g, w->wcls), n_out, c->vocab_size, dim);
+    eng_linear(g->logits, g->xb, dev(g, w->wcls), n_out, c->vocab_size, dim);
     cuda_download(logits, g->logits, (size_t)n_out * c->vocab_size * sizeof(float));
     return 0;
 }

@@ -19,6 +19,10 @@
  * (chapter 05). Because every kernel on that path is batch-invariant (common/matmul's
  * matmul_nt_rows_ld, chapter 05's paged attention), a request gets bit for bit the tokens it
  * gets alone, whatever else runs with it, however its prompt is chunked, and after preemption.
+ * The GPU forward (engine.cu, EngineOptions.cuda) is batch-invariant in its own arithmetic: a
+ * request gets bit for bit the tokens it gets served alone on the GPU. The GPU does not add in
+ * the CPU's order, so against chapter 05 on the CPU its greedy tokens are identical or part where
+ * two logits are a near-tie (chapter 04's kvcache_greedy_divergence).
  *
  * Time: the engine runs on a clock that advances by each iteration's measured duration and
  * jumps over idle gaps to the next arrival (nothing sleeps), so a workload of a minute of
@@ -47,15 +51,34 @@ typedef struct {
                       * request stops where it is, keeps the tokens it has and gives its blocks
                       * back (ENGINE_ABORTED); 0: never. Not in the requests file: an API field
                       * for callers, the tests and the fuzzer. */
+    char *rejected;  /* NULL, or why the reader already knows this request can never run (its
+                      * prompt is then not encoded: n_prompt 0, prompt NULL); engine_serve
+                      * rejects it with this reason. Freed by engine_free_requests. */
 } EngineRequest;
 
 /* Reads a requests file: one request per line, "<arrival_seconds> <max_new_tokens> <prompt
- * ids...>"; blank lines and lines starting with '#' are ignored. -1 with an error naming the
- * file and line for anything else (a missing field, a negative number, a non-integer id).
+ * ids...>"; blank lines and lines starting with '#' are ignored.
+ *
+ * The rule: the file is the unit of syntax, the request the unit of service. A line that does
+ * not say a request (a missing field, a negative number, a non-integer id, a NUL byte) rejects
+ * the whole file: -1 with an error naming the file and line, before anything is served. A line
+ * that says a request the model cannot serve (too long for seq_len, an id outside the
+ * vocabulary, more blocks than the pool has) is read; engine_serve rejects it on its own
+ * (ENGINE_REJECTED with the reason: "<index>: rejected: <reason>" in serve's output) and serves
+ * the others.
+ *
  * With a tokenizer (text mode), the prompt is the rest of the line after one space, as text
- * ("\n", "\t" and "\\" stand for a newline, a tab, a backslash), encoded with BOS first. */
-int engine_read_requests(const char *path, const Tokenizer *tokenizer, EngineRequest **reqs, int *n);
+ * ("\n", "\t" and "\\" stand for a newline, a tab, a backslash), encoded with BOS first; a text
+ * so long that it and max_new cannot fit in seq_len tokens, whatever the encoding
+ * (tokenizer_min_tokens), is not encoded at all: the request comes back with `rejected` set
+ * (seq_len 0: no limit; in id mode seq_len is not used, engine_serve checks the length). */
+int engine_read_requests(const char *path, const Tokenizer *tokenizer, int seq_len, EngineRequest **reqs, int *n);
 void engine_free_requests(EngineRequest *reqs, int n);
+
+/* The order requests join the queue: by arrival time, and in file order among equal arrival times
+ * (a stable sort: qsort on (arrival, index), O(n log n) -- an insertion sort took minutes for
+ * 200k requests in descending order). order receives the n indices. 0, or -1 out of memory. */
+int engine_arrival_order(const EngineRequest *reqs, int n, int *order);
 
 typedef enum { ENGINE_CONTINUOUS = 0, ENGINE_STATIC = 1 } EnginePolicy;
 #define ENGINE_POLICY_CHOICES "continuous|static"
@@ -121,6 +144,14 @@ int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineO
                  EngineMetrics *metrics);
 void engine_free_results(EngineResult *results, int n);
 void engine_free_metrics(EngineMetrics *metrics);
+
+/* Every request served alone by the engine with options o (request i samples with o->seed + i,
+ * as it does in a batch): the reference that batch invariance is checked against when the
+ * forward's arithmetic is not chapter 05's (the GPU's). tokens[i] (max_new + 1 ids, -1 past the
+ * end) for a request that was served, NULL for one that was rejected. -1 with an error
+ * recorded. engine_free_tokens frees them. */
+int engine_serve_alone(const Model *m, const EngineRequest *reqs, int n, const EngineOptions *o, int ***tokens);
+void engine_free_tokens(int **tokens, int n);
 
 #if HAVE_CUDA
 /* The batched forward on the GPU (engine.cu): weights, the K/V pool (L, Hkv, num_blocks, bs, D)

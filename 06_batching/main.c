@@ -25,6 +25,7 @@
 #include "common/bench.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/fileio.h"
 #include "common/model.h"
 #include "common/paths.h"
 #include "common/plot.h"
@@ -53,11 +54,10 @@ static void print_metrics(FILE *f, const char *label, const EngineMetrics *mt)
             mt->num_blocks, mt->preemptions);
 }
 
-static int write_iterations(const char *path, const EngineMetrics *mt)
+/* The iteration log as TSV rows into t (opened by the caller), and t closed. */
+static void write_iterations(Tsv *tsv, const EngineMetrics *mt)
 {
-    Tsv t;
-    if (tsv_open(&t, "/dev/null", path) != 0)
-        return -1;
+    Tsv t = *tsv;
     tsv_header(&t, "iteration\tclock_s\trunning\twaiting\tscheduled\tprefill_tokens\tdecode_tokens\tblocks_used");
     for (int i = 0; i < mt->iterations && mt->log; i++) {
         const EngineIteration *it = &mt->log[i];
@@ -65,7 +65,6 @@ static int write_iterations(const char *path, const EngineMetrics *mt)
                 it->prefill_tokens, it->decode_tokens, it->blocks_used);
     }
     tsv_close(&t);
-    return 0;
 }
 
 /* ==== serve ======================================================================================= */
@@ -96,7 +95,7 @@ static int cmd_serve(int argc, char **argv)
         {.name = "num-blocks", .kind = ARG_INT, .dest = &o.num_blocks, .metavar = "N",
          .help = "blocks in the pool (default: max-batch sequences of seq_len tokens)", .min = 1, .max = 1 << 28},
         {.name = "temperature", .kind = ARG_DOUBLE, .dest = &temperature, .metavar = "T",
-         .help = "0 = greedy (default); > 0 samples, request i with seed S + i", .min = 0, .max = 100},
+         .help = "0 = greedy (default); >= 1.2e-38 samples, request i with seed S + i", .min = 0, .max = 100},
         {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "S", .help = "sampling seed (default 42)", .min = 0,
          .max = 2147483647},
         {.name = "shuffle", .kind = ARG_INT, .dest = &shuffle, .metavar = "S",
@@ -116,26 +115,45 @@ static int cmd_serve(int argc, char **argv)
                       "request: '<index>: <generated ids>', or '<index>: rejected: <reason>' for a request that can\n"
                       "never run (longer than seq_len, or needing more blocks than the pool has). The metrics go to\n"
                       "stderr. On the CPU each request's tokens are those of '05_paged generate' run on it alone\n"
-                      "(the forward is batch-invariant); on a GPU (cuBLAS) that is checked by 'verify', not promised.\n"
+                      "(the forward is batch-invariant); on a GPU those it gets served alone on the GPU (the GPU\n"
+                      "forward is batch-invariant in its own arithmetic; against the CPU, greedy tokens may part at\n"
+                      "a near-tie).\n"
                       "With --tokenizer: each line's prompt is text (the rest of the line; \\n, \\t, \\\\ escapes), each output\n"
-                      "'<index>: <generated text>' with newlines written as \\n, and a request ends at BOS or EOS.",
+                      "'<index>: <generated text>' with newlines written as \\n, and a request ends at BOS or EOS; a\n"
+                      "text too long for seq_len by its length alone is rejected on its line, never encoded.\n"
+                      "A malformed line (or a NUL byte) rejects the whole file, naming the line, before serving.",
                       specs, (int)(sizeof specs / sizeof specs[0])};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
-    if (device_resolve(device, &dev) != 0 || engine_policy_parse(policy, &o.policy) != 0)
+    if (device_resolve(device, &dev) != 0 || engine_policy_parse(policy, &o.policy) != 0 ||
+        model_check_temperature(temperature) != 0)
         die_with_error();
+    if (o.kernel != 0 && dev == DEVICE_CUDA) /* chapter 05's CPU kernels: the GPU forward has its own */
+        die("--kernel %d picks chapter 05's CPU attention kernel, and this run is on the GPU (%s): add --device cpu, "
+            "or leave --kernel out",
+            o.kernel, strcmp(device, "cuda") == 0 ? "--device cuda" : "--device auto found one");
     o.cuda = dev == DEVICE_CUDA;
     o.temperature = (float)temperature, o.seed = (uint64_t)seed, o.shuffle = (uint64_t)shuffle;
     o.keep_log = iter_path != NULL;
+    /* every output is checked before the work, so a bad --metrics fails now, not after loading a
+     * checkpoint and serving */
+    if ((metrics_path && file_check_output(metrics_path) != 0) || (iter_path && file_check_output(iter_path) != 0))
+        die_with_error();
     Model m;
     load_model(checkpoint, &m);
     Tokenizer tok;
-    const int text = tokenizer_setup(tokenizer, NULL, m.c.vocab_size, &tok, NULL, NULL);
+    const int text = tokenizer_setup(tokenizer, NULL, m.c.vocab_size, 0, &tok, NULL, NULL);
     EngineRequest *reqs;
     int n;
-    if (text < 0 || engine_read_requests(requests, text ? &tok : NULL, &reqs, &n) != 0)
+    if (text < 0 || engine_read_requests(requests, text ? &tok : NULL, m.c.seq_len, &reqs, &n) != 0)
         die_with_error();
     o.stop_at_bos_eos = text;
+    /* the outputs are opened before serving (a FIFO nobody reads fails now) and written after:
+     * temporary files renamed into place, removed if the run fails */
+    Tsv met_tsv, iter_tsv;
+    if ((metrics_path && tsv_open(&met_tsv, "/dev/null", metrics_path) != 0) ||
+        (iter_path && tsv_open(&iter_tsv, "/dev/null", iter_path) != 0))
+        die_with_error();
     EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
     EngineMetrics mt;
     if (engine_serve(&m, reqs, n, &o, res, &mt) != 0)
@@ -155,15 +173,9 @@ static int cmd_serve(int argc, char **argv)
             printf(" %d", res[i].tokens[t]);
         printf("\n");
     }
-    fflush(stdout);
-    char label[128];
-    snprintf(label, sizeof label, "%s serve (%s, max-batch %d, %d tokens per step, %s)", PROG,
-             engine_policy_name(o.policy), o.max_batch, o.max_tokens, device_name(dev));
-    print_metrics(stderr, label, &mt);
+    stdout_flush_or_die(); /* the results are out, or the run fails here: never "N served" for lost lines */
     if (metrics_path) {
-        Tsv t;
-        if (tsv_open(&t, "/dev/null", metrics_path) != 0)
-            die_with_error();
+        Tsv t = met_tsv;
         tsv_header(&t, "metric\tvalue");
         tsv_row(&t, "policy\t%s", engine_policy_name(o.policy));
         tsv_row(&t, "requests_served\t%d", mt.completed);
@@ -182,8 +194,13 @@ static int cmd_serve(int argc, char **argv)
         tsv_row(&t, "preemptions\t%d", mt.preemptions);
         tsv_close(&t);
     }
-    if (iter_path && write_iterations(iter_path, &mt) != 0)
-        die_with_error();
+    if (iter_path)
+        write_iterations(&iter_tsv, &mt);
+    /* the summary last: it is printed only when every output was written */
+    char label[128];
+    snprintf(label, sizeof label, "%s serve (%s, max-batch %d, %d tokens per step, %s)", PROG,
+             engine_policy_name(o.policy), o.max_batch, o.max_tokens, device_name(dev));
+    print_metrics(stderr, label, &mt);
     engine_free_results(res, n);
     engine_free_metrics(&mt);
     free(res);
@@ -225,7 +242,7 @@ static int cmd_gen_requests(int argc, char **argv)
     w.kind = strcmp(kind, "uniform") == 0 ? WORKLOAD_UNIFORM : WORKLOAD_SKEWED;
     w.seq_len = c.seq_len, w.vocab = c.vocab_size, w.seed = (uint64_t)seed;
     EngineRequest *reqs;
-    if (engine_make_workload(&w, &reqs) != 0 || engine_write_requests(out, reqs, w.n) != 0)
+    if (file_check_output(out) != 0 || engine_make_workload(&w, &reqs) != 0 || engine_write_requests(out, reqs, w.n) != 0)
         die_with_error();
     long prompt = 0, output = 0;
     for (int i = 0; i < w.n; i++)
@@ -252,6 +269,38 @@ static int **single_runs(const Model *m, const EngineRequest *reqs, int n, float
     return want;
 }
 
+/* One verify line: the greedy tokens of every request served alone on the GPU against chapter
+ * 05 alone on the CPU -- identical, or parting where the CPU's two best logits are a near-tie. */
+static void record_cpu_agreement(VerifyTally *tally, const Model *m, const EngineRequest *reqs, int n, int *const *cpu,
+                                 int *const *gpu, int wl)
+{
+    int same = 0, ties = 0, apart = 0;
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        if (!gpu[i] || reqs[i].max_new == 0)
+            continue;
+        double gap = 0.0;
+        const int at = kvcache_greedy_divergence(m, reqs[i].prompt, reqs[i].n_prompt, cpu[i], gpu[i], reqs[i].max_new,
+                                                 &gap);
+        if (at == -2)
+            die_with_error();
+        if (at == -1) {
+            same++;
+            continue;
+        }
+        worst = fmax(worst, gap);
+        if (gap <= KVCACHE_NEAR_TIE)
+            ties++;
+        else
+            apart++;
+    }
+    verify_record(tally, apart == 0,
+                  "cuda alone against chapter 05 alone on the CPU, greedy, %s: %d requests identical, %d part at a "
+                  "near-tie, %d part where the logits are clearly apart (largest gap %.1e; a near-tie is within %.0e)",
+                  wl ? "arrivals over time" : "all at once", same, ties, apart, worst,
+                  KVCACHE_NEAR_TIE);
+}
+
 typedef struct {
     const char *name;
     EnginePolicy policy;
@@ -275,7 +324,9 @@ static int cmd_verify(int argc, char **argv)
                       "and over time; one that can never fit) under continuous and static batching, max-batch 1, 4\n"
                       "and 32, a small token budget (chunked prefill), a tight pool (preemption), shuffled blocks\n"
                       "and temperature sampling, and checks every request's tokens against chapter 05's\n"
-                      "paged_generate run on it alone. Ends with 'N passed, N failed'.",
+                      "paged_generate run on it alone. On the GPU (its own batch-invariant arithmetic): against the\n"
+                      "request served alone on the GPU, and that, greedy, against chapter 05 on the CPU up to\n"
+                      "near-ties. Ends with 'N passed, N failed'.",
                       specs, 4};
     args_parse_or_exit(&cmd, argc, argv);
     quick |= smoke;
@@ -306,12 +357,26 @@ static int cmd_verify(int argc, char **argv)
             die_with_error();
         /* one more request that can never run: its prompt and output exceed seq_len */
         reqs = realloc(reqs, (size_t)(w.n + 1) * sizeof(EngineRequest));
-        reqs[w.n] = (EngineRequest){0.05, 100, 200, calloc(200, sizeof(int)), 0.0};
+        reqs[w.n] = (EngineRequest){0.05, 100, 200, calloc(200, sizeof(int)), 0.0, NULL};
         w.n++;
         for (int t = 0; t < (quick ? 1 : 2); t++) {
             const float temperature = t ? 0.9f : 0.0f;
             int **want = single_runs(&m, reqs, w.n, temperature, 7);
-            for (int on_gpu = dev_first; on_gpu <= dev_last; on_gpu++)
+            /* On the GPU the reference is each request served alone on the GPU (its forward is
+             * batch-invariant in its own arithmetic, not the CPU's: engine.cu); that reference
+             * must in turn agree with chapter 05 on the CPU up to near-ties (greedy). */
+            int **want_gpu = NULL;
+            if (dev_last) {
+                EngineOptions og = engine_default_options();
+                og.cuda = 1, og.temperature = temperature, og.seed = 7, og.fixed_step_s = 0.01;
+                const int rc = engine_serve_alone(&m, reqs, w.n, &og, &want_gpu);
+                if (rc == 0 && t == 0)
+                    record_cpu_agreement(&tally, &m, reqs, w.n, want, want_gpu, wl);
+                else if (rc != 0)
+                    verify_record(&tally, 0, "cuda every request served alone, %s: %s",
+                                  wl ? "arrivals over time" : "all at once", error_message());
+            }
+            for (int on_gpu = dev_first; on_gpu <= (want_gpu ? dev_last : 0); on_gpu++)
             for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
                 EngineOptions o = engine_default_options();
                 o.cuda = on_gpu;
@@ -330,7 +395,7 @@ static int cmd_verify(int argc, char **argv)
                     }
                     same &= i != w.n - 1;
                     same &= res[i].n_tokens == reqs[i].max_new &&
-                            memcmp(res[i].tokens, want[i], (size_t)reqs[i].max_new * sizeof(int)) == 0;
+                            memcmp(res[i].tokens, on_gpu ? want_gpu[i] : want[i], (size_t)reqs[i].max_new * sizeof(int)) == 0;
                 }
                 char blocks[16] = "all";
                 if (o.num_blocks)
@@ -349,6 +414,7 @@ static int cmd_verify(int argc, char **argv)
             for (int i = 0; i < w.n; i++)
                 free(want[i]);
             free(want);
+            engine_free_tokens(want_gpu, w.n);
         }
         engine_free_requests(reqs, w.n);
     }
@@ -624,20 +690,27 @@ static int cmd_bench(int argc, char **argv)
                       "tpot_p99_ms mean_batch preemptions model.",
                       specs, 4};
     args_parse_or_exit(&cmd, argc, argv);
-    Model m;
+    if (strcmp(device, "cuda") == 0 && checkpoint) /* --device cuda times the GPU rows only */
+        die("--checkpoint is timed on the CPU, and --device cuda runs the GPU rows only: give --device auto to time "
+            "both");
+    /* everything that can fail is checked before any output is opened or anything is timed: the
+     * device, the checkpoint (loaded now, not after the sweep), then the outputs themselves */
+    char why[256];
+    const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why) && strcmp(device, "cpu") != 0;
+    if (strcmp(device, "cuda") == 0 && !have_gpu)
+        die("--device cuda: no usable GPU: %s", HAVE_CUDA ? why : "a build without CUDA");
+    Model m, cm;
+    if (checkpoint)
+        load_model(checkpoint, &cm);
     load_model(NULL, &m);
     char dat[4096];
     paths_in_build(dat, sizeof dat, "bench", PROG "_bench.dat");
-    Tsv tsv;
+    Tsv tsv; /* rows go to temporary files renamed into place at the end: --out and the .dat */
     if (tsv_open(&tsv, out, dat) != 0)
         die_with_error();
     fprintf(stderr, "%s bench on %s\n", PROG, roofline_machine());
     tsv_header(&tsv, "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\t"
                      "tpot_p99_ms\tmean_batch\tpreemptions\tmodel");
-    char why[256];
-    const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why) && strcmp(device, "cpu") != 0;
-    if (strcmp(device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", HAVE_CUDA ? why : "a build without CUDA");
     const int use_cpu = strcmp(device, "cuda") != 0;
     const double rates[] = {4, 16, 64, 256};
     double ratio = NAN;
@@ -649,7 +722,7 @@ static int cmd_bench(int argc, char **argv)
         for (int bi = 0; bi < 6; bi++) {
             EngineRequest *br = calloc((size_t)bsz[bi], sizeof(EngineRequest));
             for (int i = 0; i < bsz[bi]; i++) {
-                br[i] = (EngineRequest){0.0, 64, 16, malloc(16 * sizeof(int)), 0.0};
+                br[i] = (EngineRequest){0.0, 64, 16, malloc(16 * sizeof(int)), 0.0, NULL};
                 for (int t = 0; t < 16; t++)
                     br[i].prompt[t] = (i * 37 + t * 11 + 2) % m.c.vocab_size;
             }
@@ -673,15 +746,12 @@ static int cmd_bench(int argc, char **argv)
      * sequence of 16 + 128 tokens through each, and 32 of them through the engine */
     double single = NAN, batch32 = NAN;
     for (int mi = 0; mi < (checkpoint ? 2 : 1); mi++) {
-        Model cm;
-        if (mi == 1)
-            load_model(checkpoint, &cm);
         const Model *mm = mi ? &cm : &m;
         const char *name = mi ? checkpoint : "builtin";
         const int new_tokens = single_tokens < mm->c.seq_len - 16 ? single_tokens : mm->c.seq_len - 16;
         EngineRequest *reqs = calloc(32, sizeof(EngineRequest));
         for (int i = 0; i < 32; i++) {
-            reqs[i] = (EngineRequest){0.0, new_tokens, 16, malloc(16 * sizeof(int)), 0.0};
+            reqs[i] = (EngineRequest){0.0, new_tokens, 16, malloc(16 * sizeof(int)), 0.0, NULL};
             for (int t = 0; t < 16; t++)
                 reqs[i].prompt[t] = (i * 131 + t * 17 + 1) % mm->c.vocab_size;
         }

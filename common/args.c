@@ -24,7 +24,10 @@ void args_print_help(const ArgCommand *cmd)
             snprintf(left, sizeof left, "--%s %s", s->name, s->choices);
         else
             snprintf(left, sizeof left, "--%s %s", s->name, s->metavar ? s->metavar : "VALUE");
-        printf("  %-24s %s%s\n", left, s->help, s->required ? " (required)" : "");
+        printf("  %-24s %s%s", left, s->help, s->required ? " (required)" : "");
+        if (s->conflicts)
+            printf(" (not with --%s)", s->conflicts);
+        printf("\n");
     }
     printf("  %-24s %s\n", "-h, --help", "show this help and exit");
 }
@@ -45,6 +48,23 @@ static int in_choices(const char *choices, const char *value)
     return 0;
 }
 
+/* Whether a value taken from the next word of the command line is in fact an option the user
+ * gave without the value before it ("--q --k k.npy"): a word starting with "--", or "-" and a
+ * letter ("-h"). For a number, a word the number parser takes whole ("-1", "-2.5e3", "-inf") is a
+ * value. */
+static int looks_like_option(const ArgSpec *s, const char *text)
+{
+    if (text[0] != '-' || text[1] == '\0')
+        return 0;
+    if (s->kind == ARG_INT || s->kind == ARG_DOUBLE) {
+        char *end;
+        (void)strtod(text, &end);
+        if (*end == '\0')
+            return 0;
+    }
+    return text[1] == '-' || (text[1] >= 'a' && text[1] <= 'z') || (text[1] >= 'A' && text[1] <= 'Z');
+}
+
 static int set_value(const ArgCommand *cmd, const ArgSpec *s, const char *text)
 {
     char *end = NULL;
@@ -54,22 +74,27 @@ static int set_value(const ArgCommand *cmd, const ArgSpec *s, const char *text)
         *(int *)s->dest = 1;
         return 0;
     case ARG_INT: {
+        /* the range is in every refusal: an int option holds -2147483647 .. 2147483647 at most */
+        const double lo = ranged ? s->min : -2147483647.0, hi = ranged ? s->max : 2147483647.0;
         errno = 0;
         long v = strtol(text, &end, 10);
-        if (text[0] == '\0' || *end != '\0' || errno == ERANGE || v < -2147483647L || v > 2147483647L)
-            return error_set("%s: --%s expects an integer, got '%s'", cmd->name, s->name, text);
-        if (ranged && (v < s->min || v > s->max))
-            return error_set("%s: --%s %ld is out of range (%.0f..%.0f)", cmd->name, s->name, v, s->min, s->max);
+        if (text[0] == '\0' || *end != '\0' || errno == ERANGE || v < lo || v > hi)
+            return error_set("%s: --%s expects an integer from %.0f to %.0f, got '%s'", cmd->name, s->name, lo, hi,
+                             error_quote(text));
         *(int *)s->dest = (int)v;
         return 0;
     }
     case ARG_DOUBLE: {
         errno = 0;
         double v = strtod(text, &end);
-        if (text[0] == '\0' || *end != '\0' || errno == ERANGE || !isfinite(v))
-            return error_set("%s: --%s expects a finite number, got '%s'", cmd->name, s->name, text);
-        if (ranged && (v < s->min || v > s->max))
-            return error_set("%s: --%s %g is out of range (%g..%g)", cmd->name, s->name, v, s->min, s->max);
+        /* ERANGE also flags an underflow ("1e-320" parses as a tiny number): only an overflow is
+         * not a finite number */
+        const int bad = text[0] == '\0' || *end != '\0' || (errno == ERANGE && fabs(v) > 1.0) || !isfinite(v);
+        if (ranged && (bad || v < s->min || v > s->max))
+            return error_set("%s: --%s expects a number from %g to %g, got '%s'", cmd->name, s->name, s->min, s->max,
+                             error_quote(text));
+        if (bad)
+            return error_set("%s: --%s expects a finite number, got '%s'", cmd->name, s->name, error_quote(text));
         *(double *)s->dest = v;
         return 0;
     }
@@ -119,12 +144,22 @@ int args_parse(const ArgCommand *cmd, int argc, char **argv)
         if (c == ':')
             return error_set("%s: option '%s' needs a value", cmd->name, bad);
         int i = c - 1000;
+        /* the value as a word of its own (not "--q=..."), which getopt takes whatever it is */
+        if (optarg && optind >= 1 && optarg == argv[optind - 1] && looks_like_option(&cmd->specs[i], optarg))
+            return error_set("%s: --%s needs a value, got the option '%s' (for a value that starts with '-', "
+                             "write --%s=VALUE)",
+                             cmd->name, cmd->specs[i].name, error_quote(optarg), cmd->specs[i].name);
         if (set_value(cmd, &cmd->specs[i], optarg ? optarg : "") != 0)
             return -1;
         seen[i] = 1;
     }
     if (optind < argc)
         return error_set("%s: unexpected argument '%s' (see '%s --help')", cmd->name, argv[optind], cmd->name);
+    for (int i = 0; i < cmd->n_specs; i++)
+        for (int j = 0; seen[i] && cmd->specs[i].conflicts && j < cmd->n_specs; j++)
+            if (seen[j] && strcmp(cmd->specs[j].name, cmd->specs[i].conflicts) == 0)
+                return error_set("%s: --%s and --%s cannot be given together (see '%s --help')", cmd->name,
+                                 cmd->specs[j].name, cmd->specs[i].name, cmd->name);
     for (int i = 0; i < cmd->n_specs; i++) {
         if (cmd->specs[i].given)
             *cmd->specs[i].given = seen[i];

@@ -14,7 +14,12 @@
  *   int rc = args_parse(&cmd, argc, argv);   // argv[0] is the subcommand name
  *
  * Every bad argument (unknown option, missing value, not a number, out of range, a missing
- * required option, a stray positional word) is an error with one line naming it.
+ * required option, a stray positional word, two options that cannot go together) is an error
+ * with one line naming it; a number out of range says the range ("--max-new expects an integer
+ * from 0 to 16777216, got '99999999999'"). A value that looks like an option ("--q --k k.npy":
+ * '--k' is taken for the value of --q) is refused, naming the option that lacks its value; a
+ * value that starts with '-' on purpose is written --q=-x. Negative numbers ("--scale -1") are
+ * values.
  */
 #ifndef COMMON_ARGS_H
 #define COMMON_ARGS_H
@@ -41,6 +46,7 @@ typedef struct {
     const char *choices;
     int required;
     int *given; /* optional: set to 1 when the option appears */
+    const char *conflicts; /* optional: the name of an option that cannot be given with this one */
 } ArgSpec;
 
 typedef struct {

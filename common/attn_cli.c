@@ -1,6 +1,7 @@
 /* attn_cli.c: the attn contract's options, input checks and output (see attn_cli.h). */
 #include "attn_cli.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,7 +29,8 @@ void attn_args_parse(AttnArgs *a, const char *prog, const char *summary, int arg
         {.name = "causal", .kind = ARG_FLAG, .dest = &a->causal,
          .help = "bottom-right causal mask: query t sees key s iff s <= t + S - T"},
         {.name = "scale", .kind = ARG_DOUBLE, .dest = &a->scale, .metavar = "S",
-         .help = "score scale (default 1/sqrt(D))", .given = &a->scale_given},
+         .help = "score scale, any finite float (default 1/sqrt(D); 0 averages V, < 0 is allowed)",
+         .given = &a->scale_given},
         {.name = "kernel", .kind = ARG_INT, .dest = &a->kernel, .metavar = "N",
          .help = "which version to run, 1 = the simplest (default: the fastest)", .min = 1, .max = 99},
         {.name = "device", .kind = ARG_CHOICE, .dest = &a->device, .choices = DEVICE_CHOICES,
@@ -58,6 +60,32 @@ static int check_dims(const char *path, const Tensor *t, const char *names)
         if (t->shape[i] > INT_MAX)
             return error_set("%s: dimension %c = %zu is too large", path, names[i], t->shape[i]);
     }
+    return 0;
+}
+
+static double max_abs(const Tensor *t)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < t->numel; i++)
+        m = fmax(m, fabs((double)t->data[i]));
+    return m;
+}
+
+/* Finite inputs can still make scores beyond float32 (--scale 1e38, or q and k near 1e20): then
+ * a row's scores turn inf or -inf and its output NaN, or zero in a kernel that treats an all -inf
+ * row as masked -- a wrong answer that looks like one. Every |q . k| is at most D max|q| max|k|
+ * (computed here in double); a kernel sums q . k unscaled, or with q pre-multiplied by the scale
+ * (times log2(e) < 2 in the exp2 kernels), so both must fit: refused up front, before any work. */
+static int check_score_range(const AttnArgs *a, const AttnInputs *in)
+{
+    const double mq = max_abs(&in->q), mk = max_abs(&in->k), s = fabs((double)in->scale);
+    const double dot = (double)in->D * mq * mk, worst = dot * fmax(1.0, 2.0 * s);
+    if (worst > FLT_MAX)
+        return error_set("the attention scores can overflow float32: D x max|q| x max|k| x max(1, 2|scale|) = %d x %g "
+                         "x %g x %g = %g, above FLT_MAX %g (max|q| from %s, max|k| from %s, scale %g); scale the inputs "
+                         "down",
+                         in->D, mq, mk, fmax(1.0, 2.0 * s), worst, (double)FLT_MAX, a->q_path, a->k_path,
+                         (double)in->scale);
     return 0;
 }
 
@@ -96,7 +124,7 @@ static int check_inputs(const AttnArgs *a, AttnHeadRule rule, AttnInputs *in)
     in->scale = a->scale_given ? (float)a->scale : 1.0f / sqrtf((float)in->D);
     if (!isfinite(in->scale))
         return error_set("--scale %g does not fit in a float", a->scale);
-    return 0;
+    return check_score_range(a, in);
 }
 
 int attn_inputs_load(const AttnArgs *a, AttnHeadRule rule, AttnInputs *in)
@@ -120,6 +148,17 @@ void attn_inputs_free(AttnInputs *in)
 int attn_output_save(const AttnArgs *a, const AttnInputs *in, const float *out)
 {
     size_t shape[4] = {(size_t)in->B, (size_t)in->H, (size_t)in->T, (size_t)in->D};
+    /* the scores were checked up front; sums of large values (V near FLT_MAX / S) can still
+     * overflow, and a non-finite output is never written with exit 0 */
+    const size_t n = shape[0] * shape[1] * shape[2] * shape[3];
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(out[i])) {
+            const size_t d = i % shape[3], t = i / shape[3] % shape[2], h = i / shape[3] / shape[2] % shape[1];
+            return error_set("the output at (b %zu, h %zu, t %zu, d %zu) is %s: the inputs overflow float32 arithmetic "
+                             "(max|v| = %g from %s, over up to S = %d keys); %s not written",
+                             i / shape[3] / shape[2] / shape[1], h, t, d, isnan(out[i]) ? "NaN" : "infinite",
+                             max_abs(&in->v), a->v_path, in->S, a->out_path);
+        }
     return npy_write(a->out_path, NPY_F32, 4, shape, out);
 }
 

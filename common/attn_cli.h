@@ -8,6 +8,13 @@
  * This file parses the options, loads and checks the three tensors (ranks, matching B and D,
  * K and V of one shape, the chapter's head rule, finite values) and saves the output. Each
  * problem is one error line that names the file and what was expected.
+ *
+ * The scale rule: --scale is any value that is a finite float -- 0 gives every visible key the
+ * same weight (the mean of V), a negative scale favours the least similar keys; NaN, inf and
+ * values beyond float (1e39) are refused. Scores must fit in float32: inputs with
+ * D x max|q| x max|k| x max(1, 2|scale|) > FLT_MAX are refused before any work (--scale 1e38, or q
+ * and k near 1e20), and an output that is not finite anyway (sums of V near FLT_MAX) is an error
+ * with the out file not written: attn never writes NaN or inf with exit 0.
  */
 #ifndef COMMON_ATTN_CLI_H
 #define COMMON_ATTN_CLI_H

@@ -8,6 +8,7 @@
 #include "args.h"
 #include "compare.h"
 #include "error.h"
+#include "fileio.h"
 #include "rng.h"
 #if HAVE_CUDA
 #include "cuda_utils.h"
@@ -50,6 +51,9 @@ int attn_run_host(const AttnImpls *im, Device dev, int kernel, const AttnDims *d
         const size_t qb = attn_q_count(d) * sizeof(float), kb = attn_kv_count(d) * sizeof(float);
         float *d_q = cuda_alloc(qb), *d_k = cuda_alloc(kb), *d_v = cuda_alloc(kb), *d_o = cuda_alloc(qb);
         cuda_upload(d_q, q, qb), cuda_upload(d_k, k, kb), cuda_upload(d_v, v, kb);
+        /* NaN first: an element the kernel never writes must fail the comparison, not pass with
+         * whatever the allocator's memory held (often the previous call's correct output) */
+        cuda_memset_nan(d_o, qb);
         int rc = im->cuda(kernel, d, d_q, d_k, d_v, d_o);
         if (rc == 0)
             cuda_download(out, d_o, qb);
@@ -127,7 +131,8 @@ int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv
         die_with_error();
     if (a.kernel > attn_impl_count(im, dev))
         die("--kernel %d: %s has %s kernels 1..%d", a.kernel, im->prog, device_name(dev), attn_impl_count(im, dev));
-    if (attn_inputs_load(&a, im->heads, &in) != 0)
+    /* a bad --out (a folder, a missing folder) fails now, before the inputs are read and run */
+    if (file_check_output(a.out_path) != 0 || attn_inputs_load(&a, im->heads, &in) != 0)
         die_with_error();
     AttnDims d = {in.B, in.H, in.Hkv, in.T, in.S, in.D, a.causal, in.scale};
     float *out = mem_alloc(tensor_bytes(&in.q), "the output (B, H, T, D)");
@@ -140,6 +145,83 @@ int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv
     mem_free(out);
     attn_inputs_free(&in);
     return 0;
+}
+
+/* ==== fp16 versions: FlashAttention's rule ====================================================== */
+
+/* x rounded to 11 significant bits (fp16's precision), ties to even; below fp16's smallest
+ * normal, 2^-14, in its subnormal steps of 2^-24. No overflow: fp32's range is kept. */
+static float round_fp16_digits(float x)
+{
+    if (!isfinite(x) || x == 0.0f)
+        return x;
+    int e;
+    (void)frexpf(x, &e); /* |x| = m 2^e with 0.5 <= m < 1: the 11th significant bit is worth 2^(e-11) */
+    const int shift = e - 11 < -24 ? -24 : e - 11;
+    return ldexpf(nearbyintf(ldexpf(x, -shift)), shift);
+}
+
+float attn_round_fp16(float x)
+{
+    const float r = round_fp16_digits(x);
+    return fabsf(r) > 65504.0f ? copysignf(INFINITY, x) : r;
+}
+
+static float *rounded_copy(const float *x, size_t n, const char *what)
+{
+    float *r = mem_alloc_or_die(n * sizeof(float) + 1, what);
+    for (size_t i = 0; i < n; i++)
+        r[i] = attn_round_fp16(x[i]);
+    return r;
+}
+
+void attn_naive_fp16(const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+{
+    const int G = d->H / d->Hkv, D = d->D;
+    float *qh = rounded_copy(q, attn_q_count(d), "fp16 copy of q (B, H, T, D)");
+    float *kh = rounded_copy(k, attn_kv_count(d), "fp16 copy of k (B, Hkv, S, D)");
+    float *vh = rounded_copy(v, attn_kv_count(d), "fp16 copy of v (B, Hkv, S, D)");
+    float *w = mem_alloc_or_die((size_t)d->S * sizeof(float) + 1, "scores, then probabilities (S)");
+    for (size_t bh = 0; bh < (size_t)d->B * d->H; bh++) {
+        const size_t bkv = (bh / d->H) * d->Hkv + (bh % d->H) / G;
+        for (int t = 0; t < d->T; t++) {
+            const float *qr = qh + (bh * d->T + t) * D; /* (D) */
+            float *o = out + (bh * d->T + t) * D;       /* (D) */
+            const int n = attn_visible_keys(t, d->T, d->S, d->causal);
+            float m = -INFINITY, sum = 0.0f;
+            for (int j = 0; j < n; j++) {
+                const float *kr = kh + (bkv * d->S + j) * D; /* (D) */
+                float dot = 0.0f;
+                for (int x = 0; x < D; x++)
+                    dot += qr[x] * kr[x];
+                w[j] = round_fp16_digits(dot * d->scale);
+                m = fmaxf(m, w[j]);
+            }
+            for (int j = 0; j < n; j++)
+                sum += w[j] = expf(w[j] - m);
+            for (int j = 0; j < n; j++)
+                w[j] = attn_round_fp16(w[j] / sum);
+            for (int x = 0; x < D; x++) {
+                float acc = 0.0f;
+                for (int j = 0; j < n; j++)
+                    acc += w[j] * vh[(bkv * d->S + j) * D + x];
+                o[x] = n ? attn_round_fp16(acc) : 0.0f;
+            }
+        }
+    }
+    mem_free(w), mem_free(qh), mem_free(kh), mem_free(vh);
+}
+
+AttnFp16Check attn_check_fp16(const float *out, const float *ref, const float *naive, size_t n)
+{
+    AttnFp16Check c;
+    c.err = max_abs_diff(out, ref, n);
+    c.err_naive = max_abs_diff(naive, ref, n);
+    const double rel = rel_l2_error(out, ref, n);
+    c.nmse = rel * rel;
+    /* the floor: no fp16 kernel is asked to beat fp32's own tolerance */
+    c.ok = c.err <= fmax(2.0 * c.err_naive, 1e-5) && c.nmse <= 5e-4;
+    return c;
 }
 
 /* ==== verify ==================================================================================== */
@@ -166,6 +248,7 @@ void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *devic
     }
     float *ref = mem_alloc_or_die(tensor_bytes(&q), "reference output");
     float *out = mem_alloc_or_die(tensor_bytes(&q), "output");
+    float *naive = NULL; /* naive attention in fp16, for the fp16 versions (computed once, when needed) */
     if (im->ref(1, d, q.data, k.data, v.data, ref) != 0)
         die_with_error();
     const char *what = extreme == 1 ? " logits~+-1e4" : extreme == 2 ? " logits~-1e4" : "";
@@ -183,13 +266,23 @@ void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *devic
                      d->T, d->S, d->D, d->causal, what);
             memset(out, 0xff, tensor_bytes(&q)); /* NaN: every output element must be written */
             int rc = attn_run_host(im, dev, kern, d, q.data, k.data, v.data, out);
-            CompareResult r = compare_f32(label, out, ref, q.numel, 1e-5, 1e-4, rc == 0 ? 3 : 0);
             if (rc != 0)
                 fprintf(stderr, "%s: %s\n", label, error_message());
+            if (dev == DEVICE_CUDA && im->cuda_fp16 && im->cuda_fp16(kern)) { /* FlashAttention's rule */
+                if (!naive) {
+                    naive = mem_alloc_or_die(tensor_bytes(&q), "naive fp16 output");
+                    attn_naive_fp16(d, q.data, k.data, v.data, naive);
+                }
+                AttnFp16Check c = attn_check_fp16(out, ref, naive, q.numel);
+                verify_record(tally, rc == 0 && c.ok, "%s  max_abs_err=%.2e (fp16: at most 2x naive fp16's %.2e; NMSE %.1e)",
+                              label, c.err, c.err_naive, c.nmse);
+                continue;
+            }
+            CompareResult r = compare_f32(label, out, ref, q.numel, 1e-5, 1e-4, rc == 0 ? 3 : 0);
             verify_record(tally, rc == 0 && r.n_bad == 0, "%s  max_abs_err=%.2e", label, r.max_abs_err);
         }
     }
-    mem_free(ref), mem_free(out);
+    mem_free(ref), mem_free(out), mem_free(naive);
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
 }
 
@@ -233,7 +326,8 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
         {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N",
          .min = 1, .max = 9},
         {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
-        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)"},
+        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)",
+         .conflicts = "quick"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
     };
     snprintf(name, sizeof name, "%s verify", im->prog);
@@ -241,8 +335,11 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
              "Checks every attention version of %s against its reference on the shape grid of\n"
              "design.md §5: T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80, 128},\n"
              "%s, causal and not, plus logits of +-1e4 and rows of very\n"
-             "negative logits. Tolerance: atol 1e-5, rtol 1e-4. Ends with 'N passed, N failed'.",
-             im->prog, im->heads == ATTN_HEADS_EQUAL ? "H in {1, 4, 8} (Hkv = H)" : "H:Hkv in {1:1, 4:1, 8:1, 9:3, 8:2}");
+             "negative logits. Tolerance: atol 1e-5, rtol 1e-4%s. Ends with 'N passed, N failed'.",
+             im->prog, im->heads == ATTN_HEADS_EQUAL ? "H in {1, 4, 8} (Hkv = H)" : "H:Hkv in {1:1, 4:1, 8:1, 9:3, 8:2}",
+             im->cuda_fp16 ? "; versions that compute in fp16 (tensor\ncores): an error at most 2x that of naive "
+                             "attention in fp16, and NMSE <= 5e-4"
+                           : "");
     ArgCommand cmd = {name, "[options]", summary, specs, 5};
     args_parse_or_exit(&cmd, argc, argv);
     int n_max = im->n_cpu > im->n_cuda ? im->n_cpu : im->n_cuda;

@@ -38,6 +38,9 @@ typedef struct {
  * CUDA entry points device pointers. 0, or -1 with an error recorded. */
 typedef int (*AttnFn)(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out);
 typedef const char *(*AttnNameFn)(int kernel);
+/* 1 if version `kernel` computes in fp16 (tensor cores), which verify checks by FlashAttention's
+ * rule (attn_check_fp16) instead of fp32 tolerance. */
+typedef int (*AttnFp16Fn)(int kernel);
 
 typedef struct {
     const char *prog;     /* "01_mha": names in messages */
@@ -51,6 +54,7 @@ typedef struct {
     int n_cuda;
     AttnHeadRule heads;   /* which H:Hkv the chapter accepts */
     const char *label;    /* NULL, or words added to every verify line (chapter 05: "bs=16") */
+    AttnFp16Fn cuda_fp16; /* NULL: every CUDA version computes in fp32 */
 } AttnImpls;
 
 size_t attn_q_count(const AttnDims *d);  /* B*H*T*D */
@@ -77,6 +81,29 @@ typedef struct {
  * from DRAM, as in a model whose other layers evicted it). */
 AttnTiming attn_time(const AttnImpls *im, Device dev, int kernel, const AttnDims *d, const Tensor *q,
                      const Tensor *k, const Tensor *v, int repeats, double budget_s, int cold_cache);
+
+/* ---- fp16 versions: FlashAttention's rule ----------------------------------------------------
+ * A kernel that rounds its inputs to fp16 cannot meet fp32 tolerance, and a fixed looser one
+ * would be a guess. FlashAttention's tests compare the kernel's error against the fp32 reference
+ * with the error of naive attention run in fp16 against the same reference: at most twice as
+ * large. attn_naive_fp16 is that naive run: q, k, v rounded to fp16, each score rounded to fp16's
+ * 11 significant bits (but keeping fp32's range: a logit of 1e5 is not inf, as in a kernel whose
+ * tensor cores accumulate in fp32), softmax in fp32 with each probability rounded to fp16, P V
+ * summed in fp32 and each output rounded to fp16. q (B, H, T, D), k and v (B, Hkv, S, D) -> out
+ * (B, H, T, D). */
+void attn_naive_fp16(const AttnDims *d, const float *q, const float *k, const float *v, float *out);
+
+/* x rounded to the nearest fp16 value (ties to even), as a float; +-inf beyond fp16's range. */
+float attn_round_fp16(float x);
+
+typedef struct {
+    double err;       /* max |out - ref| */
+    double err_naive; /* max |naive - ref| */
+    double nmse;      /* ||out - ref||^2 / ||ref||^2 */
+    int ok;           /* err <= max(2 err_naive, 1e-5) and nmse <= 5e-4 (a NaN fails) */
+} AttnFp16Check;
+
+AttnFp16Check attn_check_fp16(const float *out, const float *ref, const float *naive, size_t n);
 
 /* `attn`: parse, load and check, run, save. Returns the exit status. */
 int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv);

@@ -76,49 +76,66 @@ void cache_flush(void *unused)
 
 int tsv_open(Tsv *t, const char *out_path, const char *dat_path)
 {
-    t->out = stdout;
-    t->dat = NULL;
-    if (out_path && !(t->out = fopen(out_path, "w")))
-        return error_set("%s: cannot create: %s", out_path, strerror(errno));
-    if (dat_path && !(t->dat = fopen(dat_path, "w"))) {
-        if (t->out != stdout)
-            fclose(t->out);
-        return error_set("%s: cannot create: %s", dat_path, strerror(errno));
+    memset(t, 0, sizeof *t);
+    if (out_open(&t->out, out_path) != 0)
+        return -1;
+    if (dat_path) {
+        if (out_open(&t->dat, dat_path) != 0) {
+            out_abort(&t->out);
+            return -1;
+        }
+        t->has_dat = 1;
     }
     return 0;
 }
 
+/* After a row: push it out (a reader of stdout or of the file sees rows as they come) and stop
+ * at the first failed write. */
+static void tsv_flush(OutFile *o)
+{
+    if (!o->path) { /* standard output */
+        stdout_flush_or_die();
+        return;
+    }
+    errno = 0;
+    if (!o->err && fflush(o->f) != 0)
+        o->err = errno ? errno : EIO;
+    if (o->err)
+        die("%s: write failed: %s", error_quote(o->path), strerror(o->err));
+}
+
 void tsv_header(Tsv *t, const char *columns)
 {
-    fprintf(t->out, "%s\n", columns);
-    if (t->dat)
-        fprintf(t->dat, "# %s\n", columns); /* gnuplot skips the commented header */
+    out_printf(&t->out, "%s\n", columns);
+    tsv_flush(&t->out);
+    if (t->has_dat) {
+        out_printf(&t->dat, "# %s\n", columns); /* gnuplot skips the commented header */
+        tsv_flush(&t->dat);
+    }
 }
 
 void tsv_row(Tsv *t, const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(t->out, fmt, ap);
-    va_end(ap);
-    fputc('\n', t->out);
-    fflush(t->out);
-    if (t->dat) {
+    OutFile *to[2] = {&t->out, t->has_dat ? &t->dat : NULL};
+    for (int k = 0; k < 2 && to[k]; k++) {
+        va_list ap;
         va_start(ap, fmt);
-        vfprintf(t->dat, fmt, ap);
+        errno = 0;
+        if (!to[k]->err && (vfprintf(to[k]->f, fmt, ap) < 0 || fputc('\n', to[k]->f) == EOF))
+            to[k]->err = errno ? errno : EIO;
         va_end(ap);
-        fputc('\n', t->dat);
-        fflush(t->dat);
+        tsv_flush(to[k]);
     }
 }
 
 void tsv_close(Tsv *t)
 {
-    if (t->out && t->out != stdout)
-        fclose(t->out);
-    if (t->dat)
-        fclose(t->dat);
-    t->out = t->dat = NULL;
+    /* the rows go to stdout or to a file renamed into place now, with the .dat beside it */
+    if (out_commit(&t->out) != 0 || (t->has_dat && out_commit(&t->dat) != 0)) {
+        out_abort(&t->dat);
+        die_with_error();
+    }
+    t->has_dat = 0;
 }
 
 static int progress_shown;

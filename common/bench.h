@@ -10,6 +10,8 @@
 
 #include <stdio.h>
 
+#include "fileio.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -34,9 +36,15 @@ BenchTiming bench_time_setup(BenchFn fn, BenchFn setup, void *ctx, int warmup, i
  * read its data from DRAM, as a decode step does when the other layers evicted its KV cache. */
 void cache_flush(void *unused);
 
-/* Rows to `out` (stdout when out_path is NULL) and to `dat_path` (skipped when NULL). */
+/* Rows to `out` (stdout when out_path is NULL) and to `dat_path` (skipped when NULL). Both files
+ * are OutFiles (fileio.h): written beside the target and renamed over it by tsv_close, so an
+ * interrupted or failed benchmark keeps the previous rows and the README's data. tsv_open
+ * refuses a bad path (a folder, a FIFO nobody reads) before any timing starts; a write that
+ * fails in tsv_header, tsv_row or tsv_close is fatal at once: die() with the path and the
+ * reason, the temporary files removed (a benchmark is not worth finishing into a full disk). */
 typedef struct {
-    FILE *out, *dat;
+    OutFile out, dat;
+    int has_dat;
 } Tsv;
 
 int tsv_open(Tsv *t, const char *out_path, const char *dat_path);

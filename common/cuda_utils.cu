@@ -1,10 +1,15 @@
 /*
- * cuda_utils.cu: device detection, checked allocation and copies, and the cuBLAS handle.
+ * cuda_utils.cu: device detection, checked allocation and copies, and cuBLAS loaded on demand.
  * Compiled by nvcc whenever it exists; at run time everything here is reached only after
  * cuda_device_count() said a GPU is present.
+ *
+ * What a CPU run pays for the GPU code: the CUDA runtime is linked statically (libcudart_static,
+ * which opens the driver only at the first CUDA call) and cuBLAS is opened with dlopen by
+ * cuda_cublas(), so `--device cpu` maps neither the driver nor cuBLAS.
  */
 #include "cuda_utils.h"
 
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -94,10 +99,65 @@ extern "C" void cuda_memset_nan(void *d_ptr, size_t bytes) { CUDA_CHECK(cudaMems
 
 extern "C" void cuda_sync(void) { CUDA_CHECK(cudaDeviceSynchronize()); }
 
-cublasHandle_t cuda_cublas(void)
+/* ==== cuBLAS through dlopen ====================================================================== */
+
+/* The Makefile names the library the build compiled against (CUBLAS_SONAME, e.g.
+ * libcublas.so.13) and the toolkit's folder; the folder is tried first, then the loader's path. */
+#ifndef CUBLAS_SONAME
+#define CUBLAS_SONAME "libcublas.so"
+#endif
+#ifndef CUDA_LIBDIR
+#define CUDA_LIBDIR "/usr/local/cuda/lib64"
+#endif
+
+static CublasApi cublas_api;
+static void *cublas_lib;
+
+static void *cublas_symbol(const char *name)
 {
-    static cublasHandle_t handle;
-    if (!handle)
-        CUBLAS_CHECK(cublasCreate(&handle));
-    return handle;
+    void *fn = dlsym(cublas_lib, name);
+    if (!fn) {
+        fflush(stdout);
+        fprintf(stderr, "%s: error: cuBLAS: %s has no symbol %s\n", error_program(), CUBLAS_SONAME, name);
+        exit(1);
+    }
+    return fn;
+}
+
+static void cublas_unload(void)
+{
+    /* The handle is destroyed before the runtime's own teardown (atexit runs in reverse order of
+     * registration, and this was registered after the runtime started), so leak checkers see
+     * nothing of cuBLAS left. */
+    if (cublas_api.handle) {
+        auto destroy = (decltype(&cublasDestroy_v2))cublas_symbol("cublasDestroy_v2");
+        destroy(cublas_api.handle);
+        cublas_api.handle = NULL;
+    }
+}
+
+const CublasApi *cuda_cublas(void)
+{
+    if (cublas_api.handle)
+        return &cublas_api;
+    cublas_lib = dlopen(CUDA_LIBDIR "/" CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!cublas_lib)
+        cublas_lib = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (!cublas_lib) {
+        fflush(stdout);
+        fprintf(stderr, "%s: error: cuBLAS: cannot load %s: %s\n", error_program(), CUBLAS_SONAME, dlerror());
+        exit(1);
+    }
+    cublas_api.Sgemm = (decltype(cublas_api.Sgemm))cublas_symbol("cublasSgemm_v2");
+    cublas_api.SgemmStridedBatched =
+        (decltype(cublas_api.SgemmStridedBatched))cublas_symbol("cublasSgemmStridedBatched");
+    cublas_api.GetStatusString = (decltype(cublas_api.GetStatusString))cublas_symbol("cublasGetStatusString");
+    auto create = (decltype(&cublasCreate_v2))cublas_symbol("cublasCreate_v2");
+    cublasHandle_t handle = NULL;
+    cublasStatus_t st = create(&handle); /* not CUBLAS_CHECK: that would call back in here */
+    if (st != CUBLAS_STATUS_SUCCESS)
+        cuda_fail("cublasCreate(&handle)", cublas_api.GetStatusString(st), __FILE__, __LINE__);
+    cublas_api.handle = handle;
+    atexit(cublas_unload);
+    return &cublas_api;
 }

@@ -55,11 +55,24 @@ void cuda_fail(const char *what, const char *msg, const char *file, int line) __
     do {                                                                                           \
         cublasStatus_t st_ = (call);                                                               \
         if (st_ != CUBLAS_STATUS_SUCCESS)                                                          \
-            cuda_fail(#call, cublasGetStatusString(st_), __FILE__, __LINE__);                      \
+            cuda_fail(#call, cuda_cublas()->GetStatusString(st_), __FILE__, __LINE__);             \
     } while (0)
 
-/* The process's cuBLAS handle, created on first use. */
-cublasHandle_t cuda_cublas(void);
+/* cuBLAS is opened with dlopen on its first use, not linked: its libraries are ~600 MB, and a
+ * program that runs on the CPU must not map them (`--help` stayed at 200 MiB of resident memory
+ * when they were linked). The functions this repository calls, with cuBLAS's own signatures,
+ * and the process's handle (created on first use, destroyed at exit):
+ *
+ *   const CublasApi *cublas = cuda_cublas();
+ *   CUBLAS_CHECK(cublas->Sgemm(cublas->handle, CUBLAS_OP_T, CUBLAS_OP_N, ...));
+ */
+typedef struct {
+    cublasHandle_t handle;
+    decltype(&cublasSgemm_v2) Sgemm;
+    decltype(&cublasSgemmStridedBatched) SgemmStridedBatched;
+    decltype(&cublasGetStatusString) GetStatusString;
+} CublasApi;
+const CublasApi *cuda_cublas(void); /* dies with the reason when cuBLAS cannot be loaded */
 
 static inline unsigned int cuda_blocks(size_t n, unsigned int per_block)
 {

@@ -19,11 +19,32 @@ int error_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The last message recorded by this thread ("" if none). */
 const char *error_message(void);
 
-/* The program name used as the prefix of every error line ("01_mha"). */
+/* The program name used as the prefix of every error line ("01_mha"). The first call (at the
+ * start of every program's main) also makes a lost standard output an error: a standard output
+ * that was closed is reopened as /dev/null for reading only, so every write to it fails, and at
+ * exit stdout is flushed and closed with every error checked; when something written to it was
+ * lost (a full disk, a file-size limit, a closed descriptor) the program prints
+ * "<program>: error: writing standard output: <reason>" and exits with status 1. A program
+ * piped into `head` still ends quietly by SIGPIPE, as every Unix program does. */
 void error_set_program(const char *name);
 const char *error_program(void);
 
-/* Prints "<program>: error: <message>" on one line to stderr and exits with status 1. */
+/* Flushes stdout now, and on failure die()s with the reason. A program calls it where its results
+ * are complete and before it reports them on stderr, so that "N served" is never printed for
+ * results that were lost. */
+void stdout_flush_or_die(void);
+
+/* s made visible for a message: a control byte (carriage return, newline, tab, escape, any
+ * other byte below 0x20, DEL) is written as a C escape (\r, \n, \t, \x1b) and a
+ * backslash as \\, so a file name or a value with an invisible character shows it. No quotes
+ * are added: write '%s' where the value should stand out. The result lives in one of
+ * ERROR_QUOTE_SLOTS per-thread buffers used in turn (so that several can appear in one message),
+ * and a very long string is cut, ending in "...". */
+#define ERROR_QUOTE_SLOTS 4
+const char *error_quote(const char *s);
+
+/* Prints "<program>: error: <message>" on one line to stderr and exits with status 1. Any control
+ * byte in the line is escaped as error_quote does, so the message stays one visible line. */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 /* die() with the message recorded by the last failing call. */

@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "matmul.h"
 #include "tensor.h"
 
@@ -16,8 +18,17 @@ ModelConfig model_default_config(void)
 {
     ModelConfig c = {.dim = 512, .hidden_dim = 1376, .n_layers = 8, .n_heads = 8, .n_kv_heads = 2,
                      .vocab_size = 1024, .seq_len = 2048, .shared_classifier = 0};
+    /* Under emulation (make test-arm64) a token of the full model takes a third of a second and
+     * its random weights seven seconds: the suites' program runs would take most of an hour.
+     * Half the width and 2 layers keep the shape the tests rely on (8 query heads over 2 kv
+     * heads, vocab 1024, seq_len 2048; a batch of 4 still splits its products between threads). */
+    const char *small = getenv("TEST_SMALL");
+    if (small && strcmp(small, "1") == 0)
+        c.dim = 256, c.hidden_dim = 688, c.n_layers = 2;
     return c;
 }
+
+static size_t packed_floats(const ModelConfig *c);
 
 int model_check_config(const ModelConfig *c)
 {
@@ -32,8 +43,29 @@ int model_check_config(const ModelConfig *c)
         return error_set("model config: n_kv_heads = %d does not divide n_heads = %d", c->n_kv_heads, c->n_heads);
     if ((c->dim / c->n_heads) % 2 != 0)
         return error_set("model config: head size %d is odd (RoPE turns pairs of dimensions)", c->dim / c->n_heads);
+    /* every size derived from these (the file's bytes, the packed copy's) must fit in size_t:
+     * checked before blocks_of and build_packed compute them without checks */
+    const size_t limit = (SIZE_MAX - 64) / sizeof(float);
+    if (model_checkpoint_floats(c) >= limit || packed_floats(c) >= limit)
+        return error_set("the model's size overflows (dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, "
+                         "vocab_size %d, seq_len %d)",
+                         c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len);
     return 0;
 }
+
+/* Sizes from a file's header are hostile: every product and sum below saturates at SIZE_MAX
+ * instead of wrapping (a header of dim 2^30, heads 2^29, vocab 2^31-10 once declared 2^64 + 156
+ * bytes, which wrapped to the 156 bytes of its file and passed the size check). No real size comes
+ * near SIZE_MAX, so SIZE_MAX means "too large" and model_check_config refuses it. */
+static size_t sat_mul(size_t a, size_t b)
+{
+    size_t r;
+    return size_mul(&r, a, b) == 0 ? r : SIZE_MAX;
+}
+
+static size_t sat_add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+
+static size_t sat_mul3(size_t a, size_t b, size_t c) { return sat_mul(sat_mul(a, b), c); }
 
 /* The checkpoint's float blocks in order, for counting, loading and saving alike. */
 typedef struct {
@@ -46,21 +78,21 @@ static int blocks_of(const ModelConfig *c, ModelWeights *w, Block b[14])
     const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
     const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
     int i = 0;
-    b[i++] = (Block){&w->token_embedding, (size_t)c->vocab_size * dim};
-    b[i++] = (Block){&w->rms_att, L * dim};
-    b[i++] = (Block){&w->wq, L * qd * dim};
-    b[i++] = (Block){&w->wk, L * kvd * dim};
-    b[i++] = (Block){&w->wv, L * kvd * dim};
-    b[i++] = (Block){&w->wo, L * dim * qd};
-    b[i++] = (Block){&w->rms_ffn, L * dim};
-    b[i++] = (Block){&w->w1, L * hid * dim};
-    b[i++] = (Block){&w->w2, L * dim * hid};
-    b[i++] = (Block){&w->w3, L * hid * dim};
+    b[i++] = (Block){&w->token_embedding, sat_mul((size_t)c->vocab_size, dim)};
+    b[i++] = (Block){&w->rms_att, sat_mul(L, dim)};
+    b[i++] = (Block){&w->wq, sat_mul3(L, qd, dim)};
+    b[i++] = (Block){&w->wk, sat_mul3(L, kvd, dim)};
+    b[i++] = (Block){&w->wv, sat_mul3(L, kvd, dim)};
+    b[i++] = (Block){&w->wo, sat_mul3(L, dim, qd)};
+    b[i++] = (Block){&w->rms_ffn, sat_mul(L, dim)};
+    b[i++] = (Block){&w->w1, sat_mul3(L, hid, dim)};
+    b[i++] = (Block){&w->w2, sat_mul3(L, dim, hid)};
+    b[i++] = (Block){&w->w3, sat_mul3(L, hid, dim)};
     b[i++] = (Block){&w->rms_final, dim};
-    b[i++] = (Block){NULL, (size_t)c->seq_len * hs / 2}; /* freq_cis_real, unused */
-    b[i++] = (Block){NULL, (size_t)c->seq_len * hs / 2}; /* freq_cis_imag, unused */
+    b[i++] = (Block){NULL, sat_mul((size_t)c->seq_len, hs) / 2}; /* freq_cis_real, unused */
+    b[i++] = (Block){NULL, sat_mul((size_t)c->seq_len, hs) / 2}; /* freq_cis_imag, unused */
     if (!c->shared_classifier)
-        b[i++] = (Block){&w->wcls, (size_t)c->vocab_size * dim};
+        b[i++] = (Block){&w->wcls, sat_mul((size_t)c->vocab_size, dim)};
     return i;
 }
 
@@ -71,8 +103,20 @@ size_t model_checkpoint_floats(const ModelConfig *c)
     size_t total = 0;
     int n = blocks_of(c, &w, b);
     for (int i = 0; i < n; i++)
-        total += b[i].n;
+        total = sat_add(total, b[i].n);
     return total;
+}
+
+/* Floats of the packed matrices (build_packed), saturating like the rest. */
+static size_t packed_floats(const ModelConfig *c)
+{
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    /* matmul_packed_floats(N, K) rounds N up to a multiple of 16 rows: at most (N + 16) * K */
+    const size_t per_layer = sat_add(sat_add(sat_mul(qd + 16, dim), sat_mul(2, sat_mul(kvd + 16, dim))),
+                                     sat_add(sat_add(sat_mul(dim + 16, qd), sat_mul(2, sat_mul(hid + 16, dim))),
+                                             sat_mul(dim + 16, hid)));
+    return sat_add(sat_mul(L, per_layer), sat_mul((size_t)c->vocab_size + 16, dim));
 }
 
 size_t model_param_count(const ModelConfig *c)
@@ -186,14 +230,14 @@ int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
 int model_load(const char *path, Model *m)
 {
     memset(m, 0, sizeof *m);
-    FILE *f = fopen(path, "rb");
+    FILE *f = file_open_input(path); /* a regular file, or an error: never blocks on a FIFO */
     if (!f)
-        return error_set("%s: cannot open: %s", path, strerror(errno));
+        return -1;
     struct stat st;
     int32_t h[7];
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(f), &st) != 0) {
         fclose(f);
-        return error_set("%s: not a regular file", path);
+        return error_set("%s: cannot open: %s", path, strerror(errno));
     }
     if (fread(h, sizeof(int32_t), 7, f) != 7) {
         fclose(f);
@@ -251,16 +295,15 @@ int model_load_or_builtin(const char *checkpoint, Model *m)
 
 int model_save(const Model *m, const char *path)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return error_set("%s: cannot create: %s", path, strerror(errno));
+    OutFile o; /* a temporary file renamed over path at the end: a failed write keeps the old one */
+    if (out_open(&o, path) != 0)
+        return -1;
     const ModelConfig *c = &m->c;
     int32_t h[7] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
                     c->shared_classifier ? c->vocab_size : -c->vocab_size, c->seq_len};
-    int ok = fwrite(h, sizeof h, 1, f) == 1 && fwrite(m->data, sizeof(float), m->n_floats, f) == m->n_floats;
-    if (fclose(f) != 0 || !ok)
-        return error_set("%s: write failed", path);
-    return 0;
+    out_write(&o, h, sizeof h);
+    out_write(&o, m->data, m->n_floats * sizeof(float));
+    return out_commit(&o);
 }
 
 void model_free(Model *m)
@@ -326,15 +369,42 @@ int model_argmax(const float *logits, int n)
 
 void model_rng_seed(Rng *rng, uint64_t seed) { rng->state = seed ? seed : 0x9E3779B97F4A7C15ull; }
 
+int model_check_temperature(double temperature)
+{
+    if (!(temperature >= 0.0) || !isfinite(temperature))
+        return error_set("--temperature %g: expected 0 (greedy) or a positive number", temperature);
+    /* below FLT_MIN the float is subnormal (1e-40 keeps 3 digits) and logits / T overflows for
+     * any logit above ~1e-2: refused rather than silently greedy */
+    if (temperature > 0.0 && temperature < FLT_MIN)
+        return error_set("--temperature %g is below the smallest normal float, %g: give 0 for greedy decoding or a "
+                         "temperature of at least %g",
+                         temperature, (double)FLT_MIN, (double)FLT_MIN);
+    return 0;
+}
+
 int model_sample(float *logits, int n, float temperature, Rng *rng)
 {
+    /* Logits that overflowed (a checkpoint with huge weights) would sample garbage -- inf - inf is
+     * NaN, no cdf passes the coin, and the last id comes out every time -- so they are an error. */
+    int best = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(logits[i]))
+            return error_set("logit %d of %d is %s: the model's arithmetic overflowed float32 (are its weights "
+                             "sensible?)",
+                             i, n, isnan(logits[i]) ? "NaN" : "infinite");
+        best = logits[i] > logits[best] ? i : best;
+    }
     if (temperature <= 0.0f)
-        return model_argmax(logits, n);
+        return best;
     for (int i = 0; i < n; i++)
         logits[i] /= temperature;
     float max_val = logits[0], sum = 0.0f;
     for (int i = 1; i < n; i++)
         max_val = logits[i] > max_val ? logits[i] : max_val;
+    /* a temperature so small that the largest logit / T overflows leaves all the probability on
+     * the largest logit (the limit T -> 0): greedy, rather than exp(inf - inf) */
+    if (!isfinite(max_val))
+        return best;
     for (int i = 0; i < n; i++) {
         logits[i] = expf(logits[i] - max_val);
         sum += logits[i];
@@ -380,8 +450,10 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     for (int i = 0; i < n_out; i++)
         if (out_rows[i] < 0 || out_rows[i] >= n)
             return error_set("model_forward: logits asked for row %d of %d", out_rows[i], n);
-    const size_t N = (size_t)n;
-    float *buf = mem_alloc(N * ((size_t)2 * dim + 2 * qd + 2 * kvd + 2 * hid) * sizeof(float), "forward activations");
+    const size_t N = (size_t)n, per_row = (size_t)2 * dim + 2 * (size_t)qd + 2 * (size_t)kvd + 2 * (size_t)hid;
+    if (sat_mul3(N, per_row, sizeof(float)) == SIZE_MAX)
+        return error_set("model_forward: the activations of %d rows overflow size_t", n);
+    float *buf = mem_alloc(N * per_row * sizeof(float), "forward activations");
     if (!buf)
         return -1;
     float *x = buf;           /* (n, dim) the residual stream */

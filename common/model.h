@@ -76,7 +76,9 @@ typedef struct {
 
 /* The built-in random model: dim 512, hidden 1376, 8 layers, 8 heads, 2 kv heads (GQA 4:1,
  * head size 64), vocab 1024, seq_len 2048, a separate classifier (with the embedding as classifier
- * a random model just repeats its input token); seed MODEL_DEFAULT_SEED. */
+ * a random model just repeats its input token); seed MODEL_DEFAULT_SEED. With TEST_SMALL=1 in
+ * the environment (the test suites under emulation, make test-arm64): dim 256, hidden 688,
+ * 2 layers, the rest the same. */
 #define MODEL_DEFAULT_SEED 20241127u
 ModelConfig model_default_config(void);
 
@@ -124,8 +126,16 @@ int model_argmax(const float *logits, int n);
 
 /* A token from softmax(logits / temperature) using llama2.c's generator (xorshift64*, its state
  * seeded directly): rng->state = seed; coin = (u32 >> 8) / 2^24; first id whose cdf exceeds it.
- * Overwrites logits with the probabilities. */
+ * Overwrites logits with the probabilities. temperature <= 0: greedy (model_argmax); a positive
+ * temperature so small that the largest logit / T overflows float is greedy too (its limit).
+ * -1 (error recorded) when a logit is NaN or infinite: the model's arithmetic overflowed, and
+ * sampling from that would pick the last id without a word. */
 int model_sample(float *logits, int n, float temperature, Rng *rng);
+
+/* The rule every --temperature follows: 0 (greedy) or a positive number of at least FLT_MIN,
+ * the smallest normal float (a subnormal T turns every logit / T into inf). Finite. -1 with the
+ * message naming --temperature otherwise. */
+int model_check_temperature(double temperature);
 
 /* llama2.c seeds its state with the seed itself (not splitmix): use this to match its samples. */
 void model_rng_seed(Rng *rng, uint64_t seed);

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "fileio.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "npy.c reads little-endian data in place: a little-endian host is assumed"
@@ -188,13 +189,13 @@ static int read_exact(FILE *f, void *buf, size_t n) { return fread(buf, 1, n, f)
 int npy_read(const char *path, NpyArray *out)
 {
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "rb");
+    FILE *f = file_open_input(path); /* a regular file, or an error: never blocks on a FIFO */
     if (!f)
-        return error_set("%s: cannot open: %s", path, strerror(errno));
+        return -1;
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(f), &st) != 0) {
         fclose(f);
-        return error_set("%s: not a regular file", path);
+        return error_set("%s: cannot open: %s", path, strerror(errno));
     }
     size_t file_size = (size_t)st.st_size;
     unsigned char pre[12];
@@ -325,25 +326,22 @@ int npy_write(const char *path, NpyDtype dtype, int ndim, const size_t *shape, c
     size_t padded = (total + 63) / 64 * 64;
     size_t header_len = padded - 10;
 
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return error_set("%s: cannot create: %s", path, strerror(errno));
+    /* into a temporary file renamed over path at the end: a failed write keeps the old file */
+    OutFile o;
+    if (out_open(&o, path) != 0)
+        return -1;
     unsigned char pre[10];
     memcpy(pre, NPY_MAGIC, 6);
     pre[6] = 1;
     pre[7] = 0;
     pre[8] = (unsigned char)(header_len & 0xff);
     pre[9] = (unsigned char)(header_len >> 8);
-    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
-    for (size_t i = 10 + (size_t)n; ok && i < padded - 1; i++)
-        ok = fputc(' ', f) != EOF;
-    ok = ok && fputc('\n', f) != EOF;
-    ok = ok && fwrite(data, 4, numel, f) == numel;
-    if (fclose(f) != 0)
-        ok = 0;
-    if (!ok)
-        return error_set("%s: write failed: %s", path, strerror(errno));
-    return 0;
+    memset(dict + n, ' ', header_len - 1 - (size_t)n); /* the padding, then '\n' */
+    dict[header_len - 1] = '\n';
+    out_write(&o, pre, 10);
+    out_write(&o, dict, header_len);
+    out_write(&o, data, numel * 4); /* numel * 4 cannot overflow: the data is in memory */
+    return out_commit(&o);
 }
 
 int npy_write_tensor(const char *path, const Tensor *t)

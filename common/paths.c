@@ -33,6 +33,20 @@ const char *paths_build_dir(void)
     return build_dir;
 }
 
+/* One mkdir; an existing folder is fine, an existing file is not (said here, not later as a
+ * puzzling "Not a directory" when a file is written into it). */
+static int make_dir(const char *path)
+{
+    struct stat st;
+    if (mkdir(path, 0755) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return error_set("%s: cannot create folder: %s", error_quote(path), strerror(errno));
+    if (stat(path, &st) == 0 && !S_ISDIR(st.st_mode))
+        return error_set("%s: exists and is not a folder", error_quote(path));
+    return 0;
+}
+
 int paths_make_dirs(const char *path)
 {
     char buf[PATH_MAX];
@@ -42,13 +56,11 @@ int paths_make_dirs(const char *path)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return error_set("%s: cannot create folder: %s", buf, strerror(errno));
+        if (make_dir(buf) != 0)
+            return -1;
         *p = '/';
     }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return error_set("%s: cannot create folder: %s", buf, strerror(errno));
-    return 0;
+    return make_dir(buf);
 }
 
 const char *paths_in_build(char *buf, size_t len, const char *sub, const char *name)

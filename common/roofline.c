@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/utsname.h>
 
 #include "paths.h"
 #include "tensor.h"
@@ -25,54 +26,117 @@ static int n_threads(void)
 #endif
 }
 
-static void cpu_model(char *buf, size_t len)
+/* The value of the first "key : value" line of /proc/cpuinfo whose key is `key`, printable
+ * characters only (it goes into a TSV file); 0 if there is none. */
+static int cpuinfo_value(const char *key, char *buf, size_t len)
 {
-    snprintf(buf, len, "unknown CPU");
     FILE *f = fopen("/proc/cpuinfo", "r");
     if (!f)
-        return;
+        return 0;
     char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10) == 0) {
-            char *colon = strchr(line, ':');
-            if (colon) {
-                colon++;
-                while (*colon == ' ')
-                    colon++;
-                colon[strcspn(colon, "\n")] = '\0';
-                snprintf(buf, len, "%s", colon);
-            }
-            break;
-        }
+    int found = 0;
+    const size_t klen = strlen(key);
+    while (!found && fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, klen) != 0 || (line[klen] != ' ' && line[klen] != '\t' && line[klen] != ':'))
+            continue;
+        const char *v = strchr(line, ':');
+        if (!v)
+            continue;
+        for (v++; *v == ' ' || *v == '\t'; v++)
+            ;
+        size_t n = 0;
+        for (; *v && *v != '\n' && n + 1 < len; v++)
+            if ((unsigned char)*v >= 0x20 && (unsigned char)*v < 0x7f)
+                buf[n++] = *v;
+        while (n > 0 && buf[n - 1] == ' ')
+            n--;
+        buf[n] = '\0';
+        found = n > 0;
     }
     fclose(f);
+    return found;
 }
 
-/* 12 independent chains per thread: enough to cover FMA latency (4-5 cycles) x 2 units. */
+/* x86's /proc/cpuinfo names the model ("AMD EPYC"); aarch64's has no model name, only the
+ * implementer and part numbers (0x41 0xd0c: Arm's Neoverse N1), so those identify the CPU there. */
+static void cpu_model(char *buf, size_t len)
+{
+    char implementer[32], part[32];
+    struct utsname u;
+    const char *arch = uname(&u) == 0 ? u.machine : "unknown";
+    if (cpuinfo_value("model name", buf, len))
+        return;
+    if (cpuinfo_value("CPU implementer", implementer, sizeof implementer) &&
+        cpuinfo_value("CPU part", part, sizeof part))
+        snprintf(buf, len, "%.20s CPU implementer %.10s part %.10s", arch, implementer, part);
+    else
+        snprintf(buf, len, "%.20s CPU", arch);
+}
+
+/*
+ * The FMA peak is that of the widest vector FMA the build's target executes, because a peak
+ * measured with narrower vectors would let a kernel look faster than the machine allows ("% of
+ * peak" above 100). The build targets this machine (-march=native), so the compiler's macros
+ * say what it has; GCC's vector extension then emits one FMA instruction per line below.
+ *
+ * Chains: an FMA's result is ready only after its latency (4 cycles on Zen 4, Skylake, Neoverse),
+ * and each of the 2 to 4 FMA pipes starts one per cycle, so latency x pipes independent chains
+ * keep every pipe busy. x86 has 16 (AVX2) or 32 (AVX-512) vector registers: 12 chains plus the
+ * two constants fit either; aarch64 has 32 NEON registers and cores with 4 pipes, so 16.
+ */
+#if defined(__AVX512F__)
+#define FMA_LANES 16
+#define FMA_CHAINS 12
+#define FMA_WHAT "16-lane AVX-512 FMA"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define FMA_LANES 8
+#define FMA_CHAINS 12
+#define FMA_WHAT "8-lane AVX2 FMA"
+#elif defined(__aarch64__)
+#define FMA_LANES 4
+#define FMA_CHAINS 16
+#define FMA_WHAT "4-lane NEON FMA"
+#else /* a target without a known vector FMA: whatever the compiler makes of a*b+c */
+#define FMA_LANES 4
+#define FMA_CHAINS 12
+#define FMA_WHAT "4-lane multiply-add (no vector FMA targeted)"
+#endif
+
+typedef float fma_vec __attribute__((vector_size(FMA_LANES * sizeof(float))));
+
+const char *roofline_fma_what(void) { return FMA_WHAT; }
+
 static double probe_fma(void)
 {
-    const long iters = 4000000;
+    const long iters = 8000000 / FMA_CHAINS * 12; /* ~1e8 FMA instructions a thread, ~30 ms */
     double best = 0.0;
     for (int attempt = 0; attempt < 3; attempt++) {
         double sink = 0.0;
         double t0 = timer_now();
 #pragma omp parallel reduction(+ : sink)
         {
-            const f32x8 m = {0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f};
-            const f32x8 a = {1e-6f, 1e-6f, 1e-6f, 1e-6f, 1e-6f, 1e-6f, 1e-6f, 1e-6f};
-            f32x8 x0 = m * 0.1f, x1 = m * 0.2f, x2 = m * 0.3f, x3 = m * 0.4f, x4 = m * 0.5f, x5 = m * 0.6f;
-            f32x8 x6 = m * 0.7f, x7 = m * 0.8f, x8 = m * 0.9f, x9 = m * 1.1f, x10 = m * 1.2f, x11 = m * 1.3f;
-            for (long i = 0; i < iters; i++) { /* each line one FMA: -ffp-contract=fast fuses them */
-                x0 = x0 * m + a, x1 = x1 * m + a, x2 = x2 * m + a, x3 = x3 * m + a;
-                x4 = x4 * m + a, x5 = x5 * m + a, x6 = x6 * m + a, x7 = x7 * m + a;
-                x8 = x8 * m + a, x9 = x9 * m + a, x10 = x10 * m + a, x11 = x11 * m + a;
+            const fma_vec zero = {0.0f};
+            const fma_vec m = zero - 1e-7f;
+            fma_vec x[FMA_CHAINS];
+            for (int c = 0; c < FMA_CHAINS; c++)
+                x[c] = zero + 0.1f * (float)(c + 1);
+            for (long i = 0; i < iters; i++) {
+                /* one FMA per chain (-ffp-contract=fast fuses x + x * m): the chain's own value
+                 * is the addend, as NEON's fmla (which adds into its destination) wants, and
+                 * is multiplied, so no product can be hoisted out of the loop. x shrinks by at
+                 * most e^-1 over the loop: no subnormals. Fully unrolled, x stays in registers. */
+#pragma GCC unroll 16
+                for (int c = 0; c < FMA_CHAINS; c++)
+                    x[c] += x[c] * m;
             }
-            f32x8 s = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)) + ((x8 + x9) + (x10 + x11));
-            for (int e = 0; e < 8; e++)
+            fma_vec s = zero;
+            for (int c = 0; c < FMA_CHAINS; c++)
+                s += x[c];
+            for (int e = 0; e < FMA_LANES; e++)
                 sink += s[e];
         }
         double dt = timer_now() - t0;
-        double flops = 2.0 * 8 * 12 * (double)iters * n_threads();
+        double flops = 2.0 * FMA_LANES * FMA_CHAINS * (double)iters * n_threads();
         if (sink == 12345.678) /* keeps the chains alive */
             printf(" ");
         if (flops / dt > best)
@@ -165,10 +229,15 @@ Roofline roofline_probe(void)
     memset(&r, 0, sizeof r);
     r.threads = n_threads();
     cpu_model(r.cpu, sizeof r.cpu);
+    snprintf(r.fma_what, sizeof r.fma_what, "%s", FMA_WHAT);
     r.fma_gflops = probe_fma();
     r.dram_gbs = probe_dram();
     return r;
 }
+
+/* The cache's columns. A file with any other header (one written before fma_what was recorded,
+ * whose peak may have been measured with narrower vectors) is not read: it is measured again. */
+static const char CACHE_HEADER[] = "cpu\tthreads\tfma_gflops\tdram_gbs\tfma_what\n";
 
 static int load_cache(const char *path, Roofline *r)
 {
@@ -177,13 +246,15 @@ static int load_cache(const char *path, Roofline *r)
         return -1;
     char line[512];
     int ok = 0;
-    if (fgets(line, sizeof line, f) && fgets(line, sizeof line, f)) {
+    if (fgets(line, sizeof line, f) && strcmp(line, CACHE_HEADER) == 0 && fgets(line, sizeof line, f)) {
         char *cpu = strtok(line, "\t");
         char *threads = strtok(NULL, "\t");
         char *fma = strtok(NULL, "\t");
-        char *dram = strtok(NULL, "\t\n");
-        if (cpu && threads && fma && dram) {
+        char *dram = strtok(NULL, "\t");
+        char *what = strtok(NULL, "\t\n");
+        if (cpu && threads && fma && dram && what) {
             snprintf(r->cpu, sizeof r->cpu, "%s", cpu);
+            snprintf(r->fma_what, sizeof r->fma_what, "%s", what);
             ok = sscanf(threads, "%d", &r->threads) == 1 && sscanf(fma, "%lf", &r->fma_gflops) == 1 &&
                  sscanf(dram, "%lf", &r->dram_gbs) == 1;
         }
@@ -202,7 +273,7 @@ const Roofline *roofline_get(void)
     snprintf(path, sizeof path, "%s/roofline.tsv", paths_build_dir());
     cpu_model(cpu, sizeof cpu);
     if (load_cache(path, &cached) == 0 && cached.threads == n_threads() && strcmp(cached.cpu, cpu) == 0 &&
-        cached.fma_gflops > 0 && cached.dram_gbs > 0) {
+        strcmp(cached.fma_what, FMA_WHAT) == 0 && cached.fma_gflops > 0 && cached.dram_gbs > 0) {
         have = 1;
         return &cached;
     }
@@ -210,12 +281,12 @@ const Roofline *roofline_get(void)
     cached = roofline_probe();
     FILE *f = fopen(path, "w");
     if (f) {
-        fprintf(f, "cpu\tthreads\tfma_gflops\tdram_gbs\n%s\t%d\t%.2f\t%.2f\n", cached.cpu, cached.threads,
-                cached.fma_gflops, cached.dram_gbs);
+        fprintf(f, "%s%s\t%d\t%.2f\t%.2f\t%s\n", CACHE_HEADER, cached.cpu, cached.threads, cached.fma_gflops,
+                cached.dram_gbs, cached.fma_what);
         fclose(f);
     }
-    fprintf(stderr, "roofline: %.1f GFLOP/s fp32 FMA peak, %.1f GB/s DRAM read (%s, %d threads) -> %s\n",
-            cached.fma_gflops, cached.dram_gbs, cached.cpu, cached.threads, path);
+    fprintf(stderr, "roofline: %.1f GFLOP/s fp32 FMA peak (%s), %.1f GB/s DRAM read (%s, %d threads) -> %s\n",
+            cached.fma_gflops, cached.fma_what, cached.dram_gbs, cached.cpu, cached.threads, path);
     have = 1;
     return &cached;
 }

@@ -1,13 +1,15 @@
 /*
  * roofline.h: this machine's two ceilings, measured, so every benchmark can say "% of peak".
  *
- *   fma_gflops: fp32 multiply-add throughput of all OpenMP threads, from 12 independent
- *               chains of 8-float vector FMAs per thread (2 FLOPs per lane per FMA).
+ *   fma_gflops: fp32 multiply-add throughput of all OpenMP threads, from independent chains of
+ *               the widest vector FMA the build targets (2 FLOPs per lane per FMA): 16 lanes
+ *               with AVX-512, 8 with AVX2, 4 with NEON on aarch64. fma_what names it.
  *   dram_gbs:   read bandwidth from a 256 MiB buffer (8x a typical L3), best of 5 passes.
  *
  * A kernel whose FLOPs per byte read is below fma_gflops / dram_gbs is bound by memory.
  * The probe takes about a second; its result is cached in <build>/roofline.tsv together with
- * the CPU model and thread count, and measured again when either changes.
+ * the CPU model, thread count and FMA width, and measured again when any of them changes (a
+ * cache written before the width was recorded is measured again too).
  */
 #ifndef COMMON_ROOFLINE_H
 #define COMMON_ROOFLINE_H
@@ -23,6 +25,7 @@ typedef struct {
     double dram_gbs;
     int threads;
     char cpu[128];
+    char fma_what[48]; /* the FMA the peak was measured with: "16-lane AVX-512 FMA" */
 } Roofline;
 
 /* The cached result, measuring first if needed. Prints one line to stderr when it measures. */
@@ -37,8 +40,12 @@ Roofline roofline_probe(void);
  * which follows one stream within a page. Measured at each call (about a second). */
 double roofline_scattered_read_gbs(size_t chunk_bytes);
 
-/* "AMD EPYC 7B13 (2 threads)": the machine as benchmarks name it. */
+/* "AMD EPYC 7B13 (2 threads)": the machine as benchmarks name it. On aarch64, whose
+ * /proc/cpuinfo has no model name, "aarch64 CPU implementer 0x41 part 0xd0c" or "aarch64". */
 const char *roofline_machine(void);
+
+/* The FMA this build's probe uses ("16-lane AVX-512 FMA", "8-lane AVX2 FMA", "4-lane NEON FMA"). */
+const char *roofline_fma_what(void);
 
 #ifdef __cplusplus
 }

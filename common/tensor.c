@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -24,6 +25,10 @@ typedef struct {
 
 static _Atomic size_t mem_current;
 static _Atomic size_t mem_peak;
+/* The most the process may hold through mem_alloc (0: not known yet) and where that number came
+ * from, for the message that refuses an allocation. */
+static _Atomic size_t mem_budget;
+static const char *_Atomic mem_budget_source = "";
 
 int size_mul(size_t *out, size_t a, size_t b)
 {
@@ -62,18 +67,136 @@ size_t mem_rss_bytes(void)
     return ok && page > 0 ? (size_t)resident * (size_t)page : 0;
 }
 
+/* The first number of "<key> <n> kB" in /proc/meminfo, in bytes; 0 if absent. */
+static size_t meminfo_bytes(const char *key)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kib = 0;
+    const size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, n) == 0 && line[n] == ':' && sscanf(line + n + 1, "%llu", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kib * 1024;
+}
+
+/* A number in a cgroup file ("max" and the huge "no limit" of cgroup v1 read as none): 0 if none. */
+static size_t cgroup_limit_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    unsigned long long v = 0;
+    const int ok = f && fscanf(f, "%llu", &v) == 1;
+    if (f)
+        fclose(f);
+    return ok && v < (1ull << 62) && v <= SIZE_MAX ? (size_t)v : 0;
+}
+
+/* The memory limit of this process's cgroup (v2 memory.max, v1 memory.limit_in_bytes), at the
+ * path /proc/self/cgroup names or at the mount's root (a container's own namespace); 0 if none.
+ * A container's /proc/meminfo shows the host's memory, so without this a container of 4 GiB
+ * would accept a 16 GiB allocation and be killed filling it. */
+static size_t cgroup_limit(void)
+{
+    char line[1024], path[1200], rel[1024] = "", rel1[1024] = "";
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, "0::", 3) == 0)
+            snprintf(rel, sizeof rel, "%s", line + 3);
+        const char *m = strstr(line, ":memory:");
+        if (m)
+            snprintf(rel1, sizeof rel1, "%s", m + 8);
+    }
+    if (f)
+        fclose(f);
+    size_t best = 0;
+    const struct {
+        const char *dir, *rel, *file;
+    } tries[] = {
+        {"/sys/fs/cgroup", rel, "memory.max"},
+        {"/sys/fs/cgroup", "", "memory.max"},
+        {"/sys/fs/cgroup/memory", rel1, "memory.limit_in_bytes"},
+        {"/sys/fs/cgroup/memory", "", "memory.limit_in_bytes"},
+    };
+    for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+        snprintf(path, sizeof path, "%s%s/%s", tries[i].dir, strcmp(tries[i].rel, "/") == 0 ? "" : tries[i].rel,
+                 tries[i].file);
+        const size_t v = cgroup_limit_file(path);
+        if (v && (!best || v < best))
+            best = v;
+    }
+    return best;
+}
+
+size_t mem_budget_bytes(void)
+{
+    size_t b = atomic_load(&mem_budget);
+    if (b)
+        return b;
+    /* Read once, at the first allocation: MemAvailable (free memory plus what the kernel can
+     * reclaim, e.g. the page cache), capped by the cgroup's limit; physical memory when neither
+     * is known. With overcommit, calloc of more than that succeeds and the process is killed
+     * later, while filling it: this number is the only warning there is. */
+    const char *source = "MemAvailable";
+    b = meminfo_bytes("MemAvailable");
+    const size_t cg = cgroup_limit();
+    if (cg && (!b || cg < b))
+        b = cg, source = "the cgroup's memory limit";
+    if (!b)
+        b = mem_physical_bytes(), source = "physical memory";
+    atomic_store(&mem_budget_source, source);
+    atomic_store(&mem_budget, b);
+    return b;
+}
+
+void mem_set_budget(size_t bytes)
+{
+    atomic_store(&mem_budget_source, bytes ? "the budget set by mem_set_budget" : "");
+    atomic_store(&mem_budget, bytes);
+}
+
+/* The refusal: what, how much, what is held already, the total and the budget. */
+static int refuse(size_t bytes, size_t held, const char *what)
+{
+    char need[32], have[32], total[32], budget[32];
+    const size_t b = mem_budget_bytes();
+    format_bytes((double)bytes, need, sizeof need);
+    format_bytes((double)b, budget, sizeof budget);
+    if (held == 0)
+        return error_set("%s needs %s, more than the %s of memory available (%s)", what, need, budget,
+                         atomic_load(&mem_budget_source));
+    return error_set("%s needs %s; with the %s this program already holds that is %s, more than the %s of memory "
+                     "available (%s)",
+                     what, need, format_bytes((double)held, have, sizeof have),
+                     format_bytes((double)held + (double)bytes, total, sizeof total), budget,
+                     atomic_load(&mem_budget_source));
+}
+
+int mem_check(size_t bytes, const char *what)
+{
+    const size_t b = mem_budget_bytes(), held = atomic_load(&mem_current);
+    return held > b || bytes > b - held ? refuse(bytes, held, what) : 0;
+}
+
 void *mem_alloc(size_t bytes, const char *what)
 {
-    char need[32], have[32];
-    size_t phys = mem_physical_bytes();
-    if (bytes > phys || bytes > SIZE_MAX - 2 * MEM_ALIGN) {
-        error_set("%s needs %s but this machine has %s of memory", what,
-                  format_bytes((double)bytes, need, sizeof need),
-                  format_bytes((double)phys, have, sizeof have));
+    char need[32];
+    const size_t b = mem_budget_bytes();
+    if (bytes > b || bytes > SIZE_MAX - 2 * MEM_ALIGN)
+        return refuse(bytes, atomic_load(&mem_current), what), NULL;
+    /* Reserve first, then allocate: two threads cannot both pass the check with the last bytes.
+     * bytes <= b, so the sum cannot wrap. */
+    const size_t now = atomic_fetch_add(&mem_current, bytes) + bytes;
+    if (now > b) {
+        atomic_fetch_sub(&mem_current, bytes);
+        refuse(bytes, now - bytes, what);
         return NULL;
     }
     unsigned char *base = calloc(1, bytes + 2 * MEM_ALIGN);
     if (!base) {
+        atomic_fetch_sub(&mem_current, bytes);
         error_set("cannot allocate %s for %s", format_bytes((double)bytes, need, sizeof need), what);
         return NULL;
     }
@@ -82,7 +205,6 @@ void *mem_alloc(size_t bytes, const char *what)
     h->base = base;
     h->bytes = bytes;
 
-    size_t now = atomic_fetch_add(&mem_current, bytes) + bytes;
     size_t peak = atomic_load(&mem_peak);
     while (now > peak && !atomic_compare_exchange_weak(&mem_peak, &peak, now)) {
     }

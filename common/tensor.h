@@ -24,7 +24,10 @@ extern "C" {
 /* ---- accounted allocation --------------------------------------------------------------- */
 
 /* 64-byte aligned, zero-filled, counted. Returns NULL and records an error naming `what` when
- * the request is larger than this machine's physical memory or the allocation fails. */
+ * the bytes held through mem_alloc would exceed the memory budget (mem_budget_bytes) or the
+ * allocation fails. The budget bounds the total, not each request: no sequence of allocations,
+ * each small enough alone, can take the process past it (and get it killed by the OOM killer
+ * once it touches the pages that overcommit granted). */
 void *mem_alloc(size_t bytes, const char *what);
 /* Like mem_alloc, but dies with that error instead of returning NULL. */
 void *mem_alloc_or_die(size_t bytes, const char *what);
@@ -33,6 +36,17 @@ void mem_free(void *p);
 size_t mem_current_bytes(void);  /* bytes held now through mem_alloc */
 size_t mem_peak_bytes(void);     /* the most held at once since the last reset */
 void mem_reset_peak(void);       /* peak := current */
+
+/* 0 if `bytes` more would fit in the budget with what is held now; else -1 and the message
+ * mem_alloc would give ("<what> needs X; with Y already held that is Z, more than the W of memory
+ * available (MemAvailable)"). For a command that knows its total before allocating any of it. */
+int mem_check(size_t bytes, const char *what);
+
+/* The budget: MemAvailable from /proc/meminfo, read at the first allocation, capped by the
+ * cgroup's memory limit (a container's); physical memory when neither can be read. */
+size_t mem_budget_bytes(void);
+/* Tests: a budget of `bytes` from now on (0: read it again at the next allocation). */
+void mem_set_budget(size_t bytes);
 
 size_t mem_physical_bytes(void); /* this machine's RAM, from sysconf */
 size_t mem_peak_rss_bytes(void); /* the process's peak resident set (getrusage), monotonic */

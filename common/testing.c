@@ -1,20 +1,29 @@
 /* testing.c: see testing.h. */
 #define _XOPEN_SOURCE 700 /* nftw */
+#define _DEFAULT_SOURCE   /* wait4 */
 #include "testing.h"
 #include "tokenizer.h"
 #include "error.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "error.h"
+#include "device.h"
+#include "npy.h"
 #include "paths.h"
 #include "rng.h"
+#include "tensor.h"
 
 static void slurp(FILE *f, char *buf, size_t len)
 {
@@ -24,29 +33,80 @@ static void slurp(FILE *f, char *buf, size_t len)
     fclose(f);
 }
 
-int run_program(ProcResult *r, const char *const argv[])
+/* Under user-mode emulation (make test-arm64 sets TEST_RUNNER="qemu-aarch64 -L
+ * /usr/aarch64-linux-gnu") the kernel cannot run the programs, which are for another
+ * architecture, by itself: the emulator runs them. Its words are split at spaces (no quoting).
+ * No malloc: this runs between fork and exec. */
+void testing_exec(const char *const argv[])
+{
+    const char *runner = getenv("TEST_RUNNER");
+    if (!runner || !*runner) {
+        execv(argv[0], (char *const *)argv);
+        return;
+    }
+    static char words[1024];
+    const char *all[128];
+    size_t n = 0;
+    snprintf(words, sizeof words, "%s", runner);
+    for (char *w = strtok(words, " "); w && n < 16; w = strtok(NULL, " "))
+        all[n++] = w;
+    for (size_t i = 0; argv[i]; i++) {
+        if (n == sizeof all / sizeof all[0] - 1) {
+            fprintf(stderr, "run_program: more than %zu arguments with TEST_RUNNER\n", n);
+            return;
+        }
+        all[n++] = argv[i];
+    }
+    all[n] = NULL;
+    execvp(all[0], (char *const *)all);
+}
+
+int run_program(ProcResult *r, const char *const argv[]) { return run_program_limited(r, argv, 0, NULL); }
+
+int run_program_limited(ProcResult *r, const char *const argv[], unsigned seconds, const char *stdout_path)
 {
     FILE *out = tmpfile(), *err = tmpfile();
-    if (!out || !err)
+    if (!out || !err) {
+        if (out)
+            fclose(out);
+        if (err)
+            fclose(err);
         return -1;
+    }
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        fclose(out), fclose(err);
         return -1;
+    }
     if (pid == 0) {
-        dup2(fileno(out), STDOUT_FILENO);
+        int fd = stdout_path ? open(stdout_path, O_WRONLY) : fileno(out);
+        if (fd < 0)
+            _exit(126);
+        dup2(fd, STDOUT_FILENO);
         dup2(fileno(err), STDERR_FILENO);
-        execv(argv[0], (char *const *)argv);
+        alarm(seconds); /* survives exec: SIGALRM ends a program that runs past the limit */
+        testing_exec(argv);
         _exit(127);
     }
     int status = 0;
-    if (waitpid(pid, &status, 0) < 0)
+    struct rusage usage;
+    if (wait4(pid, &status, 0, &usage) < 0) {
+        fclose(out), fclose(err);
         return -1;
+    }
+    r->max_rss_kib = usage.ru_maxrss;
     r->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     slurp(out, r->out, sizeof r->out);
     slurp(err, r->err, sizeof r->err);
     return 0;
+}
+
+int testing_small(void)
+{
+    const char *v = getenv("TEST_SMALL");
+    return v && strcmp(v, "1") == 0;
 }
 
 const char *program_path(char *buf, size_t len, const char *name)
@@ -201,4 +261,212 @@ int testing_write_tiny_tokenizer(const char *path)
     if (tokenizer_save(path, TINY_VOCAB, pieces, scores) != 0)
         die_with_error();
     return TINY_VOCAB;
+}
+
+/* ==== CUDA in Check suites ========================================================================= */
+
+int testing_cuda_available(char *why, size_t len)
+{
+    int fd[2];
+    if (pipe(fd) != 0) {
+        snprintf(why, len, "cannot create a pipe for the GPU probe: %s", strerror(errno));
+        return 0;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    const pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]), close(fd[1]);
+        snprintf(why, len, "cannot fork the GPU probe: %s", strerror(errno));
+        return 0;
+    }
+    if (pid == 0) { /* the probe: CUDA is initialised here, in a process that ends at once */
+        close(fd[0]);
+        char reason[256] = "";
+        const int ok = device_cuda_available(reason, sizeof reason);
+        if (write(fd[1], reason, strlen(reason)) < 0)
+            _exit(2);
+        _exit(ok ? 0 : 1);
+    }
+    close(fd[1]);
+    char reason[256];
+    size_t got = 0;
+    for (;;) {
+        const ssize_t n = read(fd[0], reason + got, sizeof reason - 1 - got);
+        if (n > 0 && (got += (size_t)n) < sizeof reason - 1)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        break;
+    }
+    reason[got] = '\0';
+    close(fd[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) {
+            snprintf(why, len, "cannot wait for the GPU probe: %s", strerror(errno));
+            return 0;
+        }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 1;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 1)
+        snprintf(why, len, "%s", reason);
+    else if (WIFSIGNALED(status))
+        snprintf(why, len, "the GPU probe (a child process asking CUDA) was killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(why, len, "the GPU probe (a child process asking CUDA) exited with status %d", WEXITSTATUS(status));
+    return 0;
+}
+
+int testing_cuda_cases(const char *suite)
+{
+    char why[256];
+    if (testing_cuda_available(why, sizeof why))
+        return 1;
+    const char *require = getenv("REQUIRE_CUDA");
+    if (require && strcmp(require, "1") == 0) {
+        fflush(stdout);
+        fprintf(stderr, "%s: error: REQUIRE_CUDA=1 but the CUDA tests cannot run: %s\n", suite, why);
+        exit(1);
+    }
+    printf("%s: CUDA tests skipped: %s\n", suite, why);
+    return 0;
+}
+
+int testing_attn_command(const char *program, const char *dir, const char *device, int kernel, int B, int H, int Hkv,
+                         int T, int S, int D, int causal, uint64_t seed, float *out, double *want, char *err,
+                         size_t err_len)
+{
+    const size_t nq = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
+    float *q = malloc(nq * sizeof(float) + 1), *k = malloc(nk * sizeof(float) + 1), *v = malloc(nk * sizeof(float) + 1);
+    if (!q || !k || !v)
+        die("out of memory for attention inputs");
+    fill_normal(q, nq, seed), fill_normal(k, nk, seed + 1), fill_normal(v, nk, seed + 2);
+    char qp[4200], kp[4200], vp[4200], op[4200], kern[16];
+    snprintf(qp, sizeof qp, "%s/q.npy", dir), snprintf(kp, sizeof kp, "%s/k.npy", dir);
+    snprintf(vp, sizeof vp, "%s/v.npy", dir), snprintf(op, sizeof op, "%s/o.npy", dir);
+    snprintf(kern, sizeof kern, "%d", kernel);
+    if (npy_write(qp, NPY_F32, 4, (size_t[]){(size_t)B, (size_t)H, (size_t)T, (size_t)D}, q) != 0 ||
+        npy_write(kp, NPY_F32, 4, (size_t[]){(size_t)B, (size_t)Hkv, (size_t)S, (size_t)D}, k) != 0 ||
+        npy_write(vp, NPY_F32, 4, (size_t[]){(size_t)B, (size_t)Hkv, (size_t)S, (size_t)D}, v) != 0)
+        die_with_error();
+    remove(op);
+    const char *argv[] = {program, "attn", "--q", qp, "--k", kp, "--v", vp, "--out", op, "--device", device,
+                          "--kernel", kern, causal ? "--causal" : NULL, NULL};
+    ProcResult *r = malloc(sizeof *r);
+    if (!r || run_program(r, argv) != 0)
+        die("cannot run %s", program);
+    const int status = r->status;
+    snprintf(err, err_len, "%s", r->err);
+    free(r);
+    attention_f64(B, H, Hkv, T, S, D, causal, 1.0 / sqrt((double)D), q, k, v, want);
+    if (status == 0) {
+        Tensor o;
+        if (npy_read_tensor(op, 4, &o) != 0)
+            die_with_error();
+        if (o.numel != nq)
+            die("%s attn wrote %zu elements, expected %zu", program, o.numel, nq);
+        memcpy(out, o.data, nq * sizeof(float));
+        tensor_free(&o);
+    }
+    free(q), free(k), free(v);
+    return status;
+}
+
+static const char *guard_suite;
+static pid_t guard_pid;
+static int guard_armed, guard_registered;
+
+static void guard_at_exit(void)
+{
+    if (!guard_armed || getpid() != guard_pid)
+        return; /* a test's own process (Check's fork mode) ends here after every test */
+    fflush(stdout);
+    fprintf(stderr,
+            "%s: error: the suite's process exited inside a test, before Check's summary (with CK_FORK=no the "
+            "tests run in this process, and a CUDA error or a die() in one ends them all); the tests after it "
+            "did not run\n",
+            guard_suite);
+    _exit(1);
+}
+
+void testing_suite_start(const char *suite)
+{
+    guard_suite = suite, guard_pid = getpid(), guard_armed = 1;
+    if (!guard_registered && atexit(guard_at_exit) == 0)
+        guard_registered = 1;
+}
+
+void testing_suite_end(void) { guard_armed = 0; }
+
+/* ==== failing writes and what a folder holds ====================================================== */
+
+int testing_write_limited(int (*writer)(const char *path, void *ctx), const char *path, void *ctx, size_t limit_bytes,
+                          char *err, size_t err_len)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(stdout);
+    fflush(stderr);
+    const pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]), close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDERR_FILENO); /* a die() in the writer: its line goes to err too */
+        signal(SIGXFSZ, SIG_IGN); /* a write past the limit fails with EFBIG instead */
+        struct rlimit rl = {(rlim_t)limit_bytes, (rlim_t)limit_bytes};
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+            _exit(126);
+        const int rc = writer(path, ctx);
+        const char *msg = error_message();
+        for (size_t done = 0, left = rc != 0 ? strlen(msg) : 0; done < left;) {
+            const ssize_t w = write(fds[1], msg + done, left - done);
+            if (w <= 0)
+                _exit(125);
+            done += (size_t)w;
+        }
+        _exit(rc == 0 ? 0 : 1); /* _exit: the parent's atexit handlers and stdio are not ours */
+    }
+    close(fds[1]);
+    size_t got = 0;
+    ssize_t n;
+    while (err_len > 0 && got < err_len - 1 && (n = read(fds[0], err + got, err_len - 1 - got)) > 0)
+        got += (size_t)n;
+    if (err_len > 0)
+        err[got] = '\0';
+    close(fds[0]);
+    int status;
+    if (waitpid(pid, &status, 0) < 0)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int testing_folder_names(const char *dir, char *buf, size_t len)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    char *names[256];
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < 256)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            names[n++] = strdup(de->d_name);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], cmp_names);
+    size_t used = 0;
+    if (len > 0)
+        buf[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        if (used < len)
+            used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? " " : "", names[i]);
+        free(names[i]);
+    }
+    return n;
 }

@@ -12,9 +12,10 @@
  *
  * Encoding (sentencepiece BPE as llama2.c does it): a space is put before the text (the dummy
  * prefix); each UTF-8 character becomes its token, or its bytes' tokens when it has none; then,
- * repeatedly, the adjacent pair whose concatenation is a token with the highest score is merged,
- * until no pair is a token. Decoding: a token's piece, without its leading space right after BOS,
- * "<0xHH>" as the byte HH, and a lone byte that is neither printable nor whitespace dropped.
+ * repeatedly, the adjacent pair whose concatenation is a token with the highest score is merged
+ * (the leftmost of equals), until no pair is a token. Decoding: a token's piece, without its
+ * leading space right after BOS, "<0xHH>" as the byte HH, and a lone byte that is neither
+ * printable nor whitespace dropped.
  */
 #ifndef COMMON_TOKENIZER_H
 #define COMMON_TOKENIZER_H
@@ -47,8 +48,20 @@ int tokenizer_save(const char *path, int vocab_size, char *const *pieces, const 
 /* The id of the piece s (len bytes), or -1. */
 int tokenizer_lookup(const Tokenizer *t, const char *s, size_t len);
 
-/* text -> ids (malloc'd, *n of them), with BOS first when bos, EOS last when eos. */
+/* text -> ids (malloc'd, *n of them), with BOS first when bos, EOS last when eos. The merges use
+ * a heap of adjacent pairs: O(n log n) for n bytes. -1 with an error only when memory runs out
+ * (or the text is over 2 GiB). */
 int tokenizer_encode(const Tokenizer *t, const char *text, int bos, int eos, int **ids, int *n);
+
+/* The same ids by the rule as it reads -- rescan every adjacent pair, merge the first of the
+ * best, repeat -- O(n^2): the reference tokenizer_encode is tested against. */
+int tokenizer_encode_ref(const Tokenizer *t, const char *text, int bos, int eos, int **ids, int *n);
+
+/* The fewest ids tokenizer_encode(t, text, bos, eos) can return for a text of n_bytes bytes,
+ * known without encoding it: a token covers at most max_token_length bytes, so about
+ * n_bytes / max_token_length (byte fallback only adds tokens). Callers with a token limit refuse
+ * a text with this before spending time on it. */
+size_t tokenizer_min_tokens(const Tokenizer *t, size_t n_bytes, int bos, int eos);
 
 /* The text of token `token` following token `prev` (see above): a pointer to the piece or to
  * buf (holding one byte); "" for a dropped byte. -1-safe: an id outside the vocabulary gives "". */
@@ -68,10 +81,11 @@ int token_ids_parse(const char *text, int **ids, int *n);
 
 /* The programs' --tokenizer / --prompt-text: loads tokenizer_path (when not NULL) for vocab_size
  * tokens and, when prompt_text is given, replaces *prompt with its encoding (BOS first, as
- * llama2.c does). Returns 1 in text mode, 0 without a tokenizer, -1 with an error (a bad file,
- * or --prompt-text without --tokenizer). */
-int tokenizer_setup(const char *tokenizer_path, const char *prompt_text, int vocab_size, Tokenizer *t, int **prompt,
-                    int *n_prompt);
+ * llama2.c does). A text whose length alone proves it longer than seq_len tokens is refused
+ * before it is encoded (seq_len 0: no limit). Returns 1 in text mode, 0 without a tokenizer, -1
+ * with an error (a bad file, --prompt-text without --tokenizer, a text that cannot fit). */
+int tokenizer_setup(const char *tokenizer_path, const char *prompt_text, int vocab_size, int seq_len, Tokenizer *t,
+                    int **prompt, int *n_prompt);
 
 /* One-line text: newline -> "\n", tab -> "\t", backslash -> "\\" (malloc'd); and back, in place. */
 char *text_escape(const char *s);

@@ -97,7 +97,7 @@ static void scheduler(Bytes *b)
         const double arrival = next(b) * 0.01;
         const int max_new = next(b) % 24, abort_byte = next(b);
         const double abort_at = abort_byte < 64 ? arrival + abort_byte * 0.01 + 1e-6 : 0.0;
-        r[n] = (EngineRequest){arrival, max_new, np, malloc((size_t)np * sizeof(int)), abort_at};
+        r[n] = (EngineRequest){arrival, max_new, np, malloc((size_t)np * sizeof(int)), abort_at, NULL};
         for (int t = 0; t < np; t++)
             r[n].prompt[t] = next(b) % 50;
         n++;

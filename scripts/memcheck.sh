@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # memcheck.sh [BUILD]: every chapter's verify (at --smoke sizes) and a short serve under valgrind:
-# no memory error, no definitely lost byte. `make memcheck` runs it. OpenMP's thread pool keeps
-# its threads' stacks until exit: valgrind calls those "possibly lost", which is not counted.
+# no memory error, no definitely lost byte. `make memcheck` runs it on build/memcheck, a CPU-only
+# build for x86-64-v3 (AVX2): valgrind 3.19 stops with SIGILL on the AVX-512 instructions that
+# -march=native emits on an AVX-512 host. OpenMP's thread pool keeps its threads' stacks until
+# exit: valgrind calls those "possibly lost", which is not counted.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 build=${1:-build}

@@ -14,7 +14,13 @@ for f in "${need[@]}"; do
         exit 1
     fi
 done
-machine=$(awk -F'\t' 'NR == 2 { printf "%s, %s threads, measured fp32 FMA peak %.0f GFLOP/s, DRAM read %.1f GB/s", $1, $2, $3, $4 }' \
+# the roofline cache names the FMA its peak was measured with (column 5); an older cache has no
+# such column and is measured again by the next benchmark
+if [ "$(head -n 1 "$build/roofline.tsv" 2>/dev/null | cut -f 5)" != fma_what ]; then
+    echo "results: $build/roofline.tsv is missing or predates the FMA width: run 'make bench' first" >&2
+    exit 1
+fi
+machine=$(awk -F'\t' 'NR == 2 { printf "%s, %s threads, measured fp32 FMA peak %.0f GFLOP/s (%s), DRAM read %.1f GB/s", $1, $2, $3, $5, $4 }' \
     "$build/roofline.tsv")
 
 # value FILE AWK-CONDITION COLUMN: the column of the first data row that matches
