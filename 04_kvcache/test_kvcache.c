@@ -3,9 +3,11 @@
  *
  * The model (common/model): checkpoints written byte by byte by an independent helper load
  * into the right tensors, bad files are one clear error each, and the forward pieces and the
- * sampler do what llama2.c's run.c does. The cache: at every step, logits through the cache
- * equal a full recomputation with chapter 03's attention; prefill N + M steps = prefill N+M;
- * chunked prefill gives the same cache and logits; the decode kernels agree with chapter 03;
+ * sampler do what llama2.c's run.c does; the whole model's logits match, at every step, a
+ * float64 model written independently from run.c (common/testing.c). The cache: at every step,
+ * logits through the cache equal a full recomputation with chapter 03's attention; prefill N + M
+ * steps = prefill N+M; chunked prefill gives the same cache and logits; the decode kernels agree
+ * with chapter 03;
  * NaN in unused cache slots changes no output bit; fp16 and int8 stay within stated bounds.
  * Then the program: generate with and without the cache, attn through the cache, bad input.
  */
@@ -322,6 +324,34 @@ START_TEST(test_sampler_is_llama2c)
     model_rng_seed(&rng, 1234);
     const int id = model_sample(probs_logits, 4, 1.0f, &rng);
     ck_assert_int_eq(id, (int)(coin / 0.25f));
+    /* a temperature on logits that are not uniform: softmax(logits / T) and its cdf, in double
+     * here, against the same coin (0.736 for seed 1234). The fixture gives a different id at
+     * T = 0.5, at T = 1 and at T = 2 (what logits * 0.5 would sample), so a sampler that ignores
+     * T, or multiplies by it, picks another id. */
+    const float shaped[4] = {2.0f, 1.0f, 0.0f, -1.0f};
+    const float temps[3] = {0.5f, 1.0f, 2.0f};
+    int expect[3];
+    for (int ti = 0; ti < 3; ti++) {
+        double sum = 0.0, cdf = 0.0;
+        for (int i = 0; i < 4; i++)
+            sum += exp((double)shaped[i] / temps[ti]);
+        expect[ti] = 3;
+        for (int i = 0; i < 4; i++) {
+            cdf += exp((double)shaped[i] / temps[ti]) / sum;
+            if ((double)coin < cdf) {
+                expect[ti] = i;
+                break;
+            }
+        }
+    }
+    ck_assert(expect[0] != expect[1] && expect[0] != expect[2] && expect[1] != expect[2]); /* the fixture's power */
+    for (int ti = 0; ti < 3; ti++) {
+        float l[4];
+        memcpy(l, shaped, sizeof l);
+        model_rng_seed(&rng, 1234);
+        ck_assert_msg(model_sample(l, 4, temps[ti], &rng) == expect[ti], "T = %g: expected id %d", temps[ti],
+                      expect[ti]);
+    }
     float greedy[3] = {0.5f, 2.0f, 1.0f};
     ck_assert_int_eq(model_sample(greedy, 3, 0.0f, &rng), 1);
     /* a temperature so small that logit / T overflows: the limit, greedy -- not exp(inf - inf),
@@ -355,6 +385,136 @@ START_TEST(test_sampler_is_llama2c)
     ck_assert_int_eq(kvcache_generate(&m, prompt, 2, &o, b, NULL), 0);
     ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
     model_free(&m);
+}
+END_TEST
+
+/* ==== the model against an independent float64 model ============================================ */
+
+/* Two small GQA models for the float64 oracle: chapter 04's small model (GQA 2:1, a separate
+ * classifier), and a narrower, deeper one (head size 8, GQA 3:1, 3 layers) whose classifier is
+ * the token embedding. */
+static ModelConfig oracle_config(int which)
+{
+    if (which == 0)
+        return small_config(0);
+    ModelConfig c = {.dim = 48, .hidden_dim = 80, .n_layers = 3, .n_heads = 6, .n_kv_heads = 2, .vocab_size = 61,
+                     .seq_len = 96, .shared_classifier = 1};
+    return c;
+}
+
+/* A random model whose norm weights are not all 1 (model_init_random's are), so that a norm
+ * weight applied to the wrong thing shows. The norms are read from m->w by the forward (only the
+ * matrices are packed), so changing them after model_init_random is enough. */
+static void oracle_model(Model *m, const ModelConfig *c, uint64_t seed)
+{
+    ck_assert_int_eq(model_init_random(m, c, seed), 0);
+    Rng rng;
+    rng_seed(&rng, seed + 1);
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim;
+    for (size_t j = 0; j < L * dim; j++)
+        m->w.rms_att[j] = 1.0f + 0.3f * rng_normal(&rng), m->w.rms_ffn[j] = 1.0f + 0.3f * rng_normal(&rng);
+    for (size_t j = 0; j < dim; j++)
+        m->w.rms_final[j] = 1.0f + 0.3f * rng_normal(&rng);
+}
+
+/* max |got - want| over a row of logits, relative to the row's scale max(1, max |want|) */
+static double logit_error(const float *got, const double *want, int V)
+{
+    double err = 0.0, top = 1.0;
+    for (int i = 0; i < V; i++)
+        err = fmax(err, fabs((double)got[i] - want[i])), top = fmax(top, fabs(want[i]));
+    return err / top;
+}
+
+/* Bounds on logit_error against the float64 model. fp32: every path computes in float32 (2^-24
+ * relative per operation) through sums of at most 80 terms and 3 layers; the largest error is
+ * RoPE's angle, pos * freq in float, about 80 * 2^-24 = 5e-6 radians at position 80. Measured on
+ * an AMD EPYC (2 cores), the test's models (seeds 40, 41) and seven more pairs: at most 8.4e-7
+ * (6.1e-7 on the test's); the bound leaves 12x for other machines' rounding (FMA contraction, NEON). fp16
+ * and int8: the cache's rounding dominates; measured on the test's models 3.4e-4 (fp16) and
+ * 8.8e-3 (int8), at most 4.4e-4 and 1.3e-2 over the eight pairs of seeds: the bounds are within
+ * 2x of the test's own measurement and above every seed's. Make the test print its worst errors
+ * with TEST_ORACLE_PRINT=1 in the environment. */
+#define ORACLE_F32_BOUND 1e-5
+#define ORACLE_F16_BOUND 6e-4
+#define ORACLE_INT8_BOUND 1.6e-2
+
+/* Chapter 04's logits at every step of a prompt and greedy steps -- prefill through chapter 03's
+ * flash kernel, decode through each decode kernel, the cache in f32, f16 and int8, and no cache
+ * -- against the float64 model, on both oracle models. A model bug (SwiGLU's w1 and w3 swapped,
+ * RoPE missing on the keys, attention scaled by 1/hs) moves the logits by a large fraction of
+ * their scale, far past these bounds; comparing the cache with recomputation cannot see it, both
+ * running the same model_forward. */
+START_TEST(test_model_matches_float64_reference)
+{
+    const int prompts[3] = {1, 9, 70}, steps = 8;
+    double worst[3] = {0, 0, 0}; /* f32, f16, int8 */
+    for (int which = 0; which < 2; which++) {
+        const ModelConfig c = oracle_config(which);
+        const int V = c.vocab_size;
+        Model m;
+        oracle_model(&m, &c, 40 + (uint64_t)which);
+        for (int pi = 0; pi < 3; pi++) {
+            const int n0 = prompts[pi], n = n0 + steps; /* logits of positions n0-1 .. n-1 are checked */
+            if (n + 1 > c.seq_len)
+                continue;
+            int tok[96];
+            Rng rng;
+            rng_seed(&rng, 90 + (uint64_t)pi);
+            for (int i = 0; i < n0; i++)
+                tok[i] = (int)rng_below(&rng, (uint64_t)V);
+            /* the greedy continuation by chapter 04 (cache f32, split kernel): tok[n0 .. n] */
+            float *lc = malloc((size_t)(steps + 1) * V * sizeof(float)); /* (steps+1, V) */
+            KvCache kc;
+            ck_assert_int_eq(kvcache_create(&kc, c.n_layers, 1, c.n_kv_heads, n, model_head_size(&c), KV_F32), 0);
+            ck_assert_int_eq(kvcache_forward(&m, &kc, 0, tok, n0, 2, lc), 0);
+            for (int s = 0; s <= steps; s++) {
+                tok[n0 + s] = model_argmax(lc + (size_t)s * V, V);
+                if (s < steps)
+                    ck_assert_int_eq(kvcache_forward(&m, &kc, 0, tok + n0 + s, 1, 2, lc + (size_t)(s + 1) * V), 0);
+            }
+            kvcache_free(&kc);
+            int gen[9];
+            GenOptions o = {steps + 1, 0.0f, 0, 1, KV_F32, 2, 0, 0};
+            ck_assert_int_eq(kvcache_generate(&m, tok, n0, &o, gen, NULL), 0);
+            ck_assert_int_eq(memcmp(gen, tok + n0, sizeof gen), 0);
+            double *want = malloc((size_t)n * V * sizeof(double)); /* (n, V) */
+            model_forward_f64(&m, tok, n, want);
+            /* every path, teacher-forced on the same tokens */
+            const struct {
+                KvDtype dt;
+                int kernel, cached;
+                double bound;
+            } paths[] = {{KV_F32, 1, 1, ORACLE_F32_BOUND}, {KV_F32, 2, 1, ORACLE_F32_BOUND},
+                         {KV_F32, 2, 0, ORACLE_F32_BOUND}, {KV_F16, 1, 1, ORACLE_F16_BOUND},
+                         {KV_F16, 2, 1, ORACLE_F16_BOUND}, {KV_INT8, 1, 1, ORACLE_INT8_BOUND},
+                         {KV_INT8, 2, 1, ORACLE_INT8_BOUND}};
+            for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
+                ck_assert_int_eq(kvcache_create(&kc, c.n_layers, 1, c.n_kv_heads, n, model_head_size(&c), paths[p].dt), 0);
+                for (int s = 0; s <= steps; s++) {
+                    float *l = lc + (size_t)s * V;
+                    if (!paths[p].cached)
+                        ck_assert_int_eq(kvcache_forward_nocache(&m, tok, n0 + s, l), 0);
+                    else if (s == 0)
+                        ck_assert_int_eq(kvcache_forward(&m, &kc, 0, tok, n0, paths[p].kernel, l), 0);
+                    else
+                        ck_assert_int_eq(kvcache_forward(&m, &kc, 0, tok + n0 + s - 1, 1, paths[p].kernel, l), 0);
+                    const double err = logit_error(l, want + (size_t)(n0 - 1 + s) * V, V);
+                    worst[paths[p].dt] = fmax(worst[paths[p].dt], err);
+                    ck_assert_msg(err <= paths[p].bound,
+                                  "model %d prompt %d %s cache %s kernel %d step %d: logits off the float64 model by "
+                                  "%.3g of their scale (bound %.3g)",
+                                  which, n0, kv_dtype_name(paths[p].dt), paths[p].cached ? "on" : "off",
+                                  paths[p].kernel, s, err, paths[p].bound);
+                }
+                kvcache_free(&kc);
+            }
+            free(lc), free(want);
+        }
+        model_free(&m);
+    }
+    if (getenv("TEST_ORACLE_PRINT")) /* to measure the bounds again */
+        printf("float64 oracle, worst logit error: f32 %.3g f16 %.3g int8 %.3g\n", worst[0], worst[1], worst[2]);
 }
 END_TEST
 
@@ -546,7 +706,9 @@ START_TEST(test_quantisation_error_bounds)
             }
         }
     }
-    /* and decode attention over them: output error against the fp32 cache, bounds stated in the docs */
+    /* and decode attention over them: output error against the fp32 cache, bounds stated in the
+     * docs. Measured on an AMD EPYC (2 cores): 3.3e-4 (fp16) and 5.6e-3 (int8) here, at most
+     * 3.6e-4 and 7.6e-3 over cache seeds 21..28 and query seeds 4, 5; the bounds are within 2x. */
     const int H = 8;
     int lens[1] = {n};
     KvCache f32;
@@ -555,9 +717,9 @@ START_TEST(test_quantisation_error_bounds)
     fill_normal(q, (size_t)H * D, 4);
     ck_assert_int_eq(kvcache_decode_split(&f32, 0, H, 0.125f, 1, NULL, lens, q, o32, 0), 0);
     ck_assert_int_eq(kvcache_decode_split(&f16, 0, H, 0.125f, 1, NULL, lens, q, o, 0), 0);
-    ck_assert_msg(max_abs_diff(o, o32, (size_t)H * D) < 2e-3, "f16: %g", max_abs_diff(o, o32, (size_t)H * D));
+    ck_assert_msg(max_abs_diff(o, o32, (size_t)H * D) < 6e-4, "f16: %g", max_abs_diff(o, o32, (size_t)H * D));
     ck_assert_int_eq(kvcache_decode_split(&i8, 0, H, 0.125f, 1, NULL, lens, q, o, 0), 0);
-    ck_assert_msg(max_abs_diff(o, o32, (size_t)H * D) < 2e-2, "int8: %g", max_abs_diff(o, o32, (size_t)H * D));
+    ck_assert_msg(max_abs_diff(o, o32, (size_t)H * D) < 1e-2, "int8: %g", max_abs_diff(o, o32, (size_t)H * D));
     ck_assert_uint_eq(kvcache_bytes_per_token(8, 2, 64, KV_F32), 2 * 8 * 2 * 64 * 4);
     ck_assert_uint_eq(kvcache_bytes_per_token(8, 2, 64, KV_F16), 2 * 8 * 2 * 64 * 2);
     ck_assert_uint_eq(kvcache_bytes_per_token(8, 2, 64, KV_INT8), 2 * 8 * 2 * 64 + 2 * 8 * 2 * 4);
@@ -661,10 +823,21 @@ START_TEST(test_generate_command)
     Model m;
     ck_assert_int_eq(model_init_random(&m, &c, 4), 0);
     ck_assert_int_eq(model_save(&m, tmp_path(ckpt, sizeof ckpt, "small.bin")), 0);
-    const char *a3[] = {prog, "generate", "--checkpoint", ckpt, "--prompt", "5", "--max-new", "7", "--kv-dtype", "int8", NULL};
+    const char *a3[] = {prog, "generate", "--checkpoint", ckpt, "--prompt", "5", "--max-new", "7", "--kv-dtype", "int8",
+                        "--device", "cpu", NULL};
     ProcResult r;
     ck_assert_int_eq(run_program(&r, a3), 0);
     ck_assert_msg(r.status == 0, "%s", r.err);
+    /* and its ids are the int8 cache's greedy tokens, in process (the program's defaults: kernel
+     * 0, seed 42), not just an exit status */
+    int prompt5[1] = {5}, ids[7];
+    GenOptions g = {7, 0.0f, 42, 1, KV_INT8, 0, 0, 0};
+    ck_assert_int_eq(kvcache_generate(&m, prompt5, 1, &g, ids, NULL), 0);
+    char expect[128] = "";
+    for (int i = 0; i < 7; i++)
+        snprintf(expect + strlen(expect), sizeof expect - strlen(expect), "%s%d", i ? " " : "", ids[i]);
+    r.out[strcspn(r.out, "\n")] = '\0';
+    ck_assert_str_eq(r.out, expect);
     model_free(&m);
     expect_error((const char *[]){"generate", "--prompt", "1 x 3", NULL}, "not a list of token ids");
     expect_error((const char *[]){"generate", "--prompt", "1 5000", NULL}, "ids must be in 0..1023");
@@ -1372,6 +1545,11 @@ static Suite *kvcache_suite(void)
     tcase_add_test(tc, test_tokenizer_merge_order);
     tcase_add_test(tc, test_tokenizer_long_text);
     tcase_add_test(tc, test_tokenizer_refuses_long_text_unread);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("model against float64");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_model_matches_float64_reference);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cache against chapter 03");

@@ -569,6 +569,17 @@ static void expect_error(const char *const *args, const char *expect)
     ck_assert_msg(strstr(r.err, expect), "expected '%s' in: %s", expect, r.err);
 }
 
+/* The value of `key` in a metrics file's text ("key\tvalue" lines); fails the test when absent. */
+static double tsv_value(const char *text, const char *key)
+{
+    const size_t n = strlen(key);
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, key, n) == 0 && p[n] == '\t')
+            return strtod(p + n + 1, NULL);
+    ck_abort_msg("no %s in the metrics: %s", key, text);
+    return NAN;
+}
+
 START_TEST(test_serve_command)
 {
     char req[4200], met[4200], its[4200], p5[4200];
@@ -612,13 +623,37 @@ START_TEST(test_serve_command)
     buf[got] = 0;
     fclose(m);
     ck_assert_msg(strstr(buf, "throughput_tokens_per_s\t") && strstr(buf, "ttft_p99_s\t") &&
-                      strstr(buf, "preemptions\t0") && strstr(buf, "requests_rejected\t1"),
+                      strstr(buf, "preemptions\t0\n") && strstr(buf, "requests_rejected\t1\n") &&
+                      strstr(buf, "requests_served\t4\n") && strstr(buf, "output_tokens\t115\n"),
+                  "%s", buf);
+    /* the values, not only the names: the clock is the machine's, so the checks are the ones any
+     * clock satisfies -- the iterations file has the metrics' iteration count, its last clock is
+     * the makespan (the first request arrives at 0), the throughput is the tokens over it, every
+     * prompt token is prefilled once (no preemption) and every token after a request's first is
+     * one decode, and the percentiles are ordered */
+    const double makespan = tsv_value(buf, "makespan_s"), throughput = tsv_value(buf, "throughput_tokens_per_s");
+    const int iterations = (int)tsv_value(buf, "iterations");
+    ck_assert_msg(makespan > 0 && fabs(throughput - 115 / makespan) <= 1e-3 * throughput + 1e-3, "%s", buf);
+    ck_assert_msg(tsv_value(buf, "ttft_p50_s") <= tsv_value(buf, "ttft_p99_s") &&
+                      tsv_value(buf, "tpot_p50_s") <= tsv_value(buf, "tpot_p99_s") && tsv_value(buf, "tpot_p50_s") > 0,
                   "%s", buf);
     FILE *it = fopen(its, "r");
     ck_assert_ptr_nonnull(it);
     ck_assert_ptr_nonnull(fgets(buf, sizeof buf, it));
-    ck_assert_msg(strstr(buf, "scheduled"), "%s", buf);
+    ck_assert_str_eq(buf, "# iteration\tclock_s\trunning\twaiting\tscheduled\tprefill_tokens\tdecode_tokens\tblocks_used\n");
+    int rows = 0, prefill = 0, decode = 0;
+    double clock = 0, last_clock = 0;
+    for (int idx, running, waiting, sched, pf, dc, blocks;
+         fscanf(it, "%d %lf %d %d %d %d %d %d", &idx, &clock, &running, &waiting, &sched, &pf, &dc, &blocks) == 8; rows++) {
+        ck_assert_int_eq(idx, rows);
+        ck_assert_msg(clock >= last_clock && sched <= 2 && pf + dc >= 1, "row %d", idx);
+        last_clock = clock, prefill += pf, decode += dc;
+    }
     fclose(it);
+    ck_assert_int_eq(rows, iterations);
+    ck_assert_msg(fabs(last_clock - makespan) <= 2e-6, "last clock %f, makespan %f", last_clock, makespan);
+    ck_assert_int_eq(prefill, 3 + 1 + 4 + 1); /* the served prompts */
+    ck_assert_int_eq(decode, 115 - 4);        /* each served request's first token comes from its prefill */
     expect_error((const char *[]){"serve", NULL}, "--requests");
     expect_error((const char *[]){"serve", "--requests", "/nonexistent.txt", NULL}, "cannot open");
     write_text(req, "0 4 1 2\n0 x 1\n");
@@ -890,6 +925,99 @@ START_TEST(test_stop_at_bos_eos_in_every_chapter)
 END_TEST
 
 
+/* ==== metrics on a fixed clock ====================================================================== */
+
+/* TTFT, TPOT, their percentiles and the throughput of a run worked out by hand: each iteration
+ * advances the clock by exactly 0.5 s (fixed_step_s: binary fractions, so the expected values are
+ * exact in double), every prompt prefills in one iteration and the engine is never idle, so a
+ * request arriving at a is admitted by the first iteration starting at or after a, gets its first
+ * token at that iteration's end, and one more token per iteration after. */
+START_TEST(test_metrics_on_a_fixed_clock)
+{
+    const int n = 6;
+    /* arrival, max_new; admitted at (iteration start), first token, finish */
+    const double arrival[6] = {0.0, 0.25, 0.875, 1.125, 1.4375, 2.8125};
+    const int max_new[6] = {8, 3, 5, 2, 6, 1};
+    const double ttft[6] = {0.5,    /* admitted 0.0, first 0.5, finish 4.0 */
+                            0.75,   /* admitted 0.5, first 1.0, finish 2.0 */
+                            0.625,  /* admitted 1.0, first 1.5, finish 3.5 */
+                            0.875,  /* admitted 1.5, first 2.0, finish 2.5 */
+                            0.5625, /* admitted 1.5, first 2.0, finish 4.5 */
+                            0.6875}; /* admitted 3.0, first 3.5, finish 3.5 */
+    const double finish[6] = {4.0, 2.0, 3.5, 2.5, 4.5, 3.5};
+    EngineRequest r[6];
+    int prompts[6][3];
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < 3; j++)
+            prompts[i][j] = (i * 17 + j * 5 + 1) % model.c.vocab_size;
+        r[i] = (EngineRequest){.arrival = arrival[i], .max_new = max_new[i], .n_prompt = 2 + i % 2, .prompt = prompts[i]};
+    }
+    EngineOptions o = engine_default_options();
+    o.fixed_step_s = 0.5, o.keep_log = 1;
+    EngineResult res[6];
+    memset(res, 0, sizeof res);
+    EngineMetrics mt;
+    ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s", error_message());
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(res[i].status, ENGINE_DONE);
+        ck_assert_int_eq(res[i].n_tokens, max_new[i]);
+        ck_assert_msg(res[i].ttft_s == ttft[i], "request %d: TTFT %.17g, expected %g", i, res[i].ttft_s, ttft[i]);
+        ck_assert_msg(res[i].finish_s == finish[i], "request %d: finish %.17g, expected %g", i, res[i].finish_s,
+                      finish[i]);
+        /* (finish - first token) / (generated - 1): one token every 0.5 s after the first */
+        if (max_new[i] > 1)
+            ck_assert_msg(res[i].tpot_s == 0.5, "request %d: TPOT %.17g, expected 0.5", i, res[i].tpot_s);
+        else
+            ck_assert_msg(isnan(res[i].tpot_s), "request %d: TPOT of one token %g, expected NaN", i, res[i].tpot_s);
+    }
+    /* nearest rank: the ceil(p/100 * n)-th smallest. TTFT sorted: 0.5 0.5625 0.625 0.6875 0.75 0.875:
+     * p50 the 3rd, p99 the 6th. TPOT: five values of 0.5 (the one-token request has none). */
+    ck_assert_double_eq(mt.ttft_p50, 0.625);
+    ck_assert_double_eq(mt.ttft_p99, 0.875);
+    ck_assert_double_eq(mt.tpot_p50, 0.5);
+    ck_assert_double_eq(mt.tpot_p99, 0.5);
+    ck_assert_int_eq(mt.completed, n);
+    ck_assert_int_eq(mt.generated, 25);
+    ck_assert_int_eq(mt.iterations, 9); /* never idle from 0 to the last finish, 4.5 */
+    ck_assert_double_eq(mt.makespan_s, 4.5);
+    ck_assert_double_eq(mt.throughput, 25 / 4.5);
+    /* a sequence is in the forward of every iteration that gives it a token (its prefill's gives
+     * the first): 25 sequence-iterations over 9 iterations */
+    ck_assert_double_eq(mt.mean_batch, 25.0 / 9.0);
+    for (int it = 0; it < mt.iterations; it++)
+        ck_assert_double_eq(mt.log[it].clock_s, 0.5 * (it + 1));
+    engine_free_results(res, n);
+    engine_free_metrics(&mt);
+}
+END_TEST
+
+/* Preemption under sampling. A sequence preempted and recomputed must continue exactly where it
+ * was -- its tokens and its generator's state kept. Greedy runs cannot tell: a preempted sequence
+ * that dropped its last token recomputes the same argmax, so only a sampled run (whose coin has
+ * moved on) sees the bug. A pool of the longest request's blocks forces preemption; the count is
+ * deterministic (a fixed clock, a fixed workload) and asserted exactly. */
+START_TEST(test_sampled_preemption_matches_chapter05)
+{
+    const int n = 16;
+    EngineRequest *r = workload(n, 0.0, 11);
+    int **want = alone(r, n, 0.9f, 3);
+    const int longest = longest_in_blocks(r, n, 4);
+    const int expect_preemptions[2] = {59, 47}; /* continuous, static: counted once, pinned */
+    for (int p = 0; p <= 1; p++) {
+        EngineOptions o = engine_default_options();
+        o.policy = p ? ENGINE_STATIC : ENGINE_CONTINUOUS, o.block_size = 4, o.num_blocks = longest, o.max_tokens = 32;
+        o.temperature = 0.9f, o.seed = 3;
+        EngineMetrics mt = serve_and_check(r, n, o, want, p ? "static, sampled, tight pool" : "continuous, sampled, tight pool");
+        ck_assert_int_eq(mt.completed, n);
+        ck_assert_msg(mt.preemptions == expect_preemptions[p], "%s: %d preemptions, expected %d",
+                      engine_policy_name(o.policy), mt.preemptions, expect_preemptions[p]);
+        engine_free_metrics(&mt);
+    }
+    free_want(want, n);
+    engine_free_requests(r, n);
+}
+END_TEST
+
 /* ==== bounded resources and determinism ============================================================ */
 
 START_TEST(test_many_requests_through_a_small_pool)
@@ -1138,6 +1266,13 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_default_pool_sizes);
     tcase_add_test(tc, test_overflowing_logits_stop_the_engine);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("metrics and sampled preemption");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, model_setup, model_teardown);
+    tcase_add_test(tc, test_metrics_on_a_fixed_clock);
+    tcase_add_test(tc, test_sampled_preemption_matches_chapter05);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("requests and program");

@@ -208,6 +208,110 @@ void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, doubl
     free(w);
 }
 
+/* ==== the model in float64 ========================================================================= */
+
+/* o (n) = x / sqrt(mean(x^2) + 1e-5) * w, in float64 (run.c's rmsnorm) */
+static void rmsnorm_f64(double *o, const double *x, const float *w, int n)
+{
+    double ss = 0.0;
+    for (int j = 0; j < n; j++)
+        ss += x[j] * x[j];
+    const double inv = 1.0 / sqrt(ss / n + 1e-5);
+    for (int j = 0; j < n; j++)
+        o[j] = (double)w[j] * (inv * x[j]);
+}
+
+/* y (rows) = W x for W (rows, cols) row-major, the checkpoint's layout */
+static void matvec_f64(double *y, const float *W, const double *x, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        double acc = 0.0;
+        for (int c = 0; c < cols; c++)
+            acc += (double)W[(size_t)r * cols + c] * x[c];
+        y[r] = acc;
+    }
+}
+
+/* run.c's RoPE on one vector of n_heads heads of hs: element i of the vector (i even) pairs with
+ * i + 1, and turns by pos * 10000^(-(i % hs) / hs) -- the index within its head */
+static void rope_f64(double *x, int n_heads, int hs, int pos)
+{
+    for (int i = 0; i < n_heads * hs; i += 2) {
+        const double angle = pos * pow(10000.0, -(double)(i % hs) / hs);
+        const double c = cos(angle), s = sin(angle), x0 = x[i], x1 = x[i + 1];
+        x[i] = x0 * c - x1 * s;
+        x[i + 1] = x0 * s + x1 * c;
+    }
+}
+
+void model_forward_f64(const Model *m, const int *tokens, int n, double *logits)
+{
+    const ModelConfig *c = &m->c;
+    const ModelWeights *w = &m->w;
+    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hs = dim / H, hid = c->hidden_dim;
+    const int qd = H * hs, kvd = Hkv * hs, L = c->n_layers, V = c->vocab_size, group = H / Hkv;
+    double *x = malloc((size_t)dim * sizeof(double));       /* (dim) the residual stream */
+    double *xb = malloc((size_t)dim * sizeof(double));      /* (dim) normalised input of a block */
+    double *q = malloc((size_t)qd * sizeof(double));        /* (H*hs) */
+    double *att = malloc((size_t)qd * sizeof(double));      /* (H*hs) attention output */
+    double *proj = malloc((size_t)dim * sizeof(double));    /* (dim) a block's output */
+    double *h1 = malloc((size_t)hid * sizeof(double));      /* (hidden) w1 xb */
+    double *h3 = malloc((size_t)hid * sizeof(double));      /* (hidden) w3 xb */
+    double *score = malloc((size_t)n * sizeof(double));     /* (n) one head's scores */
+    double *kc = malloc((size_t)L * n * kvd * sizeof(double)); /* (L, n, Hkv*hs) keys after RoPE */
+    double *vc = malloc((size_t)L * n * kvd * sizeof(double)); /* (L, n, Hkv*hs) values */
+    if (!x || !xb || !q || !att || !proj || !h1 || !h3 || !score || !kc || !vc)
+        die("out of memory for the float64 model");
+    for (int t = 0; t < n; t++) {
+        for (int j = 0; j < dim; j++)
+            x[j] = w->token_embedding[(size_t)tokens[t] * dim + j];
+        for (int l = 0; l < L; l++) {
+            double *k = kc + ((size_t)l * n + t) * kvd, *v = vc + ((size_t)l * n + t) * kvd;
+            rmsnorm_f64(xb, x, w->rms_att + (size_t)l * dim, dim);
+            matvec_f64(q, w->wq + (size_t)l * qd * dim, xb, qd, dim);
+            matvec_f64(k, w->wk + (size_t)l * kvd * dim, xb, kvd, dim);
+            matvec_f64(v, w->wv + (size_t)l * kvd * dim, xb, kvd, dim);
+            rope_f64(q, H, hs, t);
+            rope_f64(k, Hkv, hs, t);
+            for (int h = 0; h < H; h++) { /* query head h reads kv head h / group; keys 0..t */
+                const int g = h / group;
+                double mx = -INFINITY, sum = 0.0;
+                for (int s = 0; s <= t; s++) {
+                    const double *ks = kc + ((size_t)l * n + s) * kvd + (size_t)g * hs;
+                    double dot = 0.0;
+                    for (int d = 0; d < hs; d++)
+                        dot += q[h * hs + d] * ks[d];
+                    score[s] = dot / sqrt((double)hs);
+                    mx = fmax(mx, score[s]);
+                }
+                for (int s = 0; s <= t; s++)
+                    sum += score[s] = exp(score[s] - mx);
+                for (int d = 0; d < hs; d++) {
+                    double acc = 0.0;
+                    for (int s = 0; s <= t; s++)
+                        acc += score[s] * vc[((size_t)l * n + s) * kvd + (size_t)g * hs + d];
+                    att[h * hs + d] = acc / sum;
+                }
+            }
+            matvec_f64(proj, w->wo + (size_t)l * dim * qd, att, dim, qd);
+            for (int j = 0; j < dim; j++)
+                x[j] += proj[j];
+            rmsnorm_f64(xb, x, w->rms_ffn + (size_t)l * dim, dim);
+            matvec_f64(h1, w->w1 + (size_t)l * hid * dim, xb, hid, dim);
+            matvec_f64(h3, w->w3 + (size_t)l * hid * dim, xb, hid, dim);
+            for (int j = 0; j < hid; j++) /* SwiGLU: silu(w1 x) * (w3 x) */
+                h1[j] = h1[j] / (1.0 + exp(-h1[j])) * h3[j];
+            matvec_f64(proj, w->w2 + (size_t)l * dim * hid, h1, dim, hid);
+            for (int j = 0; j < dim; j++)
+                x[j] += proj[j];
+        }
+        rmsnorm_f64(xb, x, w->rms_final, dim);
+        /* the classifier: wcls, which is the token embedding when shared (model_load points it there) */
+        matvec_f64(logits + (size_t)t * V, c->shared_classifier ? w->token_embedding : w->wcls, xb, V, dim);
+    }
+    free(x), free(xb), free(q), free(att), free(proj), free(h1), free(h3), free(score), free(kc), free(vc);
+}
+
 /* ==== a tiny tokenizer fixture ====================================================================== */
 
 static const char *const TINY_MERGES[] = { /* in merge order: each is two earlier tokens */

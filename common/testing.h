@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -76,6 +78,13 @@ void fill_normal(float *x, size_t n, uint64_t seed);
  * h / (H / Hkv); bottom-right causal; a row that sees no key is 0. The tests' oracle. */
 void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, double scale, const float *q,
                    const float *k, const float *v, double *out);
+
+/* The model of common/model.h in float64, written from llama2.c's run.c without calling
+ * anything of common/model.c: tokens[0..n) at positions 0..n-1, token by token with its own
+ * float64 K/V cache, the logits of every position into logits (n, vocab). Reads m->c and the
+ * checkpoint weights m->w only (not the packed copies model_forward multiplies by). The oracle
+ * that chapter 04's model stands on; chapters 05 and 06 compare with chapter 04. */
+void model_forward_f64(const Model *m, const int *tokens, int n, double *logits);
 
 /* A tiny llama2.c-format tokenizer, made here (never downloaded): <unk>, BOS, EOS, the 256 byte
  * tokens <0x00> .. <0xFF> (ids 3 .. 258), the printable ASCII characters, then a few merges
