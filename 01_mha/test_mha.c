@@ -211,12 +211,14 @@ END_TEST
 
 START_TEST(test_extreme_logits_stay_finite)
 {
-    /* integer q and k make every logit an exact integer of size up to ~1e4; and a second case
-     * where every logit of every row is about -1e4. Outputs must be finite and correct. */
+    /* integer q and k make every logit an exact number in the thousands (the scale 1/4 keeps
+     * them exact); and a second case where every logit of every row is about -1e3 or below.
+     * Outputs must be finite and correct. The scale is not 1, where the maximum of the unscaled
+     * and of the scaled scores coincide (make mutants: mha-softmax-max-unscaled). */
     const int T = 7, S = 11, D = 16;
     for (int all_negative = 0; all_negative <= 1; all_negative++) {
         Problem p = problem_new(1, 2, T, S, D, 0, 17);
-        p.s.scale = 1.0f;
+        p.s.scale = 0.25f;
         for (int i = 0; i < 2 * T * D; i++)
             p.q[i] = all_negative ? 25.0f : (float)((i * 7) % 21 - 10) * 10.0f;
         for (int i = 0; i < 2 * S * D; i++)

@@ -30,7 +30,7 @@
 #   MUTANTS_LIST=F    another list                MUTANTS_DIR=D   scratch folder (build/mutants)
 #   BASELINE=0        skip the baseline runs      MUTANTS_JOBS=N  make -j (2)
 # Needs bash, make, gcc, Check, git, tar, perl (Debian's perl-base: the exact string edits) and
-# coreutils' timeout. It takes 20-30 minutes for the whole list on 2 cores; CI does not run it.
+# coreutils' timeout. The whole list takes about 15 minutes on 2 cores; CI does not run it.
 set -u
 cd "$(dirname "$0")/.." || exit 2
 root=$(pwd)
