@@ -17,8 +17,10 @@ chapter_of = $(word $(1),$(CHAPTERS))
 # ---- variables a reader may set --------------------------------------------------------------
 SAN ?= 0
 DEVICE ?= auto
+# CHECKPOINT=M.bin reaches every program in the environment; a bench that can time a real model
+# (chapter 06's) takes it as the default of its --checkpoint.
 CHECKPOINT ?=
-BENCH_CHECKPOINT := $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+export CHECKPOINT
 GPU_ARCH ?= sm_90
 CHECK_PREFIX ?=
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
@@ -133,7 +135,7 @@ ifeq ($(filter clean help,$(MAKECMDGOALS)),)
 endif
 
 # ---- sources -----------------------------------------------------------------------------------
-COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(wildcard common/*.c))
+COMMON_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(filter-out common/test_%.c,$(wildcard common/*.c)))
 ifeq ($(CUDA),1)
   COMMON_OBJ += $(patsubst %.cu,$(OBJ)/%.cu.o,$(wildcard common/*.cu))
 endif
@@ -142,14 +144,21 @@ endif
 lib_objs = $(patsubst %.c,$(OBJ)/%.o,$(filter-out $(1)/main.c $(1)/test_%.c,$(wildcard $(1)/*.c))) \
            $(if $(filter 1,$(CUDA)),$(patsubst %.cu,$(OBJ)/%.cu.o,$(wildcard $(1)/*.cu)))
 # Chapter N links the libraries of chapters N, N-1, ..., 01 (later chapters call earlier ones,
-# and each chapter's tests use the previous chapter as their reference).
+# and each chapter's tests use the previous chapter as their reference), then libcommon.a. A
+# static library only supplies what the objects before it on the command line still need, so the
+# order is latest chapter first. For 03_flash:
+#   $(call chain_of,03_flash)   = 01_mha 02_mqa_gqa 03_flash   the built chapters not after it
+#                                 (not_after compares names: "02_mqa_gqa" sorts before "03_flash")
+#   $(call reverse,a b c)       = c b a
+#   $(call chain_libs,03_flash) = build/lib/lib03_flash.a build/lib/lib02_mqa_gqa.a
+#                                 build/lib/lib01_mha.a build/lib/libcommon.a
 reverse = $(if $(1),$(call reverse,$(wordlist 2,$(words $(1)),$(1))) $(firstword $(1)))
 not_after = $(filter $(1),$(firstword $(sort $(1) $(2))))
 chain_of = $(strip $(foreach c,$(BUILT),$(if $(call not_after,$(c),$(1)),$(c))))
 chain_libs = $(foreach c,$(call reverse,$(call chain_of,$(1))),$(LIB)/lib$(c).a) $(LIB)/libcommon.a
 
 PROGRAMS := $(foreach c,$(BUILT),$(BIN)/$(c))
-TESTS := $(foreach c,$(BUILT),$(TST)/$(c))
+TESTS := $(TST)/common $(foreach c,$(BUILT),$(TST)/$(c))
 SHARE := $(foreach c,$(BUILT),$(BUILD)/share/$(c).gp) $(BUILD)/share/common.gp
 
 # ---- rules -------------------------------------------------------------------------------------
@@ -169,7 +178,7 @@ $(OBJ)/$(1)/test_%.o: $(1)/test_%.c $(STAMP)
 	@mkdir -p $$(@D)
 	$$(CC) $$(CFLAGS) $$(CHECK_CFLAGS) -MMD -MP -c $$< -o $$@
 endef
-$(foreach c,$(BUILT),$(eval $(call test_obj_rule,$(c))))
+$(foreach c,common $(BUILT),$(eval $(call test_obj_rule,$(c))))
 
 $(LIB)/libcommon.a: $(COMMON_OBJ)
 	@mkdir -p $(@D)
@@ -195,6 +204,12 @@ $(BUILD)/share/$(1).gp: $(1)/plot.gp
 	cp $$< $$@
 endef
 $(foreach c,$(BUILT),$(eval $(call chapter_rules,$(c))))
+
+# common/'s own suite: the shared pieces (matmul, exp, .npy, tokenizer, arguments, ...) tested
+# where they live, before any chapter uses them.
+$(TST)/common: $(patsubst %.c,$(OBJ)/%.o,$(wildcard common/test_*.c)) $(LIB)/libcommon.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $^ $(CHECK_LIBS) $(LDLIBS) -o $@
 
 $(BUILD)/share/common.gp: common/plot_setup.gp
 	@mkdir -p $(@D)
@@ -252,7 +267,7 @@ fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-all bench plots clean help deps-test deps-plot results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
+.PHONY: all build programs tests run test test-common test-all check-layout bench plots clean help deps-test deps-plot results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -278,6 +293,11 @@ run: deps-plot
 	    else echo; echo "================ chapter $$c: coming (not written yet) ================"; fi; \
 	done
 
+# common/'s suite alone.
+test-common: deps-test
+	@$(MAKE) --no-print-directory $(TST)/common
+	$(TST)/common
+
 define numbered_targets
 chapter-$(1): deps-plot
 	@if [ -z "$(filter $(call chapter_of,$(1)),$(BUILT))" ]; then echo "chapter $(call chapter_of,$(1)) is coming (not written yet)"; exit 1; fi
@@ -295,7 +315,7 @@ test-one-$(1):
 bench-$(1): deps-plot
 	@if [ -z "$(filter $(call chapter_of,$(1)),$(BUILT))" ]; then echo "chapter $(call chapter_of,$(1)) is coming (not written yet)"; exit 1; fi
 	@$(MAKE) --no-print-directory $(BIN)/$(call chapter_of,$(1)) $(SHARE)
-	$(BIN)/$(call chapter_of,$(1)) bench --device $(DEVICE) $(if $(filter 6,$(1)),$(BENCH_CHECKPOINT))
+	$(BIN)/$(call chapter_of,$(1)) bench --device $(DEVICE)
 endef
 $(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
 
@@ -312,6 +332,10 @@ test-all: tests
 # Every command the README and docs/ show, run (or checked with --help) as written.
 check-docs: programs
 	@bash scripts/check-docs.sh
+
+# The size rules of docs/architecture.md: main.c <= 450 lines, other .c <= 500, functions <= 90.
+check-layout:
+	@bash scripts/check-layout.sh
 
 # The README's results table from the benchmark data (scripts/results.sh).
 results:
@@ -332,7 +356,7 @@ exercise-%:
 	@bash scripts/exercise.sh $* $(EXERCISE_FLAGS)
 
 bench: deps-plot programs
-	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) $$([ $$c = 06_batching ] && echo $(BENCH_CHECKPOINT)) || exit 1; done
+	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) || exit 1; done
 
 # Redraws every PNG from the .dat files that benchmarks and lessons left in $(BUILD)/bench.
 plots: deps-plot $(SHARE)
@@ -378,9 +402,10 @@ help:
 	@echo "make run             run every chapter's lesson in order (GPU if there is one, else CPU)"
 	@echo "make chapter-N       build and run chapter N's lesson (N = 1..6)"
 	@echo "make test            build and run every chapter's Check suite (installs Check if needed)"
-	@echo "make test-N          chapter N's suite only"
+	@echo "make test-N          chapter N's suite only (make test-common: common/'s own suite)"
 	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
 	@echo "make check-docs      every command in the README and docs/ runs as written (CI runs it)"
+	@echo "make check-layout    every main.c <= 450 lines, other .c files <= 500, functions <= 90 (CI runs it)"
 	@echo "make fuzz            libFuzzer on every fuzz target for FUZZ_SECONDS (60) each (clang)"
 	@echo "make fuzz-replay     the committed fuzz corpus through every target (SAN=1: under ASan+UBSan; CI)"
 	@echo "make memcheck        every verify (small sizes) and a short serve under valgrind"

@@ -1,11 +1,11 @@
 /*
- * main.c: the chapter 01 program, build/bin/01_mha.
+ * main.c: the chapter 01 program, build/bin/01_mha: the lesson, and the table of subcommands.
  *
  *   01_mha [--device D]   the lesson: what MHA computes, one layer timed, and the sweep over T
  *                         that shows time and the score matrix growing as T^2 (plotted)
- *   01_mha attn ...       attention on .npy files (design.md §4)
- *   01_mha verify ...     every version against the reference on the shape grid
- *   01_mha bench ...      TSV rows + build/bench/01_mha_bench.dat + build/plots/01_mha_bench.png
+ *   01_mha attn ...       attention on .npy files (docs/contracts.md §1)
+ *   01_mha verify ...     every version against the reference on the shape grid (bench.c)
+ *   01_mha bench ...      TSV rows, .dat and plot (bench.c)
  *   01_mha init-weights   random layer weights as .npy files (chapter 02 converts them to GQA)
  *
  * Every subcommand takes --help.
@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "01_mha/commands.h"
 #include "01_mha/mha.h"
 #include "common/args.h"
 #include "common/attn_cli.h"
@@ -26,6 +27,7 @@
 #include "common/matmul.h"
 #include "common/paths.h"
 #include "common/plot.h"
+#include "common/program.h"
 #include "common/rng.h"
 #include "common/roofline.h"
 #include "common/tensor.h"
@@ -34,128 +36,7 @@
 #include "common/cuda_utils.h"
 #endif
 
-#define PROG "01_mha"
-
-/* ==== this chapter's versions, as the harness sees them ========================================= */
-
-static MhaShape mha_shape(const AttnDims *d) { return (MhaShape){d->B, d->H, d->T, d->S, d->D, d->causal, d->scale}; }
-
-static int run_cpu(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    MhaShape s = mha_shape(d);
-    return mha_attention_cpu(kernel, &s, q, k, v, out);
-}
-
-#if HAVE_CUDA
-static int run_cuda(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    MhaShape s = mha_shape(d);
-    return mha_attention_cuda(kernel, &s, q, k, v, out);
-}
-#endif
-
-static const AttnImpls IMPLS = {
-    .prog = PROG,
-    .ref = run_cpu, /* with kernel 1 */
-    .ref_is_cpu1 = 1,
-    .cpu = run_cpu,
-    .cpu_name = mha_cpu_kernel_name,
-    .n_cpu = MHA_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = mha_cuda_kernel_name,
-    .n_cuda = MHA_CUDA_KERNELS,
-#endif
-    .heads = ATTN_HEADS_EQUAL,
-};
-
-static const char *kernel_name(Device dev, int kernel) { return attn_impl_name(&IMPLS, dev, kernel); }
-
-/* ==== bench ===================================================================================== */
-
-typedef struct {
-    const char *device, *out;
-    int max_t, repeats;
-} BenchArgs;
-
-/* Times one (device, kernel, T) point and prints its row. */
-static void bench_point(Tsv *tsv, Device dev, int kernel, const AttnDims *d, int repeats)
-{
-    Tensor q, k, v;
-    attn_random_inputs(d, 42, &q, &k, &v);
-    AttnTiming t = attn_time(&IMPLS, dev, kernel, d, &q, &k, &v, repeats, 2.0, 0);
-    MhaShape s = mha_shape(d);
-    double gflops = attn_flops(d->B, d->H, d->T, d->S, d->D, d->causal) / t.time.median_s / 1e9;
-    if (t.rc != 0)
-        fprintf(stderr, "%s bench: %s %s T=%d: %s\n", PROG, device_name(dev), kernel_name(dev, kernel), d->T,
-                error_message());
-    else
-        tsv_row(tsv, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\t%zu\t%zu", device_name(dev),
-                kernel_name(dev, kernel), d->B, d->H, d->T, d->S, d->D, d->causal, t.time.median_s * 1e3, gflops,
-                dev == DEVICE_CPU ? 100.0 * gflops / roofline_get()->fma_gflops : NAN, mha_scores_bytes(&s),
-                dev == DEVICE_CPU ? t.peak_bytes : mha_scores_bytes(&s));
-    tensor_free(&q), tensor_free(&k), tensor_free(&v);
-}
-
-static int cmd_bench(int argc, char **argv)
-{
-    BenchArgs ba = {"auto", NULL, 0, 5};
-    ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &ba.device, .choices = DEVICE_CHOICES,
-         .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
-        {.name = "out", .kind = ARG_STRING, .dest = &ba.out, .metavar = "FILE", .help = "rows to FILE instead of stdout"},
-        {.name = "max-t", .kind = ARG_INT, .dest = &ba.max_t, .metavar = "N",
-         .help = "longest sequence (default 8192 on the CPU, 16384 on a GPU)", .min = 128, .max = 1 << 20},
-        {.name = "repeats", .kind = ARG_INT, .dest = &ba.repeats, .metavar = "N",
-         .help = "timed runs per point, median reported (default 5)", .min = 1, .max = 1000},
-    };
-    ArgCommand cmd = {PROG " bench", "[options]",
-                      "Times each attention version for T = S = 128 .. max-t (B = 1, H = 8, D = 64, causal).\n"
-                      "Columns: device kernel B H T S D causal time_ms gflops pct_peak scores_bytes peak_bytes.\n"
-                      "GFLOP/s counts 4*D FLOPs per visible (query, key) pair; pct_peak is against this machine's\n"
-                      "measured FMA peak (CPU only); peak_bytes is the most memory held during a run (CPU: measured;\n"
-                      "GPU: the score matrix). The reference (kernel 1) stops at T = 2048.",
-                      specs, 4};
-    args_parse_or_exit(&cmd, argc, argv);
-
-    char why[256], dat[4096];
-    int have_gpu = device_cuda_available(why, sizeof why);
-    if (strcmp(ba.device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", why);
-    Tsv tsv;
-    paths_in_build(dat, sizeof dat, "bench", PROG "_bench.dat");
-    if (tsv_open(&tsv, ba.out, dat) != 0)
-        die_with_error();
-    const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->fma_what, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
-    tsv_header(&tsv, "device\tkernel\tB\tH\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\tscores_bytes\tpeak_bytes");
-    for (int d = 0; d < 2; d++) {
-        Device dev = d ? DEVICE_CUDA : DEVICE_CPU;
-        if ((dev == DEVICE_CUDA && !have_gpu) || (dev == DEVICE_CUDA && strcmp(ba.device, "cpu") == 0) ||
-            (dev == DEVICE_CPU && strcmp(ba.device, "cuda") == 0))
-            continue;
-        int max_t = ba.max_t ? ba.max_t : dev == DEVICE_CUDA ? 16384 : 8192;
-        for (int kern = 1; kern <= attn_impl_count(&IMPLS, dev); kern++)
-            for (int T = 128; T <= max_t; T *= 2) {
-                if (dev == DEVICE_CPU && kern == 1 && T > 2048)
-                    break;
-                AttnDims d = {1, 8, 8, T, T, 64, 1, 0.125f};
-                MhaShape s = mha_shape(&d);
-                if (mha_scores_bytes(&s) > mem_physical_bytes() / 2) {
-                    fprintf(stderr, "%s bench: stopping at T=%d: the score matrix would need more than half of RAM\n",
-                            PROG, T);
-                    break;
-                }
-                bench_progress("%s %s T=%d ...", device_name(dev), kernel_name(dev, kern), T);
-                bench_point(&tsv, dev, kern, &d, ba.repeats);
-            }
-    }
-    bench_progress_done();
-    tsv_close(&tsv);
-    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
-    return 0;
-}
+#define PROG MHA_PROG
 
 /* ==== init-weights ============================================================================== */
 
@@ -203,9 +84,7 @@ static int cmd_init_weights(int argc, char **argv)
 
 static void lesson_intro(void)
 {
-    printf("Chapter 01: multi-head attention (MHA)\n"
-           "======================================\n\n"
-           "Attention lets every position of a sequence read from the others. Per batch b and head h:\n"
+    printf("Attention lets every position of a sequence read from the others. Per batch b and head h:\n"
            "    scores = Q Kᵀ / sqrt(D)         (T, S)  one number per (query, key) pair\n"
            "    P      = softmax(scores + mask)  (T, S)  each row sums to 1; the causal mask hides the future\n"
            "    O      = P V                     (T, D)  each output row is a weighted mean of value rows\n"
@@ -256,7 +135,7 @@ static void print_layer_row(Device dev, int kernel, double seconds, double flops
     char pct[16] = "-";
     if (dev == DEVICE_CPU)
         snprintf(pct, sizeof pct, "%.1f%%", 100.0 * gf / roof->fma_gflops);
-    printf("   %-4s %-7s %9.2f ms %9.2f %8s %14s %20s\n", device_name(dev), kernel_name(dev, kernel), seconds * 1e3,
+    printf("   %-4s %-7s %9.2f ms %9.2f %8s %14s %20s\n", device_name(dev), attn_impl_name(&MHA_IMPLS, dev, kernel), seconds * 1e3,
            gf, pct, memory, diff);
 }
 
@@ -353,16 +232,16 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
         MhaShape s = mha_shape(&d);
         Tensor q, k, v;
         attn_random_inputs(&d, 100 + (uint64_t)T, &q, &k, &v);
-        AttnTiming fast = attn_time(&IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, 3, 1.5, 0);
+        AttnTiming fast = attn_time(&MHA_IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, 3, 1.5, 0);
         if (fast.rc != 0)
             die_with_error();
         BenchTiming t = fast.time;
         size_t peak = fast.peak_bytes;
         double ref_ms = NAN, gpu_ms = NAN;
         if (T <= ref_max)
-            ref_ms = attn_time(&IMPLS, DEVICE_CPU, 1, &d, &q, &k, &v, 1, 1.0, 0).time.median_s * 1e3;
+            ref_ms = attn_time(&MHA_IMPLS, DEVICE_CPU, 1, &d, &q, &k, &v, 1, 1.0, 0).time.median_s * 1e3;
         if (dev == DEVICE_CUDA) {
-            AttnTiming tg = attn_time(&IMPLS, DEVICE_CUDA, 2, &d, &q, &k, &v, 10, 1.0, 0);
+            AttnTiming tg = attn_time(&MHA_IMPLS, DEVICE_CUDA, 2, &d, &q, &k, &v, 10, 1.0, 0);
             gpu_ms = tg.rc == 0 ? tg.time.median_s * 1e3 : NAN;
         }
         double gf = attn_flops(1, H, T, T, D, 1) / t.median_s / 1e9;
@@ -403,34 +282,26 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
     plot_show(PROG, "lesson", dat, 1, stdout, "   ", "\n\n");
 }
 
+static const Program PROGRAM;
+
 static int cmd_lesson(int argc, char **argv)
 {
     const char *device = "auto";
     int max_t = 4096;
     ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "where to run the lesson (default auto: the GPU if there is one)"},
+        OPTION_DEVICE(&device, "where to run the lesson (default auto: the GPU if there is one)"),
         {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N",
          .help = "longest sequence of the sweep (default 4096)", .min = 256, .max = 65536},
     };
-    ArgCommand cmd = {PROG, "[attn|verify|bench|init-weights] [options]",
-                      "Chapter 01: multi-head attention. Without a subcommand: the lesson.\n"
-                      "Subcommands (each takes --help):\n"
-                      "  attn     attention on .npy files (Q, K, V -> O)\n"
-                      "  verify   every version against the reference on a grid of shapes\n"
-                      "  bench    timing rows (TSV) and a plot, T = 128 .. 8192\n"
-                      "  init-weights   random layer weights as .npy files (for chapter 02's convert)",
-                      specs, 2};
+    ArgCommand cmd = {PROG, program_usage(&PROGRAM), program_about(&PROGRAM), specs, 2};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
     if (device_resolve(device, &dev) != 0)
         die_with_error();
     const Roofline *roof = roofline_get();
+    lesson_title(PROGRAM.title);
     lesson_intro();
-    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s.\n", roofline_machine(),
-           roof->fma_gflops, roof->fma_what, roof->dram_gbs);
-    printf("Device: %s%s%s.\n\n", device_name(dev), dev == DEVICE_CUDA ? ", " : "",
-           dev == DEVICE_CUDA ? device_description(dev) : " (run with a GPU and nvcc for the CUDA versions)");
+    lesson_machine(dev, 1);
     lesson_layer(dev, roof);
     lesson_sweep(dev, max_t, roof);
     printf("Take-away: doubling T doubles the work of every query row and doubles the rows, so time and\n"
@@ -441,22 +312,23 @@ static int cmd_lesson(int argc, char **argv)
 
 /* ==== main ====================================================================================== */
 
-int main(int argc, char **argv)
+static int cmd_attn(int argc, char **argv)
 {
-    error_set_program(PROG);
-    if (argc > 1 && strcmp(argv[1], "attn") == 0)
-        return attn_command(&IMPLS,
-                            "Multi-head attention on .npy tensors: O = softmax(Q Kᵀ * scale + mask) V, per batch and head.\n"
-                            "Chapter 01 needs as many key/value heads as query heads (Hkv = H).\n"
-                            "Kernels: CPU 1 = reference, 2 = OpenMP (default); CUDA 1 = naive, 2 = cuBLAS (default).",
-                            argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "verify") == 0)
-        return attn_verify_command(&IMPLS, argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "bench") == 0)
-        return cmd_bench(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "init-weights") == 0)
-        return cmd_init_weights(argc - 1, argv + 1);
-    if (argc > 1 && argv[1][0] != '-')
-        die("unknown subcommand '%s' (expected attn, verify, bench or init-weights; see '%s --help')", argv[1], PROG);
-    return cmd_lesson(argc, argv);
+    return attn_command(&MHA_IMPLS,
+                        "Multi-head attention on .npy tensors: O = softmax(Q Kᵀ * scale + mask) V, per batch and head.\n"
+                        "Chapter 01 needs as many key/value heads as query heads (Hkv = H).\n"
+                        "Kernels: CPU 1 = reference, 2 = OpenMP (default); CUDA 1 = naive, 2 = cuBLAS (default).",
+                        argc, argv);
 }
+
+static const Subcommand COMMANDS[] = {
+    {"attn", cmd_attn, "attention on .npy files (Q, K, V -> O)"},
+    {"verify", mha_cmd_verify, "every version against the reference on a grid of shapes"},
+    {"bench", mha_cmd_bench, "timing rows (TSV) and a plot, T = 128 .. 8192"},
+    {"init-weights", cmd_init_weights, "random layer weights as .npy files (for chapter 02's convert)"},
+    {NULL, NULL, NULL},
+};
+
+static const Program PROGRAM = {PROG, "Chapter 01: multi-head attention (MHA)", cmd_lesson, COMMANDS};
+
+int main(int argc, char **argv) { return program_main(&PROGRAM, argc, argv); }

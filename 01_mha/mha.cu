@@ -34,7 +34,7 @@ __global__ void mha_scores_kernel1(const float *q, const float *k, float *scores
     const size_t row = i / S; /* bh * T + t */
     const int t = (int)(row % T);
     const size_t bh = row / T;
-    if (j >= attn_visible_keys_device(t, T, S, causal)) {
+    if (j >= attn_visible_keys(t, T, S, causal)) {
         scores[i] = -INFINITY;
         return;
     }
@@ -118,7 +118,7 @@ __global__ void mha_softmax_kernel2(float *scores, int T, int S, int causal)
 {
     const size_t row = blockIdx.x;
     const int t = (int)(row % T);
-    const int n = attn_visible_keys_device(t, T, S, causal);
+    const int n = attn_visible_keys(t, T, S, causal);
     float *x = scores + row * S;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x)

@@ -72,12 +72,7 @@ int gqa_attention_ref(const GqaShape *s, const float *q, const float *k, const f
     for (size_t b = 0; b < (size_t)s->B; b++)
         for (size_t h = 0; h < (size_t)s->H; h++) {
             const size_t bh = b * s->H + h;
-            /* EXERCISE 02 BEGIN: the kv head that query head h of sequence b reads: G = H / Hkv query heads share one */
             const size_t bkv = b * s->Hkv + h / G; /* the only change from chapter 01 */
-            /* EXERCISE 02 STUB:
-            exercise_todo("exercise 02, the kv head of gqa_attention_ref in 02_mqa_gqa/gqa.c");
-            const size_t bkv = b * s->Hkv + 0 * G;
-               EXERCISE 02 END */
             mha_head_attention_ref(q + bh * T * D, k + bkv * S * D, v + bkv * S * D, scores + bh * T * S,
                                    out + bh * T * D, s->T, s->S, s->D, s->causal, s->scale);
         }
@@ -192,11 +187,16 @@ int gqa_weights_from_mha(const MhaWeights *mha, int Hkv, GqaWeights *out)
         return -1;
     const size_t C = (size_t)mha->C, D = (size_t)mha->D, HD = (size_t)mha->H * D, G = (size_t)(mha->H / Hkv);
     const size_t head = D * C; /* one head's rows of wk: (D, C) */
-    out->C = mha->C, out->H = mha->H, out->Hkv = Hkv, out->D = mha->D;
-    out->wq = mem_alloc_or_die(HD * C * sizeof(float), "wq (H*D, C)");
-    out->wo = mem_alloc_or_die(HD * C * sizeof(float), "wo (C, H*D)");
-    out->wk = mem_alloc_or_die((size_t)Hkv * head * sizeof(float), "wk (Hkv*D, C)");
-    out->wv = mem_alloc_or_die((size_t)Hkv * head * sizeof(float), "wv (Hkv*D, C)");
+    *out = (GqaWeights){
+        .C = mha->C,
+        .H = mha->H,
+        .Hkv = Hkv,
+        .D = mha->D,
+        .wq = mem_alloc_or_die(HD * C * sizeof(float), "wq (H*D, C)"),
+        .wk = mem_alloc_or_die((size_t)Hkv * head * sizeof(float), "wk (Hkv*D, C)"),
+        .wv = mem_alloc_or_die((size_t)Hkv * head * sizeof(float), "wv (Hkv*D, C)"),
+        .wo = mem_alloc_or_die(HD * C * sizeof(float), "wo (C, H*D)"),
+    };
     memcpy(out->wq, mha->wq, HD * C * sizeof(float));
     memcpy(out->wo, mha->wo, HD * C * sizeof(float));
     /* kv head j = mean of MHA heads j*G .. j*G + G-1 */
@@ -244,7 +244,7 @@ int gqa_layer_forward(const GqaWeights *w, int kernel, const float *x, int B, in
     float *q = mem_alloc(M * HD * sizeof(float), "q (B, H, T, D)");             /* (B, H, T, D) */
     float *k = mem_alloc(M * KD * sizeof(float), "k (B, Hkv, T, D)");           /* (B, Hkv, T, D) */
     float *v = mem_alloc(M * KD * sizeof(float), "v (B, Hkv, T, D)");           /* (B, Hkv, T, D) */
-    float *o = mem_alloc(M * HD * sizeof(float), "attention output (B, H, T, D)");
+    float *o = mem_alloc(M * HD * sizeof(float), "attention output (B, H, T, D)"); /* (B, H, T, D) */
     int rc = -1;
     if (flat && q && k && v && o) {
         matmul_nt(flat, x, w->wq, M, HD, C);
@@ -253,7 +253,8 @@ int gqa_layer_forward(const GqaWeights *w, int kernel, const float *x, int B, in
         mha_split_heads(flat, k, B, T, w->Hkv, w->D);
         matmul_nt(flat, x, w->wv, M, KD, C);
         mha_split_heads(flat, v, B, T, w->Hkv, w->D);
-        GqaShape s = {B, w->H, w->Hkv, T, T, w->D, causal, 1.0f / sqrtf((float)w->D)};
+        GqaShape s = {.B = B, .H = w->H, .Hkv = w->Hkv, .T = T, .S = T, .D = w->D, .causal = causal,
+                      .scale = 1.0f / sqrtf((float)w->D)};
         rc = gqa_attention_cpu(kernel, &s, q, k, v, o);
         if (rc == 0) {
             mha_merge_heads(o, flat, B, T, w->H, w->D);

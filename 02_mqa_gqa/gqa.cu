@@ -33,7 +33,7 @@ __global__ void gqa_scores_kernel1(const float *q, const float *k, float *scores
     const int t = (int)(row % T);
     const size_t bh = row / T;
     const size_t bkv = bh / G; /* = b * Hkv + h / G, since H = Hkv * G */
-    if (j >= attn_visible_keys_device(t, T, S, causal)) {
+    if (j >= attn_visible_keys(t, T, S, causal)) {
         scores[i] = -INFINITY;
         return;
     }

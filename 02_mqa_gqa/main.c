@@ -1,22 +1,22 @@
 /*
- * main.c: the chapter 02 program, build/bin/02_mqa_gqa.
+ * main.c: the chapter 02 program, build/bin/02_mqa_gqa: the lesson, and the table of subcommands.
  *
  *   02_mqa_gqa [--device D]   the lesson: MHA, GQA and MQA side by side, every word of the usual
  *                             comparison table replaced by a measurement (parameters, KV-cache
  *                             bytes, prefill and decode time, output error after conversion)
  *   02_mqa_gqa attn ...       attention on .npy files, now with H % Hkv = 0 (design.md §4)
- *   02_mqa_gqa verify ...     every version against the reference on the grid, all H:Hkv ratios
- *   02_mqa_gqa bench ...      decode and prefill sweeps: TSV + build/plots/02_mqa_gqa_bench.png
+ *   02_mqa_gqa verify ...     every version against the reference on the grid, all H:Hkv ratios (bench.c)
+ *   02_mqa_gqa bench ...      decode and prefill sweeps: TSV + build/plots/02_mqa_gqa_bench.png (bench.c)
  *   02_mqa_gqa convert ...    chapter 01 weights -> GQA weights by mean-pooling K/V heads
  *
  * Every subcommand takes --help.
  */
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "01_mha/mha.h"
+#include "02_mqa_gqa/commands.h"
 #include "02_mqa_gqa/gqa.h"
 #include "common/args.h"
 #include "common/attn_harness.h"
@@ -26,73 +26,12 @@
 #include "common/error.h"
 #include "common/paths.h"
 #include "common/plot.h"
+#include "common/program.h"
 #include "common/rng.h"
 #include "common/roofline.h"
 #include "common/tensor.h"
-#if HAVE_CUDA
-#include "common/cuda_utils.h"
-#endif
 
-#define PROG "02_mqa_gqa"
-
-/* ==== this chapter's versions, as the harness sees them ========================================= */
-
-static GqaShape gqa_shape(const AttnDims *d)
-{
-    return (GqaShape){d->B, d->H, d->Hkv, d->T, d->S, d->D, d->causal, d->scale};
-}
-
-static int run_cpu(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    GqaShape s = gqa_shape(d);
-    return gqa_attention_cpu(kernel, &s, q, k, v, out);
-}
-
-#if HAVE_CUDA
-static int run_cuda(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    GqaShape s = gqa_shape(d);
-    return gqa_attention_cuda(kernel, &s, q, k, v, out);
-}
-#endif
-
-static const AttnImpls IMPLS = {
-    .prog = PROG,
-    .ref = run_cpu, /* with kernel 1 */
-    .ref_is_cpu1 = 1,
-    .cpu = run_cpu,
-    .cpu_name = gqa_cpu_kernel_name,
-    .n_cpu = GQA_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = gqa_cuda_kernel_name,
-    .n_cuda = GQA_CUDA_KERNELS,
-#endif
-    .heads = ATTN_HEADS_DIVIDE,
-};
-
-/* ==== decode and prefill measurements (shared by the lesson and bench) =========================== */
-
-/* The decode problem: one new query per sequence against a cache of S keys. */
-static AttnDims decode_dims(int B, int H, int Hkv, int S, int D) { return (AttnDims){B, H, Hkv, 1, S, D, 1, 1.0f / sqrtf((float)D)}; }
-
-/* Bytes of K and V a version reads per decode call: the grouped version and the GEMM version
- * read each kv head once; the reference and the naive kernel once per query head. */
-static double decode_bytes_read(const AttnDims *d, int reads_per_query_head)
-{
-    return 2.0 * d->B * (reads_per_query_head ? d->H : d->Hkv) * (double)d->S * d->D * sizeof(float);
-}
-
-static AttnTiming time_decode(Device dev, int kernel, const AttnDims *d, int repeats)
-{
-    Tensor q, k, v;
-    attn_random_inputs(d, 7, &q, &k, &v);
-    AttnTiming t = attn_time(&IMPLS, dev, kernel, d, &q, &k, &v, repeats, 1.0, 1);
-    tensor_free(&q), tensor_free(&k), tensor_free(&v);
-    if (t.rc != 0)
-        die_with_error();
-    return t;
-}
+#define PROG GQA_PROG
 
 /* ==== weights with correlated heads ============================================================= */
 
@@ -134,8 +73,8 @@ static double pooled_error(const MhaWeights *mha, int Hkv, const float *x, int B
 
 typedef struct {
     const GqaWeights *w;
-    const float *x;
-    float *y;
+    const float *x; /* (B, T, C) */
+    float *y;       /* (B, T, C) */
     int B, T, rc;
 } PrefillRun;
 
@@ -147,9 +86,7 @@ static void prefill_run(void *ctx)
 
 static void lesson_intro(void)
 {
-    printf("Chapter 02: multi-query and grouped-query attention (MQA, GQA)\n"
-           "==============================================================\n\n"
-           "In chapter 01 every query head had its own key and value head. Here H query heads share Hkv\n"
+    printf("In chapter 01 every query head had its own key and value head. Here H query heads share Hkv\n"
            "key/value heads: query head h reads kv head h / (H/Hkv). Hkv = H is MHA, Hkv = 1 is MQA, in\n"
            "between is GQA. One index changes in the attention loop; Wk, Wv and the KV cache a decoder\n"
            "reads at every step shrink by H/Hkv. The usual summary table says it in words:\n"
@@ -157,17 +94,17 @@ static void lesson_intro(void)
            "This lesson replaces every word of it with a measurement.\n\n");
 }
 
-#define LESSON_NKV 5
 #define LESSON_SIGMA 0.25f /* correlated heads: rho = 1 / (1 + sigma^2) = 0.94 */
-static const int LESSON_HKV[LESSON_NKV] = {16, 8, 4, 2, 1};
 
 typedef struct {
     int hkv;
-    size_t params, kv_token;
-    double prefill_ms, decode_ms, decode_ref_ms, decode_gbs, err_random, err_corr, gpu_decode_ms;
+    size_t params, kv_token; /* the layer's attention parameters; K/V bytes per token (fp32) */
+    double prefill_ms, decode_ms, decode_ref_ms, decode_gbs; /* decode: grouped and reference, CPU */
+    double err_random, err_corr;                              /* pooled layer vs MHA: relative L2 error */
+    double gpu_decode_ms;                                     /* NAN without a GPU */
 } LessonRow;
 
-static void lesson_measure(Device dev, LessonRow rows[LESSON_NKV], double *diff_vs_ch01)
+static void lesson_measure(Device dev, LessonRow rows[GQA_N_HKV], double *diff_vs_ch01)
 {
     const int C = 1024, H = 16, D = 64;
     const int Tp = 512, Te = 128, Bd = 4, Sd = 8192; /* prefill length, error-check length, decode batch/cache */
@@ -186,13 +123,11 @@ static void lesson_measure(Device dev, LessonRow rows[LESSON_NKV], double *diff_
         mha_layer_forward(&corr, 2, x.data, 1, Te, 1, y_corr.data) != 0)
         die_with_error();
 
-    for (int i = 0; i < LESSON_NKV; i++) {
+    for (int i = 0; i < GQA_N_HKV; i++) {
         LessonRow *r = &rows[i];
-        const int hkv = LESSON_HKV[i];
-        memset(r, 0, sizeof *r);
-        r->hkv = hkv;
-        r->params = gqa_weights_count(C, H, hkv, D);
-        r->kv_token = 2 * (size_t)hkv * D * sizeof(float);
+        const int hkv = GQA_HKV[i];
+        *r = (LessonRow){.hkv = hkv, .params = gqa_weights_count(C, H, hkv, D),
+                         .kv_token = 2 * (size_t)hkv * D * sizeof(float)};
         bench_progress("Hkv=%d: expressiveness ...", hkv);
         r->err_random = pooled_error(&mha, hkv, x.data, 1, Te, y_mha.data, y.data, hkv == H ? diff_vs_ch01 : NULL);
         r->err_corr = pooled_error(&corr, hkv, x.data, 1, Te, y_corr.data, y.data, NULL);
@@ -201,26 +136,26 @@ static void lesson_measure(Device dev, LessonRow rows[LESSON_NKV], double *diff_
         GqaWeights g;
         if (gqa_weights_from_mha(&mha, hkv, &g) != 0)
             die_with_error();
-        PrefillRun pr = {&g, x.data, y.data, 1, Tp, 0};
+        PrefillRun pr = {.w = &g, .x = x.data, .y = y.data, .B = 1, .T = Tp};
         r->prefill_ms = bench_time(prefill_run, &pr, 1, 3, 1.0).median_s * 1e3;
         if (pr.rc != 0)
             die_with_error();
         gqa_weights_free(&g);
 
         bench_progress("Hkv=%d: decode ...", hkv);
-        AttnDims d = decode_dims(Bd, H, hkv, Sd, D);
-        AttnTiming t = time_decode(DEVICE_CPU, 2, &d, 10);
+        AttnDims d = gqa_decode_dims(Bd, H, hkv, Sd, D);
+        AttnTiming t = gqa_time_decode(DEVICE_CPU, 2, &d, 10);
         r->decode_ms = t.time.median_s * 1e3;
-        r->decode_gbs = decode_bytes_read(&d, 0) / t.time.median_s / 1e9;
-        r->decode_ref_ms = time_decode(DEVICE_CPU, 1, &d, 3).time.median_s * 1e3;
-        r->gpu_decode_ms = dev == DEVICE_CUDA ? time_decode(DEVICE_CUDA, 2, &d, 20).time.median_s * 1e3 : NAN;
+        r->decode_gbs = gqa_decode_bytes_read(&d, 0) / t.time.median_s / 1e9;
+        r->decode_ref_ms = gqa_time_decode(DEVICE_CPU, 1, &d, 3).time.median_s * 1e3;
+        r->gpu_decode_ms = dev == DEVICE_CUDA ? gqa_time_decode(DEVICE_CUDA, 2, &d, 20).time.median_s * 1e3 : NAN;
     }
     bench_progress_done();
     mha_weights_free(&mha), mha_weights_free(&corr);
     tensor_free(&x), tensor_free(&y), tensor_free(&y_mha), tensor_free(&y_corr);
 }
 
-static void lesson_print(Device dev, const LessonRow rows[LESSON_NKV], double diff_vs_ch01)
+static void lesson_print(Device dev, const LessonRow rows[GQA_N_HKV], double diff_vs_ch01)
 {
     const Roofline *roof = roofline_get();
     const double balance = roof->fma_gflops / roof->dram_gbs; /* FLOP per byte where the roofs meet */
@@ -233,7 +168,7 @@ static void lesson_print(Device dev, const LessonRow rows[LESSON_NKV], double di
            "||y_gqa - y_mha|| / ||y_mha||, for random weights and for K/V heads correlated %.2f.\n\n", rho);
     printf("%4s %11s %9s %11s %9s %10s %10s %9s %7s %9s %9s%s\n", "Hkv", "attn params", "KV/token", "KV for 32k",
            "prefill", "decode", "dec. ref", "FLOP/B", "GB/s", "err rand", "err corr", dev == DEVICE_CUDA ? "  GPU decode" : "");
-    for (int i = 0; i < LESSON_NKV; i++) {
+    for (int i = 0; i < GQA_N_HKV; i++) {
         const LessonRow *r = &rows[i];
         char gpu[24] = "";
         if (dev == DEVICE_CUDA)
@@ -252,7 +187,7 @@ static void lesson_print(Device dev, const LessonRow rows[LESSON_NKV], double di
     printf("KV/token is per layer in fp32; 'KV for 32k' is one layer's cache for a 32768-token context.\n");
     printf("Hkv = H reproduces chapter 01: max |y_gqa - y_mha| = %g over the whole layer output.\n\n", diff_vs_ch01);
 
-    const LessonRow *mha = &rows[0], *gqa = &rows[2], *mqa = &rows[LESSON_NKV - 1];
+    const LessonRow *mha = &rows[0], *gqa = &rows[2], *mqa = &rows[GQA_N_HKV - 1];
     printf("The summary table, measured (GQA here: Hkv = %d):\n\n", gqa->hkv);
     printf("  %-4s %-34s %-36s %s\n", "", "query / key-value sharing", "parameters, speed vs MHA",
            "expressiveness: error vs MHA");
@@ -272,7 +207,7 @@ static void lesson_print(Device dev, const LessonRow rows[LESSON_NKV], double di
     printf("  (speed: MHA's time / this row's time on this machine; error 0 = identical outputs)\n\n");
 }
 
-static void lesson_plot(const LessonRow rows[LESSON_NKV])
+static void lesson_plot(const LessonRow rows[GQA_N_HKV])
 {
     char dat[4096];
     paths_in_build(dat, sizeof dat, "bench", PROG "_lesson.dat");
@@ -281,7 +216,7 @@ static void lesson_plot(const LessonRow rows[LESSON_NKV])
         die_with_error();
     tsv_header(&tsv, "Hkv\tparams\tkv_bytes_token\tprefill_ms\tdecode_ms\tdecode_ref_ms\tdecode_gbs\terr_random\terr_corr"
                      "\tgpu_decode_ms");
-    for (int i = 0; i < LESSON_NKV; i++) {
+    for (int i = 0; i < GQA_N_HKV; i++) {
         const LessonRow *r = &rows[i];
         tsv_row(&tsv, "%d\t%zu\t%zu\t%.3f\t%.4f\t%.3f\t%.2f\t%.5f\t%.5f\t%.4f", r->hkv, r->params, r->kv_token,
                 r->prefill_ms, r->decode_ms, r->decode_ref_ms, r->decode_gbs, r->err_random, r->err_corr,
@@ -291,31 +226,22 @@ static void lesson_plot(const LessonRow rows[LESSON_NKV])
     plot_show(PROG, "lesson", dat, 1, stdout, "", "\n\n");
 }
 
+static const Program PROGRAM;
+
 static int cmd_lesson(int argc, char **argv)
 {
     const char *device = "auto";
-    ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "where to run (default auto: the GPU too if there is one)"},
-    };
-    ArgCommand cmd = {PROG, "[attn|verify|bench|convert] [options]",
-                      "Chapter 02: multi-query and grouped-query attention. Without a subcommand: the lesson.\n"
-                      "Subcommands (each takes --help):\n"
-                      "  attn      attention on .npy files, H a multiple of Hkv\n"
-                      "  verify    every version against the reference on a grid of shapes and H:Hkv ratios\n"
-                      "  bench     decode and prefill sweeps over Hkv: TSV rows and a plot\n"
-                      "  convert   chapter 01 weights (01_mha init-weights) -> GQA weights by mean-pooling",
-                      specs, 1};
+    ArgSpec specs[] = {OPTION_DEVICE(&device, "where to run (default auto: the GPU too if there is one)")};
+    ArgCommand cmd = {.name = PROG, .usage = program_usage(&PROGRAM), .summary = program_about(&PROGRAM),
+                      .specs = specs, .n_specs = 1};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
     if (device_resolve(device, &dev) != 0)
         die_with_error();
-    const Roofline *roof = roofline_get();
+    lesson_title(PROGRAM.title);
     lesson_intro();
-    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s. Device: %s%s%s.\n\n",
-           roofline_machine(), roof->fma_gflops, roof->fma_what, roof->dram_gbs, device_name(dev), dev == DEVICE_CUDA ? ", " : "",
-           dev == DEVICE_CUDA ? device_description(dev) : "");
-    LessonRow rows[LESSON_NKV];
+    lesson_machine(dev, 1);
+    LessonRow rows[GQA_N_HKV];
     double diff = NAN;
     lesson_measure(dev, rows, &diff);
     lesson_print(dev, rows, diff);
@@ -325,86 +251,6 @@ static int cmd_lesson(int argc, char **argv)
            "the K/V projections it no longer computes: the attention arithmetic of all H query heads stays.\n"
            "Mean-pooling a trained MHA layer costs accuracy, less the more alike its heads are; the GQA paper\n"
            "recovers most of it with a short uptraining. Next: chapter 03 removes the (B, H, T, S) score matrix.\n");
-    return 0;
-}
-
-/* ==== bench ===================================================================================== */
-
-static int cmd_bench(int argc, char **argv)
-{
-    const char *device = "auto", *out = NULL;
-    int repeats = 5, max_s = 32768;
-    ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
-        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "FILE", .help = "rows to FILE instead of stdout"},
-        {.name = "max-s", .kind = ARG_INT, .dest = &max_s, .metavar = "N",
-         .help = "longest cache of the decode sweep (default 32768)", .min = 1024, .max = 1 << 22},
-        {.name = "repeats", .kind = ARG_INT, .dest = &repeats, .metavar = "N",
-         .help = "timed runs per point, median reported (default 5)", .min = 1, .max = 1000},
-    };
-    ArgCommand cmd = {PROG " bench", "[options]",
-                      "Decode: one query per sequence (B=4, H=16, D=64) against caches of S = 1024 .. max-s keys, for\n"
-                      "Hkv in {16, 8, 4, 2, 1}, caches flushed before each run. Prefill: T = S = 256 .. 2048, causal,\n"
-                      "B=1, H=16. Columns: mode device kernel B H Hkv T S D causal time_ms gflops gbs kv_read_bytes\n"
-                      "pct_peak pct_dram. kv_read_bytes is what the version reads of K and V: 2*B*Hkv*S*D*4 for\n"
-                      "'grouped' and 'cublas', 2*B*H*S*D*4 for 'ref' and 'naive'; gbs = kv_read_bytes / time.\n"
-                      "The reference runs up to S = 8192 (decode) and T = 1024 (prefill).",
-                      specs, 4};
-    args_parse_or_exit(&cmd, argc, argv);
-    char why[256], dat[4096];
-    int have_gpu = device_cuda_available(why, sizeof why);
-    if (strcmp(device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", why);
-    Tsv tsv;
-    paths_in_build(dat, sizeof dat, "bench", PROG "_bench.dat");
-    if (tsv_open(&tsv, out, dat) != 0)
-        die_with_error();
-    const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->fma_what, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
-    tsv_header(&tsv, "mode\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tgbs\tkv_read_bytes\tpct_peak"
-                     "\tpct_dram");
-    for (int di = 0; di < 2; di++) {
-        Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
-        if ((dev == DEVICE_CUDA && (!have_gpu || strcmp(device, "cpu") == 0)) ||
-            (dev == DEVICE_CPU && strcmp(device, "cuda") == 0))
-            continue;
-        for (int mode = 0; mode < 2; mode++) /* 0 decode, 1 prefill */
-            for (int kern = 1; kern <= attn_impl_count(&IMPLS, dev); kern++)
-                for (int i = 0; i < LESSON_NKV; i++) {
-                    int hkv = LESSON_HKV[i];
-                    if (mode == 1 && hkv != 16 && hkv != 4 && hkv != 1)
-                        continue;
-                    for (int n = mode ? 256 : 1024; n <= (mode ? 2048 : max_s); n *= 2) {
-                        if (dev == DEVICE_CPU && kern == 1 && n > (mode ? 1024 : 8192))
-                            break;
-                        AttnDims d = mode ? (AttnDims){1, 16, hkv, n, n, 64, 1, 0.125f} : decode_dims(4, 16, hkv, n, 64);
-                        bench_progress("%s %s %s Hkv=%d n=%d ...", mode ? "prefill" : "decode", device_name(dev),
-                                       attn_impl_name(&IMPLS, dev, kern), hkv, n);
-                        Tensor q, k, v;
-                        attn_random_inputs(&d, 3, &q, &k, &v);
-                        AttnTiming t = attn_time(&IMPLS, dev, kern, &d, &q, &k, &v, repeats, 1.5, mode == 0);
-                        tensor_free(&q), tensor_free(&k), tensor_free(&v);
-                        if (t.rc != 0) {
-                            fprintf(stderr, "%s bench: %s\n", PROG, error_message());
-                            break;
-                        }
-                        double secs = t.time.median_s;
-                        double flops = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal);
-                        double bytes = decode_bytes_read(&d, kern == 1);
-                        double gf = flops / secs / 1e9, gbs = bytes / secs / 1e9;
-                        tsv_row(&tsv, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.3f\t%.2f\t%.0f\t%.2f\t%.1f",
-                                mode ? "prefill" : "decode", device_name(dev), attn_impl_name(&IMPLS, dev, kern), d.B,
-                                d.H, d.Hkv, d.T, d.S, d.D, d.causal, secs * 1e3, gf, gbs, bytes,
-                                dev == DEVICE_CPU ? 100.0 * gf / roof->fma_gflops : NAN,
-                                dev == DEVICE_CPU ? 100.0 * gbs / roof->dram_gbs : NAN);
-                    }
-                }
-    }
-    bench_progress_done();
-    tsv_close(&tsv);
-    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
     return 0;
 }
 
@@ -424,11 +270,15 @@ static int cmd_convert(int argc, char **argv)
         {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "DIR", .help = "folder for the GQA weights",
          .required = 1},
     };
-    ArgCommand cmd = {PROG " convert", "--in DIR --heads H --kv-heads N --out DIR",
-                      "Converts a multi-head attention layer into a grouped-query one as the GQA paper does before\n"
-                      "uptraining: the K and V projection heads of each group of H/N heads are replaced by their\n"
-                      "mean, Wq and Wo are kept. Writes wq.npy (H*D, C), wk.npy and wv.npy (N*D, C), wo.npy (C, H*D).",
-                      specs, 4};
+    ArgCommand cmd = {
+        .name = PROG " convert",
+        .usage = "--in DIR --heads H --kv-heads N --out DIR",
+        .summary = "Converts a multi-head attention layer into a grouped-query one as the GQA paper does before\n"
+                   "uptraining: the K and V projection heads of each group of H/N heads are replaced by their\n"
+                   "mean, Wq and Wo are kept. Writes wq.npy (H*D, C), wk.npy and wv.npy (N*D, C), wo.npy (C, H*D).",
+        .specs = specs,
+        .n_specs = 4,
+    };
     args_parse_or_exit(&cmd, argc, argv);
     if (gqa_check_heads(H, Hkv) != 0)
         die_with_error();
@@ -447,22 +297,28 @@ static int cmd_convert(int argc, char **argv)
 
 /* ==== main ====================================================================================== */
 
-int main(int argc, char **argv)
+static int cmd_attn(int argc, char **argv)
 {
-    error_set_program(PROG);
-    if (argc > 1 && strcmp(argv[1], "attn") == 0)
-        return attn_command(&IMPLS,
-                            "Grouped-query attention on .npy tensors: query head h reads key/value head h / (H/Hkv).\n"
-                            "H must be a multiple of Hkv (Hkv = H: MHA; Hkv = 1: MQA).\n"
-                            "Kernels: CPU 1 = reference, 2 = grouped (default); CUDA 1 = naive, 2 = cuBLAS (default).",
-                            argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "verify") == 0)
-        return attn_verify_command(&IMPLS, argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "bench") == 0)
-        return cmd_bench(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "convert") == 0)
-        return cmd_convert(argc - 1, argv + 1);
-    if (argc > 1 && argv[1][0] != '-')
-        die("unknown subcommand '%s' (expected attn, verify, bench or convert; see '%s --help')", argv[1], PROG);
-    return cmd_lesson(argc, argv);
+    return attn_command(&GQA_IMPLS,
+                        "Grouped-query attention on .npy tensors: query head h reads key/value head h / (H/Hkv).\n"
+                        "H must be a multiple of Hkv (Hkv = H: MHA; Hkv = 1: MQA).\n"
+                        "Kernels: CPU 1 = reference, 2 = grouped (default); CUDA 1 = naive, 2 = cuBLAS (default).",
+                        argc, argv);
 }
+
+static const Subcommand COMMANDS[] = {
+    {.name = "attn", .run = cmd_attn, .summary = "attention on .npy files, H a multiple of Hkv"},
+    {.name = "verify", .run = gqa_cmd_verify,
+     .summary = "every version against the reference on a grid of shapes and H:Hkv ratios"},
+    {.name = "bench", .run = gqa_cmd_bench, .summary = "decode and prefill sweeps over Hkv: TSV rows and a plot"},
+    {.name = "convert", .run = cmd_convert,
+     .summary = "chapter 01 weights (01_mha init-weights) -> GQA weights by mean-pooling"},
+    {.name = NULL},
+};
+
+static const Program PROGRAM = {.name = PROG,
+                                .title = "Chapter 02: multi-query and grouped-query attention (MQA, GQA)",
+                                .lesson = cmd_lesson,
+                                .subcommands = COMMANDS};
+
+int main(int argc, char **argv) { return program_main(&PROGRAM, argc, argv); }

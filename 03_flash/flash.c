@@ -36,8 +36,8 @@
 FlashTiles flash_default_tiles(int kernel)
 {
     if (kernel == 1)
-        return (FlashTiles){16, 16};
-    return (FlashTiles){24, 512}; /* chosen by the lesson's tile sweep on the 2-core machine */
+        return (FlashTiles){.Br = 16, .Bc = 16};
+    return (FlashTiles){.Br = 24, .Bc = 512}; /* chosen by the lesson's tile sweep on the 2-core machine */
 }
 
 int flash_check_shape(const GqaShape *s)
@@ -108,7 +108,6 @@ int flash_attention_tiled(const GqaShape *s, FlashTiles tiles, const float *q, c
                             Sr[c] = dot * s->scale;
                             m_tile = Sr[c] > m_tile ? Sr[c] : m_tile;
                         }
-                        /* EXERCISE 03 BEGIN: the online softmax of row r over this tile: the new maximum m_new, the factor alpha = e^(m[r] - m_new) that rescales l[r] and the row of o summed so far, then add e^(Sr[c] - m_new) to l[r] and e^(Sr[c] - m_new) * V row c to o, and keep m_new */
                         /* the online softmax: a larger maximum rescales what was summed so far */
                         const float m_new = m[r] > m_tile ? m[r] : m_tile;
                         const float alpha = expf(m[r] - m_new); /* 0 on the row's first tile (m = -inf) */
@@ -123,12 +122,6 @@ int flash_attention_tiled(const GqaShape *s, FlashTiles tiles, const float *q, c
                                 orow[d] += p * vh[(size_t)(c0 + c) * D + d];
                         }
                         m[r] = m_new;
-                        /* EXERCISE 03 STUB:
-                        exercise_todo("exercise 03, the online softmax of flash_attention_tiled in 03_flash/flash.c");
-                        m[r] = m_tile, l[r] = 1.0f;
-                        for (int d = 0; d < D; d++)
-                            o[(size_t)r * D + d] = vh[(size_t)c0 * D + d];
-                           EXERCISE 03 END */
                     }
                 }
                 /* out = o / l; lse = m + log l. A row that saw no key: zeros and -inf. */
@@ -168,8 +161,8 @@ typedef struct {
     float *q;  /* (Rmax, D) the block's queries, gathered */
     float *Sp; /* (Rmax, Bc) scores, then probabilities, of one tile */
     float *o;  /* (Rmax, Dp) unnormalised output */
-    float *m, *l;
-    int *n; /* (Rmax) keys each row sees */
+    float *m, *l; /* (Rmax) running max and sum per row */
+    int *n;       /* (Rmax) keys each row sees */
 } Scratch;
 
 static void pack_group(const Plan *p, size_t g, const float *k, const float *v, float *Kp, float *Vp)
@@ -191,16 +184,13 @@ static void pack_group(const Plan *p, size_t g, const float *k, const float *v, 
             }
 }
 
-/* One block: positions t0 .. t0+tb-1 of every query head of group g (row r = tl * G + gi). */
-static void fast_block(const Plan *p, const Scratch *w, size_t g, size_t t0, size_t tb, const float *q,
-                       const float *v, float *out, float *lse)
+/* One block: positions t0 .. t0+tb-1 of every query head of group g (row r = tl * G + gi). Its
+ * queries are gathered into w->q, with the keys each row sees, and the running m, l, o reset. */
+static void block_begin(const Plan *p, const Scratch *w, size_t g, size_t t0, size_t tb, const float *q)
 {
     const GqaShape *s = p->s;
-    const size_t G = p->G, D = (size_t)s->D, Dp = p->Dp, Bc = p->Bc, T = (size_t)s->T, S = (size_t)s->S;
-    const size_t b = g / (size_t)s->Hkv, kvh = g % (size_t)s->Hkv, R = tb * G;
-    const float *Kp = p->Kp + g * p->nKb * D * NR, *Vp = p->Vp + g * p->nDb * p->Spad * NR;
-    const float *vg = v + g * S * D;
-
+    const size_t G = p->G, D = (size_t)s->D, T = (size_t)s->T;
+    const size_t b = g / (size_t)s->Hkv, kvh = g % (size_t)s->Hkv;
     for (size_t tl = 0; tl < tb; tl++)
         for (size_t gi = 0; gi < G; gi++) {
             const size_t r = tl * G + gi;
@@ -208,10 +198,102 @@ static void fast_block(const Plan *p, const Scratch *w, size_t g, size_t t0, siz
             w->n[r] = attn_visible_keys((int)(t0 + tl), s->T, s->S, s->causal);
             w->m[r] = -INFINITY, w->l[r] = 0.0f;
         }
-    memset(w->o, 0, R * Dp * sizeof(float));
+    memset(w->o, 0, tb * G * p->Dp * sizeof(float));
+}
+
+/* The online softmax of the block's R rows over the tile of bc keys at j0, whose scores S = Q Kᵀ
+ * are in w->Sp: each row's probabilities replace its scores (0 for keys it does not see), and a
+ * larger maximum rescales what the row summed so far. */
+static void tile_softmax(const Plan *p, const Scratch *w, size_t R, size_t j0, size_t bc)
+{
+    const GqaShape *s = p->s;
+    const size_t D = (size_t)s->D, Bc = p->Bc, Dp = p->Dp;
+    for (size_t r = 0; r < R; r++) {
+        float *Sr = w->Sp + r * Bc;
+        size_t n = (size_t)w->n[r] > j0 ? (size_t)w->n[r] - j0 : 0;
+        n = n > bc ? bc : n;
+        if (n == 0) {
+            memset(Sr, 0, bc * sizeof(float));
+            continue;
+        }
+        float m_tile = -INFINITY;
+        const float scale = s->scale;
+#pragma omp simd reduction(max : m_tile)
+        for (size_t c = 0; c < n; c++)
+            m_tile = Sr[c] * scale > m_tile ? Sr[c] * scale : m_tile;
+        const float m_new = w->m[r] > m_tile ? w->m[r] : m_tile;
+        const float alpha = expf(w->m[r] - m_new);
+        const float sum = vexp_scaled_sum(Sr, n, s->scale, m_new); /* Sr[c] = exp(scale Sr[c] - m_new) */
+        for (size_t c = n; c < bc; c++)
+            Sr[c] = 0.0f;
+        w->l[r] = w->l[r] * alpha + sum;
+        w->m[r] = m_new;
+        if (alpha != 1.0f) {
+            float *orow = w->o + r * Dp;
+#pragma omp simd
+            for (size_t d = 0; d < D; d++)
+                orow[d] *= alpha;
+        }
+    }
+}
+
+/* O += P V for the tile of bc keys at j0: the keys every row of the block sees (the first
+ * `common`) go through the micro-kernel; on the causal diagonal, the rest (a triangle) row by row
+ * over exactly the keys each row sees. vg: the group's V (S, D). */
+static void tile_pv(const Plan *p, const Scratch *w, const float *Vp, const float *vg, size_t R, size_t j0, size_t bc,
+                    size_t common)
+{
+    const size_t D = (size_t)p->s->D, Bc = p->Bc, Dp = p->Dp;
+    if (common > 0)
+        for (size_t db = 0; db < p->nDb; db++) {
+            const float *panel = Vp + (db * p->Spad + j0) * NR;
+            for (size_t r0 = 0; r0 < R; r0 += MR)
+                matmul_micro_6x16(w->o + r0 * Dp + db * NR, Dp, w->Sp + r0 * Bc, Bc, panel, common,
+                                  R - r0 < MR ? R - r0 : MR, 1);
+        }
+    if (common < bc)
+        for (size_t r = 0; r < R; r++) {
+            size_t n = (size_t)w->n[r] > j0 ? (size_t)w->n[r] - j0 : 0;
+            n = n > bc ? bc : n;
+            float *orow = w->o + r * Dp;
+            for (size_t c = common; c < n; c++) {
+                const float pc = w->Sp[r * Bc + c];
+                const float *vrow = vg + (j0 + c) * D;
+#pragma omp simd
+                for (size_t d = 0; d < D; d++)
+                    orow[d] += pc * vrow[d];
+            }
+        }
+}
+
+/* out = o / l and lse = m + log l for the block's rows; a row that saw no key: zeros and -inf. */
+static void block_end(const Plan *p, const Scratch *w, size_t g, size_t t0, size_t tb, float *out, float *lse)
+{
+    const GqaShape *s = p->s;
+    const size_t G = p->G, D = (size_t)s->D, T = (size_t)s->T;
+    const size_t b = g / (size_t)s->Hkv, kvh = g % (size_t)s->Hkv;
+    for (size_t tl = 0; tl < tb; tl++)
+        for (size_t gi = 0; gi < G; gi++) {
+            const size_t r = tl * G + gi, row = (b * s->H + kvh * G + gi) * T + t0 + tl;
+            const float inv = w->l[r] > 0.0f ? 1.0f / w->l[r] : 0.0f;
+            for (size_t d = 0; d < D; d++)
+                out[row * D + d] = w->o[r * p->Dp + d] * inv;
+            if (lse)
+                lse[row] = w->l[r] > 0.0f ? w->m[r] + logf(w->l[r]) : -INFINITY;
+        }
+}
+
+/* One block of query positions of group g, tile by tile of keys. */
+static void fast_block(const Plan *p, const Scratch *w, size_t g, size_t t0, size_t tb, const float *q,
+                       const float *v, float *out, float *lse)
+{
+    const size_t D = (size_t)p->s->D, Bc = p->Bc, S = (size_t)p->s->S, R = tb * p->G;
+    const float *Kp = p->Kp + g * p->nKb * D * NR, *Vp = p->Vp + g * p->nDb * p->Spad * NR;
+    const float *vg = v + g * S * D; /* (S, D) */
+
+    block_begin(p, w, g, t0, tb, q);
     const size_t width = (size_t)w->n[R - 1]; /* what the block's last position sees */
     const size_t seen_by_all = (size_t)w->n[0];
-
     for (size_t j0 = 0; j0 < width; j0 += Bc) { /* tiles past the diagonal are never visited */
         const size_t bc = width - j0 < Bc ? width - j0 : Bc;
         const size_t panels = (bc + NR - 1) / NR;
@@ -222,67 +304,11 @@ static void fast_block(const Plan *p, const Scratch *w, size_t g, size_t t0, siz
                 matmul_micro_6x16(w->Sp + r0 * Bc + pi * NR, Bc, w->q + r0 * D, D, panel, D,
                                   R - r0 < MR ? R - r0 : MR, 0);
         }
-        /* the online softmax, row by row */
-        for (size_t r = 0; r < R; r++) {
-            float *Sr = w->Sp + r * Bc;
-            size_t n = (size_t)w->n[r] > j0 ? (size_t)w->n[r] - j0 : 0;
-            n = n > bc ? bc : n;
-            if (n == 0) {
-                memset(Sr, 0, bc * sizeof(float));
-                continue;
-            }
-            float m_tile = -INFINITY;
-            const float scale = s->scale;
-#pragma omp simd reduction(max : m_tile)
-            for (size_t c = 0; c < n; c++)
-                m_tile = Sr[c] * scale > m_tile ? Sr[c] * scale : m_tile;
-            const float m_new = w->m[r] > m_tile ? w->m[r] : m_tile;
-            const float alpha = expf(w->m[r] - m_new);
-            const float sum = vexp_scaled_sum(Sr, n, s->scale, m_new); /* Sr[c] = exp(scale Sr[c] - m_new) */
-            for (size_t c = n; c < bc; c++)
-                Sr[c] = 0.0f;
-            w->l[r] = w->l[r] * alpha + sum;
-            w->m[r] = m_new;
-            if (alpha != 1.0f) {
-                float *orow = w->o + r * Dp;
-#pragma omp simd
-                for (size_t d = 0; d < D; d++)
-                    orow[d] *= alpha;
-            }
-        }
-        /* O += P V: the keys every row of the block sees go through the micro-kernel; on the causal
-         * diagonal, the rest (a triangle) row by row over exactly the keys each row sees */
+        tile_softmax(p, w, R, j0, bc);
         const size_t common = seen_by_all > j0 ? (seen_by_all - j0 < bc ? seen_by_all - j0 : bc) : 0;
-        if (common > 0)
-            for (size_t db = 0; db < p->nDb; db++) {
-                const float *panel = Vp + (db * p->Spad + j0) * NR;
-                for (size_t r0 = 0; r0 < R; r0 += MR)
-                    matmul_micro_6x16(w->o + r0 * Dp + db * NR, Dp, w->Sp + r0 * Bc, Bc, panel, common,
-                                      R - r0 < MR ? R - r0 : MR, 1);
-            }
-        if (common < bc)
-            for (size_t r = 0; r < R; r++) {
-                size_t n = (size_t)w->n[r] > j0 ? (size_t)w->n[r] - j0 : 0;
-                n = n > bc ? bc : n;
-                float *orow = w->o + r * Dp;
-                for (size_t c = common; c < n; c++) {
-                    const float pc = w->Sp[r * Bc + c];
-                    const float *vrow = vg + (j0 + c) * D;
-#pragma omp simd
-                    for (size_t d = 0; d < D; d++)
-                        orow[d] += pc * vrow[d];
-                }
-            }
+        tile_pv(p, w, Vp, vg, R, j0, bc, common);
     }
-    for (size_t tl = 0; tl < tb; tl++)
-        for (size_t gi = 0; gi < G; gi++) {
-            const size_t r = tl * G + gi, row = (b * s->H + kvh * G + gi) * T + t0 + tl;
-            const float inv = w->l[r] > 0.0f ? 1.0f / w->l[r] : 0.0f;
-            for (size_t d = 0; d < D; d++)
-                out[row * D + d] = w->o[r * Dp + d] * inv;
-            if (lse)
-                lse[row] = w->l[r] > 0.0f ? w->m[r] + logf(w->l[r]) : -INFINITY;
-        }
+    block_end(p, w, g, t0, tb, out, lse);
 }
 
 int flash_attention_fast(const GqaShape *s, FlashTiles tiles, const float *q, const float *k, const float *v,
@@ -290,10 +316,9 @@ int flash_attention_fast(const GqaShape *s, FlashTiles tiles, const float *q, co
 {
     if (flash_check_shape(s) != 0 || check_tiles(tiles, 1) != 0)
         return -1;
-    Plan p = {.s = s, .G = (size_t)(s->H / s->Hkv), .Bc = (size_t)tiles.Bc};
-    p.Tb = (size_t)tiles.Br / p.G > 0 ? (size_t)tiles.Br / p.G : 1;
-    p.nKb = ((size_t)s->S + NR - 1) / NR, p.Spad = p.nKb * NR;
-    p.nDb = ((size_t)s->D + NR - 1) / NR, p.Dp = p.nDb * NR;
+    const size_t G = (size_t)(s->H / s->Hkv), nKb = ((size_t)s->S + NR - 1) / NR, nDb = ((size_t)s->D + NR - 1) / NR;
+    Plan p = {.s = s, .G = G, .Tb = (size_t)tiles.Br / G > 0 ? (size_t)tiles.Br / G : 1, .Bc = (size_t)tiles.Bc,
+              .nKb = nKb, .Spad = nKb * NR, .nDb = nDb, .Dp = nDb * NR}; /* Kp, Vp: once packed */
     const size_t groups = (size_t)s->B * (size_t)s->Hkv, D = (size_t)s->D;
     float *Kp = mem_alloc(groups * p.nKb * D * NR * sizeof(float), "K panels (B, Hkv, S/16, D, 16)");
     float *Vp = mem_alloc(groups * p.nDb * p.Spad * NR * sizeof(float), "V panels (B, Hkv, D/16, S, 16)");
@@ -310,12 +335,14 @@ int flash_attention_fast(const GqaShape *s, FlashTiles tiles, const float *q, co
     int failed = 0;
 #pragma omp parallel
     {
-        Scratch w;
-        w.q = mem_alloc(Rmax * D * sizeof(float), "block queries");
-        w.Sp = mem_alloc(Rmax * p.Bc * sizeof(float), "score tile (Br, Bc)");
-        w.o = mem_alloc(Rmax * p.Dp * sizeof(float), "block output (Br, D)");
-        w.m = mem_alloc(Rmax * sizeof(float), "m"), w.l = mem_alloc(Rmax * sizeof(float), "l");
-        w.n = mem_alloc(Rmax * sizeof(int), "visible keys");
+        Scratch w = {
+            .q = mem_alloc(Rmax * D * sizeof(float), "block queries"),
+            .Sp = mem_alloc(Rmax * p.Bc * sizeof(float), "score tile (Br, Bc)"),
+            .o = mem_alloc(Rmax * p.Dp * sizeof(float), "block output (Br, D)"),
+            .m = mem_alloc(Rmax * sizeof(float), "m"),
+            .l = mem_alloc(Rmax * sizeof(float), "l"),
+            .n = mem_alloc(Rmax * sizeof(int), "visible keys"),
+        };
         const int ok = w.q && w.Sp && w.o && w.m && w.l && w.n;
         if (!ok) {
 #pragma omp atomic write

@@ -60,8 +60,8 @@ __global__ void flash_kernel1(const float *q, const float *k, const float *v, fl
     const size_t bkv = bh / G;       /* b * Hkv + h / G */
     const int t0 = blockIdx.y * FA1_BR, t = t0 + threadIdx.x;
     const int last = min(T, t0 + FA1_BR) - 1;
-    const int width = attn_visible_keys_device(last, T, S, causal); /* keys the block needs */
-    const int n_row = t < T ? attn_visible_keys_device(t, T, S, causal) : 0;
+    const int width = attn_visible_keys(last, T, S, causal); /* keys the block needs */
+    const int n_row = t < T ? attn_visible_keys(t, T, S, causal) : 0;
     const float *qrow = q + (bh * T + (t < T ? t : 0)) * D;
     float o[FLASH_MAX_D]; /* this row's running output (local memory when D is large) */
     float m = -INFINITY, l = 0.0f;
@@ -128,7 +128,7 @@ __global__ void flash_kernel2(const float *q, const float *k, const float *v, fl
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const size_t bh = blockIdx.x, bkv = bh / G;
     const int t0 = blockIdx.y * FA2_BR;
-    const int width = attn_visible_keys_device(min(T, t0 + FA2_BR) - 1, T, S, causal);
+    const int width = attn_visible_keys(min(T, t0 + FA2_BR) - 1, T, S, causal);
 
     for (int i = threadIdx.x; i < FA2_BR * D; i += blockDim.x) {
         const int t = t0 + i / D;
@@ -140,7 +140,7 @@ __global__ void flash_kernel2(const float *q, const float *k, const float *v, fl
     for (int r = 0; r < FA2_RW; r++) {
         const int t = t0 + warp * FA2_RW + r;
         m[r] = -INFINITY, l[r] = 0.0f;
-        n_row[r] = t < T ? attn_visible_keys_device(t, T, S, causal) : 0;
+        n_row[r] = t < T ? attn_visible_keys(t, T, S, causal) : 0;
 #pragma unroll
         for (int s = 0; s < FA2_SLOTS; s++)
             o[r][s] = 0.0f;
@@ -255,7 +255,7 @@ __global__ void flash_kernel3(const half *q, const half *k, const half *v, float
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const size_t bh = blockIdx.x, bkv = bh / G;
     const int t0 = blockIdx.y * TC_BR;
-    const int width = attn_visible_keys_device(min(T, t0 + TC_BR) - 1, T, S, causal);
+    const int width = attn_visible_keys(min(T, t0 + TC_BR) - 1, T, S, causal);
 
     for (int i = threadIdx.x; i < TC_BR * Dp; i += blockDim.x) {
         const int t = t0 + i / Dp;
@@ -266,8 +266,8 @@ __global__ void flash_kernel3(const half *q, const half *k, const half *v, float
         Ms[i] = -INFINITY, Ls[i] = 0.0f;
     /* a lane pair per row of the warp: row rw = warp*16 + lane/2, half the columns each */
     const int rw = warp * 16 + lane / 2, t = t0 + rw, part = lane % 2;
-    const int n_row = t < T ? attn_visible_keys_device(t, T, S, causal) : 0;
-    const int n_first = t0 + warp * 16 < T ? attn_visible_keys_device(t0 + warp * 16, T, S, causal) : 0;
+    const int n_row = t < T ? attn_visible_keys(t, T, S, causal) : 0;
+    const int n_first = t0 + warp * 16 < T ? attn_visible_keys(t0 + warp * 16, T, S, causal) : 0;
     __syncthreads();
 
     for (int j0 = 0; j0 < width; j0 += TC_BC) {

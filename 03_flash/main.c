@@ -1,141 +1,42 @@
 /*
- * main.c: the chapter 03 program, build/bin/03_flash.
+ * main.c: the chapter 03 program, build/bin/03_flash: the lesson, and the table of subcommands.
  *
  *   03_flash [--device D]   the lesson: chapter 02 (the score matrix in memory) against flash
  *                           attention for T = S up to 16384: time, GFLOP/s and % of the FMA
  *                           peak, memory by the allocator and by the process's peak RSS; then
  *                           the sweep of tile sizes (Br, Bc) behind the defaults; two plots
  *   03_flash attn ...       attention on .npy files (design.md §4)
- *   03_flash verify ...     every version against chapter 02's reference on the grid
- *   03_flash bench ...      chapter 02 and 03 on the same shapes: TSV + plot, and the targets
+ *   03_flash verify ...     every version against chapter 02's reference on the grid (bench.c)
+ *   03_flash bench ...      chapter 02 and 03 on the same shapes: TSV + plot, and the targets (bench.c)
  *
  * Every subcommand takes --help.
  */
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
 
+#include "02_mqa_gqa/commands.h"
 #include "02_mqa_gqa/gqa.h"
+#include "03_flash/commands.h"
 #include "03_flash/flash.h"
 #include "common/args.h"
+#include "common/attn_cli.h"
 #include "common/attn_harness.h"
 #include "common/bench.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "common/paths.h"
 #include "common/plot.h"
+#include "common/program.h"
 #include "common/roofline.h"
 #include "common/tensor.h"
-#include "common/testing.h"
 
-#define PROG "03_flash"
-
-/* ==== this chapter's versions, and chapter 02's, as the harness sees them ======================== */
-
-static GqaShape shape_of(const AttnDims *d) { return (GqaShape){d->B, d->H, d->Hkv, d->T, d->S, d->D, d->causal, d->scale}; }
-
-static int run_cpu(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    GqaShape s = shape_of(d);
-    return flash_attention_cpu(kernel, &s, q, k, v, out, NULL);
-}
-
-static int run_ch02(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    GqaShape s = shape_of(d);
-    return gqa_attention_cpu(kernel, &s, q, k, v, out);
-}
-
-#if HAVE_CUDA
-static int run_cuda(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    GqaShape s = shape_of(d);
-    return flash_attention_cuda(kernel, &s, q, k, v, out, NULL);
-}
-#endif
-
-static const AttnImpls IMPLS = {
-    .prog = PROG,
-    .ref = run_ch02, /* chapter 02's reference checks every version of this chapter, v1 included */
-    .ref_is_cpu1 = 0,
-    .cpu = run_cpu,
-    .cpu_name = flash_cpu_kernel_name,
-    .n_cpu = FLASH_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = flash_cuda_kernel_name,
-    .n_cuda = FLASH_CUDA_KERNELS,
-    .cuda_fp16 = flash_cuda_kernel_fp16, /* tc: checked by FlashAttention's rule, not fp32 tolerance */
-#endif
-    .heads = ATTN_HEADS_DIVIDE,
-};
-
-/* Chapter 02, for timing on the same shapes (its grouped version, kernel 2). */
-static const AttnImpls CH02 = {
-    .prog = "02_mqa_gqa", .ref = run_ch02, .ref_is_cpu1 = 1, .cpu = run_ch02, .cpu_name = gqa_cpu_kernel_name,
-    .n_cpu = GQA_CPU_KERNELS, .heads = ATTN_HEADS_DIVIDE,
-};
-
-static AttnDims lesson_dims(int T) { return (AttnDims){1, 8, 8, T, T, 64, 1, 0.125f}; }
-
-/* ==== peak RSS of one call, in a fresh process ==================================================== */
-
-/* Hidden subcommand: `_peak-rss CHAPTER KERNEL T` runs one call on the lesson's shape and prints
- * the growth of its resident set during the call (peak RSS after minus RSS before). A fresh
- * process per measurement, because the peak RSS of a process only ever grows. */
-static int cmd_peak_rss(int argc, char **argv)
-{
-    if (argc != 4)
-        die("usage: %s _peak-rss CHAPTER KERNEL T", PROG);
-    const int chapter = atoi(argv[1]), kernel = atoi(argv[2]), T = atoi(argv[3]);
-    if ((chapter != 2 && chapter != 3) || kernel < 1 || T < 1)
-        die("_peak-rss: bad arguments");
-    AttnDims d = lesson_dims(T);
-    Tensor q, k, v;
-    attn_random_inputs(&d, 5, &q, &k, &v);
-    float *out = mem_alloc_or_die(tensor_bytes(&q), "output");
-    for (size_t i = 0; i < q.numel; i++)
-        out[i] = 0.0f; /* touch the output so that it counts before the call */
-    size_t before = mem_rss_bytes();
-    int rc = chapter == 2 ? run_ch02(kernel, &d, q.data, k.data, v.data, out)
-                          : run_cpu(kernel, &d, q.data, k.data, v.data, out);
-    if (rc != 0)
-        die_with_error();
-    size_t peak = mem_peak_rss_bytes();
-    printf("%zu\n", peak > before ? peak - before : 0);
-    mem_free(out);
-    tensor_free(&q), tensor_free(&k), tensor_free(&v);
-    return 0;
-}
-
-/* -1 if it could not be measured */
-static double peak_rss_of(int chapter, int kernel, int T)
-{
-    char self[PATH_MAX], c[8], kn[8], tn[16];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0)
-        return -1;
-    self[n] = '\0';
-    snprintf(c, sizeof c, "%d", chapter), snprintf(kn, sizeof kn, "%d", kernel), snprintf(tn, sizeof tn, "%d", T);
-    const char *argv[] = {self, "_peak-rss", c, kn, tn, NULL};
-    ProcResult *r = malloc(sizeof *r);
-    double bytes = -1;
-    if (r && run_program(r, argv) == 0 && r->status == 0)
-        bytes = atof(r->out);
-    free(r);
-    return bytes;
-}
+#define PROG FLASH_PROG
 
 /* ==== the lesson ================================================================================ */
 
 static void lesson_intro(const Roofline *roof)
 {
-    printf("Chapter 03: FlashAttention -- tiles, online softmax, no T x S matrix\n"
-           "====================================================================\n\n"
-           "Chapters 01 and 02 write every score to memory and read it back: for B=1, H=8, T=S=16384 that is\n"
+    printf("Chapters 01 and 02 write every score to memory and read it back: for B=1, H=8, T=S=16384 that is\n"
            "8 GiB written, softmaxed and read again, and the machine moves bytes far more slowly than it\n"
            "multiplies (here: %.1f GB/s from DRAM against %.1f GFLOP/s). FlashAttention never builds the\n"
            "matrix. It takes a tile of Br query rows and walks over tiles of Bc keys, keeping per row a\n"
@@ -149,7 +50,6 @@ static void lesson_intro(const Roofline *roof)
 
 #define LESSON_NT 5
 static const int LESSON_T[LESSON_NT] = {1024, 2048, 4096, 8192, 16384};
-#define CH02_MAX_T 8192 /* 2 GiB of scores; 16384 would need 8 GiB */
 
 static void lesson_sweep(const Roofline *roof, char *dat, size_t dat_len)
 {
@@ -168,23 +68,23 @@ static void lesson_sweep(const Roofline *roof, char *dat, size_t dat_len)
            "RSS", "ch03", "GFLOP/s", "% peak", "alloc", "RSS", "speedup", "memory");
     for (int i = 0; i < LESSON_NT; i++) {
         const int T = LESSON_T[i];
-        AttnDims d = lesson_dims(T);
+        AttnDims d = flash_lesson_dims(T);
         Tensor q, k, v;
         attn_random_inputs(&d, 100 + (uint64_t)T, &q, &k, &v);
         const double flops = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal);
         bench_progress("T=%d: chapter 03 ...", T);
-        AttnTiming t3 = attn_time(&IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, 3, 2.0, 0);
+        AttnTiming t3 = attn_time(&FLASH_IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, 3, 2.0, 0);
         if (t3.rc != 0)
             die_with_error();
-        double rss3 = peak_rss_of(3, 2, T);
+        double rss3 = flash_peak_rss(3, 2, T);
         double ms2 = NAN, gf2 = NAN, alloc2 = NAN, rss2 = NAN;
-        if (T <= CH02_MAX_T) {
+        if (T <= FLASH_CH02_MAX_T) {
             bench_progress("T=%d: chapter 02 ...", T);
-            AttnTiming t2 = attn_time(&CH02, DEVICE_CPU, 2, &d, &q, &k, &v, 2, 2.0, 0);
+            AttnTiming t2 = attn_time(&GQA_IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, 2, 2.0, 0);
             if (t2.rc != 0)
                 die_with_error();
             ms2 = t2.time.median_s * 1e3, gf2 = flops / t2.time.median_s / 1e9, alloc2 = (double)t2.peak_bytes;
-            rss2 = peak_rss_of(2, 2, T);
+            rss2 = flash_peak_rss(2, 2, T);
         }
         bench_progress_done();
         const double ms3 = t3.time.median_s * 1e3, gf3 = flops / t3.time.median_s / 1e9;
@@ -204,11 +104,11 @@ static void lesson_sweep(const Roofline *roof, char *dat, size_t dat_len)
         tensor_free(&q), tensor_free(&k), tensor_free(&v);
     }
     tsv_close(&tsv);
-    AttnDims big = lesson_dims(16384);
-    GqaShape gs = shape_of(&big);
+    AttnDims big = flash_lesson_dims(16384);
+    GqaShape gs = gqa_shape(&big);
     printf("\n   Chapter 02 stops at T=%d: at T=16384 its score matrix alone would be %s. Chapter 03's memory is\n"
            "   K and V packed once into panels (the size of K and V) plus a few tiles per thread: linear in T.\n\n",
-           CH02_MAX_T, format_bytes((double)gqa_scores_bytes(&gs), b1, sizeof b1));
+           FLASH_CH02_MAX_T, format_bytes((double)gqa_scores_bytes(&gs), b1, sizeof b1));
 }
 
 #define N_BR 4
@@ -219,8 +119,8 @@ static const int SWEEP_BC[N_BC] = {32, 64, 128, 256, 512, 1024};
 typedef struct {
     const GqaShape *s;
     FlashTiles tiles;
-    const float *q, *k, *v;
-    float *out;
+    const float *q, *k, *v; /* q (B, H, T, D); k, v (B, Hkv, S, D) */
+    float *out;             /* (B, H, T, D) */
     int rc;
 } TileRun;
 
@@ -233,11 +133,11 @@ static void tile_run(void *ctx)
 static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
 {
     const int T = 2048;
-    AttnDims d = lesson_dims(T);
-    GqaShape s = shape_of(&d);
+    AttnDims d = flash_lesson_dims(T);
+    GqaShape s = gqa_shape(&d);
     Tensor q, k, v;
     attn_random_inputs(&d, 9, &q, &k, &v);
-    float *out = mem_alloc_or_die(tensor_bytes(&q), "output");
+    float *out = mem_alloc_or_die(tensor_bytes(&q), "output (B, H, T, D)");
     const double flops = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal);
     paths_in_build(dat, dat_len, "bench", PROG "_tiles.dat");
     Tsv tsv;
@@ -257,7 +157,8 @@ static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
     for (int i = 0; i < N_BR; i++) {
         printf("   %8d", SWEEP_BR[i]);
         for (int j = 0; j < N_BC; j++) {
-            TileRun run = {&s, {SWEEP_BR[i], SWEEP_BC[j]}, q.data, k.data, v.data, out, 0};
+            TileRun run = {.s = &s, .tiles = {.Br = SWEEP_BR[i], .Bc = SWEEP_BC[j]}, .q = q.data, .k = k.data,
+                           .v = v.data, .out = out};
             BenchTiming t = bench_time(tile_run, &run, 1, 3, 0.5);
             if (run.rc != 0)
                 die_with_error();
@@ -283,29 +184,25 @@ static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
 }
 
+static const Program PROGRAM;
+
 static int cmd_lesson(int argc, char **argv)
 {
     const char *device = "auto";
     ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "where to run (the lesson measures the CPU versions; a GPU adds nothing yet)"},
+        OPTION_DEVICE(&device, "where to run (the lesson measures the CPU versions; a GPU adds nothing yet)"),
     };
-    ArgCommand cmd = {PROG, "[attn|verify|bench] [options]",
-                      "Chapter 03: FlashAttention. Without a subcommand: the lesson.\n"
-                      "Subcommands (each takes --help):\n"
-                      "  attn     attention on .npy files (Q, K, V -> O)\n"
-                      "  verify   every version against chapter 02's reference on a grid of shapes\n"
-                      "  bench    chapter 02 and 03 side by side, T = 256 .. 16384: TSV rows and a plot",
-                      specs, 1};
+    ArgCommand cmd = {.name = PROG, .usage = program_usage(&PROGRAM), .summary = program_about(&PROGRAM),
+                      .specs = specs, .n_specs = 1};
     args_parse_or_exit(&cmd, argc, argv);
     Device dev;
     if (device_resolve(device, &dev) != 0)
         die_with_error();
     const Roofline *roof = roofline_get();
+    lesson_title(PROGRAM.title);
     lesson_intro(roof);
-    printf("Machine: %s; measured fp32 FMA peak %.1f GFLOP/s (%s), DRAM read %.1f GB/s. Device for this lesson: "
-           "cpu%s.\n\n",
-           roofline_machine(), roof->fma_gflops, roof->fma_what, roof->dram_gbs,
+    lesson_machine(dev, 0);
+    printf("Device for this lesson: cpu%s.\n\n",
            dev == DEVICE_CUDA ? " (the GPU versions: 03_flash bench --device cuda)" : "");
     char dat1[4096], dat2[4096];
     lesson_sweep(roof, dat1, sizeof dat1);
@@ -318,135 +215,31 @@ static int cmd_lesson(int argc, char **argv)
     return 0;
 }
 
-/* ==== bench ===================================================================================== */
-
-static int cmd_bench(int argc, char **argv)
-{
-    const char *device = "auto", *out = NULL;
-    int repeats = 5, max_t = 16384;
-    ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
-        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "FILE", .help = "rows to FILE instead of stdout"},
-        {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N",
-         .help = "longest sequence (default 16384)", .min = 256, .max = 1 << 20},
-        {.name = "repeats", .kind = ARG_INT, .dest = &repeats, .metavar = "N",
-         .help = "timed runs per point, median reported (default 5)", .min = 1, .max = 1000},
-    };
-    ArgCommand cmd = {PROG " bench", "[options]",
-                      "Times chapter 02's grouped version (up to T = 8192) and this chapter's versions (the tiled\n"
-                      "v1 up to T = 1024) for T = S = 256 .. max-t, B = 1, H = 8, D = 64, causal, fp32.\n"
-                      "Columns: chapter device kernel B H Hkv T S D causal time_ms gflops pct_peak alloc_bytes.\n"
-                      "GFLOP/s counts 4*D per visible (query, key) pair; pct_peak is against the FMA peak measured by\n"
-                      "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). The\n"
-                      "issue's targets are checked on stderr at the end.",
-                      specs, 4};
-    args_parse_or_exit(&cmd, argc, argv);
-    char why[256], dat[4096];
-    int have_gpu = device_cuda_available(why, sizeof why);
-    if (strcmp(device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", why);
-    Tsv tsv;
-    paths_in_build(dat, sizeof dat, "bench", PROG "_bench.dat");
-    if (tsv_open(&tsv, out, dat) != 0)
-        die_with_error();
-    const Roofline *roof = roofline_get();
-    fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", PROG, roofline_machine(),
-            roof->fma_gflops, roof->fma_what, roof->dram_gbs, have_gpu ? "; GPU: " : "", have_gpu ? device_description(DEVICE_CUDA) : "");
-    tsv_header(&tsv, "chapter\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\talloc_bytes");
-    /* for the targets: % of peak of the fast version per T; times at T = 4096; memory at the largest T */
-    double pct[16] = {0}, ms02_4096 = NAN, ms03_4096 = NAN, alloc02_8192 = NAN, alloc03_16384 = NAN;
-    for (int di = 0; di < 2; di++) {
-        Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
-        if ((dev == DEVICE_CUDA && (!have_gpu || strcmp(device, "cpu") == 0)) ||
-            (dev == DEVICE_CPU && strcmp(device, "cuda") == 0))
-            continue;
-        /* chapter 02's fast version first (CPU only), then this chapter's versions */
-        for (int variant = dev == DEVICE_CPU ? 0 : 1; variant <= attn_impl_count(&IMPLS, dev); variant++) {
-            const AttnImpls *im = variant == 0 ? &CH02 : &IMPLS;
-            const int kern = variant == 0 ? 2 : variant;
-            for (int T = 256, i = 0; T <= max_t; T *= 2, i++) {
-                if (variant == 0 && T > CH02_MAX_T)
-                    break;
-                if (dev == DEVICE_CPU && variant == 1 && T > 1024)
-                    break;
-                AttnDims d = lesson_dims(T);
-                bench_progress("%s %s T=%d ...", im->prog, attn_impl_name(im, dev, kern), T);
-                Tensor q, k, v;
-                attn_random_inputs(&d, 3, &q, &k, &v);
-                AttnTiming t = attn_time(im, dev, kern, &d, &q, &k, &v, repeats, 2.0, 0);
-                tensor_free(&q), tensor_free(&k), tensor_free(&v);
-                if (t.rc != 0) {
-                    fprintf(stderr, "%s bench: %s\n", PROG, error_message());
-                    break;
-                }
-                const double gf = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal) / t.time.median_s / 1e9;
-                const double p = dev == DEVICE_CPU ? 100.0 * gf / roof->fma_gflops : NAN;
-                tsv_row(&tsv, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\t%zu", variant ? "03" : "02",
-                        device_name(dev), attn_impl_name(im, dev, kern), d.B, d.H, d.Hkv, d.T, d.S, d.D, d.causal,
-                        t.time.median_s * 1e3, gf, p, t.peak_bytes);
-                if (dev == DEVICE_CPU && variant == 2 && i < 16)
-                    pct[i] = p;
-                if (dev == DEVICE_CPU && T == 4096 && variant == 0)
-                    ms02_4096 = t.time.median_s * 1e3;
-                if (dev == DEVICE_CPU && T == 4096 && variant == 2)
-                    ms03_4096 = t.time.median_s * 1e3;
-                if (dev == DEVICE_CPU && T == CH02_MAX_T && variant == 0)
-                    alloc02_8192 = (double)t.peak_bytes;
-                if (dev == DEVICE_CPU && T == 16384 && variant == 2)
-                    alloc03_16384 = (double)t.peak_bytes;
-            }
-        }
-    }
-    if (have_gpu && strcmp(device, "cpu") != 0) /* the shape of the PyTorch comparison (scripts/sdpa_bench.py) */
-        for (int kern = 1; kern <= attn_impl_count(&IMPLS, DEVICE_CUDA); kern++) {
-            AttnDims d = {1, 8, 8, 4096, 4096, 128, 1, 1.0f / sqrtf(128.0f)};
-            Tensor q, k, v;
-            attn_random_inputs(&d, 4, &q, &k, &v);
-            AttnTiming t = attn_time(&IMPLS, DEVICE_CUDA, kern, &d, &q, &k, &v, repeats, 2.0, 0);
-            tensor_free(&q), tensor_free(&k), tensor_free(&v);
-            if (t.rc == 0)
-                tsv_row(&tsv, "03\tcuda\t%s\t1\t8\t8\t4096\t4096\t128\t1\t%.4f\t%.2f\tnan\t0",
-                        attn_impl_name(&IMPLS, DEVICE_CUDA, kern), t.time.median_s * 1e3,
-                        attn_flops(1, 8, 4096, 4096, 128, 1) / t.time.median_s / 1e9);
-        }
-    bench_progress_done();
-    tsv_close(&tsv);
-    if (strcmp(device, "cuda") != 0) {
-        /* the targets, from the rows above (T = 1024, 2048, 4096 are entries 2, 3, 4) */
-        fprintf(stderr, "targets: fast CPU version at T = 1024, 2048, 4096: %.1f%%, %.1f%%, %.1f%% of the FMA peak "
-                        "(target >= 50%%)\n", pct[2], pct[3], pct[4]);
-        if (!isnan(ms02_4096) && !isnan(ms03_4096))
-            fprintf(stderr, "targets: at T = 4096 chapter 03 is x%.2f faster than chapter 02's fast version (target x5, "
-                            "which would take %.0f%% of the FMA peak)\n",
-                    ms02_4096 / ms03_4096, 5.0 * pct[4] * ms03_4096 / ms02_4096);
-        if (!isnan(alloc02_8192) && !isnan(alloc03_16384))
-            fprintf(stderr, "targets: extra memory at T = 16384: chapter 03 %.1f MiB = %.2f%% of chapter 02's %.0f MiB "
-                            "(4x its measured T = 8192; target < 5%%)\n",
-                    alloc03_16384 / 1048576, 100.0 * alloc03_16384 / (4 * alloc02_8192), 4 * alloc02_8192 / 1048576);
-    }
-    plot_show(PROG, "bench", dat, 0, stderr, PROG " bench: ", "\n");
-    return 0;
-}
 
 /* ==== main ====================================================================================== */
 
-int main(int argc, char **argv)
+static int cmd_attn(int argc, char **argv)
 {
-    error_set_program(PROG);
-    if (argc > 1 && strcmp(argv[1], "attn") == 0)
-        return attn_command(&IMPLS,
-                            "FlashAttention on .npy tensors: the output of chapter 02, computed tile by tile without the\n"
-                            "T x S score matrix. H must be a multiple of Hkv; D at most 256.\n"
-                            "Kernels: CPU 1 = tiled, 2 = fast (default); CUDA 1 = fa1, 2 = fa2, 3 = tensor cores (default).",
-                            argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "verify") == 0)
-        return attn_verify_command(&IMPLS, argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "bench") == 0)
-        return cmd_bench(argc - 1, argv + 1);
-    if (argc > 1 && strcmp(argv[1], "_peak-rss") == 0)
-        return cmd_peak_rss(argc - 1, argv + 1);
-    if (argc > 1 && argv[1][0] != '-')
-        die("unknown subcommand '%s' (expected attn, verify or bench; see '%s --help')", argv[1], PROG);
-    return cmd_lesson(argc, argv);
+    return attn_command(&FLASH_IMPLS,
+                        "FlashAttention on .npy tensors: the output of chapter 02, computed tile by tile without the\n"
+                        "T x S score matrix. H must be a multiple of Hkv; D at most 256.\n"
+                        "Kernels: CPU 1 = tiled, 2 = fast (default); CUDA 1 = fa1, 2 = fa2, 3 = tensor cores (default).",
+                        argc, argv);
 }
+
+static const Subcommand COMMANDS[] = {
+    {.name = "attn", .run = cmd_attn, .summary = "attention on .npy files (Q, K, V -> O)"},
+    {.name = "verify", .run = flash_cmd_verify,
+     .summary = "every version against chapter 02's reference on a grid of shapes"},
+    {.name = "bench", .run = flash_cmd_bench,
+     .summary = "chapter 02 and 03 side by side, T = 256 .. 16384: TSV rows and a plot"},
+    {.name = "_peak-rss", .run = flash_cmd_peak_rss, .summary = NULL}, /* for the lesson's RSS column */
+    {.name = NULL},
+};
+
+static const Program PROGRAM = {.name = PROG,
+                                .title = "Chapter 03: FlashAttention -- tiles, online softmax, no T x S matrix",
+                                .lesson = cmd_lesson,
+                                .subcommands = COMMANDS};
+
+int main(int argc, char **argv) { return program_main(&PROGRAM, argc, argv); }

@@ -1,63 +1,36 @@
 /*
- * test_flash.c: chapter 03's Check suite -- flash attention against chapter 02.
+ * test_flash.c: chapter 03's Check suite -- flash attention against chapter 02. This file: the
+ * CPU versions, and main(); test_flash_program.c: the program, the GPU, hostile inputs.
  *
  * Every CPU version, with its default tiles and with odd ones, must give chapter 02's output on
  * the grid of design.md §5 (all H:Hkv ratios, odd lengths, T = 1, causal T < S, T = S, T > S,
  * D in {32, 64, 80, 128}). Then what is new in this chapter: the log-sum-exp against a direct
  * float64 computation, merging partial results with it, rows that see no key, extreme logits,
- * NaN in K/V rows a query cannot see, memory that stays linear in T, bad shapes, and the
- * program. CUDA versions run when a GPU is present: fp32 ones within fp32 tolerance, the
- * tensor-core one by FlashAttention's rule (error at most 2x that of naive attention run in the
- * same fp16 precision) and NMSE <= 5e-4.
+ * NaN in K/V rows a query cannot see, memory that stays linear in T, and bad shapes.
  */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "02_mqa_gqa/gqa.h"
 #include "03_flash/flash.h"
-#include "common/attn_cli.h"
+#include "03_flash/test_flash.h"
 #include "common/attn_harness.h"
+#include "common/causal.h"
 #include "common/compare.h"
-#include "common/device.h"
 #include "common/error.h"
-#include "common/hostile.h"
-#include "common/npy.h"
 #include "common/tensor.h"
 #include "common/testing.h"
+#include "common/testing_main.h"
 #include "common/verify.h"
-#if HAVE_CUDA
-#include "common/cuda_utils.h"
-#endif
-
-#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
-#define RTOL 1e-4
 
 /* ==== helpers ==================================================================================== */
 
-typedef struct {
-    GqaShape s;
-    float *q, *k, *v, *out, *lse; /* q, out (B, H, T, D); k, v (B, Hkv, S, D); lse (B, H, T) */
-} Problem;
+/* The version's own tiles (flash_default_tiles), for run(). */
+static const FlashTiles DEFAULT_TILES = {.Br = 0, .Bc = 0};
 
-static size_t n_q(const GqaShape *s) { return (size_t)s->B * s->H * s->T * s->D; }
-static size_t n_kv(const GqaShape *s) { return (size_t)s->B * s->Hkv * s->S * s->D; }
-static size_t n_rows(const GqaShape *s) { return (size_t)s->B * s->H * s->T; }
-
-static Problem problem_new(int B, int H, int Hkv, int T, int S, int D, int causal, uint64_t seed)
-{
-    Problem p = {{B, H, Hkv, T, S, D, causal, 1.0f / sqrtf((float)D)}, NULL, NULL, NULL, NULL, NULL};
-    p.q = malloc(n_q(&p.s) * 4), p.out = malloc(n_q(&p.s) * 4), p.lse = malloc(n_rows(&p.s) * 4);
-    p.k = malloc(n_kv(&p.s) * 4), p.v = malloc(n_kv(&p.s) * 4);
-    fill_normal(p.q, n_q(&p.s), seed), fill_normal(p.k, n_kv(&p.s), seed + 1), fill_normal(p.v, n_kv(&p.s), seed + 2);
-    return p;
-}
-
-static void problem_free(Problem *p) { free(p->q), free(p->k), free(p->v), free(p->out), free(p->lse); }
-
-/* A CPU version with given tiles; tiles {0, 0} = its defaults. */
+/* A CPU version with given tiles; DEFAULT_TILES = its defaults. */
 static int run(int kernel, FlashTiles tiles, Problem *p)
 {
     if (tiles.Br == 0)
@@ -72,8 +45,10 @@ static double direct_lse(const Problem *p, size_t b, size_t h, int t)
     const GqaShape *s = &p->s;
     const size_t bh = b * s->H + h, bkv = b * s->Hkv + h / (size_t)(s->H / s->Hkv);
     const int n = attn_visible_keys(t, s->T, s->S, s->causal);
+    if (n == 0)
+        return -INFINITY;
     double m = -INFINITY, sum = 0.0;
-    double *x = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    double *x = mem_alloc_or_die((size_t)n * sizeof(double), "scores of one row (S)");
     for (int j = 0; j < n; j++) {
         double dot = 0.0;
         for (int d = 0; d < s->D; d++)
@@ -83,8 +58,8 @@ static double direct_lse(const Problem *p, size_t b, size_t h, int t)
     }
     for (int j = 0; j < n; j++)
         sum += exp(x[j] - m);
-    free(x);
-    return n > 0 ? m + log(sum) : -INFINITY;
+    mem_free(x);
+    return m + log(sum);
 }
 
 /* ==== against chapter 02 ========================================================================= */
@@ -104,17 +79,17 @@ START_TEST(test_grid_against_chapter02)
                 if ((double)T * S * H * B > 3e5)
                     B = 1, H = 2, Hkv = 1;
                 Problem p = problem_new(B, H, Hkv, T, S, D, causal, (uint64_t)n_case + 700);
-                float *ref = malloc(n_q(&p.s) * 4);
+                float *ref = floats(n_q(&p.s));
                 ck_assert_int_eq(gqa_attention_grouped(&p.s, p.q, p.k, p.v, ref), 0); /* chapter 02, fast */
                 for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
                     char label[160];
                     snprintf(label, sizeof label, "flash kernel %d B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d", kern, B,
                              H, Hkv, T, S, D, causal);
                     memset(p.out, 0xff, n_q(&p.s) * 4);
-                    ck_assert_int_eq(run(kern, (FlashTiles){0, 0}, &p), 0);
+                    ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
                     failed += compare_f32(label, p.out, ref, n_q(&p.s), ATOL, RTOL, 3).n_bad > 0;
                 }
-                free(ref);
+                mem_free(ref);
                 problem_free(&p);
             }
     ck_assert_msg(failed == 0, "%d grid cases failed (listed above)", failed);
@@ -125,12 +100,13 @@ START_TEST(test_any_tile_size)
 {
     /* tails everywhere: tiles that do not divide T or S, one-row and one-key tiles */
     const int shapes[][7] = {{1, 6, 2, 37, 53, 20, 1}, {2, 4, 4, 64, 17, 33, 1}, {1, 8, 1, 5, 300, 64, 0}, {1, 3, 3, 70, 70, 7, 1}};
-    const FlashTiles tiled[] = {{1, 1}, {7, 5}, {64, 64}, {200, 300}};
-    const FlashTiles fast[] = {{1, 16}, {6, 16}, {13, 32}, {100, 48}, {24, 512}, {300, 1024}};
+    const FlashTiles tiled[] = {{.Br = 1, .Bc = 1}, {.Br = 7, .Bc = 5}, {.Br = 64, .Bc = 64}, {.Br = 200, .Bc = 300}};
+    const FlashTiles fast[] = {{.Br = 1, .Bc = 16},  {.Br = 6, .Bc = 16},   {.Br = 13, .Bc = 32},
+                               {.Br = 100, .Bc = 48}, {.Br = 24, .Bc = 512}, {.Br = 300, .Bc = 1024}};
     for (int i = 0; i < 4; i++) {
         const int *x = shapes[i];
         Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 800 + (uint64_t)i);
-        float *ref = malloc(n_q(&p.s) * 4);
+        float *ref = floats(n_q(&p.s));
         ck_assert_int_eq(gqa_attention_ref(&p.s, p.q, p.k, p.v, ref), 0);
         for (int kern = 1; kern <= 2; kern++)
             for (int t = 0; t < (kern == 1 ? 4 : 6); t++) {
@@ -140,7 +116,7 @@ START_TEST(test_any_tile_size)
                 CompareResult r = compare_f32("tiles", p.out, ref, n_q(&p.s), ATOL, RTOL, 3);
                 ck_assert_msg(r.n_bad == 0, "shape %d kernel %d tiles %dx%d: %zu off", i, kern, tl.Br, tl.Bc, r.n_bad);
             }
-        free(ref);
+        mem_free(ref);
         problem_free(&p);
     }
 }
@@ -152,14 +128,14 @@ START_TEST(test_versions_match_float64)
     for (int i = 0; i < 4; i++) {
         const int *x = shapes[i];
         Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 900 + (uint64_t)i);
-        double *expected = malloc(n_q(&p.s) * sizeof(double));
+        double *expected = mem_alloc_or_die(n_q(&p.s) * sizeof(double), "float64 attention (B, H, T, D)");
         attention_f64(x[0], x[1], x[2], x[3], x[4], x[5], x[6], p.s.scale, p.q, p.k, p.v, expected);
         for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-            ck_assert_int_eq(run(kern, (FlashTiles){0, 0}, &p), 0);
+            ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
             CompareResult r = compare_f32_f64("vs float64", p.out, expected, n_q(&p.s), ATOL, RTOL, 5);
             ck_assert_msg(r.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, r.n_bad);
         }
-        free(expected);
+        mem_free(expected);
         problem_free(&p);
     }
 }
@@ -174,7 +150,7 @@ START_TEST(test_lse_against_direct_computation)
         const int *x = shapes[i];
         Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 1000 + (uint64_t)i);
         for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-            ck_assert_int_eq(run(kern, (FlashTiles){0, 0}, &p), 0);
+            ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
             for (size_t b = 0; b < (size_t)x[0]; b++)
                 for (size_t h = 0; h < (size_t)x[1]; h++)
                     for (int t = 0; t < x[3]; t++) {
@@ -205,14 +181,14 @@ START_TEST(test_merge_of_two_key_ranges)
         memcpy(c.k + g * (S - S1) * D, full.k + (g * S + S1) * D, (size_t)(S - S1) * D * 4);
         memcpy(c.v + g * (S - S1) * D, full.v + (g * S + S1) * D, (size_t)(S - S1) * D * 4);
     }
-    ck_assert_int_eq(run(2, (FlashTiles){0, 0}, &full), 0);
-    ck_assert_int_eq(run(2, (FlashTiles){0, 0}, &a), 0);
-    ck_assert_int_eq(run(1, (FlashTiles){0, 0}, &c), 0);
+    ck_assert_int_eq(run(2, DEFAULT_TILES, &full), 0);
+    ck_assert_int_eq(run(2, DEFAULT_TILES, &a), 0);
+    ck_assert_int_eq(run(1, DEFAULT_TILES, &c), 0);
     flash_merge(a.out, a.lse, c.out, c.lse, n_rows(&full.s), D);
     ck_assert(compare_f32("merged out", a.out, full.out, n_q(&full.s), ATOL, RTOL, 5).n_bad == 0);
     ck_assert(compare_f32("merged lse", a.lse, full.lse, n_rows(&full.s), ATOL, RTOL, 5).n_bad == 0);
     /* a part with no keys (lse = -inf) changes nothing, from either side */
-    float *o = malloc(n_q(&full.s) * 4), *l = malloc(n_rows(&full.s) * 4), *empty_l = malloc(n_rows(&full.s) * 4);
+    float *o = floats(n_q(&full.s)), *l = floats(n_rows(&full.s)), *empty_l = floats(n_rows(&full.s));
     for (size_t r = 0; r < n_rows(&full.s); r++)
         empty_l[r] = -INFINITY;
     memcpy(o, full.out, n_q(&full.s) * 4), memcpy(l, full.lse, n_rows(&full.s) * 4);
@@ -223,7 +199,7 @@ START_TEST(test_merge_of_two_key_ranges)
     flash_merge(o, l, full.out, full.lse, n_rows(&full.s), D);
     ck_assert_int_eq(memcmp(o, full.out, n_q(&full.s) * 4), 0);
     ck_assert_int_eq(memcmp(l, full.lse, n_rows(&full.s) * 4), 0);
-    free(o), free(l), free(empty_l);
+    mem_free(o), mem_free(l), mem_free(empty_l);
     problem_free(&full), problem_free(&a), problem_free(&c);
 }
 END_TEST
@@ -236,7 +212,7 @@ START_TEST(test_rows_without_keys_are_zero)
     Problem p = problem_new(1, 4, 2, 40, 12, 16, 1, 1200);
     for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
         memset(p.out, 0xff, n_q(&p.s) * 4);
-        ck_assert_int_eq(run(kern, (FlashTiles){0, 0}, &p), 0);
+        ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
         for (size_t h = 0; h < 4; h++)
             for (int t = 0; t < 40 - 12; t++) {
                 for (int d = 0; d < 16; d++)
@@ -258,10 +234,10 @@ START_TEST(test_extreme_logits)
             p.q[i] = all_negative ? 100.0f : (float)((int)(i * 7 % 21) - 10) * 10.0f;
         for (size_t i = 0; i < n_kv(&p.s); i++)
             p.k[i] = all_negative ? -(float)(1 + i % 3) : (float)((int)(i * 5 % 21) - 10) * 10.0f;
-        float *ref = malloc(n_q(&p.s) * 4);
+        float *ref = floats(n_q(&p.s));
         ck_assert_int_eq(gqa_attention_ref(&p.s, p.q, p.k, p.v, ref), 0);
         for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-            ck_assert_int_eq(run(kern, (FlashTiles){0, 0}, &p), 0);
+            ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
             for (size_t i = 0; i < n_q(&p.s); i++)
                 ck_assert(isfinite(p.out[i]));
             for (size_t i = 0; i < n_rows(&p.s); i++)
@@ -269,7 +245,7 @@ START_TEST(test_extreme_logits)
             CompareResult r = compare_f32("extreme logits", p.out, ref, n_q(&p.s), ATOL, RTOL, 3);
             ck_assert_msg(r.n_bad == 0, "kernel %d all_negative %d: %zu off", kern, all_negative, r.n_bad);
         }
-        free(ref);
+        mem_free(ref);
         problem_free(&p);
     }
 }
@@ -280,12 +256,13 @@ START_TEST(test_nan_in_hidden_rows_changes_nothing)
     /* causal T = S = 70: query t sees keys 0..t. NaN in K and V rows 40.. must leave the outputs of
      * queries 0..39 bit for bit as they were, whatever the tiles */
     const int T = 70, cut = 40, D = 16;
-    const FlashTiles tiles[2][3] = {{{0, 0}, {16, 16}, {7, 9}}, {{0, 0}, {6, 16}, {48, 64}}};
+    const FlashTiles tiles[2][3] = {{DEFAULT_TILES, {.Br = 16, .Bc = 16}, {.Br = 7, .Bc = 9}},
+                                    {DEFAULT_TILES, {.Br = 6, .Bc = 16}, {.Br = 48, .Bc = 64}}};
     for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++)
         for (int ti = 0; ti < 3; ti++) {
             Problem p = problem_new(1, 4, 2, T, T, D, 1, 1400);
             ck_assert_int_eq(run(kern, tiles[kern - 1][ti], &p), 0);
-            float *clean = malloc(n_q(&p.s) * 4);
+            float *clean = floats(n_q(&p.s));
             memcpy(clean, p.out, n_q(&p.s) * 4);
             for (size_t g = 0; g < 2; g++)
                 for (int j = cut; j < T; j++)
@@ -296,7 +273,7 @@ START_TEST(test_nan_in_hidden_rows_changes_nothing)
                 for (int t = 0; t < cut; t++)
                     ck_assert_msg(memcmp(p.out + (h * T + t) * D, clean + (h * T + t) * D, D * 4) == 0,
                                   "kernel %d tiles %d: head %zu row %d changed", kern, ti, h, t);
-            free(clean);
+            mem_free(clean);
             problem_free(&p);
         }
 }
@@ -312,7 +289,7 @@ START_TEST(test_memory_stays_linear)
         Problem p = problem_new(1, 8, 8, T, T, 64, 1, 1500);
         size_t before = mem_current_bytes();
         mem_reset_peak();
-        ck_assert_int_eq(run(2, (FlashTiles){0, 0}, &p), 0);
+        ck_assert_int_eq(run(2, DEFAULT_TILES, &p), 0);
         alloc[i] = mem_peak_bytes() - before;
         ck_assert_uint_eq(mem_current_bytes(), before);
         /* K and V packed once (their own size) plus at most 1 MiB of tiles for the threads */
@@ -350,9 +327,9 @@ START_TEST(test_fp16_yardstick)
 #endif
     Problem p = problem_new(1, 4, 2, 37, 70, 64, 1, 91);
     const size_t n = n_q(&p.s);
-    const AttnDims d = {1, 4, 2, 37, 70, 64, 1, p.s.scale};
-    double *truth = malloc(n * sizeof(double));
-    float *ref = malloc(n * sizeof(float)), *naive = malloc(n * sizeof(float));
+    const AttnDims d = {.B = 1, .H = 4, .Hkv = 2, .T = 37, .S = 70, .D = 64, .causal = 1, .scale = p.s.scale};
+    double *truth = mem_alloc_or_die(n * sizeof(double), "float64 attention (B, H, T, D)");
+    float *ref = floats(n), *naive = floats(n);
     attention_f64(1, 4, 2, 37, 70, 64, 1, p.s.scale, p.q, p.k, p.v, truth);
     for (size_t i = 0; i < n; i++)
         ref[i] = (float)truth[i];
@@ -364,7 +341,7 @@ START_TEST(test_fp16_yardstick)
     memcpy(p.out, ref, n * sizeof(float));
     p.out[n / 2] += (float)(3 * c.err_naive);
     ck_assert(!attn_check_fp16(p.out, ref, naive, n).ok);
-    free(truth), free(ref), free(naive);
+    mem_free(truth), mem_free(ref), mem_free(naive);
     problem_free(&p);
 }
 END_TEST
@@ -372,225 +349,22 @@ END_TEST
 START_TEST(test_bad_shapes_and_tiles)
 {
     Problem p = problem_new(1, 2, 1, 4, 4, 257, 0, 1600);
-    ck_assert_int_eq(run(1, (FlashTiles){0, 0}, &p), -1);
+    ck_assert_int_eq(run(1, DEFAULT_TILES, &p), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "D = 257 is not supported"));
-    ck_assert_int_eq(run(2, (FlashTiles){0, 0}, &p), -1);
+    ck_assert_int_eq(run(2, DEFAULT_TILES, &p), -1);
     problem_free(&p);
     Problem g = problem_new(1, 8, 3, 4, 4, 8, 0, 1601);
-    ck_assert_int_eq(run(2, (FlashTiles){0, 0}, &g), -1);
+    ck_assert_int_eq(run(2, DEFAULT_TILES, &g), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "not a multiple"));
     problem_free(&g);
     Problem t = problem_new(1, 2, 2, 4, 4, 8, 0, 1602);
-    ck_assert_int_eq(run(2, (FlashTiles){8, 20}, &t), -1);
+    ck_assert_int_eq(run(2, (FlashTiles){.Br = 8, .Bc = 20}, &t), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "multiple of 16"));
-    ck_assert_int_eq(run(1, (FlashTiles){5, 0}, &t), -1);
+    ck_assert_int_eq(run(1, (FlashTiles){.Br = 5, .Bc = 0}, &t), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "out of range"));
     ck_assert_int_eq(flash_attention_cpu(3, &t.s, t.q, t.k, t.v, t.out, NULL), -1);
     ck_assert_ptr_nonnull(strstr(error_message(), "kernels 1..2"));
     problem_free(&t);
-}
-END_TEST
-
-/* ==== the program ================================================================================= */
-
-static char tmp[4096];
-static void tmp_setup(void) { temp_dir_create(tmp, sizeof tmp); }
-static void tmp_teardown(void) { temp_dir_remove(tmp); }
-
-START_TEST(test_attn_command_matches_float64)
-{
-    const int shapes[][7] = {{2, 6, 2, 17, 29, 20, 1}, {1, 9, 3, 31, 13, 7, 1}, {1, 4, 1, 1, 77, 33, 1}, {1, 8, 4, 65, 63, 80, 0}};
-    char prog[4200], qp[4200], kp[4200], vp[4200], op[4200];
-    program_path(prog, sizeof prog, "03_flash");
-    snprintf(qp, sizeof qp, "%s/q.npy", tmp), snprintf(kp, sizeof kp, "%s/k.npy", tmp);
-    snprintf(vp, sizeof vp, "%s/v.npy", tmp), snprintf(op, sizeof op, "%s/o.npy", tmp);
-    for (int i = 0; i < 4; i++) {
-        const int *x = shapes[i];
-        for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-            Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 1700 + (uint64_t)i);
-            ck_assert_int_eq(npy_write(qp, NPY_F32, 4, (size_t[]){x[0], x[1], x[3], x[5]}, p.q), 0);
-            ck_assert_int_eq(npy_write(kp, NPY_F32, 4, (size_t[]){x[0], x[2], x[4], x[5]}, p.k), 0);
-            ck_assert_int_eq(npy_write(vp, NPY_F32, 4, (size_t[]){x[0], x[2], x[4], x[5]}, p.v), 0);
-            char kernel[8];
-            snprintf(kernel, sizeof kernel, "%d", kern);
-            const char *argv[] = {prog, "attn", "--q", qp, "--k", kp, "--v", vp, "--out", op, "--device", "cpu",
-                                  "--kernel", kernel, x[6] ? "--causal" : NULL, NULL};
-            ProcResult r;
-            ck_assert_int_eq(run_program(&r, argv), 0);
-            ck_assert_msg(r.status == 0, "attn failed (%d): %s", r.status, r.err);
-            Tensor o;
-            ck_assert_msg(npy_read_tensor(op, 4, &o) == 0, "%s", error_message());
-            double *expected = malloc(o.numel * sizeof(double));
-            attention_f64(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 1.0 / sqrt((double)x[5]), p.q, p.k, p.v, expected);
-            CompareResult c = compare_f32_f64("attn command", o.data, expected, o.numel, ATOL, RTOL, 5);
-            ck_assert_msg(c.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, c.n_bad);
-            free(expected);
-            tensor_free(&o);
-            problem_free(&p);
-        }
-    }
-    /* D above the chapter's limit is a one-line error */
-    float big[300];
-    fill_normal(big, 300, 1);
-    ck_assert_int_eq(npy_write(qp, NPY_F32, 4, (size_t[]){1, 1, 1, 300}, big), 0);
-    const char *argv[] = {prog, "attn", "--q", qp, "--k", qp, "--v", qp, "--out", op, "--device", "cpu", NULL};
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_int_eq(r.status, 1);
-    ck_assert_int_eq(count_lines(r.err), 1);
-    ck_assert_ptr_nonnull(strstr(r.err, "D = 300 is not supported"));
-}
-END_TEST
-
-START_TEST(test_help_and_verify)
-{
-    char prog[4200], line[256];
-    program_path(prog, sizeof prog, "03_flash");
-    const char *subs[] = {"--help", "attn", "verify", "bench"};
-    for (int i = 0; i < 4; i++) {
-        const char *argv[] = {prog, subs[i], i ? "--help" : NULL, NULL};
-        ProcResult r;
-        ck_assert_int_eq(run_program(&r, argv), 0);
-        ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 03_flash"), "%s --help: %s", subs[i], r.out);
-    }
-    /* under emulation the --smoke grid (lengths up to 17): the grid test above runs the kernels
-     * on lengths up to 257 there, this one checks the command */
-    const int small = testing_small();
-    const char *argv[] = {prog, "verify", small ? "--smoke" : "--quick", "--device", "cpu", NULL};
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
-    int passed = -1, failed = -1;
-    ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, small ? 40 : 200);
-    ck_assert_int_eq(failed, 0);
-}
-END_TEST
-
-/* ==== CUDA (only with a GPU) ====================================================================== */
-
-#if HAVE_CUDA
-/* Naive attention in fp16, FlashAttention's yardstick for the tc version: the harness's, shared
- * with `03_flash verify` (common/attn_harness.h). */
-static void naive_f16(const Problem *p, float *out)
-{
-    const GqaShape *s = &p->s;
-    const AttnDims d = {s->B, s->H, s->Hkv, s->T, s->S, s->D, s->causal, s->scale};
-    attn_naive_fp16(&d, p->q, p->k, p->v, out);
-}
-
-static const int CUDA_SHAPES[][7] = {{1, 2, 2, 1, 1, 32, 0},    {2, 6, 2, 17, 29, 64, 1},  {1, 4, 4, 65, 63, 80, 1},
-                                      {1, 8, 2, 129, 128, 128, 0}, {1, 2, 1, 6, 3, 32, 1},  {1, 8, 8, 257, 257, 64, 1},
-                                      {1, 4, 1, 100, 300, 256, 1}, {1, 3, 3, 40, 40, 20, 1}};
-
-START_TEST(test_cuda_kernels)
-{
-    for (int i = 0; i < (int)(sizeof CUDA_SHAPES / sizeof CUDA_SHAPES[0]); i++) {
-        const int *x = CUDA_SHAPES[i];
-        Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 1800 + (uint64_t)i);
-        size_t qb = n_q(&p.s) * 4, kb = n_kv(&p.s) * 4, lb = n_rows(&p.s) * 4;
-        float *ref = malloc(qb), *lse_ref = malloc(lb), *lo = malloc(qb), *gpu_lse = malloc(lb);
-        ck_assert_int_eq(flash_attention_fast(&p.s, flash_default_tiles(2), p.q, p.k, p.v, ref, lse_ref), 0);
-        naive_f16(&p, lo);
-        float *d_q = cuda_alloc(qb), *d_k = cuda_alloc(kb), *d_v = cuda_alloc(kb), *d_o = cuda_alloc(qb);
-        float *d_l = cuda_alloc(lb);
-        cuda_upload(d_q, p.q, qb), cuda_upload(d_k, p.k, kb), cuda_upload(d_v, p.v, kb);
-        for (int kern = 1; kern <= FLASH_CUDA_KERNELS; kern++) {
-            cuda_memset_nan(d_o, qb);
-            ck_assert_msg(flash_attention_cuda(kern, &p.s, d_q, d_k, d_v, d_o, d_l) == 0, "%s", error_message());
-            cuda_download(p.out, d_o, qb), cuda_download(gpu_lse, d_l, lb);
-            if (!flash_cuda_kernel_fp16(kern)) { /* fp32: fp32 tolerance, lse too */
-                ck_assert_msg(compare_f32("cuda fp32", p.out, ref, n_q(&p.s), ATOL, RTOL, 5).n_bad == 0, "kernel %d shape %d", kern, i);
-                ck_assert_msg(compare_f32("cuda lse", gpu_lse, lse_ref, n_rows(&p.s), ATOL, RTOL, 5).n_bad == 0, "kernel %d shape %d", kern, i);
-            } else { /* fp16: FlashAttention's rule, and NMSE (the rule verify applies) */
-                AttnFp16Check c = attn_check_fp16(p.out, ref, lo, n_q(&p.s));
-                ck_assert_msg(c.ok, "tc shape %d: error %g (2x naive fp16's: %g), NMSE %g (at most 5e-4)", i, c.err,
-                              c.err_naive, c.nmse);
-            }
-        }
-        cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o), cuda_free(d_l);
-        free(ref), free(lse_ref), free(lo), free(gpu_lse);
-        problem_free(&p);
-    }
-}
-END_TEST
-/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
- * float64 oracle, every CUDA version. */
-START_TEST(test_attn_command_on_the_gpu)
-{
-    char prog[4200], err[4096];
-    program_path(prog, sizeof prog, "03_flash");
-    const int shapes[][7] = {{2, 8, 2, 37, 70, 128, 1}, {1, 4, 1, 20, 50, 256, 1}, {1, 2, 2, 65, 3, 64, 0}}; /* B H Hkv T S D causal */
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        const int *x = shapes[si];
-        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
-        float *out = malloc(n * sizeof(float));
-        double *want = malloc(n * sizeof(double));
-        for (int kern = 1; kern <= FLASH_CUDA_KERNELS; kern++) {
-            const int status = testing_attn_command(prog, tmp, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
-                                                    700 + si, out, want, err, sizeof err);
-            ck_assert_msg(status == 0, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern, status, err);
-            if (!flash_cuda_kernel_fp16(kern)) {
-                ck_assert_msg(compare_f32_f64("attn --device cuda", out, want, n, ATOL, RTOL, 5).n_bad == 0,
-                              "shape %zu kernel %d", si, kern);
-                continue;
-            }
-            /* tc: FlashAttention's rule against the oracle, with the harness's naive fp16 run */
-            float *ref = malloc(n * sizeof(float)), *naive = malloc(n * sizeof(float));
-            Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 0);
-            fill_normal(p.q, n_q(&p.s), 700 + si), fill_normal(p.k, n_kv(&p.s), 701 + si);
-            fill_normal(p.v, n_kv(&p.s), 702 + si);
-            const AttnDims d = {x[0], x[1], x[2], x[3], x[4], x[5], x[6], p.s.scale};
-            attn_naive_fp16(&d, p.q, p.k, p.v, naive);
-            for (size_t i = 0; i < n; i++)
-                ref[i] = (float)want[i];
-            AttnFp16Check c = attn_check_fp16(out, ref, naive, n);
-            ck_assert_msg(c.ok, "shape %zu tc: error %g (2x naive fp16's %g), NMSE %g", si, c.err, c.err_naive, c.nmse);
-            problem_free(&p), free(ref), free(naive);
-        }
-        free(out), free(want);
-    }
-}
-END_TEST
-
-#endif
-
-/* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
-
-#define ATTN03 "03_flash", "attn"
-#define GOOD_QKV "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy"
-static const HostileCase hostile_cases[] = {
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/missing.npy", "--out", "@/out.npy"},
-     .expect = "missing.npy"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/fifo", "--out", "@/out.npy"},
-     .expect = "not a regular file"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/adir", "--out", "@/out.npy"},
-     .expect = "is a folder"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/empty.npy", "--out", "@/out.npy"},
-     .expect = "empty.npy"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/2d.npy", "--out", "@/out.npy"},
-     .expect = "2d.npy"},
-    {.argv = {ATTN03, "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "overflow"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--scale", "1e38", "--causal"}, .expect = "overflow"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--scale", "inf"}, .expect = "--scale"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out"}, .expect = "is a folder"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "/dev/full"}, .expect = "/dev/full"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--kernel", "x"}, .expect = "--kernel"},
-    {.argv = {ATTN03, GOOD_QKV, "--out"}, .expect = "--out"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--causal=yes"}, .expect = "--causal"},
-    {.argv = {"03_flash", "bench", "--out", "@/fifo", "--max-t", "256", "--repeats", "1"}, .expect = "FIFO"},
-    {.argv = {"03_flash", "bench", "--out", "@/out", "--max-t", "256", "--repeats", "1"}, .expect = "is a folder"},
-    {.argv = {"03_flash", "bench", "--max-t", "0"}, .expect = "--max-t"},
-    {.argv = {"03_flash", "verify", "--kernel", "12"}, .expect = "--kernel"},
-};
-
-START_TEST(test_hostile_inputs)
-{
-    hostile_fixtures(tmp);
-    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
-    int failed = hostile_run(tmp, hostile_cases, n);
-    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
 }
 END_TEST
 
@@ -618,40 +392,8 @@ static Suite *flash_suite(void)
     tcase_add_test(tc, test_fp16_yardstick);
     suite_add_tcase(s, tc);
 
-    tc = tcase_create("program");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
-    tcase_add_test(tc, test_attn_command_matches_float64);
-    tcase_add_test(tc, test_help_and_verify);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("hostile inputs");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
-    tcase_add_test(tc, test_hostile_inputs);
-    suite_add_tcase(s, tc);
-
-    if (testing_cuda_cases("03_flash")) { /* asked in a child process: this one must not start CUDA */
-#if HAVE_CUDA
-        tc = tcase_create("cuda");
-        tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, test_cuda_kernels);
-        tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
-        tcase_add_test(tc, test_attn_command_on_the_gpu);
-        suite_add_tcase(s, tc);
-#endif
-    }
+    flash_program_cases(s); /* test_flash_program.c: program, hostile inputs, cuda */
     return s;
 }
 
-int main(void)
-{
-    error_set_program("test_03_flash");
-    SRunner *sr = srunner_create(flash_suite());
-    testing_suite_start("test_03_flash");
-    srunner_run_all(sr, CK_NORMAL);
-    testing_suite_end();
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return testing_main("test_03_flash", flash_suite()); }

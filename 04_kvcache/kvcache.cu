@@ -1,6 +1,6 @@
 /*
- * kvcache.cu: chapter 04 on the GPU -- decode attention split over the sequence, and the whole
- * Llama-style model generating on the GPU with an fp32 KV cache.
+ * kvcache.cu: chapter 04 on the GPU -- decode attention split over the sequence, an fp32 KV
+ * cache in device memory, and generation through it with the whole model on the GPU.
  *
  * What it teaches: one decode query per head is too little work for a GPU unless the sequence
  * is split: each thread block takes a (sequence, kv head, part) task, runs the online softmax
@@ -10,9 +10,12 @@
  *   decode v1 split: a block of 4 warps per task; a warp scores one key at a time for all G
  *      query rows (lanes split the head dim, shuffles reduce), the softmax of a 128-key chunk
  *      runs a warp per row, and threads own (row, dim) pairs to accumulate P V. Then the reduce.
- * The model forward: cuBLAS for every matrix product (chapter 01's mha_linear_cuda), small
- * kernels for embedding, RMSNorm, RoPE, the cache write, SwiGLU and the residual adds; prefill
- * attention gathers the cache and runs chapter 03's fa2 kernel, decode runs the kernel above.
+ *
+ * Generation: the model's forward is common/model_cuda.cu (cuBLAS products, small kernels for
+ * embedding, RMSNorm, RoPE, SwiGLU, residual adds); its attention step is this file's: the new
+ * K/V rows written into the cache, then the decode kernel above (one token) or, for a prefill,
+ * the cache's first positions gathered and run through chapter 03's fa2 kernel. The loop around
+ * it is the CPU's (generate.c).
  *
  * Run: build/bin/04_kvcache generate --device cuda; build/bin/04_kvcache bench --device cuda.
  */
@@ -26,8 +29,7 @@
 #include "common/cuda_utils.h"
 #include "common/cuda_workspace.h"
 #include "common/error.h"
-#include "common/tensor.h"
-#include "common/timer.h"
+#include "common/model_cuda.h"
 
 /* ==== decode attention, split over the sequence ===================================================== */
 
@@ -179,128 +181,27 @@ extern "C" int kvcache_decode_cuda(int kernel, const float *d_k, const float *d_
     return 0;
 }
 
-/* ==== the model forward on the GPU ================================================================== */
+/* ==== the cache on the GPU ============================================================================= */
 
-__global__ void kv_embed(const float *emb, const int *tokens, float *x, int n, int dim)
+/* rows (n, Hkv * D) -> cache (Hkv, max_seq, D) at positions pos0.. */
+__global__ void kv_cache_write(const float *rows, float *cache, int n, int Hkv, int D, int max_seq, int pos0)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (size_t)n * dim)
-        x[i] = emb[(size_t)tokens[i / dim] * dim + i % dim];
-}
-
-/* a block per row: o = x / sqrt(mean(x^2) + 1e-5) * w */
-__global__ void kv_rmsnorm(float *o, const float *x, const float *w, int dim)
-{
-    __shared__ float red[32];
-    const float *xr = x + (size_t)blockIdx.x * dim;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        ss += xr[i] * xr[i];
-    for (int off = 16; off > 0; off /= 2)
-        ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (threadIdx.x % 32 == 0)
-        red[threadIdx.x / 32] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        ss = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
-        for (int off = 16; off > 0; off /= 2)
-            ss += __shfl_xor_sync(0xffffffffu, ss, off);
-        if (threadIdx.x == 0)
-            red[0] = 1.0f / sqrtf(ss / dim + 1e-5f);
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < dim; i += blockDim.x)
-        o[(size_t)blockIdx.x * dim + i] = w[i] * (red[0] * xr[i]);
-}
-
-/* RoPE on (n, heads * hs), row r at position pos0 + r: a thread per (row, head, pair) */
-__global__ void kv_rope(float *x, int n, int heads, int hs, int pos0)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int pairs = hs / 2;
-    if (i >= (size_t)n * heads * pairs)
+    if (i >= (size_t)n * Hkv * D)
         return;
-    const int p = (int)(i % pairs), r = (int)(i / ((size_t)heads * pairs));
-    float *v = x + (i / pairs) * hs + 2 * p;
-    const float freq = 1.0f / powf(10000.0f, (float)(2 * p) / (float)hs);
-    const float val = (float)(pos0 + r) * freq, fcr = cosf(val), fci = sinf(val);
-    const float v0 = v[0], v1 = v[1];
-    v[0] = v0 * fcr - v1 * fci;
-    v[1] = v0 * fci + v1 * fcr;
+    const int d = (int)(i % D), h = (int)((i / D) % Hkv), r = (int)(i / ((size_t)D * Hkv));
+    cache[((size_t)h * max_seq + pos0 + r) * D + d] = rows[i];
 }
 
-/* rows (n, Hkv * hs) -> cache (Hkv, max_seq, hs) at positions pos0.. */
-__global__ void kv_cache_write(const float *rows, float *cache, int n, int Hkv, int hs, int max_seq, int pos0)
+/* cache (Hkv, max_seq, D), first S positions -> (Hkv, S, D) */
+__global__ void kv_cache_gather(const float *cache, float *out, int Hkv, int S, int D, int max_seq)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)n * Hkv * hs)
+    if (i >= (size_t)Hkv * S * D)
         return;
-    const int d = (int)(i % hs), h = (int)((i / hs) % Hkv), r = (int)(i / ((size_t)hs * Hkv));
-    cache[((size_t)h * max_seq + pos0 + r) * hs + d] = rows[i];
+    const size_t h = i / ((size_t)S * D), rest = i % ((size_t)S * D);
+    out[i] = cache[h * max_seq * D + rest];
 }
-
-/* cache (Hkv, max_seq, hs), first S positions -> (Hkv, S, hs) */
-__global__ void kv_cache_gather(const float *cache, float *out, int Hkv, int S, int hs, int max_seq)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)Hkv * S * hs)
-        return;
-    const size_t h = i / ((size_t)S * hs), rest = i % ((size_t)S * hs);
-    out[i] = cache[h * max_seq * hs + rest];
-}
-
-__global__ void kv_add(float *x, const float *y, size_t n)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        x[i] += y[i];
-}
-
-__global__ void kv_swiglu(float *h, const float *g, size_t n)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        const float val = h[i] * (1.0f / (1.0f + expf(-h[i])));
-        h[i] = val * g[i];
-    }
-}
-
-/* The pieces of the forward, as host calls, for chapter 06's batched forward on the GPU. */
-extern "C" void kvcache_cuda_embed(const float *d_emb, const int *d_tokens, float *d_x, int n, int dim)
-{
-    kv_embed<<<cuda_blocks((size_t)n * dim, 256), 256>>>(d_emb, d_tokens, d_x, n, dim);
-    CUDA_CHECK(cudaGetLastError());
-}
-
-extern "C" void kvcache_cuda_rmsnorm(float *d_o, const float *d_x, const float *d_w, int rows, int dim)
-{
-    kv_rmsnorm<<<rows, 256>>>(d_o, d_x, d_w, dim);
-    CUDA_CHECK(cudaGetLastError());
-}
-
-extern "C" void kvcache_cuda_add(float *d_x, const float *d_y, size_t n)
-{
-    kv_add<<<cuda_blocks(n, 256), 256>>>(d_x, d_y, n);
-    CUDA_CHECK(cudaGetLastError());
-}
-
-extern "C" void kvcache_cuda_swiglu(float *d_h, const float *d_g, size_t n)
-{
-    kv_swiglu<<<cuda_blocks(n, 256), 256>>>(d_h, d_g, n);
-    CUDA_CHECK(cudaGetLastError());
-}
-
-/* Device copies of the weights and the buffers of one forward of up to `cap` tokens. */
-typedef struct {
-    const Model *m;
-    float *data;                 /* the weights, same offsets as m->data */
-    float *kc, *vc;              /* (L, Hkv, max_seq, hs) */
-    int max_seq, cap;
-    float *x, *xb, *q, *k, *v, *qh, *oh, *att, *h1, *h3, *logits, *gk, *gv;
-    int *tokens, *lens;
-} GpuModel;
-
-static float *dev_ptr(const GpuModel *g, const float *host) { return g->data + (host - g->m->data); }
 
 #define LAUNCH1D(kernel, n, ...)                                                                                      \
     do {                                                                                                               \
@@ -308,54 +209,86 @@ static float *dev_ptr(const GpuModel *g, const float *host) { return g->data + (
         CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 
-static int gpu_forward(GpuModel *g, const int *tokens, int n, int pos0, float *h_logits)
+/* One sequence's fp32 cache on the GPU, and the scratch of its attention step. */
+typedef struct {
+    int H, Hkv, D, max_seq;
+    int pos0;       /* where the rows of the forward under way go */
+    float *k, *v;   /* (L, Hkv, max_seq, D) */
+    float *gk, *gv; /* (Hkv, max_seq, D) a layer's first positions, contiguous, for chapter 03 */
+    float *qh, *oh; /* (H, cap, D) a prefill's queries and outputs, by head */
+    int *lens;      /* (1) the decode length, on the device */
+} GpuCache;
+
+static void gpu_cache_free(GpuCache *c)
 {
-    const ModelConfig *c = &g->m->c;
-    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hs = model_head_size(c), hid = c->hidden_dim;
-    const int qd = H * hs, kvd = Hkv * hs, S = pos0 + n;
-    const ModelWeights *w = &g->m->w;
-    cuda_upload(g->tokens, tokens, (size_t)n * sizeof(int));
-    LAUNCH1D(kv_embed, (size_t)n * dim, dev_ptr(g, w->token_embedding), g->tokens, g->x, n, dim);
-    for (int l = 0; l < c->n_layers; l++) {
-        float *kc = g->kc + (size_t)l * Hkv * g->max_seq * hs, *vc = g->vc + (size_t)l * Hkv * g->max_seq * hs;
-        kv_rmsnorm<<<n, 256>>>(g->xb, g->x, dev_ptr(g, w->rms_att + (size_t)l * dim), dim);
-        CUDA_CHECK(cudaGetLastError());
-        mha_linear_cuda(g->q, g->xb, dev_ptr(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
-        mha_linear_cuda(g->k, g->xb, dev_ptr(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
-        mha_linear_cuda(g->v, g->xb, dev_ptr(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
-        LAUNCH1D(kv_rope, (size_t)n * H * (hs / 2), g->q, n, H, hs, pos0);
-        LAUNCH1D(kv_rope, (size_t)n * Hkv * (hs / 2), g->k, n, Hkv, hs, pos0);
-        LAUNCH1D(kv_cache_write, (size_t)n * kvd, g->k, kc, n, Hkv, hs, g->max_seq, pos0);
-        LAUNCH1D(kv_cache_write, (size_t)n * kvd, g->v, vc, n, Hkv, hs, g->max_seq, pos0);
-        if (n == 1) { /* decode: (1, H, hs) is already the token-major row */
-            const int len = S;
-            cuda_upload(g->lens, &len, sizeof(int));
-            if (kvcache_decode_cuda(1, kc, vc, 1, H, Hkv, g->max_seq, hs, g->q, g->lens, S, g->att) != 0)
-                return -1;
-        } else { /* prefill: the cache's first S positions, contiguous, through chapter 03 */
-            LAUNCH1D(kv_cache_gather, (size_t)Hkv * S * hs, kc, g->gk, Hkv, S, hs, g->max_seq);
-            LAUNCH1D(kv_cache_gather, (size_t)Hkv * S * hs, vc, g->gv, Hkv, S, hs, g->max_seq);
-            mha_heads_cuda(g->q, g->qh, 1, n, H, hs, 1);
-            GqaShape s = {1, H, Hkv, n, S, hs, 1, 1.0f / sqrtf((float)hs)};
-            if (flash_attention_cuda(2, &s, g->qh, g->gk, g->gv, g->oh, NULL) != 0)
-                return -1;
-            mha_heads_cuda(g->oh, g->att, 1, n, H, hs, 0);
-        }
-        mha_linear_cuda(g->xb, g->att, dev_ptr(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
-        LAUNCH1D(kv_add, (size_t)n * dim, g->x, g->xb, (size_t)n * dim);
-        kv_rmsnorm<<<n, 256>>>(g->xb, g->x, dev_ptr(g, w->rms_ffn + (size_t)l * dim), dim);
-        CUDA_CHECK(cudaGetLastError());
-        mha_linear_cuda(g->h1, g->xb, dev_ptr(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
-        mha_linear_cuda(g->h3, g->xb, dev_ptr(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
-        LAUNCH1D(kv_swiglu, (size_t)n * hid, g->h1, g->h3, (size_t)n * hid);
-        mha_linear_cuda(g->xb, g->h1, dev_ptr(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
-        LAUNCH1D(kv_add, (size_t)n * dim, g->x, g->xb, (size_t)n * dim);
+    float *bufs[] = {c->k, c->v, c->gk, c->gv, c->qh, c->oh};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        cuda_free(bufs[i]);
+    cuda_free(c->lens);
+    memset(c, 0, sizeof *c);
+}
+
+/* 0, or -1 with an error naming what did not fit (nothing left allocated) */
+static int gpu_cache_create(GpuCache *c, const ModelConfig *mc, int max_seq, int cap)
+{
+    memset(c, 0, sizeof *c);
+    c->H = mc->n_heads, c->Hkv = mc->n_kv_heads, c->D = model_head_size(mc), c->max_seq = max_seq;
+    const size_t layer = (size_t)c->Hkv * max_seq * c->D, heads = (size_t)c->H * cap * c->D;
+    float **bufs[] = {&c->k, &c->v, &c->gk, &c->gv, &c->qh, &c->oh};
+    const size_t floats[] = {(size_t)mc->n_layers * layer, (size_t)mc->n_layers * layer, layer, layer, heads, heads};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof floats / sizeof floats[0] && rc == 0; i++)
+        if (!(*bufs[i] = (float *)cuda_try_alloc(floats[i] * sizeof(float), "the KV cache and its scratch")))
+            rc = -1;
+    if (rc == 0 && !(c->lens = (int *)cuda_try_alloc(sizeof(int), "lens")))
+        rc = -1;
+    if (rc != 0)
+        gpu_cache_free(c);
+    return rc;
+}
+
+/* The model's attention step (a ModelAttention on device pointers): q (n, H*D), k and v
+ * (n, Hkv*D) of the rows at positions pos0 .. pos0+n-1 -> att (n, H*D). */
+static int gpu_cache_attention(void *ctx, int layer, int n, const float *q, const float *k, const float *v,
+                               float *att)
+{
+    GpuCache *c = (GpuCache *)ctx;
+    const int H = c->H, Hkv = c->Hkv, D = c->D, S = c->pos0 + n;
+    float *kc = c->k + (size_t)layer * Hkv * c->max_seq * D, *vc = c->v + (size_t)layer * Hkv * c->max_seq * D;
+    LAUNCH1D(kv_cache_write, (size_t)n * Hkv * D, k, kc, n, Hkv, D, c->max_seq, c->pos0);
+    LAUNCH1D(kv_cache_write, (size_t)n * Hkv * D, v, vc, n, Hkv, D, c->max_seq, c->pos0);
+    if (n == 1) { /* decode: (1, H, D) is already the token-major row */
+        cuda_upload(c->lens, &S, sizeof(int));
+        return kvcache_decode_cuda(1, kc, vc, 1, H, Hkv, c->max_seq, D, q, c->lens, S, att);
     }
-    float *last = g->x + (size_t)(n - 1) * dim;
-    kv_rmsnorm<<<1, 256>>>(g->xb, last, dev_ptr(g, w->rms_final), dim);
-    CUDA_CHECK(cudaGetLastError());
-    mha_linear_cuda(g->logits, g->xb, dev_ptr(g, w->wcls), 1, c->vocab_size, dim);
-    cuda_download(h_logits, g->logits, (size_t)c->vocab_size * sizeof(float));
+    /* prefill: the cache's first S positions, contiguous, through chapter 03 */
+    LAUNCH1D(kv_cache_gather, (size_t)Hkv * S * D, kc, c->gk, Hkv, S, D, c->max_seq);
+    LAUNCH1D(kv_cache_gather, (size_t)Hkv * S * D, vc, c->gv, Hkv, S, D, c->max_seq);
+    mha_heads_cuda(q, c->qh, 1, n, H, D, 1);
+    const GqaShape s = {.B = 1, .H = H, .Hkv = Hkv, .T = n, .S = S, .D = D, .causal = 1,
+                        .scale = 1.0f / sqrtf((float)D)};
+    if (flash_attention_cuda(2, &s, c->qh, c->gk, c->gv, c->oh, NULL) != 0)
+        return -1;
+    mha_heads_cuda(c->oh, att, 1, n, H, D, 0);
+    return 0;
+}
+
+/* ==== generation on the GPU ============================================================================ */
+
+typedef struct {
+    ModelCuda *g;
+    GpuCache *c;
+} GpuForward;
+
+/* The GPU's forward for the generation loop; without a cache, the whole sequence runs again from
+ * position 0 through the same buffers. */
+static int gpu_forward(void *ctx, const int *tokens, int n, int pos0, float *logits)
+{
+    GpuForward *f = (GpuForward *)ctx;
+    f->c->pos0 = pos0;
+    if (model_cuda_forward(f->g, tokens, n, pos0, gpu_cache_attention, f->c, logits) != 0)
+        return -1;
+    cuda_sync();
     return 0;
 }
 
@@ -367,71 +300,20 @@ extern "C" int kvcache_generate_cuda(const Model *m, const int *prompt, int n_pr
     if (o->use_cache && o->dtype != KV_F32)
         return error_set("--kv-dtype %s: the GPU path keeps an fp32 cache only (use --device cpu)",
                          kv_dtype_name(o->dtype));
-    const ModelConfig *c = &m->c;
-    const int hs = model_head_size(c), total = n_prompt + o->max_new;
+    const int total = n_prompt + o->max_new;
+    /* rows per forward: a prefill chunk, or the whole sequence */
     const int cap = o->use_cache && o->prefill_chunk > 0 ? (o->prefill_chunk < total ? o->prefill_chunk : total) : total;
-    const size_t kv = (size_t)c->n_layers * c->n_kv_heads * total * hs;
-    GpuModel g;
-    memset(&g, 0, sizeof g);
-    g.m = m, g.max_seq = total, g.cap = cap;
-    g.data = (float *)cuda_try_alloc(m->n_floats * sizeof(float), "model weights");
-    if (!g.data)
+    ModelCuda g;
+    GpuCache c;
+    if (model_cuda_create(&g, m, cap) != 0)
         return -1;
-    cuda_upload(g.data, m->data, m->n_floats * sizeof(float));
-    const size_t nd = (size_t)cap * c->dim, nkv = (size_t)cap * c->n_kv_heads * hs, nh = (size_t)cap * c->hidden_dim;
-    const size_t gathered = (size_t)c->n_kv_heads * total * hs;
-    float **bufs[] = {&g.kc, &g.vc, &g.x, &g.xb, &g.q, &g.k, &g.v, &g.qh, &g.oh, &g.att, &g.h1, &g.h3, &g.logits,
-                      &g.gk, &g.gv};
-    const size_t sizes[] = {kv, kv, nd, nd, nd, nkv, nkv, nd, nd, nd, nh, nh, (size_t)c->vocab_size, gathered,
-                            gathered};
-    int rc = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0] && rc == 0; i++)
-        if (!(*bufs[i] = (float *)cuda_try_alloc(sizes[i] * sizeof(float), "forward buffers")))
-            rc = -1;
-    g.tokens = rc == 0 ? (int *)cuda_try_alloc((size_t)total * sizeof(int), "tokens") : NULL;
-    g.lens = g.tokens ? (int *)cuda_try_alloc(sizeof(int), "lens") : NULL;
-    if (!g.lens)
-        rc = -1;
-    int *tokens = (int *)mem_alloc((size_t)total * sizeof(int), "tokens");
-    float *logits = (float *)mem_alloc((size_t)c->vocab_size * sizeof(float), "logits");
-    if (!tokens || !logits)
-        rc = -1;
-    Rng rng;
-    model_rng_seed(&rng, o->seed);
-    if (rc == 0)
-        memcpy(tokens, prompt, (size_t)n_prompt * sizeof(int));
-    for (int step = 0; step < o->max_new && rc == 0; step++) {
-        const double t0 = timer_now();
-        const int n = n_prompt + step;
-        if (!o->use_cache) { /* recompute the whole sequence: the cache buffers serve one forward */
-            for (int p = 0; p < n && rc == 0; p += cap)
-                rc = gpu_forward(&g, tokens + p, p + cap < n ? cap : n - p, p, logits);
-        } else if (step > 0) {
-            rc = gpu_forward(&g, tokens + n - 1, 1, n - 1, logits);
-        } else {
-            for (int p = 0; p < n_prompt && rc == 0; p += cap)
-                rc = gpu_forward(&g, tokens + p, p + cap < n_prompt ? cap : n_prompt - p, p, logits);
-        }
-        if (rc != 0)
-            break;
-        cuda_sync();
-        const int next = model_sample(logits, c->vocab_size, o->temperature, &rng);
-        if (next < 0) { /* the logits overflowed (error recorded) */
-            rc = -1;
-            break;
-        }
-        out[step] = tokens[n] = next;
-        if (step_s)
-            step_s[step] = timer_now() - t0;
-        if (o->stop_at_bos_eos && (out[step] == 1 || out[step] == 2)) { /* BOS or EOS: the text is over */
-            for (int i = step; i < o->max_new; i++)
-                out[i] = -1;
-            break;
-        }
+    if (gpu_cache_create(&c, &m->c, total, cap) != 0) {
+        model_cuda_free(&g);
+        return -1;
     }
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-        cuda_free(*bufs[i]);
-    cuda_free(g.tokens), cuda_free(g.lens), cuda_free(g.data);
-    mem_free(tokens), mem_free(logits);
+    GpuForward f = {.g = &g, .c = &c};
+    const int rc = kvcache_generate_loop(&m->c, gpu_forward, &f, prompt, n_prompt, o, out, step_s);
+    gpu_cache_free(&c);
+    model_cuda_free(&g);
     return rc;
 }

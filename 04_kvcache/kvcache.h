@@ -4,8 +4,8 @@
  * A decoder predicts token t+1 from tokens 0..t. Without a cache, every step recomputes every
  * earlier token's keys and values, whose results never change: the work per step grows with the
  * position. With a cache, each token's K and V (after RoPE) are computed once and stored, per
- * layer, as [batch, n_kv_heads, max_seq, head_dim]; a step computes one new row and attends one
- * query against the stored ones. The cache costs 2 * layers * kv_heads * head_dim * bytes per
+ * layer, as [batch, n_kv_heads, max_seq, D]; a step computes one new row and attends one
+ * query against the stored ones. The cache costs 2 * layers * kv_heads * D * bytes per
  * token of memory, which is why it is also stored in fp16 or int8 (one scale per token per kv
  * head) here.
  *
@@ -15,9 +15,14 @@
  *   CPU  1  ref:   per query head, plain loops over the cache (dequantised element by element)
  *   CPU  2  split: per (sequence, kv head, part of the sequence) task, the G query heads of the
  *                  group read each key and value row once (a 6x16 micro-kernel or dot/axpy paths
- *                  of common/matmul), an online softmax over chunks of 256 keys, and the parts
+ *                  of common/matmul), an online softmax over chunks of 512 keys, and the parts
  *                  merged with their log-sum-exp (chapter 03's flash_merge); OpenMP over tasks
  *   CUDA 1  split: the same split over the sequence, a block per task, then a reduce kernel
+ *
+ * The files: kvcache.c the cache and its quantisation; decode.c decode attention through it;
+ * generate.c the model (common/model.c) through the cache and the generation loop; kvcache.cu
+ * the same on the GPU (the model there is common/model_cuda.cu); main.c the lesson, bench.c and
+ * generate_cmd.c the subcommands.
  */
 #ifndef KVCACHE_H
 #define KVCACHE_H
@@ -31,6 +36,8 @@
 extern "C" {
 #endif
 
+/* ---- the cache (kvcache.c) ------------------------------------------------------------------- */
+
 typedef enum { KV_F32 = 0, KV_F16 = 1, KV_INT8 = 2 } KvDtype;
 
 #define KV_DTYPE_CHOICES "f32|f16|int8"
@@ -40,17 +47,18 @@ size_t kv_dtype_bytes(KvDtype dt); /* 4, 2, 1 */
 
 typedef struct {
     KvDtype dtype;
-    int n_layers, batch, n_kv_heads, max_seq, head_dim;
+    int n_layers, batch, n_kv_heads, max_seq;
+    int D;                    /* the head dimension */
     void *k, *v;              /* (L, B, Hkv, max_seq, D) elements of dtype */
     float *k_scale, *v_scale; /* int8: (L, B, Hkv, max_seq), one scale per token per kv head */
     int *len;                 /* (B) tokens each sequence holds */
 } KvCache;
 
-/* Bytes per token of cache: 2 * layers * kv_heads * head_dim * bytes (+ 2 * layers * kv_heads
- * scales of 4 bytes for int8). */
-size_t kvcache_bytes_per_token(int n_layers, int n_kv_heads, int head_dim, KvDtype dt);
+/* Bytes per token of cache: 2 * layers * kv_heads * D * bytes (+ 2 * layers * kv_heads scales
+ * of 4 bytes for int8). */
+size_t kvcache_bytes_per_token(int n_layers, int n_kv_heads, int D, KvDtype dt);
 
-int kvcache_create(KvCache *c, int n_layers, int batch, int n_kv_heads, int max_seq, int head_dim, KvDtype dt);
+int kvcache_create(KvCache *c, int n_layers, int batch, int n_kv_heads, int max_seq, int D, KvDtype dt);
 void kvcache_free(KvCache *c);
 size_t kvcache_bytes(const KvCache *c); /* everything allocated */
 void kvcache_reset(KvCache *c);         /* every sequence back to length 0 */
@@ -62,10 +70,10 @@ void kvcache_write(KvCache *c, int layer, int b, int pos, int n, const float *k,
 /* Dequantised copy of positions [0, len) of sequence b: k_out, v_out (Hkv, len, D). */
 void kvcache_gather(const KvCache *c, int layer, int b, int len, float *k_out, float *v_out);
 
-/* ---- decode attention: one query for each of n_seq sequences. seqs[i] is the cache slot (batch
- * index) of sequence i (NULL: slot i); lens[i] its length; its query, at position lens[i] - 1,
- * attends its first lens[i] cached positions: q (n_seq, H, D) -> out (n_seq, H, D). H is a
- * multiple of the cache's Hkv; scores are scaled by `scale` (1/sqrt(D) in the model). */
+/* ---- decode attention (decode.c): one query for each of n_seq sequences. seqs[i] is the cache
+ * slot (batch index) of sequence i (NULL: slot i); lens[i] its length; its query, at position
+ * lens[i] - 1, attends its first lens[i] cached positions: q (n_seq, H, D) -> out (n_seq, H, D).
+ * H is a multiple of the cache's Hkv; scores are scaled by `scale` (1/sqrt(D) in the model). */
 #define KVCACHE_CPU_KERNELS 2
 int kvcache_decode_ref(const KvCache *c, int layer, int H, float scale, int n_seq, const int *seqs, const int *lens,
                        const float *q, float *out);
@@ -82,7 +90,7 @@ const char *kvcache_cpu_kernel_name(int kernel); /* "ref", "split" */
 int kvcache_attention(const KvCache *c, int layer, int H, int T, float scale, int causal, int n_seq, const int *seqs,
                       const int *lens, const float *q, int kernel, float *out);
 
-/* ---- the model through the cache (sequence b of the cache; CPU) -------------------------- */
+/* ---- the model through the cache (generate.c; sequence b of the cache; CPU) ------------------ */
 
 /* Runs tokens[0..n) at positions len[b] .. len[b]+n-1 of sequence b, storing their K/V, and
  * writes the logits (vocab) of the last one. Prefill when n > 1, a decode step when n = 1
@@ -108,6 +116,17 @@ typedef struct {
  * With stop_at_bos_eos, a sampled BOS or EOS ends the generation: it and the rest of out are -1. */
 int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out, double *step_s);
 
+/* One forward of a generation, on either device: tokens[0..n) at positions pos0 .. pos0+n-1 of
+ * the one sequence (without a cache: the whole sequence again, pos0 = 0); writes the logits
+ * (vocab) of the last token. 0, or -1 with an error recorded. */
+typedef int (*KvGenForward)(void *ctx, const int *tokens, int n, int pos0, float *logits);
+
+/* The generation loop of kvcache_generate and kvcache_generate_cuda: the prompt (whole or in
+ * chunks of o->prefill_chunk; with no cache, the whole sequence at every step), then a token
+ * per step sampled from the logits. The request must have passed kvcache_check_request. */
+int kvcache_generate_loop(const ModelConfig *c, KvGenForward forward, void *ctx, const int *prompt, int n_prompt,
+                          const GenOptions *o, int *out, double *step_s);
+
 /* prompt + max_new must fit seq_len; ids must be < vocab. -1 with the reason otherwise. */
 int kvcache_check_request(const ModelConfig *c, const int *prompt, int n_prompt, int max_new);
 
@@ -123,7 +142,7 @@ int kvcache_check_request(const ModelConfig *c, const int *prompt, int n_prompt,
 int kvcache_greedy_divergence(const Model *m, const int *prompt, int n_prompt, const int *a, const int *b, int n,
                               double *gap);
 
-/* ---- CUDA ------------------------------------------------------------------------------------ */
+/* ---- CUDA (kvcache.cu) ------------------------------------------------------------------------ */
 #if HAVE_CUDA
 #define KVCACHE_CUDA_KERNELS 1
 /* Decode attention on the GPU: d_k, d_v (B, Hkv, max_seq, D) fp32, d_q (B, H, D), d_lens (B)
@@ -132,15 +151,8 @@ int kvcache_decode_cuda(int kernel, const float *d_k, const float *d_v, int B, i
                         const float *d_q, const int *d_lens, int max_len, float *d_out);
 const char *kvcache_cuda_kernel_name(int kernel); /* "split" */
 
-/* Pieces of the forward on device buffers (chapter 06 builds its batched forward from them):
- * x (n, dim) = emb[tokens]; o (rows, dim) = rmsnorm(x) * w; x += y; h = silu(h) * g. */
-void kvcache_cuda_embed(const float *d_emb, const int *d_tokens, float *d_x, int n, int dim);
-void kvcache_cuda_rmsnorm(float *d_o, const float *d_x, const float *d_w, int rows, int dim);
-void kvcache_cuda_add(float *d_x, const float *d_y, size_t n);
-void kvcache_cuda_swiglu(float *d_h, const float *d_g, size_t n);
-
-/* Greedy or sampled generation with the whole model on the GPU (fp32 cache): the same
- * contract as kvcache_generate. */
+/* Greedy or sampled generation with the whole model on the GPU (common/model_cuda.h) through an
+ * fp32 cache on the GPU: the same contract as kvcache_generate. */
 int kvcache_generate_cuda(const Model *m, const int *prompt, int n_prompt, const GenOptions *o, int *out,
                           double *step_s);
 #endif
@@ -148,4 +160,5 @@ int kvcache_generate_cuda(const Model *m, const int *prompt, int n_prompt, const
 #ifdef __cplusplus
 }
 #endif
+
 #endif

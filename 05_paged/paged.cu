@@ -22,23 +22,24 @@
 #include <stdlib.h>
 
 #include "04_kvcache/kvcache.h"
+#include "common/causal.h"
 #include "common/cuda_utils.h"
 #include "common/cuda_workspace.h"
 #include "common/error.h"
 #include "common/rng.h"
+#include "common/tensor.h"
 
 #define PG_THREADS 128
 #define PG_WARPS (PG_THREADS / 32)
 #define PG_CHUNK 128      /* keys per step of the online softmax */
 #define PG_PART_KEYS 512  /* keys per partition in v2: shorter than the CPU's, a GPU wants many blocks */
 
-/* The key range query row `row` sees: [0, *end) of sequence *seq. */
+/* The key range query row `row` sees: [0, *end) of sequence *seq (common/causal.h's rule). */
 __device__ static void pg_row_range(const PagedCudaBatch b, int row, int causal, int *seq, int *end)
 {
-    const int i = b.row_seq[row], T = b.q_start[i + 1] - b.q_start[i], t = row - b.q_start[i], len = b.lens[i];
-    int e = causal ? len - T + t + 1 : len;
+    const int i = b.row_seq[row], T = b.q_start[i + 1] - b.q_start[i], t = row - b.q_start[i];
     *seq = i;
-    *end = e < 0 ? 0 : e;
+    *end = attn_visible_keys(t, T, b.lens[i], causal);
 }
 
 /* address of key/value row j of sequence i, kv head h, through the block table */
@@ -284,12 +285,17 @@ extern "C" int paged_attention_cuda_bhsd(int kernel, int B, int H, int Hkv, int 
 {
     const int per_seq = (S + bs - 1) / bs, n_blocks = B * per_seq > 0 ? B * per_seq : 1;
     const size_t Dz = (size_t)D, pool_floats = (size_t)Hkv * n_blocks * bs * Dz, rows = (size_t)B * T;
-    int *lens = (int *)malloc((size_t)B * sizeof(int)), *q_start = (int *)malloc((size_t)(B + 1) * sizeof(int));
-    int *row_seq = (int *)malloc(rows * sizeof(int) + 1);
+    int *lens = (int *)mem_alloc((size_t)B * sizeof(int), "lengths (B)");
+    int *q_start = (int *)mem_alloc((size_t)(B + 1) * sizeof(int), "query starts (B + 1)");
+    int *row_seq = (int *)mem_alloc(rows * sizeof(int), "sequence of each query row (B*T)");
+    if (!lens || !q_start || !row_seq) {
+        mem_free(lens), mem_free(q_start), mem_free(row_seq);
+        return -1;
+    }
     float *pk = (float *)cuda_alloc(pool_floats * sizeof(float)); /* (Hkv, n_blocks, bs, D) */
     float *pv = (float *)cuda_alloc(pool_floats * sizeof(float));
-    float *qr = (float *)cuda_alloc(rows * H * Dz * sizeof(float) + 1);
-    float *orow = (float *)cuda_alloc(rows * H * Dz * sizeof(float) + 1);
+    float *qr = (float *)cuda_alloc(rows * H * Dz * sizeof(float));   /* (B*T, H, D) */
+    float *orow = (float *)cuda_alloc(rows * H * Dz * sizeof(float)); /* (B*T, H, D) */
     cuda_memset_nan(pk, pool_floats * sizeof(float));
     cuda_memset_nan(pv, pool_floats * sizeof(float));
     for (int b = 0; b < B; b++) {
@@ -313,13 +319,14 @@ extern "C" int paged_attention_cuda_bhsd(int kernel, int B, int H, int Hkv, int 
                                     d_q + ((size_t)b * H + h) * T * Dz, Dz * sizeof(float), Dz * sizeof(float), (size_t)T,
                                     cudaMemcpyDeviceToDevice));
     int *d_tables = (int *)cuda_alloc((size_t)n_blocks * sizeof(int)), *d_lens = (int *)cuda_alloc((size_t)B * sizeof(int));
-    int *d_qs = (int *)cuda_alloc((size_t)(B + 1) * sizeof(int)), *d_rs = (int *)cuda_alloc(rows * sizeof(int) + 1);
+    int *d_qs = (int *)cuda_alloc((size_t)(B + 1) * sizeof(int)), *d_rs = (int *)cuda_alloc(rows * sizeof(int));
     cuda_upload(d_tables, h_perm, (size_t)n_blocks * sizeof(int));
     cuda_upload(d_lens, lens, (size_t)B * sizeof(int));
     cuda_upload(d_qs, q_start, (size_t)(B + 1) * sizeof(int));
     cuda_upload(d_rs, row_seq, rows * sizeof(int));
-    PagedCudaBatch batch = {pk, pv, n_blocks, Hkv, bs, D, d_tables, d_lens, d_qs, d_rs, B, per_seq > 0 ? per_seq : 1,
-                            (int)rows, S};
+    PagedCudaBatch batch = {.k = pk, .v = pv, .num_blocks = n_blocks, .Hkv = Hkv, .bs = bs, .D = D,
+                            .tables = d_tables, .lens = d_lens, .q_start = d_qs, .row_seq = d_rs, .n_seq = B,
+                            .max_blocks = per_seq > 0 ? per_seq : 1, .rows = (int)rows, .max_len = S};
     int rc = paged_attention_cuda(kernel, &batch, H, scale, causal, qr, orow);
     for (int b = 0; b < B && rc == 0 && T > 0; b++)
         for (int h = 0; h < H; h++)
@@ -329,7 +336,7 @@ extern "C" int paged_attention_cuda_bhsd(int kernel, int B, int H, int Hkv, int 
     cuda_sync();
     cuda_free(pk), cuda_free(pv), cuda_free(qr), cuda_free(orow);
     cuda_free(d_tables), cuda_free(d_lens), cuda_free(d_qs), cuda_free(d_rs);
-    free(lens), free(q_start), free(row_seq);
+    mem_free(lens), mem_free(q_start), mem_free(row_seq);
     return rc;
 }
 
@@ -364,8 +371,16 @@ extern "C" double paged_time_cuda(int kernel, int B, int H, int Hkv, int L, int 
     }
     pg_fill<<<1024, 256>>>(k, kv, 1u), pg_fill<<<1024, 256>>>(v, kv, 2u), pg_fill<<<64, 256>>>(q, (size_t)B * H * D, 3u);
     CUDA_CHECK(cudaGetLastError());
-    int *tables = (int *)malloc((size_t)n_blocks * sizeof(int)), *lens = (int *)malloc((size_t)B * sizeof(int));
-    int *qs = (int *)malloc((size_t)(B + 1) * sizeof(int)), *rs = (int *)malloc((size_t)B * sizeof(int));
+    int *tables = (int *)mem_alloc((size_t)n_blocks * sizeof(int), "block tables (B, L / bs)");
+    int *lens = (int *)mem_alloc((size_t)B * sizeof(int), "lengths (B)");
+    int *qs = (int *)mem_alloc((size_t)(B + 1) * sizeof(int), "query starts (B + 1)");
+    int *rs = (int *)mem_alloc((size_t)B * sizeof(int), "sequence of each query row (B)");
+    float *ms = (float *)mem_alloc((size_t)(repeats + 1) * sizeof(float), "times (repeats + 1)");
+    if (!tables || !lens || !qs || !rs || !ms) {
+        mem_free(tables), mem_free(lens), mem_free(qs), mem_free(rs), mem_free(ms);
+        cuda_free(k), cuda_free(v), cuda_free(q), cuda_free(o);
+        return -1.0;
+    }
     for (int i = 0; i < n_blocks; i++)
         tables[i] = i; /* in order: sequence b holds blocks b*per .. b*per+per-1 */
     if (shuffled) {
@@ -385,11 +400,12 @@ extern "C" double paged_time_cuda(int kernel, int B, int H, int Hkv, int L, int 
     int *d_qs = (int *)cuda_alloc((size_t)(B + 1) * sizeof(int)), *d_rs = (int *)cuda_alloc((size_t)B * sizeof(int));
     cuda_upload(d_t, tables, (size_t)n_blocks * sizeof(int)), cuda_upload(d_l, lens, (size_t)B * sizeof(int));
     cuda_upload(d_qs, qs, (size_t)(B + 1) * sizeof(int)), cuda_upload(d_rs, rs, (size_t)B * sizeof(int));
-    PagedCudaBatch batch = {k, v, n_blocks, Hkv, bs, D, d_t, d_l, d_qs, d_rs, B, per, B, L};
+    PagedCudaBatch batch = {.k = k, .v = v, .num_blocks = n_blocks, .Hkv = Hkv, .bs = bs, .D = D, .tables = d_t,
+                            .lens = d_l, .q_start = d_qs, .row_seq = d_rs, .n_seq = B, .max_blocks = per, .rows = B,
+                            .max_len = L};
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
-    float *ms = (float *)malloc((size_t)(repeats + 1) * sizeof(float));
     int rc = 0;
     for (int r = 0; r <= repeats && rc == 0; r++) { /* run 0 is the warm-up */
         CUDA_CHECK(cudaEventRecord(e0));
@@ -405,6 +421,6 @@ extern "C" double paged_time_cuda(int kernel, int B, int H, int Hkv, int L, int 
     CUDA_CHECK(cudaEventDestroy(e1));
     cuda_free(k), cuda_free(v), cuda_free(q), cuda_free(o);
     cuda_free(d_t), cuda_free(d_l), cuda_free(d_qs), cuda_free(d_rs);
-    free(tables), free(lens), free(qs), free(rs), free(ms);
+    mem_free(tables), mem_free(lens), mem_free(qs), mem_free(rs), mem_free(ms);
     return median;
 }

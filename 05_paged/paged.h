@@ -11,20 +11,26 @@
  * n samples of one prompt share the prompt's blocks) and copied on the first write to a shared,
  * partly filled block (copy-on-write).
  *
- *   pool     num_blocks blocks: K and V (L, Hkv, num_blocks, bs, D) fp32. One block id serves
- *            every layer and kv head; one (layer, kv head, block) is a contiguous (bs, D)
- *            matrix, and blocks with consecutive ids are adjacent, so a sequence whose blocks
- *            came out in order is one stream of memory, as in chapter 04. A stack of free ids
- *            (O(1) alloc and release); a reference count per block.
- *   table    per sequence: len tokens, table[0 .. ceil(len / bs)) physical ids.
- *   attention reads K and V through the table in place -- never a contiguous copy:
- *      CPU  1 ref:  per query row and head, plain loops over positions, row = table[j / bs], j % bs
- *      CPU  2 fast: tasks of (sequence, kv head, query tile, partition of the blocks); the G query
- *                   heads of a group (and a tile of query positions) score a chunk of blocks with
- *                   common/matmul, online softmax, P V summed over the blocks, partitions merged
- *                   with their log-sum-exp (chapter 03's flash_merge); OpenMP over the tasks
- *      CUDA 1 v1:   a thread block per (query row, head) walks the table over the whole sequence
- *      CUDA 2 v2:   a thread block per (query row, kv head, partition), then a reduce kernel
+ *   pool.c     the allocator. num_blocks blocks: K and V (L, Hkv, num_blocks, bs, D) fp32. One
+ *              block id serves every layer and kv head; one (layer, kv head, block) is a
+ *              contiguous (bs, D) matrix, and blocks with consecutive ids are adjacent, so a
+ *              sequence whose blocks came out in order is one stream of memory, as in chapter 04.
+ *              A stack of free ids (O(1) alloc and release); a reference count per block; per
+ *              sequence a table of ceil(len / bs) physical ids; paged_check, the invariants.
+ *   paged.c    attention through the tables on the CPU, reading K and V in place -- never a
+ *              contiguous copy:
+ *        1 ref:  per query row and head, plain loops over positions, row = table[j / bs], j % bs
+ *        2 fast: tasks of (sequence, kv head, query tile, partition of the blocks); the G query
+ *                heads of a group (and a tile of query positions) score a chunk of blocks with
+ *                common/matmul, online softmax, P V summed over the blocks, partitions merged
+ *                with their log-sum-exp (chapter 03's flash_merge); OpenMP over the tasks
+ *   paged.cu   the same on the GPU:
+ *        1 v1:   a thread block per (query row, head) walks the table over the whole sequence
+ *        2 v2:   a thread block per (query row, kv head, partition), then a reduce kernel
+ *   forward.c  the model through a paged cache: one forward step, and generation of n forked
+ *              samples of one prompt
+ *   waste.c    the lesson's measurements (waste.h): the memory contiguous reservations waste
+ *              against paging, and what fork saves
  */
 #ifndef PAGED_H
 #define PAGED_H
@@ -42,7 +48,7 @@ extern "C" {
 #define PAGED_EXHAUSTED (-2)
 
 typedef struct {
-    int n_layers, n_kv_heads, head_dim, block_size, num_blocks;
+    int n_layers, n_kv_heads, D, block_size, num_blocks; /* D: the head dimension */
     unsigned serial;  /* tags the tables this pool serves */
     float *k, *v;     /* (L, Hkv, num_blocks, bs, D) */
     int *ref;         /* (num_blocks) how many tables hold each block; 0 = free */
@@ -60,10 +66,10 @@ typedef struct {
     int *blocks;   /* (cap) logical block -> physical block */
 } PagedSeq;
 
-/* ---- the pool ------------------------------------------------------------------------------- */
+/* ---- the pool (pool.c) ---------------------------------------------------------------------- */
 
-/* num_blocks blocks of block_size tokens for a model of n_layers, n_kv_heads, head_dim. */
-int paged_pool_create(PagedPool *p, int n_layers, int n_kv_heads, int head_dim, int block_size, int num_blocks);
+/* num_blocks blocks of block_size tokens for a model of n_layers, n_kv_heads, head dimension D. */
+int paged_pool_create(PagedPool *p, int n_layers, int n_kv_heads, int D, int block_size, int num_blocks);
 void paged_pool_free(PagedPool *p);
 
 /* Reorders the free stack at random (seeded): blocks then come out in a shuffled order, which
@@ -83,7 +89,7 @@ int paged_block_release(PagedPool *p, int id);
 /* (bs, D) rows of K / V of block `id`, layer `layer`, kv head h. */
 static inline size_t paged_block_offset(const PagedPool *p, int id, int layer, int h)
 {
-    return (((size_t)layer * p->n_kv_heads + h) * p->num_blocks + id) * p->block_size * p->head_dim;
+    return (((size_t)layer * p->n_kv_heads + h) * p->num_blocks + id) * p->block_size * p->D;
 }
 static inline float *paged_k_block(const PagedPool *p, int id, int layer, int h)
 {
@@ -94,9 +100,12 @@ static inline float *paged_v_block(const PagedPool *p, int id, int layer, int h)
     return p->v + paged_block_offset(p, id, layer, h);
 }
 
-/* ---- sequences ------------------------------------------------------------------------------ */
+/* ---- sequences: block tables (pool.c) ------------------------------------------------------- */
 
 void paged_seq_init(PagedSeq *s);
+
+/* -1 (error recorded: "foreign block ids") when s holds blocks of another pool than p. */
+int paged_seq_check_pool(const PagedPool *p, const PagedSeq *s);
 
 /* Room for n more tokens: allocates blocks as the last one fills, first copying a shared, partly
  * filled last block (copy-on-write), then len += n. The caller writes the K/V of positions
@@ -130,7 +139,7 @@ void paged_gather(const PagedPool *p, const PagedSeq *s, int layer, int len, flo
  * every table has ceil(len / bs) valid ids. 0, or -1 naming the first broken one. */
 int paged_check(const PagedPool *p, PagedSeq *const *seqs, int n_seqs);
 
-/* ---- attention through the tables -----------------------------------------------------------
+/* ---- attention through the tables (paged.c) -------------------------------------------------
  * A batch of n_seq sequences: sequence i owns query rows q_start[i] .. q_start[i+1]-1 of
  * q (rows, H, D) -- token-major, as the model produces them -- and those T_i queries are its last
  * T_i positions (its K/V already written, len counting them). causal: query t sees positions
@@ -150,7 +159,7 @@ const char *paged_cpu_kernel_name(int kernel); /* "ref", "fast" */
  * output does not depend on its batch. */
 #define PAGED_PARTITION_KEYS 2048
 
-/* ---- the model through a paged cache (CPU) -------------------------------------------------- */
+/* ---- the model through a paged cache, on the CPU (forward.c) -------------------------------- */
 
 /* Runs tokens[0..n) of sequence s at positions s->len .. s->len+n-1: appends n slots (the pool
  * may run out: PAGED_EXHAUSTED, s unchanged), writes their K/V, attends with CPU kernel `kernel`,
@@ -184,7 +193,7 @@ typedef struct {
 int paged_generate(const Model *m, const int *prompt, int n_prompt, const PagedGenOptions *o, int *out,
                    PagedGenStats *stats);
 
-/* ---- CUDA ------------------------------------------------------------------------------------ */
+/* ---- CUDA (paged.cu) ------------------------------------------------------------------------- */
 #if HAVE_CUDA
 #define PAGED_CUDA_KERNELS 2
 /* The same batch contract on the GPU, decode and prefill rows alike, for one layer's blocks:

@@ -7,7 +7,8 @@
  * NaN in every slot no table points at change no output bit; fork then diverge gives each branch
  * bit for bit what an unforked run gives; the allocator keeps its invariants under 10^5 random
  * operations and returns the pool to full; misuse is detected. The attention kernels agree with
- * chapter 04 and a float64 oracle on batches of sequences of different lengths. Then the program.
+ * chapter 04 and a float64 oracle on batches of sequences of different lengths. The lesson's
+ * measurements (waste.c) give what small workloads give counted by hand. Then the program.
  */
 #include <check.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 
 #include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
+#include "05_paged/waste.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
@@ -27,6 +29,7 @@
 #include "common/rng.h"
 #include "common/tensor.h"
 #include "common/testing.h"
+#include "common/testing_main.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -234,12 +237,14 @@ START_TEST(test_forked_samples_equal_chapter04_seeds)
     int got[60], want[20];
     for (int i = 0; i < 2; i++) {
         const int bs = i ? 16 : 4;
-        PagedGenOptions o = {N, 0.9f, 42, K, bs, 0, 2, 5, 0};
+        const PagedGenOptions o = {.max_new = N, .temperature = 0.9f, .seed = 42, .n_samples = K, .block_size = bs,
+                                   .num_blocks = 0, .kernel = 2, .shuffle = 5, .stop_at_bos_eos = 0};
         PagedGenStats st;
         ck_assert_msg(paged_generate(&m, prompt, 10, &o, got, &st) == 0, "%s", error_message());
         ck_assert_int_eq(st.peak_blocks, paged_blocks_for_request(10, N, K, bs)); /* the estimate is exact */
         for (int k = 0; k < K; k++) {
-            GenOptions o4 = {N, 0.9f, 42 + (uint64_t)k, 1, KV_F32, 2, 0, 0};
+            const GenOptions o4 = {.max_new = N, .temperature = 0.9f, .seed = 42 + (uint64_t)k, .use_cache = 1,
+                                   .dtype = KV_F32, .kernel = 2, .prefill_chunk = 0, .stop_at_bos_eos = 0};
             ck_assert_int_eq(kvcache_generate(&m, prompt, 10, &o4, want, NULL), 0);
             ck_assert_msg(memcmp(want, got + k * N, sizeof want) == 0, "bs %d sample %d differs from chapter 04", bs, k);
         }
@@ -247,7 +252,8 @@ START_TEST(test_forked_samples_equal_chapter04_seeds)
         ck_assert(memcmp(got, got + N, N * sizeof(int)) != 0 || memcmp(got + N, got + 2 * N, N * sizeof(int)) != 0);
     }
     /* a pool too small for the request is refused up front, naming the need */
-    PagedGenOptions o = {N, 0.0f, 0, K, 4, 5, 2, 0, 0};
+    const PagedGenOptions o = {.max_new = N, .temperature = 0.0f, .seed = 0, .n_samples = K, .block_size = 4,
+                               .num_blocks = 5, .kernel = 2, .shuffle = 0, .stop_at_bos_eos = 0};
     ck_assert_int_eq(paged_generate(&m, prompt, 10, &o, got, NULL), -1);
     ck_assert_msg(strstr(error_message(), "can never fit"), "%s", error_message());
     model_free(&m);
@@ -544,7 +550,7 @@ START_TEST(test_pool_offsets_beyond_32_bits)
 {
     PagedPool p;
     memset(&p, 0, sizeof p);
-    p.n_layers = 32, p.n_kv_heads = 8, p.head_dim = 128, p.block_size = 16, p.num_blocks = 100000;
+    p.n_layers = 32, p.n_kv_heads = 8, p.D = 128, p.block_size = 16, p.num_blocks = 100000;
     const uint64_t want = ((uint64_t)(31 * 8 + 7) * 100000 + 99999) * 16 * 128;
     ck_assert(want > ((uint64_t)1 << 31));
     ck_assert_uint_eq(paged_block_offset(&p, 99999, 31, 7), want);
@@ -573,6 +579,100 @@ START_TEST(test_pool_checked_whole_against_the_budget)
     ck_assert_int_eq(paged_pool_create(&p, 1, 4, 64, 16, 16), 0); /* a quarter of it fits */
     paged_pool_free(&p);
     mem_set_budget(0);
+}
+END_TEST
+
+/* ==== the lesson's measurements (waste.c), counted by hand ======================================== */
+
+/* Three requests (prompt, output): (3, 2), (1, 1), (5, 3); max_seq 8; a budget of 16 tokens. After
+ * its prompt, each decode step adds a token, so the tokens held at the six steps are the same under
+ * every scheme: request 0 holds 4 then 5, request 1 holds 2, request 2 holds 6, 7, 8: 32 in all.
+ *   reserve max_seq: 6 steps x 8 slots = 48, used 32/48; fit 8 + 8 = 16, a third would need 24: 2
+ *   reserve own final length (5, 2, 8): 2 x 5 + 1 x 2 + 3 x 8 = 36, used 32/36; fit 5 + 2 + 8 = 15: 3
+ *   paged, bs 4: blocks at each step 1, 2 | 1 | 2, 2, 2 = 10 x 4 = 40, used 32/40; fit in 16 / 4 = 4
+ *                blocks: 2 + 1, and the third's 2 more do not fit: 2
+ *   paged, bs 1: 32/32; fit 5 + 2 + 8 = 15 of 16 blocks: 3
+ *   paged, bs 8: one block at every step, 6 x 8 = 48, used 32/48; fit in 2 blocks: 1 + 1, then none: 2 */
+START_TEST(test_waste_of_a_workload_counted_by_hand)
+{
+    const WorkloadItem reqs[3] = {{.prompt_len = 3, .output_len = 2}, {.prompt_len = 1, .output_len = 1},
+                                  {.prompt_len = 5, .output_len = 3}};
+    const struct {
+        int scheme;
+        double used;
+        int fit;
+    } want[] = {
+        {.scheme = PAGED_RESERVE_MAX_SEQ, .used = 32.0 / 48.0, .fit = 2},
+        {.scheme = PAGED_RESERVE_OWN, .used = 32.0 / 36.0, .fit = 3},
+        {.scheme = 4, .used = 32.0 / 40.0, .fit = 2},
+        {.scheme = 1, .used = 32.0 / 32.0, .fit = 3},
+        {.scheme = 8, .used = 32.0 / 48.0, .fit = 2},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        PagedWaste w;
+        ck_assert_msg(paged_waste_measure(reqs, 3, want[i].scheme, 8, 16, &w) == 0, "%s", error_message());
+        ck_assert_msg(fabs(w.used_frac - want[i].used) < 1e-12, "scheme %d: used %.6f, expected %.6f", want[i].scheme,
+                      w.used_frac, want[i].used);
+        ck_assert_msg(w.fit == want[i].fit, "scheme %d: %d requests fit, expected %d", want[i].scheme, w.fit,
+                      want[i].fit);
+    }
+    PagedWaste w;
+    ck_assert_int_eq(paged_waste_measure(reqs, 3, -2, 8, 16, &w), -1); /* no such scheme */
+}
+END_TEST
+
+/* n samples of one prompt, block size 4, 3 new tokens each, with and without fork:
+ *   prompt 5 (a full block and one token), 3 samples: unshared, each ends with 8 tokens in 2 blocks:
+ *   6. Forked: the 2 prompt blocks, then sample 0 and sample 1 each copy the shared partial block on
+ *   their first write (2 copies) while sample 2 keeps it: 4 blocks, 1 still shared (the full one).
+ *   prompt 8 (two full blocks), 3 samples: unshared 3 x 3 = 9; forked 2 shared + 3 new blocks = 5,
+ *   nothing copied, the 2 prompt blocks shared to the end. */
+START_TEST(test_fork_savings_counted_by_hand)
+{
+    PagedForkCost f;
+    ck_assert_msg(paged_fork_measure(5, 3, 3, 4, &f) == 0, "%s", error_message());
+    ck_assert_int_eq(f.peak_unshared, 6);
+    ck_assert_int_eq(f.peak_forked, 4);
+    ck_assert_uint_eq(f.cow_copies, 2);
+    ck_assert_int_eq(f.shared_blocks, 1);
+    ck_assert_msg(paged_fork_measure(8, 3, 3, 4, &f) == 0, "%s", error_message());
+    ck_assert_int_eq(f.peak_unshared, 9);
+    ck_assert_int_eq(f.peak_forked, 5);
+    ck_assert_uint_eq(f.cow_copies, 0);
+    ck_assert_int_eq(f.shared_blocks, 2);
+    /* one sample: forking changes nothing */
+    ck_assert_msg(paged_fork_measure(100, 128, 1, 16, &f) == 0, "%s", error_message());
+    ck_assert_int_eq(f.peak_unshared, 15);
+    ck_assert_int_eq(f.peak_forked, 15);
+    ck_assert_uint_eq(f.cow_copies, 0);
+    ck_assert_int_eq(paged_fork_measure(0, 3, 3, 4, &f), -1);
+}
+END_TEST
+
+/* The lesson's workloads are common/workload.h's streams with chapter 05's old draws: the skewed
+ * one of seed 2023 has the means the lesson prints (164 and 321 tokens), and two of the lesson's
+ * figures stay pinned (reserve max_seq: 25.2% used, 64 fit; block size 16: 98.6%, 261). */
+START_TEST(test_lesson_workload_is_pinned)
+{
+    enum { N = 2000, MAX_SEQ = 2048 };
+    WorkloadItem *w;
+    ck_assert_msg(paged_waste_workload(WORKLOAD_SKEWED, N, MAX_SEQ, 2023, &w) == 0, "%s", error_message());
+    double pr = 0, out = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert(w[i].prompt_len >= 1 && w[i].output_len >= 1 && w[i].prompt_len + w[i].output_len <= MAX_SEQ);
+        ck_assert_ptr_null(w[i].prompt);
+        pr += w[i].prompt_len, out += w[i].output_len;
+    }
+    ck_assert_int_eq((int)lrint(pr / N), 164);
+    ck_assert_int_eq((int)lrint(out / N), 321);
+    PagedWaste r;
+    ck_assert_int_eq(paged_waste_measure(w, N, PAGED_RESERVE_MAX_SEQ, MAX_SEQ, 64 * MAX_SEQ, &r), 0);
+    ck_assert_int_eq((int)lrint(1000.0 * r.used_frac), 252);
+    ck_assert_int_eq(r.fit, 64);
+    ck_assert_int_eq(paged_waste_measure(w, N, 16, MAX_SEQ, 64 * MAX_SEQ, &r), 0);
+    ck_assert_int_eq((int)lrint(1000.0 * r.used_frac), 986);
+    ck_assert_int_eq(r.fit, 261);
+    workload_free(w, N);
 }
 END_TEST
 
@@ -869,6 +969,12 @@ static Suite *paged_suite(void)
     tcase_add_test(tc, test_pool_checked_whole_against_the_budget);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("measurements");
+    tcase_add_test(tc, test_waste_of_a_workload_counted_by_hand);
+    tcase_add_test(tc, test_fork_savings_counted_by_hand);
+    tcase_add_test(tc, test_lesson_workload_is_pinned);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("program");
     tcase_set_timeout(tc, 300);
     tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
@@ -897,14 +1003,4 @@ static Suite *paged_suite(void)
     return s;
 }
 
-int main(void)
-{
-    error_set_program("test_05_paged");
-    SRunner *sr = srunner_create(paged_suite());
-    testing_suite_start("test_05_paged");
-    srunner_run_all(sr, CK_NORMAL);
-    testing_suite_end();
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return testing_main("test_05_paged", paged_suite()); }

@@ -9,7 +9,7 @@
  * decisions are valid on both sides.
  *
  *   products: a tiled matrix product of its own over the whole [rows, dim] batch (below)
- *   embedding, RMSNorm, residual adds, SwiGLU: chapter 04's kernels
+ *   embedding, RMSNorm, residual adds, SwiGLU: the model's own kernels (common/model_cuda.h)
  *   RoPE: each row at its own position (below); K/V rows written through the tables (below)
  *   attention: chapter 05's paged kernel v2 over the mixed batch of prefill chunks and decodes
  *
@@ -32,10 +32,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
 #include "common/cuda_utils.h"
 #include "common/error.h"
+#include "common/model_cuda.h"
+#include "common/tensor.h"
 
 struct EngineGpu {
     const Model *m;
@@ -48,16 +49,16 @@ struct EngineGpu {
 
 static float *dev(const EngineGpu *g, const float *host) { return g->w + (host - g->m->data); }
 
-/* RoPE on x (n, heads * hs), row r at position pos[r]: a thread per (row, head, pair) */
-__global__ void eng_rope_rows(float *x, const int *pos, int n, int heads, int hs)
+/* RoPE on x (n, heads * D), row r at position pos[r]: a thread per (row, head, pair) */
+__global__ void eng_rope_rows(float *x, const int *pos, int n, int heads, int D)
 {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int pairs = hs / 2;
+    const int pairs = D / 2;
     if (i >= (size_t)n * heads * pairs)
         return;
     const int p = (int)(i % pairs), r = (int)(i / ((size_t)heads * pairs));
-    float *v = x + (i / pairs) * hs + 2 * p;
-    const float freq = 1.0f / powf(10000.0f, (float)(2 * p) / (float)hs);
+    float *v = x + (i / pairs) * D + 2 * p;
+    const float freq = 1.0f / powf(10000.0f, (float)(2 * p) / (float)D);
     const float val = (float)pos[r] * freq, fcr = cosf(val), fci = sinf(val);
     const float v0 = v[0], v1 = v[1];
     v[0] = v0 * fcr - v1 * fci;
@@ -152,11 +153,15 @@ extern "C" void engine_gpu_free(EngineGpu *g)
 extern "C" EngineGpu *engine_gpu_create(const Model *m, int num_blocks, int block_size, int max_rows, int max_seqs)
 {
     const ModelConfig *c = &m->c;
-    const int hs = model_head_size(c), qd = c->n_heads * hs, kvd = c->n_kv_heads * hs;
+    const int D = model_head_size(c), qd = c->n_heads * D, kvd = c->n_kv_heads * D;
     EngineGpu *g = (EngineGpu *)calloc(1, sizeof(EngineGpu));
+    if (!g) {
+        error_set("out of memory for the GPU forward's state");
+        return NULL;
+    }
     g->m = m, g->num_blocks = num_blocks, g->bs = block_size, g->max_rows = max_rows, g->max_seqs = max_seqs;
     g->max_blocks = (c->seq_len + block_size - 1) / block_size;
-    const size_t pool = (size_t)c->n_layers * c->n_kv_heads * num_blocks * block_size * hs, R = (size_t)max_rows;
+    const size_t pool = (size_t)c->n_layers * c->n_kv_heads * num_blocks * block_size * D, R = (size_t)max_rows;
     g->w = (float *)cuda_try_alloc(m->n_floats * sizeof(float), "model weights");
     g->pool_k = g->w ? (float *)cuda_try_alloc(pool * sizeof(float), "the K pool") : NULL;
     g->pool_v = g->pool_k ? (float *)cuda_try_alloc(pool * sizeof(float), "the V pool") : NULL;
@@ -191,12 +196,14 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
 {
     const ModelConfig *c = &g->m->c;
     const ModelWeights *w = &g->m->w;
-    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hs = model_head_size(c), hid = c->hidden_dim;
-    const int qd = H * hs, kvd = Hkv * hs;
+    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = model_head_size(c), hid = c->hidden_dim;
+    const int qd = H * D, kvd = Hkv * D;
     if (n > g->max_rows || n_seq > g->max_seqs || n_out > g->max_seqs)
         return error_set("GPU forward: %d rows of %d sequences exceed the buffers (%d rows, %d sequences)", n, n_seq,
                          g->max_rows, g->max_seqs);
-    int *row_seq = (int *)malloc((size_t)n * sizeof(int) + 1), max_len = 1;
+    int *row_seq = (int *)mem_alloc((size_t)n * sizeof(int), "the sequence of each row"), max_len = 1; /* (n) */
+    if (!row_seq)
+        return -1;
     for (int i = 0; i < n_seq; i++) {
         for (int r = q_start[i]; r < q_start[i + 1]; r++)
             row_seq[r] = i;
@@ -208,38 +215,39 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
     cuda_upload(g->lens, lens, (size_t)n_seq * sizeof(int));
     cuda_upload(g->tables, tables, (size_t)n_seq * g->max_blocks * sizeof(int));
     cuda_upload(g->out_rows, out_rows, (size_t)n_out * sizeof(int));
-    free(row_seq);
-    const size_t layer_pool = (size_t)Hkv * g->num_blocks * g->bs * hs;
-    kvcache_cuda_embed(dev(g, w->token_embedding), g->tokens, g->x, n, dim);
+    mem_free(row_seq);
+    const size_t layer_pool = (size_t)Hkv * g->num_blocks * g->bs * D;
+    model_cuda_embed(dev(g, w->token_embedding), g->tokens, g->x, n, dim);
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
-        kvcache_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_att + (size_t)l * dim), n, dim);
+        model_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_att + (size_t)l * dim), n, dim);
         eng_linear(g->q, g->xb, dev(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
         eng_linear(g->k, g->xb, dev(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
         eng_linear(g->v, g->xb, dev(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
-        LAUNCH(eng_rope_rows, (size_t)n * H * (hs / 2), g->q, g->pos, n, H, hs);
-        LAUNCH(eng_rope_rows, (size_t)n * Hkv * (hs / 2), g->k, g->pos, n, Hkv, hs);
+        LAUNCH(eng_rope_rows, (size_t)n * H * (D / 2), g->q, g->pos, n, H, D);
+        LAUNCH(eng_rope_rows, (size_t)n * Hkv * (D / 2), g->k, g->pos, n, Hkv, D);
         float *pk = g->pool_k + l * layer_pool, *pv = g->pool_v + l * layer_pool;
-        LAUNCH(eng_write_kv, (size_t)n * kvd, g->k, pk, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, hs, g->bs,
+        LAUNCH(eng_write_kv, (size_t)n * kvd, g->k, pk, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, D, g->bs,
                g->num_blocks);
-        LAUNCH(eng_write_kv, (size_t)n * kvd, g->v, pv, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, hs, g->bs,
+        LAUNCH(eng_write_kv, (size_t)n * kvd, g->v, pv, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, D, g->bs,
                g->num_blocks);
-        PagedCudaBatch b = {pk, pv, g->num_blocks, Hkv, g->bs, hs, g->tables, g->lens, g->q_start, g->row_seq,
-                            n_seq, g->max_blocks, n, max_len};
-        rc = paged_attention_cuda(2, &b, H, 1.0f / sqrtf((float)hs), 1, g->q, g->att);
+        PagedCudaBatch b = {.k = pk, .v = pv, .num_blocks = g->num_blocks, .Hkv = Hkv, .bs = g->bs, .D = D,
+                            .tables = g->tables, .lens = g->lens, .q_start = g->q_start, .row_seq = g->row_seq,
+                            .n_seq = n_seq, .max_blocks = g->max_blocks, .rows = n, .max_len = max_len};
+        rc = paged_attention_cuda(2, &b, H, 1.0f / sqrtf((float)D), 1, g->q, g->att);
         eng_linear(g->xb, g->att, dev(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
-        kvcache_cuda_add(g->x, g->xb, (size_t)n * dim);
-        kvcache_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_ffn + (size_t)l * dim), n, dim);
+        model_cuda_add(g->x, g->xb, (size_t)n * dim);
+        model_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_ffn + (size_t)l * dim), n, dim);
         eng_linear(g->h1, g->xb, dev(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
         eng_linear(g->h3, g->xb, dev(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
-        kvcache_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
+        model_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
         eng_linear(g->xb, g->h1, dev(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
-        kvcache_cuda_add(g->x, g->xb, (size_t)n * dim);
+        model_cuda_add(g->x, g->xb, (size_t)n * dim);
     }
     if (rc != 0 || n_out == 0)
         return rc;
     LAUNCH(eng_gather_rows, (size_t)n_out * dim, g->x, g->att, g->out_rows, n_out, dim); /* att (rows, dim) is free */
-    kvcache_cuda_rmsnorm(g->xb, g->att, dev(g, w->rms_final), n_out, dim);
+    model_cuda_rmsnorm(g->xb, g->att, dev(g, w->rms_final), n_out, dim);
     eng_linear(g->logits, g->xb, dev(g, w->wcls), n_out, c->vocab_size, dim);
     cuda_download(logits, g->logits, (size_t)n_out * c->vocab_size * sizeof(float));
     return 0;

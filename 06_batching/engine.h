@@ -28,6 +28,13 @@
  * jumps over idle gaps to the next arrival (nothing sleeps), so a workload of a minute of
  * arrivals is served as fast as the machine computes it. TTFT = time of the first generated
  * token - arrival; TPOT = (finish - first token) / (generated - 1).
+ *
+ * Where each part lives:
+ *   requests.c   the requests file, arrival order, synthetic workloads (common/workload.h)
+ *   scheduler.c  who runs each iteration: admission, the token budget, preemption
+ *   batch.c      one forward over every scheduled token (the CPU path; engine.cu the GPU's)
+ *   engine.c     engine_serve: the loop of steps, results and metrics
+ *   engine_internal.h  the state those files share
  */
 #ifndef ENGINE_H
 #define ENGINE_H
@@ -37,6 +44,7 @@
 
 #include "common/model.h"
 #include "common/tokenizer.h"
+#include "common/workload.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -166,24 +174,12 @@ int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const int *pos, i
 void engine_gpu_free(EngineGpu *g);
 #endif
 
-/* Workloads ----------------------------------------------------------------------------------- */
+/* Workloads (requests.c) ---------------------------------------------------------------------- */
 
-typedef enum { WORKLOAD_SKEWED = 0, WORKLOAD_UNIFORM = 1 } WorkloadKind;
-#define WORKLOAD_CHOICES "skewed|uniform"
-
-/* n requests with Poisson arrivals at `rate` per second (rate <= 0: all at time 0) and lengths
- * from `kind`: skewed = lognormal prompt and output lengths (medians prompt_median and
- * out_median, sigma 1), uniform = prompt in 1..2*prompt_median, output in 1..2*out_median; the
- * lengths clipped so that prompt + output <= seq_len. Token ids uniform in 0..vocab-1. */
-typedef struct {
-    int n;
-    double rate;
-    WorkloadKind kind;
-    int prompt_median, out_median;
-    int seq_len, vocab;
-    uint64_t seed;
-} WorkloadSpec;
+/* common/workload.h's stream (its draws, in its order) as requests: spec->n of them, prompt ids
+ * uniform in 0..vocab-1 (vocab must be at least 1). 0, or -1 with the error recorded. */
 int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs);
+/* A requests file that engine_read_requests reads back: a temporary file renamed over path. */
 int engine_write_requests(const char *path, const EngineRequest *reqs, int n);
 
 #ifdef __cplusplus

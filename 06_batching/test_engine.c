@@ -27,6 +27,7 @@
 #include "common/rng.h"
 #include "common/tensor.h"
 #include "common/testing.h"
+#include "common/testing_main.h"
 #include "common/tokenizer.h"
 
 static char tmp[4096];
@@ -45,7 +46,8 @@ static void model_teardown(void) { model_free(&model); }
 /* A workload of n skewed requests (seed), arriving at `rate` per second (0: all at once). */
 static EngineRequest *workload(int n, double rate, uint64_t seed)
 {
-    WorkloadSpec w = {n, rate, WORKLOAD_SKEWED, 10, 14, model.c.seq_len, model.c.vocab_size, seed};
+    WorkloadSpec w = {.n = n, .rate = rate, .kind = WORKLOAD_SKEWED, .prompt_median = 10, .out_median = 14,
+                      .seq_len = model.c.seq_len, .vocab = model.c.vocab_size, .seed = seed};
     EngineRequest *r;
     ck_assert_int_eq(engine_make_workload(&w, &r), 0);
     return r;
@@ -54,12 +56,14 @@ static EngineRequest *workload(int n, double rate, uint64_t seed)
 /* want[i]: chapter 05 alone on request i (NULL when it cannot run). */
 static int **alone(const EngineRequest *r, int n, float temperature, uint64_t seed)
 {
-    int **want = calloc((size_t)n, sizeof(int *));
+    int **want = xcalloc((size_t)n, sizeof(int *), "reference tokens");
     for (int i = 0; i < n; i++) {
         if ((long)r[i].n_prompt + r[i].max_new > model.c.seq_len)
             continue;
-        want[i] = malloc(((size_t)r[i].max_new + 1) * sizeof(int));
-        PagedGenOptions g = {r[i].max_new, temperature, seed + (uint64_t)i, 1, 8, 0, 2, 0, 0};
+        want[i] = xmalloc((size_t)r[i].max_new * sizeof(int), "reference tokens");
+        PagedGenOptions g = {.max_new = r[i].max_new, .temperature = temperature, .seed = seed + (uint64_t)i,
+                             .n_samples = 1, .block_size = 8, .num_blocks = 0, .kernel = 2, .shuffle = 0,
+                             .stop_at_bos_eos = 0};
         ck_assert_msg(paged_generate(&model, r[i].prompt, r[i].n_prompt, &g, want[i], NULL) == 0, "%s", error_message());
     }
     return want;
@@ -89,7 +93,7 @@ static EngineMetrics serve_and_check(const EngineRequest *r, int n, EngineOption
                                      const char *what)
 {
     o.fixed_step_s = 0.01, o.keep_log = 1, o.check_invariants = 1;
-    EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
+    EngineResult *res = xcalloc((size_t)n, sizeof(EngineResult), "results");
     EngineMetrics mt;
     ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s: %s", what, error_message());
     for (int i = 0; i < n; i++) {
@@ -188,7 +192,7 @@ START_TEST(test_aborted_requests_leave_the_rest_unchanged)
         EngineOptions o = engine_default_options();
         o.policy = p ? ENGINE_STATIC : ENGINE_CONTINUOUS, o.max_batch = 4, o.block_size = 4;
         o.num_blocks = 2 * longest, o.max_tokens = 8, o.fixed_step_s = 0.01, o.check_invariants = 1;
-        EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
+        EngineResult *res = xcalloc((size_t)n, sizeof(EngineResult), "results");
         EngineMetrics mt;
         ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s", error_message());
         int aborted = 0, partial = 0;
@@ -237,9 +241,11 @@ START_TEST(test_shuffled_order_sampling_and_rejections)
         r[i] = r[j], r[j] = t;
     }
     /* two requests that can never run: too long for seq_len, and too many blocks for the pool */
-    r = realloc(r, (size_t)(n + 2) * sizeof(EngineRequest));
-    r[n] = (EngineRequest){0.1, 150, 50, calloc(50, sizeof(int)), 0.0, NULL};
-    r[n + 1] = (EngineRequest){0.2, 100, 60, calloc(60, sizeof(int)), 0.0, NULL}; /* 159 tokens: 40 blocks of 4 */
+    r = xrealloc(r, (size_t)(n + 2) * sizeof(EngineRequest), "requests");
+    r[n] = (EngineRequest){.arrival = 0.1, .max_new = 150, .n_prompt = 50, .prompt = xcalloc(50, sizeof(int), "prompt")};
+    /* 159 tokens: 40 blocks of 4 */
+    r[n + 1] = (EngineRequest){.arrival = 0.2, .max_new = 100, .n_prompt = 60,
+                               .prompt = xcalloc(60, sizeof(int), "prompt")};
     int **want = alone(r, n + 2, 0.8f, 100);
     int expect_rejected = 0;
     for (int i = 0; i < n + 2; i++) /* rejected for the pool below, though seq_len allows them */
@@ -252,7 +258,7 @@ START_TEST(test_shuffled_order_sampling_and_rejections)
     ck_assert_int_ge(expect_rejected, 2);
     EngineOptions o = engine_default_options();
     o.temperature = 0.8f, o.seed = 100, o.block_size = 4, o.num_blocks = 39, o.max_tokens = 16, o.shuffle = 9;
-    EngineResult *res = calloc((size_t)n + 2, sizeof(EngineResult));
+    EngineResult *res = xcalloc((size_t)n + 2, sizeof(EngineResult), "results");
     EngineMetrics mt = serve_and_check(r, n + 2, o, want, "shuffled, sampled");
     ck_assert_int_eq(mt.rejected, expect_rejected);
     ck_assert_int_eq(mt.completed, n + 2 - expect_rejected);
@@ -380,14 +386,14 @@ START_TEST(test_requests_parser)
     const struct {
         const char *text, *expect;
     } bad[] = {
-        {"0 4 1 2\n0 4\n", "r.txt:2: the prompt is empty"},
-        {"0 4 1\n\n-1 4 1\n", "r.txt:3: the arrival time"},
-        {"x 4 1\n", "r.txt:1: the arrival time"},
-        {"0 four 1\n", "r.txt:1: expected '<arrival_seconds> <max_new_tokens> <prompt ids...>'"},
-        {"0 -2 1\n", "r.txt:1: expected"},
-        {"0 3 1 2 x\n", "r.txt:1: prompt token 2 is not a non-negative integer"},
-        {"0 3 1 -5\n", "r.txt:1: prompt token 1"},
-        {"# only comments\n\n", "no requests"},
+        {.text = "0 4 1 2\n0 4\n", .expect = "r.txt:2: the prompt is empty"},
+        {.text = "0 4 1\n\n-1 4 1\n", .expect = "r.txt:3: the arrival time"},
+        {.text = "x 4 1\n", .expect = "r.txt:1: the arrival time"},
+        {.text = "0 four 1\n", .expect = "r.txt:1: expected '<arrival_seconds> <max_new_tokens> <prompt ids...>'"},
+        {.text = "0 -2 1\n", .expect = "r.txt:1: expected"},
+        {.text = "0 3 1 2 x\n", .expect = "r.txt:1: prompt token 2 is not a non-negative integer"},
+        {.text = "0 3 1 -5\n", .expect = "r.txt:1: prompt token 1"},
+        {.text = "# only comments\n\n", .expect = "no requests"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_text(path, bad[i].text);
@@ -422,7 +428,7 @@ START_TEST(test_requests_text_too_long_refused_unread)
     const int V = testing_write_tiny_tokenizer(tok_path);
     Tokenizer tok;
     ck_assert_int_eq(tokenizer_load(tok_path, V, &tok), 0);
-    char *line = malloc(1100);
+    char *line = xmalloc(1100, "a long line");
     memcpy(line, "0 4 ", 4), memset(line + 4, 'x', 1000), memcpy(line + 1004, "\n0 2 hi\n", 8);
     write_bytes(path, line, 1012); /* 1000 bytes: at least ceil(1002 / 6) = 167 tokens with BOS */
     EngineRequest *r;
@@ -495,7 +501,7 @@ START_TEST(test_requests_file_is_the_unit_of_syntax)
     ck_assert_int_eq(engine_read_requests(path, NULL, 0, &r, &n), -1);
     ck_assert_msg(strstr(error_message(), "r.txt:3: expected"), "%s", error_message());
     /* well-formed: fits; too long for seq_len 192; an id outside the vocabulary of 113; fits */
-    char *text = malloc(4096);
+    char *text = xmalloc(4096, "a requests file");
     int used = snprintf(text, 4096, "0 2 1 2\n0 100");
     for (int i = 0; i < 100; i++)
         used += snprintf(text + used, 4096 - (size_t)used, " %d", i);
@@ -537,7 +543,7 @@ START_TEST(test_arrival_order_of_200k_requests)
     int n;
     ck_assert_int_eq(engine_read_requests(path, NULL, 0, &r, &n), 0);
     ck_assert_int_eq(n, N);
-    int *order = malloc((size_t)N * sizeof(int));
+    int *order = xmalloc((size_t)N * sizeof(int), "arrival order");
     ck_assert_int_eq(engine_arrival_order(r, n, order), 0);
     for (int j = 0; j < N; j++) { /* the last pair first, each pair in file order */
         const int want = N - 2 - 2 * (j / 2) + j % 2;
@@ -608,7 +614,7 @@ START_TEST(test_serve_command)
         ProcResult g;
         ck_assert_int_eq(run_program(&g, argv), 0);
         g.out[strcspn(g.out, "\n")] = 0;
-        char *expect = malloc(strlen(g.out) + 16);
+        char *expect = xmalloc(strlen(g.out) + 16, "expected line");
         sprintf(expect, "%d: %s", i, g.out);
         ck_assert_msg(line && strcmp(line, expect) == 0, "request %d: '%s' against '%s'", i, line, expect);
         free(expect);
@@ -654,6 +660,14 @@ START_TEST(test_serve_command)
     ck_assert_msg(fabs(last_clock - makespan) <= 2e-6, "last clock %f, makespan %f", last_clock, makespan);
     ck_assert_int_eq(prefill, 3 + 1 + 4 + 1); /* the served prompts */
     ck_assert_int_eq(decode, 115 - 4);        /* each served request's first token comes from its prefill */
+}
+END_TEST
+
+/* serve's (and the program's) bad input: one error line, exit 1. */
+START_TEST(test_serve_command_errors)
+{
+    char req[4200];
+    snprintf(req, sizeof req, "%s/r.txt", tmp);
     expect_error((const char *[]){"serve", NULL}, "--requests");
     expect_error((const char *[]){"serve", "--requests", "/nonexistent.txt", NULL}, "cannot open");
     write_text(req, "0 4 1 2\n0 x 1\n");
@@ -671,6 +685,14 @@ START_TEST(test_serve_command)
                  "--requests needs a value, got the option '--max-batch'");
     expect_error((const char *[]){"bench", "--device", "cuda", "--checkpoint", req, NULL},
                  "--checkpoint is timed on the CPU, and --device cuda runs the GPU rows only");
+    /* bench's --checkpoint defaults to the environment's CHECKPOINT (how make bench passes it);
+     * an empty one is no checkpoint */
+    setenv("CHECKPOINT", "/nonexistent/model.bin", 1);
+    expect_error((const char *[]){"bench", "--requests", "4", NULL}, "/nonexistent/model.bin");
+    expect_error((const char *[]){"bench", "--device", "cuda", NULL}, "the environment's CHECKPOINT");
+    setenv("CHECKPOINT", "", 1);
+    expect_error((const char *[]){"bench", "--requests", "3", NULL}, "--requests expects an integer from 4");
+    unsetenv("CHECKPOINT");
     expect_error((const char *[]){"frobnicate", NULL}, "unknown subcommand");
 }
 END_TEST
@@ -691,17 +713,19 @@ START_TEST(test_serve_special_files_and_lost_output)
         const char *argv[12];
         const char *stdout_to, *expect;
     } cases[] = {
-        {{"serve", "--requests", fifo}, NULL, "fifo: is a FIFO, not a regular file"},
-        {{"serve", "--requests", tmp}, NULL, "is a folder, expected a file"},
-        {{"serve", "--requests", req, "--tokenizer", tmp}, NULL, "is a folder, expected a file"},
-        {{"serve", "--requests", req, "--tokenizer", fifo}, NULL, "is a FIFO"},
-        {{"serve", "--requests", req, "--checkpoint", fifo}, NULL, "is a FIFO"},
-        {{"serve", "--requests", req, "--metrics", tmp}, NULL, "is a folder, expected a file"},
-        {{"serve", "--requests", req, "--iterations", fifo, "--device", "cpu"}, NULL, "no process is reading"},
-        {{"serve", "--requests", req, "--metrics", "/dev/full", "--device", "cpu"}, NULL,
-         "/dev/full: write failed: No space left on device"},
-        {{"serve", "--requests", req, "--device", "cpu"}, "/dev/full", "writing standard output: No space left"},
-        {{"gen-requests", "--out", fifo}, NULL, "no process is reading"},
+        {.argv = {"serve", "--requests", fifo}, .expect = "fifo: is a FIFO, not a regular file"},
+        {.argv = {"serve", "--requests", tmp}, .expect = "is a folder, expected a file"},
+        {.argv = {"serve", "--requests", req, "--tokenizer", tmp}, .expect = "is a folder, expected a file"},
+        {.argv = {"serve", "--requests", req, "--tokenizer", fifo}, .expect = "is a FIFO"},
+        {.argv = {"serve", "--requests", req, "--checkpoint", fifo}, .expect = "is a FIFO"},
+        {.argv = {"serve", "--requests", req, "--metrics", tmp}, .expect = "is a folder, expected a file"},
+        {.argv = {"serve", "--requests", req, "--iterations", fifo, "--device", "cpu"},
+         .expect = "no process is reading"},
+        {.argv = {"serve", "--requests", req, "--metrics", "/dev/full", "--device", "cpu"},
+         .expect = "/dev/full: write failed: No space left on device"},
+        {.argv = {"serve", "--requests", req, "--device", "cpu"}, .stdout_to = "/dev/full",
+         .expect = "writing standard output: No space left"},
+        {.argv = {"gen-requests", "--out", fifo}, .expect = "no process is reading"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const char *argv[16] = {prog};
@@ -861,7 +885,7 @@ START_TEST(test_text_through_chapters_04_05_06)
         ck_assert_msg(line && strncmp(line, prefix, strlen(prefix)) == 0, "%s", line);
         char *cont = strdup(line + strlen(prefix));
         text_unescape(cont);
-        char *whole = malloc(strlen(prompt) + strlen(cont) + 2);
+        char *whole = xmalloc(strlen(prompt) + strlen(cont) + 2, "whole text");
         sprintf(whole, "%s%s\n", prompt, cont);
         ck_assert_msg(strcmp(whole, r4.out) == 0, "request %d: chapter 06 '%s' against chapter 04 '%s'", i, whole,
                       r4.out);
@@ -885,31 +909,33 @@ START_TEST(test_stop_at_bos_eos_in_every_chapter)
     ck_assert_int_eq(model_save(&m, ck), 0);
     model_free(&m);
     ck_assert_int_eq(model_load(ck, &m), 0);
-    const int prompt[3] = {1, 5, 6}, N = 150;
+    const int prompt[3] = {TOKEN_BOS, 5, 6}, N = 150;
     for (uint64_t seed = 1; seed <= 3; seed++) {
         /* the generator's own sequence: where does it first draw 1 or 2? */
         Rng rng;
         model_rng_seed(&rng, seed);
-        float *flat = calloc((size_t)c.vocab_size, sizeof(float));
+        float *flat = xcalloc((size_t)c.vocab_size, sizeof(float), "logits");
         int stop = -1, want[150];
         for (int t = 0; t < N && stop < 0; t++) {
             memset(flat, 0, (size_t)c.vocab_size * sizeof(float));
             want[t] = model_sample(flat, c.vocab_size, 1.0f, &rng);
-            if (want[t] == 1 || want[t] == 2)
+            if (want[t] == TOKEN_BOS || want[t] == TOKEN_EOS)
                 stop = t;
         }
         free(flat);
         ck_assert_int_ge(stop, 0); /* 2 of 40 tokens stop: within 150 draws for these seeds */
         int out4[150], out5[150];
-        GenOptions o4 = {N, 1.0f, seed, 1, KV_F32, 2, 0, 1};
+        GenOptions o4 = {.max_new = N, .temperature = 1.0f, .seed = seed, .use_cache = 1, .dtype = KV_F32, .kernel = 2,
+                         .prefill_chunk = 0, .stop_at_bos_eos = 1};
         ck_assert_int_eq(kvcache_generate(&m, prompt, 3, &o4, out4, NULL), 0);
-        PagedGenOptions o5 = {N, 1.0f, seed, 1, 8, 0, 2, 0, 1};
+        PagedGenOptions o5 = {.max_new = N, .temperature = 1.0f, .seed = seed, .n_samples = 1, .block_size = 8,
+                              .num_blocks = 0, .kernel = 2, .shuffle = 0, .stop_at_bos_eos = 1};
         ck_assert_int_eq(paged_generate(&m, prompt, 3, &o5, out5, NULL), 0);
         for (int t = 0; t < N; t++) {
             ck_assert_int_eq(out4[t], t < stop ? want[t] : -1);
             ck_assert_int_eq(out5[t], out4[t]);
         }
-        EngineRequest req = {0.0, N, 3, (int *)prompt, 0.0, NULL};
+        EngineRequest req = {.arrival = 0.0, .max_new = N, .n_prompt = 3, .prompt = (int *)prompt};
         EngineOptions o = engine_default_options();
         o.temperature = 1.0f, o.seed = seed, o.stop_at_bos_eos = 1, o.fixed_step_s = 0.01;
         EngineResult res;
@@ -1102,10 +1128,14 @@ START_TEST(test_gpu_engine_is_batch_invariant)
             int max_batch, max_tokens, block_size, num_blocks, shuffle;
             const char *what;
         } cfgs[] = {
-            {ENGINE_CONTINUOUS, 8, 9, 4, 60, 0, "cuda continuous, chunked prefill"},
-            {ENGINE_STATIC, 8, 9, 4, 60, 0, "cuda static, chunked prefill"},
-            {ENGINE_CONTINUOUS, 32, 256, 16, 0, 5, "cuda continuous, shuffled blocks"},
-            {ENGINE_CONTINUOUS, 32, 32, 4, longest, 3, "cuda continuous, a pool of the longest one's blocks"},
+            {.policy = ENGINE_CONTINUOUS, .max_batch = 8, .max_tokens = 9, .block_size = 4, .num_blocks = 60,
+             .what = "cuda continuous, chunked prefill"},
+            {.policy = ENGINE_STATIC, .max_batch = 8, .max_tokens = 9, .block_size = 4, .num_blocks = 60,
+             .what = "cuda static, chunked prefill"},
+            {.policy = ENGINE_CONTINUOUS, .max_batch = 32, .max_tokens = 256, .block_size = 16, .num_blocks = 0,
+             .shuffle = 5, .what = "cuda continuous, shuffled blocks"},
+            {.policy = ENGINE_CONTINUOUS, .max_batch = 32, .max_tokens = 32, .block_size = 4, .num_blocks = longest,
+             .shuffle = 3, .what = "cuda continuous, a pool of the longest one's blocks"},
         };
         for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
             EngineOptions o = base;
@@ -1141,7 +1171,7 @@ START_TEST(test_gpu_engine_agrees_with_cpu)
             tables[i * mb + b] = (2 - i) * mb + b; /* sequence i in the pool's blocks, last sequence first */
     }
     const int steps[2][3] = {{9, 5, 1}, {1, 3, 1}}; /* new tokens per sequence: prefills, then decode, chunk, decode */
-    float *logits = malloc((size_t)3 * V * sizeof(float)), *want = malloc((size_t)V * sizeof(float));
+    float *logits = xmalloc((size_t)3 * V * sizeof(float), "logits"), *want = xmalloc((size_t)V * sizeof(float), "logits");
     for (int st = 0; st < 2; st++) {
         int tokens[32], pos[32], q_start[4] = {0}, lens[3], out_rows[3], n = 0;
         for (int i = 0; i < 3; i++) {
@@ -1165,7 +1195,7 @@ START_TEST(test_gpu_engine_agrees_with_cpu)
     int **cpu = alone(r, n, 0.0f, 0);
     EngineOptions o = engine_default_options();
     o.cuda = 1, o.max_batch = 8, o.max_tokens = 9, o.block_size = 4, o.num_blocks = 60, o.fixed_step_s = 0.01;
-    EngineResult *res = calloc((size_t)n, sizeof(EngineResult));
+    EngineResult *res = xcalloc((size_t)n, sizeof(EngineResult), "results");
     EngineMetrics mt;
     ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s", error_message());
     for (int i = 0; i < n; i++) {
@@ -1285,6 +1315,7 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, test_requests_file_is_the_unit_of_syntax);
     tcase_add_test(tc, test_arrival_order_of_200k_requests);
     tcase_add_test(tc, test_serve_command);
+    tcase_add_test(tc, test_serve_command_errors);
     tcase_add_test(tc, test_serve_special_files_and_lost_output);
     tcase_add_test(tc, test_bench_validates_before_it_writes);
     tcase_add_test(tc, test_failed_requests_write_keeps_the_previous_file);
@@ -1315,14 +1346,4 @@ static Suite *engine_suite(void)
     return s;
 }
 
-int main(void)
-{
-    error_set_program("test_06_batching");
-    SRunner *sr = srunner_create(engine_suite());
-    testing_suite_start("test_06_batching");
-    srunner_run_all(sr, CK_NORMAL);
-    testing_suite_end();
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return testing_main("test_06_batching", engine_suite()); }

@@ -162,16 +162,6 @@ int attn_output_save(const AttnArgs *a, const AttnInputs *in, const float *out)
     return npy_write(a->out_path, NPY_F32, 4, shape, out);
 }
 
-int attn_visible_keys(int t, int T, int S, int causal)
-{
-    if (!causal)
-        return S;
-    long last = (long)t + (long)S - (long)T; /* the last key query t may see */
-    if (last < 0)
-        return 0;
-    return last + 1 < S ? (int)(last + 1) : S;
-}
-
 double attn_flops(int B, int H, int T, int S, int D, int causal)
 {
     double pairs = 0.0;

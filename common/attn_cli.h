@@ -1,5 +1,5 @@
 /*
- * attn_cli.h: the `attn` subcommand contract shared by chapters 01-05 (design.md §4).
+ * attn_cli.h: the `attn` subcommand contract shared by chapters 01-05 (docs/contracts.md §1.3, shapes in §3.2).
  *
  *   NN_name attn --q Q.npy --k K.npy --v V.npy --out O.npy [--causal] [--scale S]
  *                [--kernel N] [--device auto|cpu|cuda]
@@ -19,6 +19,7 @@
 #ifndef COMMON_ATTN_CLI_H
 #define COMMON_ATTN_CLI_H
 
+#include "causal.h" /* attn_visible_keys: which keys a query sees */
 #include "tensor.h"
 
 #ifdef __cplusplus
@@ -62,26 +63,11 @@ int attn_output_save(const AttnArgs *a, const AttnInputs *in, const float *out);
 int check_finite(const char *name, const float *x, size_t n);
 
 /* FLOPs of one attention: 4 * D per visible (query, key) pair (2 for QKᵀ, 2 for PV), summed
- * over B*H. For causal T = S this is about half of 4*B*H*T*S*D (design.md §6). */
+ * over B*H. For causal T = S this is about half of 4*B*H*T*S*D (docs/contracts.md §6.1). */
 double attn_flops(int B, int H, int T, int S, int D, int causal);
-
-/* Number of keys query t sees under the bottom-right causal mask: min(S, max(0, t + S - T + 1)). */
-int attn_visible_keys(int t, int T, int S, int causal);
 
 #ifdef __cplusplus
 }
 #endif
 
-#ifdef __CUDACC__
-/* The same rule on the GPU, for every chapter's kernels. */
-static __device__ __forceinline__ int attn_visible_keys_device(int t, int T, int S, int causal)
-{
-    if (!causal)
-        return S;
-    long long last = (long long)t + S - T;
-    if (last < 0)
-        return 0;
-    return last + 1 < S ? (int)(last + 1) : S;
-}
-#endif
 #endif

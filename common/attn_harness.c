@@ -54,7 +54,7 @@ int attn_run_host(const AttnImpls *im, Device dev, int kernel, const AttnDims *d
         /* NaN first: an element the kernel never writes must fail the comparison, not pass with
          * whatever the allocator's memory held (often the previous call's correct output) */
         cuda_memset_nan(d_o, qb);
-        int rc = im->cuda(kernel, d, d_q, d_k, d_v, d_o);
+        int rc = im->cuda(im->ctx, kernel, d, d_q, d_k, d_v, d_o);
         if (rc == 0)
             cuda_download(out, d_o, qb);
         cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
@@ -63,7 +63,7 @@ int attn_run_host(const AttnImpls *im, Device dev, int kernel, const AttnDims *d
 #endif
     if (dev == DEVICE_CUDA)
         return error_set("%s: this build has no CUDA", im->prog);
-    return im->cpu(kernel, d, q, k, v, out);
+    return im->cpu(im->ctx, kernel, d, q, k, v, out);
 }
 
 typedef struct {
@@ -81,20 +81,20 @@ static void timed_call(void *ctx)
     TimedCall *c = ctx;
 #if HAVE_CUDA
     if (c->dev == DEVICE_CUDA) {
-        c->rc = c->im->cuda(c->kernel, c->d, c->q, c->k, c->v, c->out);
+        c->rc = c->im->cuda(c->im->ctx, c->kernel, c->d, c->q, c->k, c->v, c->out);
         cuda_sync();
         return;
     }
 #endif
-    c->rc = c->im->cpu(c->kernel, c->d, c->q, c->k, c->v, c->out);
+    c->rc = c->im->cpu(c->im->ctx, c->kernel, c->d, c->q, c->k, c->v, c->out);
 }
 
 AttnTiming attn_time(const AttnImpls *im, Device dev, int kernel, const AttnDims *d, const Tensor *q,
                      const Tensor *k, const Tensor *v, int repeats, double budget_s, int cold_cache)
 {
-    AttnTiming r = {{0, 0, 0, 0}, 0, 0};
+    AttnTiming r = {.rc = 0};
     float *h_out = mem_alloc_or_die(tensor_bytes(q), "output (B, H, T, D)");
-    TimedCall c = {im, dev, kernel, d, q->data, k->data, v->data, h_out, 0};
+    TimedCall c = {.im = im, .dev = dev, .kernel = kernel, .d = d, .q = q->data, .k = k->data, .v = v->data, .out = h_out};
 #if HAVE_CUDA
     float *d_q = NULL, *d_k = NULL, *d_v = NULL, *d_o = NULL;
     if (dev == DEVICE_CUDA) {
@@ -134,7 +134,7 @@ int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv
     /* a bad --out (a folder, a missing folder) fails now, before the inputs are read and run */
     if (file_check_output(a.out_path) != 0 || attn_inputs_load(&a, im->heads, &in) != 0)
         die_with_error();
-    AttnDims d = {in.B, in.H, in.Hkv, in.T, in.S, in.D, a.causal, in.scale};
+    AttnDims d = {.B = in.B, .H = in.H, .Hkv = in.Hkv, .T = in.T, .S = in.S, .D = in.D, .causal = a.causal, .scale = in.scale};
     float *out = mem_alloc(tensor_bytes(&in.q), "the output (B, H, T, D)");
     if (!out || attn_run_host(im, dev, a.kernel, &d, in.q.data, in.k.data, in.v.data, out) != 0 ||
         attn_output_save(&a, &in, out) != 0)
@@ -169,7 +169,7 @@ float attn_round_fp16(float x)
 
 static float *rounded_copy(const float *x, size_t n, const char *what)
 {
-    float *r = mem_alloc_or_die(n * sizeof(float) + 1, what);
+    float *r = mem_alloc_or_die(n * sizeof(float), what);
     for (size_t i = 0; i < n; i++)
         r[i] = attn_round_fp16(x[i]);
     return r;
@@ -181,7 +181,7 @@ void attn_naive_fp16(const AttnDims *d, const float *q, const float *k, const fl
     float *qh = rounded_copy(q, attn_q_count(d), "fp16 copy of q (B, H, T, D)");
     float *kh = rounded_copy(k, attn_kv_count(d), "fp16 copy of k (B, Hkv, S, D)");
     float *vh = rounded_copy(v, attn_kv_count(d), "fp16 copy of v (B, Hkv, S, D)");
-    float *w = mem_alloc_or_die((size_t)d->S * sizeof(float) + 1, "scores, then probabilities (S)");
+    float *w = mem_alloc_or_die((size_t)d->S * sizeof(float), "scores, then probabilities (S)");
     for (size_t bh = 0; bh < (size_t)d->B * d->H; bh++) {
         const size_t bkv = (bh / d->H) * d->Hkv + (bh % d->H) / G;
         for (int t = 0; t < d->T; t++) {
@@ -249,7 +249,7 @@ void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *devic
     float *ref = mem_alloc_or_die(tensor_bytes(&q), "reference output");
     float *out = mem_alloc_or_die(tensor_bytes(&q), "output");
     float *naive = NULL; /* naive attention in fp16, for the fp16 versions (computed once, when needed) */
-    if (im->ref(1, d, q.data, k.data, v.data, ref) != 0)
+    if (im->ref(im->ctx, 1, d, q.data, k.data, v.data, ref) != 0)
         die_with_error();
     const char *what = extreme == 1 ? " logits~+-1e4" : extreme == 2 ? " logits~-1e4" : "";
     for (int di = 0; di < 2; di++) {
@@ -305,12 +305,14 @@ void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *devic
                 }
                 if ((double)T * S * H * B > 3e5) /* keep the reference quick on big shapes */
                     B = 1, H = im->heads == ATTN_HEADS_EQUAL ? 1 : 2, Hkv = 1;
-                AttnDims d = {B, H, Hkv, T, S, D, causal, 1.0f / sqrtf((float)D)};
+                AttnDims d = {.B = B, .H = H, .Hkv = Hkv, .T = T, .S = S, .D = D, .causal = causal,
+                              .scale = 1.0f / sqrtf((float)D)};
                 attn_verify_case(tally, im, device, only_kernel, have_gpu, &d, (*seed)++, 0);
             }
     for (int extreme = 1; extreme <= 2; extreme++)
         for (int causal = 0; causal <= 1; causal++) {
-            AttnDims d = {2, im->heads == ATTN_HEADS_EQUAL ? 3 : 6, 3, 33, 65, 64, causal, 1.0f};
+            AttnDims d = {.B = 2, .H = im->heads == ATTN_HEADS_EQUAL ? 3 : 6, .Hkv = 3, .T = 33, .S = 65, .D = 64,
+                          .causal = causal, .scale = 1.0f};
             attn_verify_case(tally, im, device, only_kernel, have_gpu, &d, (*seed)++, extreme);
         }
 }
@@ -333,7 +335,7 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
     snprintf(name, sizeof name, "%s verify", im->prog);
     snprintf(summary, sizeof summary,
              "Checks every attention version of %s against its reference on the shape grid of\n"
-             "design.md §5: T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80, 128},\n"
+             "docs/contracts.md §4.2: T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80, 128},\n"
              "%s, causal and not, plus logits of +-1e4 and rows of very\n"
              "negative logits. Tolerance: atol 1e-5, rtol 1e-4%s. Ends with 'N passed, N failed'.",
              im->prog, im->heads == ATTN_HEADS_EQUAL ? "H in {1, 4, 8} (Hkv = H)" : "H:Hkv in {1:1, 4:1, 8:1, 9:3, 8:2}",

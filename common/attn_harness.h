@@ -3,9 +3,9 @@
  * chapter. A chapter describes its versions once, as an AttnImpls table (a CPU entry point, a
  * CUDA entry point, their names), and gets from here:
  *
- *   attn_command      the `attn` subcommand of design.md §4, end to end
+ *   attn_command      the `attn` subcommand of docs/contracts.md §1.3, end to end
  *   attn_verify_command  the `verify` subcommand: every version against the chapter's reference
- *                     on the grid of design.md §5, ending with "N passed, N failed"
+ *                     on the grid of docs/contracts.md §4.2, ending with "N passed, N failed"
  *   attn_run_host     one call with host buffers on either device (copies to and from the GPU)
  *   attn_time         a timed call with the inputs already on the device
  *
@@ -36,7 +36,7 @@ typedef struct {
 
 /* One attention call: kernel 1..n (0 = the fastest). CPU entry points take host pointers,
  * CUDA entry points device pointers. 0, or -1 with an error recorded. */
-typedef int (*AttnFn)(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out);
+typedef int (*AttnFn)(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out);
 typedef const char *(*AttnNameFn)(int kernel);
 /* 1 if version `kernel` computes in fp16 (tensor cores), which verify checks by FlashAttention's
  * rule (attn_check_fp16) instead of fp32 tolerance. */
@@ -55,6 +55,8 @@ typedef struct {
     AttnHeadRule heads;   /* which H:Hkv the chapter accepts */
     const char *label;    /* NULL, or words added to every verify line (chapter 05: "bs=16") */
     AttnFp16Fn cuda_fp16; /* NULL: every CUDA version computes in fp32 */
+    void *ctx;            /* passed to ref, cpu and cuda as they run: the chapter's options (chapter
+                             05: the block size and the order of the pool), NULL for most */
 } AttnImpls;
 
 size_t attn_q_count(const AttnDims *d);  /* B*H*T*D */
@@ -108,7 +110,7 @@ AttnFp16Check attn_check_fp16(const float *out, const float *ref, const float *n
 /* `attn`: parse, load and check, run, save. Returns the exit status. */
 int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv);
 
-/* `verify`: the grid of design.md §5 with the H:Hkv ratios the chapter accepts, plus logits of
+/* `verify`: the grid of docs/contracts.md §4.2 with the H:Hkv ratios the chapter accepts, plus logits of
  * +-1e4 and rows of very negative logits. Returns the exit status. */
 int attn_verify_command(const AttnImpls *im, int argc, char **argv);
 

@@ -48,7 +48,8 @@ BenchTiming bench_time_setup(BenchFn fn, BenchFn setup, void *ctx, int warmup, i
             break;
     }
     qsort(t, (size_t)n, sizeof t[0], cmp_double);
-    BenchTiming r = {n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]), t[0], t[n - 1], n};
+    BenchTiming r = {.median_s = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]), .min_s = t[0], .max_s = t[n - 1],
+                     .runs = n};
     return r;
 }
 

@@ -3,7 +3,7 @@
  *
  * Element i passes when |out[i] - ref[i]| <= atol + rtol * |ref[i]| (numpy's allclose); a NaN
  * or infinity where the reference is finite always fails. The caller chooses atol and rtol
- * (design.md: 1e-5 and 1e-4 for fp32 against an fp32 reference); nothing here loosens them.
+ * (docs/contracts.md §4.1: 1e-5 and 1e-4 for fp32 against an fp32 reference); nothing here loosens them.
  */
 #ifndef COMMON_COMPARE_H
 #define COMMON_COMPARE_H

@@ -159,3 +159,27 @@ void exercise_todo(const char *what)
         fprintf(stderr, "TODO: %s is an unfinished exercise (see 'make exercise-N')\n", what);
     said = 1;
 }
+
+void *xmalloc(size_t bytes, const char *what)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p)
+        die("out of memory: %s needs %zu bytes", what, bytes);
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size, const char *what)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        die("out of memory: %s needs %zu x %zu bytes", what, n, size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t bytes, const char *what)
+{
+    void *q = realloc(p, bytes ? bytes : 1);
+    if (!q)
+        die("out of memory: %s needs %zu bytes", what, bytes);
+    return q;
+}

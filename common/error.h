@@ -9,6 +9,8 @@
 #ifndef COMMON_ERROR_H
 #define COMMON_ERROR_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -49,6 +51,13 @@ void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 /* die() with the message recorded by the last failing call. */
 void die_with_error(void) __attribute__((noreturn));
+
+/* malloc, calloc and realloc for small bookkeeping (names, lists, text; never a tensor, which
+ * goes through mem_alloc and the memory budget): the memory, or die("out of memory: <what>
+ * needs N bytes"). 0 bytes gives a valid pointer. */
+void *xmalloc(size_t bytes, const char *what);
+void *xcalloc(size_t n, size_t size, const char *what);
+void *xrealloc(void *p, size_t bytes, const char *what);
 
 /* Workshop mode (scripts/exercise.sh): the stub of an unfinished exercise calls this; it says
  * once, on stderr, which part is still a TODO. */

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "error.h"
 #include "model.h"
 #include "npy.h"
 #include "testing.h"
@@ -136,7 +137,7 @@ static void fixture_npy(const char *dir, const char *name, int ndim, const size_
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= shape[i];
-    float *x = malloc(n * sizeof(float));
+    float *x = xmalloc(n * sizeof(float), "a fixture's data");
     if (fill_value != 0.0f)
         for (size_t i = 0; i < n; i++)
             x[i] = fill_value;
@@ -241,7 +242,7 @@ static char *fixture_contents(const char *dir, const char *name)
     snprintf(path, sizeof path, "%s%s", dir, name);
     FILE *f = fopen(path, "rb");
     size_t cap = 1 << 17, n = 0;
-    char *text = calloc(cap, 1);
+    char *text = xcalloc(cap, 1, "a fixture's text");
     if (f) {
         n = fread(text, 1, cap - 1, f);
         fclose(f);

@@ -90,7 +90,7 @@ static void kernel_edge(float *out, size_t ldo, const float *a, size_t lda, cons
     }
 }
 
-static int use_threads(size_t M, size_t N, size_t K)
+int matmul_use_threads(size_t M, size_t N, size_t K)
 {
 #ifdef _OPENMP
     return !omp_in_parallel() && (double)M * (double)N * (double)K > 2e5;
@@ -129,7 +129,7 @@ static void matmul_nn_axpy(float *out, size_t ldo, const float *a, size_t lda, c
                            size_t N, size_t K, int accumulate)
 {
     const size_t CB = 256; /* columns per thread chunk */
-    if (!use_threads(M, N, K)) { /* no parallel region at all: a small call stays cheap */
+    if (!matmul_use_threads(M, N, K)) { /* no parallel region at all: a small call stays cheap */
         for (size_t j0 = 0; j0 < N; j0 += CB)
             nn_axpy_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < CB ? N - j0 : CB, K, accumulate);
         return;
@@ -175,7 +175,7 @@ static void matmul_nn_any(float *out, size_t ldo, const float *a, size_t lda, co
      * are a power of two apart (ldb = 4096, say) would otherwise all fall into the same few L1
      * cache sets. */
     const int pack = M > MR;
-    if (!use_threads(M, N, K)) { /* no parallel region and no allocation for a small product */
+    if (!matmul_use_threads(M, N, K)) { /* no parallel region and no allocation for a small product */
         float stack_panel[STACK_PANEL_K * NR];
         float *packed = !pack ? NULL : K <= STACK_PANEL_K ? stack_panel : mem_alloc_or_die(K * NR * sizeof(float), "matmul panel (K, 16)");
         for (size_t p = 0; p < n_panels; p++)
@@ -186,7 +186,7 @@ static void matmul_nn_any(float *out, size_t ldo, const float *a, size_t lda, co
     }
 #pragma omp parallel
     {
-        float *packed = pack ? mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)") : NULL;
+        float *packed = pack ? mem_alloc_or_die(K * NR * sizeof(float), "matmul panel (K, 16)") : NULL;
 #pragma omp for schedule(static)
         for (size_t p = 0; p < n_panels; p++)
             nn_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed, accumulate);
@@ -332,7 +332,7 @@ static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, c
                            size_t N, size_t K)
 {
     const size_t blocks = (N + DOT_COLS - 1) / DOT_COLS;
-    if (!use_threads(M, N, K)) {
+    if (!matmul_use_threads(M, N, K)) {
         for (size_t jb = 0; jb < blocks; jb++)
             dots_column_block(out, ldo, a, lda, b, ldb, M, N, K, jb * DOT_COLS);
         return;
@@ -367,7 +367,7 @@ void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
         return;
     }
     const size_t n_panels = (N + NR - 1) / NR;
-    if (!use_threads(M, N, K)) { /* no parallel region and no allocation for a small product */
+    if (!matmul_use_threads(M, N, K)) { /* no parallel region and no allocation for a small product */
         float stack_panel[STACK_PANEL_K * NR];
         float *packed = K <= STACK_PANEL_K ? stack_panel : mem_alloc_or_die(K * NR * sizeof(float), "matmul panel (K, 16)");
         for (size_t p = 0; p < n_panels; p++)
@@ -378,7 +378,7 @@ void matmul_nt_ld(float *out, size_t ldo, const float *a, size_t lda, const floa
     }
 #pragma omp parallel
     {
-        float *packed = mem_alloc_or_die(K * NR * sizeof(float) + 1, "matmul panel (K, 16)");
+        float *packed = mem_alloc_or_die(K * NR * sizeof(float), "matmul panel (K, 16)");
 #pragma omp for schedule(static)
         for (size_t p = 0; p < n_panels; p++)
             nt_panel(out, ldo, a, lda, b, ldb, M, N, K, p * NR, packed);
@@ -390,132 +390,6 @@ void matmul_nt_rows_ld(float *out, size_t ldo, const float *a, size_t lda, const
                        size_t N, size_t K)
 {
     matmul_nt_dots(out, ldo, a, lda, b, ldb, M, N, K);
-}
-
-/* ==== packed weights: a batch-invariant linear layer at the micro-kernel's speed ==================== */
-
-size_t matmul_packed_floats(size_t N, size_t K) { return (N + NR - 1) / NR * K * NR; }
-
-void matmul_pack_weights(float *packed, const float *w, size_t N, size_t K)
-{
-    const size_t n_panels = (N + NR - 1) / NR;
-    for (size_t p = 0; p < n_panels; p++)
-        for (size_t k = 0; k < K; k++)
-            for (size_t c = 0; c < NR; c++) {
-                const size_t j = p * NR + c;
-                packed[(p * K + k) * NR + c] = j < N ? w[j * K + k] : 0.0f;
-            }
-}
-
-/* One row against four panels at once: eight accumulators, each element one chain over K in
- * order, as in kernel_6x16 -- so a row alone gets the bits it gets in a block of six. */
-static void packed_row_4panels(float *out, const float *a, const float *p0, size_t K)
-{
-    const float *p1 = p0 + K * NR, *p2 = p1 + K * NR, *p3 = p2 + K * NR;
-    f32x8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-    for (size_t k = 0; k < K; k++) {
-        const float ak = a[k];
-        c00 += ak * *(const f32x8 *)(p0 + k * NR), c01 += ak * *(const f32x8 *)(p0 + k * NR + 8);
-        c10 += ak * *(const f32x8 *)(p1 + k * NR), c11 += ak * *(const f32x8 *)(p1 + k * NR + 8);
-        c20 += ak * *(const f32x8 *)(p2 + k * NR), c21 += ak * *(const f32x8 *)(p2 + k * NR + 8);
-        c30 += ak * *(const f32x8 *)(p3 + k * NR), c31 += ak * *(const f32x8 *)(p3 + k * NR + 8);
-    }
-    f32x8 *o = (f32x8 *)out;
-    o[0] = c00, o[1] = c01, o[2] = c10, o[3] = c11, o[4] = c20, o[5] = c21, o[6] = c30, o[7] = c31;
-}
-
-/* Two and four rows against one 16-column panel: kernel_6x16's arithmetic for fewer rows, so
- * that the last rows of a batch do not pay for six (32 rows = 5 x 6 + 2). */
-static void kernel_2x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t K, size_t rows)
-{
-    f32x8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};
-    const float *a0 = a, *a1 = rows > 1 ? a + lda : a;
-    for (size_t k = 0; k < K; k++) {
-        const f32x8 b0 = *(const f32x8 *)(b + k * NR), b1 = *(const f32x8 *)(b + k * NR + 8);
-        c00 += a0[k] * b0, c01 += a0[k] * b1;
-        c10 += a1[k] * b0, c11 += a1[k] * b1;
-    }
-    f32x8 *o = (f32x8 *)out;
-    o[0] = c00, o[1] = c01;
-    if (rows > 1)
-        o = (f32x8 *)(out + ldo), o[0] = c10, o[1] = c11;
-}
-
-static void kernel_4x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t K, size_t rows)
-{
-    f32x8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = rows > 3 ? a + 3 * lda : a;
-    for (size_t k = 0; k < K; k++) {
-        const f32x8 b0 = *(const f32x8 *)(b + k * NR), b1 = *(const f32x8 *)(b + k * NR + 8);
-        c00 += a0[k] * b0, c01 += a0[k] * b1;
-        c10 += a1[k] * b0, c11 += a1[k] * b1;
-        c20 += a2[k] * b0, c21 += a2[k] * b1;
-        c30 += a3[k] * b0, c31 += a3[k] * b1;
-    }
-    const f32x8 c[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
-    for (size_t r = 0; r < rows; r++) {
-        f32x8 *o = (f32x8 *)(out + r * ldo);
-        o[0] = c[r][0], o[1] = c[r][1];
-    }
-}
-
-/* rows <= 6 rows of a against a packed panel: the smallest kernel that covers them */
-static void panel_rows(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows)
-{
-    if (rows <= 2)
-        kernel_2x16(out, ldo, a, lda, panel, K, rows);
-    else if (rows <= 4)
-        kernel_4x16(out, ldo, a, lda, panel, K, rows);
-    else
-        kernel_6x16(out, ldo, a, lda, panel, NR, K, rows, 0);
-}
-
-/* Panel p (columns p*16 .. p*16+15) for rows [0, M): blocks of six rows through kernel_6x16,
- * reading the packed panel in place; the last, partial panel through a 6 x 16 scratch. */
-static void packed_panel(float *out, size_t ldo, const float *a, size_t lda, const float *packed, size_t M, size_t N,
-                         size_t K, size_t p)
-{
-    const size_t j0 = p * NR, cols = N - j0 < NR ? N - j0 : NR;
-    const float *panel = packed + p * K * NR;
-    for (size_t i = 0; i < M; i += MR) {
-        const size_t rows = M - i < MR ? M - i : MR;
-        if (cols == NR) {
-            panel_rows(out + i * ldo + j0, ldo, a + i * lda, lda, panel, K, rows);
-        } else {
-            float tmp[MR * NR];
-            panel_rows(tmp, NR, a + i * lda, lda, panel, K, rows);
-            for (size_t r = 0; r < rows; r++)
-                memcpy(out + (i + r) * ldo + j0, tmp + r * NR, cols * sizeof(float));
-        }
-    }
-}
-
-/* M = 1: four panels at a time; a lone or last panel through packed_panel. */
-static void packed_one_row_group(float *out, const float *a, const float *packed, size_t N, size_t K, size_t g)
-{
-    const size_t n_panels = (N + NR - 1) / NR, p0 = g * 4;
-    if (p0 + 4 <= n_panels && (p0 + 4) * NR <= N) {
-        packed_row_4panels(out + p0 * NR, a, packed + p0 * K * NR, K);
-        return;
-    }
-    for (size_t p = p0; p < n_panels && p < p0 + 4; p++)
-        packed_panel(out, N, a, K, packed, 1, N, K, p);
-}
-
-void matmul_packed(float *out, size_t ldo, const float *a, size_t lda, const float *packed, size_t M, size_t N,
-                   size_t K)
-{
-    const size_t n_panels = (N + NR - 1) / NR;
-    if (M == 1 && ldo >= N) {
-        const size_t groups = (n_panels + 3) / 4;
-#pragma omp parallel for schedule(static) if (use_threads(M, N, K))
-        for (size_t g = 0; g < groups; g++)
-            packed_one_row_group(out, a, packed, N, K, g);
-        return;
-    }
-#pragma omp parallel for schedule(static) if (use_threads(M, N, K))
-    for (size_t p = 0; p < n_panels; p++)
-        packed_panel(out, ldo, a, lda, packed, M, N, K, p);
 }
 
 void matmul_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K)

@@ -59,6 +59,10 @@ void matmul_packed(float *out, size_t ldo, const float *a, size_t lda, const flo
 void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
                        int accumulate);
 
+/* Whether a product of this size is worth OpenMP threads (about 2e5 multiply-adds or more, and not
+ * already inside a parallel region): shared by matmul.c and matmul_packed.c. */
+int matmul_use_threads(size_t M, size_t N, size_t K);
+
 /* The obviously-correct triple loop (double accumulation), for tests. */
 void matmul_ref_nt(float *out, const float *a, const float *b, size_t M, size_t N, size_t K);
 

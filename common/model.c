@@ -75,24 +75,24 @@ typedef struct {
 
 static int blocks_of(const ModelConfig *c, ModelWeights *w, Block b[14])
 {
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
     int i = 0;
-    b[i++] = (Block){&w->token_embedding, sat_mul((size_t)c->vocab_size, dim)};
-    b[i++] = (Block){&w->rms_att, sat_mul(L, dim)};
-    b[i++] = (Block){&w->wq, sat_mul3(L, qd, dim)};
-    b[i++] = (Block){&w->wk, sat_mul3(L, kvd, dim)};
-    b[i++] = (Block){&w->wv, sat_mul3(L, kvd, dim)};
-    b[i++] = (Block){&w->wo, sat_mul3(L, dim, qd)};
-    b[i++] = (Block){&w->rms_ffn, sat_mul(L, dim)};
-    b[i++] = (Block){&w->w1, sat_mul3(L, hid, dim)};
-    b[i++] = (Block){&w->w2, sat_mul3(L, dim, hid)};
-    b[i++] = (Block){&w->w3, sat_mul3(L, hid, dim)};
-    b[i++] = (Block){&w->rms_final, dim};
-    b[i++] = (Block){NULL, sat_mul((size_t)c->seq_len, hs) / 2}; /* freq_cis_real, unused */
-    b[i++] = (Block){NULL, sat_mul((size_t)c->seq_len, hs) / 2}; /* freq_cis_imag, unused */
+    b[i++] = (Block){.slot = &w->token_embedding, .n = sat_mul((size_t)c->vocab_size, dim)};
+    b[i++] = (Block){.slot = &w->rms_att, .n = sat_mul(L, dim)};
+    b[i++] = (Block){.slot = &w->wq, .n = sat_mul3(L, qd, dim)};
+    b[i++] = (Block){.slot = &w->wk, .n = sat_mul3(L, kvd, dim)};
+    b[i++] = (Block){.slot = &w->wv, .n = sat_mul3(L, kvd, dim)};
+    b[i++] = (Block){.slot = &w->wo, .n = sat_mul3(L, dim, qd)};
+    b[i++] = (Block){.slot = &w->rms_ffn, .n = sat_mul(L, dim)};
+    b[i++] = (Block){.slot = &w->w1, .n = sat_mul3(L, hid, dim)};
+    b[i++] = (Block){.slot = &w->w2, .n = sat_mul3(L, dim, hid)};
+    b[i++] = (Block){.slot = &w->w3, .n = sat_mul3(L, hid, dim)};
+    b[i++] = (Block){.slot = &w->rms_final, .n = dim};
+    b[i++] = (Block){.slot = NULL, .n = sat_mul((size_t)c->seq_len, D) / 2}; /* freq_cis_real, unused */
+    b[i++] = (Block){.slot = NULL, .n = sat_mul((size_t)c->seq_len, D) / 2}; /* freq_cis_imag, unused */
     if (!c->shared_classifier)
-        b[i++] = (Block){&w->wcls, sat_mul((size_t)c->vocab_size, dim)};
+        b[i++] = (Block){.slot = &w->wcls, .n = sat_mul((size_t)c->vocab_size, dim)};
     return i;
 }
 
@@ -110,8 +110,8 @@ size_t model_checkpoint_floats(const ModelConfig *c)
 /* Floats of the packed matrices (build_packed), saturating like the rest. */
 static size_t packed_floats(const ModelConfig *c)
 {
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
     /* matmul_packed_floats(N, K) rounds N up to a multiple of 16 rows: at most (N + 16) * K */
     const size_t per_layer = sat_add(sat_add(sat_mul(qd + 16, dim), sat_mul(2, sat_mul(kvd + 16, dim))),
                                      sat_add(sat_add(sat_mul(dim + 16, qd), sat_mul(2, sat_mul(hid + 16, dim))),
@@ -121,8 +121,8 @@ static size_t packed_floats(const ModelConfig *c)
 
 size_t model_param_count(const ModelConfig *c)
 {
-    const size_t hs = (size_t)(c->dim / c->n_heads);
-    return model_checkpoint_floats(c) - (size_t)c->seq_len * hs;
+    const size_t D = (size_t)(c->dim / c->n_heads);
+    return model_checkpoint_floats(c) - (size_t)c->seq_len * D;
 }
 
 /* Points every weight into m->data, in checkpoint order. */
@@ -158,8 +158,8 @@ static int alloc_model(Model *m, const ModelConfig *c, const char *what)
 static int build_packed(Model *m)
 {
     const ModelConfig *c = &m->c;
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
     ModelPacked *p = &m->p;
     p->q = matmul_packed_floats(qd, dim), p->kv = matmul_packed_floats(kvd, dim);
     p->o = matmul_packed_floats(dim, qd), p->up = matmul_packed_floats(hid, dim), p->down = matmul_packed_floats(dim, hid);
@@ -196,8 +196,8 @@ int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
         return -1;
     Rng rng;
     rng_seed(&rng, seed);
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, hs = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * hs, kvd = (size_t)c->n_kv_heads * hs, hid = (size_t)c->hidden_dim;
+    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
+    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
     const struct {
         float *p;
         size_t n;
@@ -245,7 +245,9 @@ int model_load(const char *path, Model *m)
     }
     /* a negative vocab_size means "unshared classifier"; 0 and INT32_MIN (no positive twin) are bad */
     const int vocab_bad = h[5] == 0 || h[5] == INT32_MIN;
-    ModelConfig c = {h[0], h[1], h[2], h[3], h[4], vocab_bad ? 0 : h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
+    ModelConfig c = {.dim = h[0], .hidden_dim = h[1], .n_layers = h[2], .n_heads = h[3], .n_kv_heads = h[4],
+                     .vocab_size = vocab_bad ? 0 : h[5] < 0 ? -h[5] : h[5], .seq_len = h[6],
+                     .shared_classifier = h[5] > 0};
     if (vocab_bad || model_check_config(&c) != 0) {
         char why[512];
         if (vocab_bad)
@@ -325,15 +327,15 @@ void model_rmsnorm(float *o, const float *x, const float *weight, int n)
         o[j] = weight[j] * (ss * x[j]);
 }
 
-void model_rope_at(float *x, int rows, int n_heads, int hs, const int *pos)
+void model_rope_at(float *x, int rows, int n_heads, int D, const int *pos)
 {
     for (int r = 0; r < rows; r++) {
-        for (int i = 0; i < hs; i += 2) {
-            /* the angle run.c uses: pos / 10000^(i / hs) for the pair (i, i+1) of every head */
-            const float freq = 1.0f / powf(10000.0f, (float)i / (float)hs);
+        for (int i = 0; i < D; i += 2) {
+            /* the angle run.c uses: pos / 10000^(i / D) for the pair (i, i+1) of every head */
+            const float freq = 1.0f / powf(10000.0f, (float)i / (float)D);
             const float val = (float)pos[r] * freq, fcr = cosf(val), fci = sinf(val);
             for (int h = 0; h < n_heads; h++) {
-                float *v = x + ((size_t)r * n_heads + h) * hs + i;
+                float *v = x + ((size_t)r * n_heads + h) * D + i;
                 const float v0 = v[0], v1 = v[1];
                 v[0] = v0 * fcr - v1 * fci;
                 v[1] = v0 * fci + v1 * fcr;
@@ -342,11 +344,11 @@ void model_rope_at(float *x, int rows, int n_heads, int hs, const int *pos)
     }
 }
 
-void model_rope(float *x, int rows, int n_heads, int hs, int pos0)
+void model_rope(float *x, int rows, int n_heads, int D, int pos0)
 {
     for (int r = 0; r < rows; r++) {
         const int pos = pos0 + r;
-        model_rope_at(x + (size_t)r * n_heads * hs, 1, n_heads, hs, &pos);
+        model_rope_at(x + (size_t)r * n_heads * D, 1, n_heads, D, &pos);
     }
 }
 
@@ -356,69 +358,6 @@ void model_swiglu(float *h, const float *g, size_t n)
         const float val = h[i] * (1.0f / (1.0f + expf(-h[i])));
         h[i] = val * g[i];
     }
-}
-
-int model_argmax(const float *logits, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (logits[i] > logits[best])
-            best = i;
-    return best;
-}
-
-void model_rng_seed(Rng *rng, uint64_t seed) { rng->state = seed ? seed : 0x9E3779B97F4A7C15ull; }
-
-int model_check_temperature(double temperature)
-{
-    if (!(temperature >= 0.0) || !isfinite(temperature))
-        return error_set("--temperature %g: expected 0 (greedy) or a positive number", temperature);
-    /* below FLT_MIN the float is subnormal (1e-40 keeps 3 digits) and logits / T overflows for
-     * any logit above ~1e-2: refused rather than silently greedy */
-    if (temperature > 0.0 && temperature < FLT_MIN)
-        return error_set("--temperature %g is below the smallest normal float, %g: give 0 for greedy decoding or a "
-                         "temperature of at least %g",
-                         temperature, (double)FLT_MIN, (double)FLT_MIN);
-    return 0;
-}
-
-int model_sample(float *logits, int n, float temperature, Rng *rng)
-{
-    /* Logits that overflowed (a checkpoint with huge weights) would sample garbage -- inf - inf is
-     * NaN, no cdf passes the coin, and the last id comes out every time -- so they are an error. */
-    int best = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(logits[i]))
-            return error_set("logit %d of %d is %s: the model's arithmetic overflowed float32 (are its weights "
-                             "sensible?)",
-                             i, n, isnan(logits[i]) ? "NaN" : "infinite");
-        best = logits[i] > logits[best] ? i : best;
-    }
-    if (temperature <= 0.0f)
-        return best;
-    for (int i = 0; i < n; i++)
-        logits[i] /= temperature;
-    float max_val = logits[0], sum = 0.0f;
-    for (int i = 1; i < n; i++)
-        max_val = logits[i] > max_val ? logits[i] : max_val;
-    /* a temperature so small that the largest logit / T overflows leaves all the probability on
-     * the largest logit (the limit T -> 0): greedy, rather than exp(inf - inf) */
-    if (!isfinite(max_val))
-        return best;
-    for (int i = 0; i < n; i++) {
-        logits[i] = expf(logits[i] - max_val);
-        sum += logits[i];
-    }
-    for (int i = 0; i < n; i++)
-        logits[i] /= sum;
-    const float coin = rng_uniform(rng);
-    float cdf = 0.0f;
-    for (int i = 0; i < n; i++) {
-        cdf += logits[i];
-        if (coin < cdf)
-            return i;
-    }
-    return n - 1;
 }
 
 /* ==== the whole forward, attention supplied by the caller ============================================== */
@@ -435,8 +374,8 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
                   int n_out, const int *out_rows, float *logits)
 {
     const ModelConfig *mc = &m->c;
-    const int dim = mc->dim, H = mc->n_heads, Hkv = mc->n_kv_heads, hs = model_head_size(mc);
-    const int qd = H * hs, kvd = Hkv * hs, hid = mc->hidden_dim;
+    const int dim = mc->dim, H = mc->n_heads, Hkv = mc->n_kv_heads, D = model_head_size(mc);
+    const int qd = H * D, kvd = Hkv * D, hid = mc->hidden_dim;
     if (n < 1)
         return error_set("model_forward: no tokens to run");
     for (int i = 0; i < n; i++) {
@@ -458,10 +397,10 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
         return -1;
     float *x = buf;           /* (n, dim) the residual stream */
     float *xb = x + N * dim;  /* (n, dim) normalised, then each block's output */
-    float *q = xb + N * dim;  /* (n, H*hs) */
-    float *att = q + N * qd;  /* (n, H*hs) attention output, token-major */
-    float *k = att + N * qd;  /* (n, Hkv*hs) */
-    float *v = k + N * kvd;   /* (n, Hkv*hs) */
+    float *q = xb + N * dim;  /* (n, H*D) */
+    float *att = q + N * qd;  /* (n, H*D) attention output, token-major */
+    float *k = att + N * qd;  /* (n, Hkv*D) */
+    float *v = k + N * kvd;   /* (n, Hkv*D) */
     float *h1 = v + N * kvd;  /* (n, hidden) */
     float *h3 = h1 + N * hid; /* (n, hidden) */
     for (size_t i = 0; i < N; i++)
@@ -473,8 +412,8 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
         linear(q, xb, m->p.wq + (size_t)l * m->p.q, N, (size_t)qd, (size_t)dim);
         linear(k, xb, m->p.wk + (size_t)l * m->p.kv, N, (size_t)kvd, (size_t)dim);
         linear(v, xb, m->p.wv + (size_t)l * m->p.kv, N, (size_t)kvd, (size_t)dim);
-        model_rope_at(q, n, H, hs, pos);
-        model_rope_at(k, n, Hkv, hs, pos);
+        model_rope_at(q, n, H, D, pos);
+        model_rope_at(k, n, Hkv, D, pos);
         rc = attention(ctx, l, n, q, k, v, att); /* the chapter's cache and kernel */
         if (rc != 0)
             break;

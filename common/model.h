@@ -4,8 +4,8 @@
  *
  * Per layer, for a token x (dim):
  *     xb  = rmsnorm(x) * rms_att              rmsnorm: x / sqrt(mean(x^2) + 1e-5), then the weight
- *     q, k, v = Wq xb, Wk xb, Wv xb           q (H * hs), k and v (Hkv * hs), hs = dim / H
- *     RoPE: in every head, the pair (2j, 2j+1) of q and k turns by pos * 10000^(-2j / hs)
+ *     q, k, v = Wq xb, Wk xb, Wv xb           q (H * D), k and v (Hkv * D): D = dim / H, the head dimension
+ *     RoPE: in every head, the pair (2j, 2j+1) of q and k turns by pos * 10000^(-2j / D)
  *     x  += Wo attention(q, K, V)             GQA: query head h reads kv head h / (H / Hkv)
  *     xb  = rmsnorm(x) * rms_ffn
  *     x  += W2 (silu(W1 xb) * (W3 xb))        SwiGLU
@@ -13,11 +13,13 @@
  *
  * Checkpoints: llama2.c's legacy version-0 .bin: 7 int32 (dim, hidden_dim, n_layers, n_heads,
  * n_kv_heads, vocab_size, seq_len; a negative vocab_size means a separate classifier), then fp32
- * token_embedding (vocab, dim), rms_att (L, dim), wq (L, H*hs, dim), wk (L, Hkv*hs, dim),
- * wv (L, Hkv*hs, dim), wo (L, dim, H*hs), rms_ffn (L, dim), w1 (L, hidden, dim), w2 (L, dim,
- * hidden), w3 (L, hidden, dim), rms_final (dim), two unused RoPE tables (seq_len * hs / 2 each),
+ * token_embedding (vocab, dim), rms_att (L, dim), wq (L, H*D, dim), wk (L, Hkv*D, dim),
+ * wv (L, Hkv*D, dim), wo (L, dim, H*D), rms_ffn (L, dim), w1 (L, hidden, dim), w2 (L, dim,
+ * hidden), w3 (L, hidden, dim), rms_final (dim), two unused RoPE tables (seq_len * D / 2 each),
  * and wcls (vocab, dim) when not shared. The file size is checked against the header before any
  * weight is read.
+ *
+ * The same model on the GPU: common/model_cuda.h.
  */
 #ifndef COMMON_MODEL_H
 #define COMMON_MODEL_H
@@ -45,10 +47,10 @@ typedef struct {
 typedef struct {
     float *token_embedding; /* (vocab, dim) */
     float *rms_att;         /* (L, dim) */
-    float *wq;              /* (L, H*hs, dim) */
-    float *wk;              /* (L, Hkv*hs, dim) */
-    float *wv;              /* (L, Hkv*hs, dim) */
-    float *wo;              /* (L, dim, H*hs) */
+    float *wq;              /* (L, H*D, dim) */
+    float *wk;              /* (L, Hkv*D, dim) */
+    float *wv;              /* (L, Hkv*D, dim) */
+    float *wo;              /* (L, dim, H*D) */
     float *rms_ffn;         /* (L, dim) */
     float *w1;              /* (L, hidden, dim) */
     float *w2;              /* (L, dim, hidden) */
@@ -112,11 +114,11 @@ void model_free(Model *m);
 /* o (n) = rmsnorm(x) * weight; o may be x. */
 void model_rmsnorm(float *o, const float *x, const float *weight, int n);
 
-/* RoPE in place on `rows` token rows of n_heads heads of size hs, row r at position pos0 + r;
- * x is (rows, n_heads * hs). */
-void model_rope(float *x, int rows, int n_heads, int hs, int pos0);
+/* RoPE in place on `rows` token rows of n_heads heads of size D, row r at position pos0 + r;
+ * x is (rows, n_heads * D). */
+void model_rope(float *x, int rows, int n_heads, int D, int pos0);
 /* The same with any position per row: row r at pos[r] (rows of different sequences in one batch). */
-void model_rope_at(float *x, int rows, int n_heads, int hs, const int *pos);
+void model_rope_at(float *x, int rows, int n_heads, int D, const int *pos);
 
 /* h (n) = silu(h) * g, in place. */
 void model_swiglu(float *h, const float *g, size_t n);
@@ -143,8 +145,8 @@ void model_rng_seed(Rng *rng, uint64_t seed);
 /* ---- the whole forward --------------------------------------------------------------------- */
 
 /* One layer's attention, which each chapter supplies with its own cache: the n token rows'
- * q (n, H*hs), k and v (n, Hkv*hs) of layer `layer`, RoPE applied; it stores k and v where its
- * cache keeps them and writes att (n, H*hs), token-major. 0 or -1 with an error recorded. */
+ * q (n, H*D), k and v (n, Hkv*D) of layer `layer`, RoPE applied; it stores k and v where its
+ * cache keeps them and writes att (n, H*D), token-major. 0 or -1 with an error recorded. */
 typedef int (*ModelAttention)(void *ctx, int layer, int n, const float *q, const float *k, const float *v,
                               float *att);
 

@@ -136,7 +136,7 @@ static int parse_dtype(const char *path, const char *descr, NpyDtype *out)
 
 static int parse_header(const char *path, const char *text, size_t len, NpyArray *out)
 {
-    Cursor c = {text, text + len, path};
+    Cursor c = {.p = text, .end = text + len, .path = path};
     int have_descr = 0, have_order = 0, have_shape = 0, fortran = 0;
     char key[32], descr[32];
 

@@ -27,7 +27,8 @@ extern "C" {
  * the bytes held through mem_alloc would exceed the memory budget (mem_budget_bytes) or the
  * allocation fails. The budget bounds the total, not each request: no sequence of allocations,
  * each small enough alone, can take the process past it (and get it killed by the OOM killer
- * once it touches the pages that overcommit granted). */
+ * once it touches the pages that overcommit granted). 0 bytes is a valid request: a pointer
+ * that must not be read, never NULL (so an empty buffer needs no special case). */
 void *mem_alloc(size_t bytes, const char *what);
 /* Like mem_alloc, but dies with that error instead of returning NULL. */
 void *mem_alloc_or_die(size_t bytes, const char *what);

@@ -1,5 +1,5 @@
 /*
- * verify.h: the shape grid of design.md §5 and the pass/fail tally of every `verify`.
+ * verify.h: the shape grid of docs/contracts.md §4.2 and the pass/fail tally of every `verify`.
  *
  * `verify` runs each implementation a chapter has against its reference on this grid and ends
  * with the line "N passed, N failed" (exit status 1 if any failed). It is how a reader, or a

@@ -57,7 +57,7 @@ static void put_tokenizer_input(const char *name, const char *src, int vocab, si
 /* A checkpoint whose declared size wraps past 2^64 to exactly its own length. With dim 2^30 and
  * n_heads 2^29 (head size 2), one layer, hidden 1, n_kv_heads 1, seq_len 16 and a shared vocab
  * of V = 2^31 - 10, the floats after the header are
- *     V dim + 2 L dim + 2 L qd dim + 2 L kvd dim + 3 L hid dim + dim + seq_len hs
+ *     V dim + 2 L dim + 2 L qd dim + 2 L kvd dim + 3 L hid dim + dim + seq_len D
  *   = 2^30 (V + 2 + 1 + 3) + 2^61 + 2^32 + 32          (qd = dim = 2^30, kvd = 2, hid = 1)
  *   = 2^30 (2^31 - 4) + 2^61 + 2^32 + 32 = 2^62 + 32,
  * and 28 + 4 (2^62 + 32) = 2^64 + 156: modulo 2^64, the 156 bytes of this file. The loader once
@@ -67,10 +67,10 @@ static void put_tokenizer_input(const char *name, const char *src, int vocab, si
 static void put_wrapping_checkpoint(const char *name)
 {
     const int32_t h[7] = {1 << 30, 1, 1, 1 << 29, 1, 2147483647 - 9, 16};
-    const uint64_t dim = (uint64_t)h[0], hid = (uint64_t)h[1], L = (uint64_t)h[2], hs = dim / (uint64_t)h[3];
-    const uint64_t qd = (uint64_t)h[3] * hs, kvd = (uint64_t)h[4] * hs, V = (uint64_t)h[5], seq = (uint64_t)h[6];
+    const uint64_t dim = (uint64_t)h[0], hid = (uint64_t)h[1], L = (uint64_t)h[2], D = dim / (uint64_t)h[3];
+    const uint64_t qd = (uint64_t)h[3] * D, kvd = (uint64_t)h[4] * D, V = (uint64_t)h[5], seq = (uint64_t)h[6];
     const uint64_t floats = V * dim + 2 * L * dim + 2 * L * qd * dim + 2 * L * kvd * dim + 3 * L * hid * dim + dim +
-                            seq * hs;
+                            seq * D;
     const uint64_t bytes = 28 + floats * 4; /* wraps, as the unchecked size_t sum did */
     if (bytes != 156)
         die("%s: the declared size wraps to %llu bytes, not 156", name, (unsigned long long)bytes);

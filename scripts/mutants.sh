@@ -6,7 +6,8 @@
 # mapping, copy-on-write, a reference count, a budget, preemption, positions, sampling, the
 # tokenizer, the metrics. The script
 #   1. checks the whole list: every id unique, every file present, every `from` found EXACTLY
-#      once in its file, every suite entry a chapter (1..6) and an existing Check case; a list
+#      once in its file, every suite entry a chapter (1..6) or common (common/'s own suite) and
+#      an existing Check case; a list
 #      that has rotted is an error, never a silent pass;
 #   2. copies the tree (git ls-files: tracked files and untracked ones git does not ignore) into
 #      a scratch folder, build/mutants/tree, and builds it once (CUDA=0, SAN=0): the working
@@ -26,7 +27,8 @@
 #
 # Environment:
 #   MUTANTS=id1,id2   only these mutants          CHAPTER=N   only chapter N's mutants (those in
-#   MUTANT_TIMEOUT=S  limit per suite run (300)   its folder, and common/ ones whose first suite is N)
+#   MUTANT_TIMEOUT=S  limit per suite run (300)   its folder, and common/ ones whose first suite is N;
+#                                                 CHAPTER=common: those whose first suite is common)
 #   MUTANTS_LIST=F    another list                MUTANTS_DIR=D   scratch folder (build/mutants)
 #   BASELINE=0        skip the baseline runs      MUTANTS_JOBS=N  make -j (2)
 # Needs bash, make, gcc, Check, git, tar, perl (Debian's perl-base: the exact string edits) and
@@ -53,7 +55,7 @@ say() { printf 'mutants: %s\n' "$*"; }
 die() { printf 'mutants: error: %s\n' "$*" >&2; exit 2; }
 
 [ -f "$list" ] || die "no list '$list'"
-case $chapter in '' | [1-6]) ;; *) die "CHAPTER must be 1..6, got '$chapter'" ;; esac
+case $chapter in '' | [1-6] | common) ;; *) die "CHAPTER must be 1..6 or common, got '$chapter'" ;; esac
 case $limit in '' | *[!0-9]*) die "MUTANT_TIMEOUT must be a number of seconds, got '$limit'" ;; esac
 for tool in git tar perl make timeout; do
     command -v "$tool" >/dev/null || die "'$tool' is not installed"
@@ -105,6 +107,10 @@ apply_to() {
         my ($f, $t) = ($ENV{MUT_FROM}, $ENV{MUT_TO});
         for ($f, $t) { s/\\(.)/$1 eq "n" ? "\n" : $1 eq "t" ? "\t" : $1/ge }
         my $at = index($_, $f); substr($_, $at, length $f) = $t if $at >= 0' "$1"
+}
+
+suite_dir() { # the folder of suite N (1..6) or common, whose test_*.c files make build/test/<folder>
+    if [ "$1" = common ]; then echo common; else echo "${CHAPTERS[$1 - 1]}"; fi
 }
 
 chapter_of_file() { # 1..6 for a chapter's file, empty for common/ and others
@@ -166,11 +172,11 @@ for i in "${sel[@]}"; do
     cnt=$(count_in "$f" "${froms[i]}")
     [ "$cnt" = 1 ] || list_error "$where: 'from' occurs $cnt times in $f (it must occur exactly once)"
     while IFS=$'\t' read -r num cs; do
-        case $num in [1-6]) ;; *) list_error "$where: suite '$num' is not a chapter number 1..6"; continue ;; esac
+        case $num in [1-6] | common) ;; *) list_error "$where: suite '$num' is not a chapter number 1..6 or common"; continue ;; esac
         [ -n "$cs" ] || continue
-        tf=$(ls "${CHAPTERS[num - 1]}"/test_*.c 2>/dev/null)
+        tf=$(ls "$(suite_dir "$num")"/test_*.c 2>/dev/null)
         grep -qF "tcase_create(\"$cs\")" $tf ||
-            list_error "$where: chapter $num's suite has no case '$cs'"
+            list_error "$where: suite $num has no case '$cs'"
     done < <(entries_of "$i")
 done
 if [ "$list_errors" -gt 0 ]; then
@@ -208,7 +214,8 @@ say "built in $(($(date +%s) - t0)) s"
 
 # run_entry NUM CASE LOG: one suite entry in the scratch copy; prints pass|fail|timeout|empty
 run_entry() {
-    local ch=${CHAPTERS[$1 - 1]} rc
+    local ch rc
+    ch=$(suite_dir "$1")
     (
         cd "$tree_abs" || exit 2
         unset CK_RUN_SUITE CK_RUN_CASE CK_INCLUDE_TAGS CK_EXCLUDE_TAGS CK_FORK

@@ -1,0 +1,242 @@
+/*
+ * bench.c: chapter 03's verify and bench subcommands, its versions as the harness sees them, and
+ * the peak-RSS probe behind the lesson's RSS column.
+ *
+ *   03_flash verify      every version against chapter 02's reference on the grid
+ *   03_flash bench       chapter 02 and 03 on the same shapes: TSV rows +
+ *                        build/bench/03_flash_bench.dat + build/plots/03_flash_bench.png, and the
+ *                        issue's targets on stderr
+ *   03_flash _peak-rss   (not listed) one call in a fresh process, its RSS growth on stdout
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "02_mqa_gqa/commands.h"
+#include "03_flash/commands.h"
+#include "03_flash/flash.h"
+#include "common/error.h"
+#include "common/program.h"
+#include "common/roofline.h"
+#include "common/tensor.h"
+#include "common/testing.h" /* run_program: the lesson measures a child process's peak memory */
+
+/* ==== this chapter's versions, as the harness sees them ========================================= */
+
+static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+{
+    (void)ctx;
+    GqaShape s = gqa_shape(d);
+    return flash_attention_cpu(kernel, &s, q, k, v, out, NULL);
+}
+
+#if HAVE_CUDA
+static int run_cuda(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v,
+                    float *out)
+{
+    (void)ctx;
+    GqaShape s = gqa_shape(d);
+    return flash_attention_cuda(kernel, &s, q, k, v, out, NULL);
+}
+#endif
+
+const AttnImpls FLASH_IMPLS = {
+    .prog = FLASH_PROG,
+    .ref = gqa_run_cpu, /* chapter 02's reference checks every version of this chapter, v1 included */
+    .ref_is_cpu1 = 0,
+    .cpu = run_cpu,
+    .cpu_name = flash_cpu_kernel_name,
+    .n_cpu = FLASH_CPU_KERNELS,
+#if HAVE_CUDA
+    .cuda = run_cuda,
+    .cuda_name = flash_cuda_kernel_name,
+    .n_cuda = FLASH_CUDA_KERNELS,
+    .cuda_fp16 = flash_cuda_kernel_fp16, /* tc: checked by FlashAttention's rule, not fp32 tolerance */
+#endif
+    .heads = ATTN_HEADS_DIVIDE,
+};
+
+/* ==== verify ==================================================================================== */
+
+int flash_cmd_verify(int argc, char **argv) { return attn_verify_command(&FLASH_IMPLS, argc, argv); }
+
+/* ==== peak RSS of one call, in a fresh process ==================================================== */
+
+/* Hidden subcommand: `_peak-rss CHAPTER KERNEL T` runs one call on the lesson's shape and prints
+ * the growth of its resident set during the call (peak RSS after minus RSS before). A fresh
+ * process per measurement, because the peak RSS of a process only ever grows. */
+int flash_cmd_peak_rss(int argc, char **argv)
+{
+    if (argc != 4)
+        die("usage: %s _peak-rss CHAPTER KERNEL T", FLASH_PROG);
+    const int chapter = atoi(argv[1]), kernel = atoi(argv[2]), T = atoi(argv[3]);
+    if ((chapter != 2 && chapter != 3) || kernel < 1 || T < 1)
+        die("_peak-rss: bad arguments");
+    AttnDims d = flash_lesson_dims(T);
+    Tensor q, k, v;
+    attn_random_inputs(&d, 5, &q, &k, &v);
+    float *out = mem_alloc_or_die(tensor_bytes(&q), "output (B, H, T, D)");
+    for (size_t i = 0; i < q.numel; i++)
+        out[i] = 0.0f; /* touch the output so that it counts before the call */
+    size_t before = mem_rss_bytes();
+    const AttnFn run = chapter == 2 ? gqa_run_cpu : run_cpu;
+    if (run(NULL, kernel, &d, q.data, k.data, v.data, out) != 0)
+        die_with_error();
+    size_t peak = mem_peak_rss_bytes();
+    printf("%zu\n", peak > before ? peak - before : 0);
+    mem_free(out);
+    tensor_free(&q), tensor_free(&k), tensor_free(&v);
+    return 0;
+}
+
+double flash_peak_rss(int chapter, int kernel, int T)
+{
+    char self[PATH_MAX], c[8], kn[8], tn[16];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return -1;
+    self[n] = '\0';
+    snprintf(c, sizeof c, "%d", chapter), snprintf(kn, sizeof kn, "%d", kernel), snprintf(tn, sizeof tn, "%d", T);
+    const char *argv[] = {self, "_peak-rss", c, kn, tn, NULL};
+    ProcResult *r = malloc(sizeof *r); /* 128 KiB of captured output: not for the stack */
+    double bytes = -1;
+    if (r && run_program(r, argv) == 0 && r->status == 0)
+        bytes = atof(r->out);
+    free(r);
+    return bytes;
+}
+
+/* ==== bench ===================================================================================== */
+
+/* What the targets printed at the end read from the CPU rows. */
+typedef struct {
+    double pct[16];                     /* % of the FMA peak of the fast version, entry i: T = 256 << i */
+    double ms02_4096, ms03_4096;        /* chapter 02's and chapter 03's fast versions at T = 4096 */
+    double alloc02_8192, alloc03_16384; /* memory held at each chapter's largest T */
+} Targets;
+
+/* variant 0: chapter 02's grouped version (CPU only); 1 .. n: this chapter's kernel 1 .. n. */
+static void targets_note(Targets *tg, int variant, int i, int T, double pct, const AttnTiming *t)
+{
+    if (variant == 2 && i < 16)
+        tg->pct[i] = pct;
+    if (T == 4096 && variant == 0)
+        tg->ms02_4096 = t->time.median_s * 1e3;
+    if (T == 4096 && variant == 2)
+        tg->ms03_4096 = t->time.median_s * 1e3;
+    if (T == FLASH_CH02_MAX_T && variant == 0)
+        tg->alloc02_8192 = (double)t->peak_bytes;
+    if (T == 16384 && variant == 2)
+        tg->alloc03_16384 = (double)t->peak_bytes;
+}
+
+/* The targets, from the rows (T = 1024, 2048, 4096 are entries 2, 3, 4). */
+static void targets_print(const Targets *tg)
+{
+    fprintf(stderr, "targets: fast CPU version at T = 1024, 2048, 4096: %.1f%%, %.1f%%, %.1f%% of the FMA peak "
+                    "(target >= 50%%)\n", tg->pct[2], tg->pct[3], tg->pct[4]);
+    if (!isnan(tg->ms02_4096) && !isnan(tg->ms03_4096))
+        fprintf(stderr, "targets: at T = 4096 chapter 03 is x%.2f faster than chapter 02's fast version (target x5, "
+                        "which would take %.0f%% of the FMA peak)\n",
+                tg->ms02_4096 / tg->ms03_4096, 5.0 * tg->pct[4] * tg->ms03_4096 / tg->ms02_4096);
+    if (!isnan(tg->alloc02_8192) && !isnan(tg->alloc03_16384))
+        fprintf(stderr, "targets: extra memory at T = 16384: chapter 03 %.1f MiB = %.2f%% of chapter 02's %.0f MiB "
+                        "(4x its measured T = 8192; target < 5%%)\n",
+                tg->alloc03_16384 / 1048576, 100.0 * tg->alloc03_16384 / (4 * tg->alloc02_8192),
+                4 * tg->alloc02_8192 / 1048576);
+}
+
+/* One version for T = S = 256 .. max_t on the lesson's shape, a row per T. */
+static void bench_variant(Tsv *tsv, Device dev, int variant, int max_t, int repeats, Targets *tg)
+{
+    const AttnImpls *im = variant == 0 ? &GQA_IMPLS : &FLASH_IMPLS;
+    const int kern = variant == 0 ? 2 : variant;
+    for (int T = 256, i = 0; T <= max_t; T *= 2, i++) {
+        if (variant == 0 && T > FLASH_CH02_MAX_T)
+            break;
+        if (dev == DEVICE_CPU && variant == 1 && T > 1024)
+            break;
+        AttnDims d = flash_lesson_dims(T);
+        bench_progress("%s %s T=%d ...", im->prog, attn_impl_name(im, dev, kern), T);
+        Tensor q, k, v;
+        attn_random_inputs(&d, 3, &q, &k, &v);
+        AttnTiming t = attn_time(im, dev, kern, &d, &q, &k, &v, repeats, 2.0, 0);
+        tensor_free(&q), tensor_free(&k), tensor_free(&v);
+        if (t.rc != 0) {
+            fprintf(stderr, "%s bench: %s\n", FLASH_PROG, error_message());
+            break;
+        }
+        const double gf = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal) / t.time.median_s / 1e9;
+        const double p = dev == DEVICE_CPU ? 100.0 * gf / roofline_get()->fma_gflops : NAN;
+        tsv_row(tsv, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\t%zu", variant ? "03" : "02",
+                device_name(dev), attn_impl_name(im, dev, kern), d.B, d.H, d.Hkv, d.T, d.S, d.D, d.causal,
+                t.time.median_s * 1e3, gf, p, t.peak_bytes);
+        if (dev == DEVICE_CPU)
+            targets_note(tg, variant, i, T, p, &t);
+    }
+}
+
+/* The shape of the PyTorch comparison (scripts/sdpa_bench.py): D = 128, T = S = 4096, on the GPU. */
+static void bench_sdpa_shape(Tsv *tsv, int repeats)
+{
+    for (int kern = 1; kern <= attn_impl_count(&FLASH_IMPLS, DEVICE_CUDA); kern++) {
+        AttnDims d = {.B = 1, .H = 8, .Hkv = 8, .T = 4096, .S = 4096, .D = 128, .causal = 1,
+                      .scale = 1.0f / sqrtf(128.0f)};
+        Tensor q, k, v;
+        attn_random_inputs(&d, 4, &q, &k, &v);
+        AttnTiming t = attn_time(&FLASH_IMPLS, DEVICE_CUDA, kern, &d, &q, &k, &v, repeats, 2.0, 0);
+        tensor_free(&q), tensor_free(&k), tensor_free(&v);
+        if (t.rc == 0)
+            tsv_row(tsv, "03\tcuda\t%s\t1\t8\t8\t4096\t4096\t128\t1\t%.4f\t%.2f\tnan\t0",
+                    attn_impl_name(&FLASH_IMPLS, DEVICE_CUDA, kern), t.time.median_s * 1e3,
+                    attn_flops(1, 8, 4096, 4096, 128, 1) / t.time.median_s / 1e9);
+    }
+}
+
+int flash_cmd_bench(int argc, char **argv)
+{
+    const char *device = "auto", *out = NULL;
+    int repeats = 5, max_t = 16384;
+    ArgSpec specs[] = {
+        OPTION_DEVICE(&device, "auto: CPU versions, and CUDA versions when a GPU is present"),
+        OPTION_OUT(&out),
+        {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N", .help = "longest sequence (default 16384)",
+         .min = 256, .max = 1 << 20},
+        OPTION_REPEATS(&repeats),
+    };
+    ArgCommand cmd = {
+        .name = FLASH_PROG " bench",
+        .usage = "[options]",
+        .summary = "Times chapter 02's grouped version (up to T = 8192) and this chapter's versions (the tiled\n"
+                   "v1 up to T = 1024) for T = S = 256 .. max-t, B = 1, H = 8, D = 64, causal, fp32.\n"
+                   "Columns: chapter device kernel B H Hkv T S D causal time_ms gflops pct_peak alloc_bytes.\n"
+                   "GFLOP/s counts 4*D per visible (query, key) pair; pct_peak is against the FMA peak measured by\n"
+                   "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). The\n"
+                   "issue's targets are checked on stderr at the end.",
+        .specs = specs,
+        .n_specs = 4,
+    };
+    args_parse_or_exit(&cmd, argc, argv);
+
+    BenchSession b;
+    bench_begin(&b, FLASH_PROG, device, out,
+                "chapter\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\talloc_bytes");
+    Targets tg = {.ms02_4096 = NAN, .ms03_4096 = NAN, .alloc02_8192 = NAN, .alloc03_16384 = NAN};
+    for (int g = 0; g < 2; g++) {
+        const Device dev = g ? DEVICE_CUDA : DEVICE_CPU;
+        if (!(dev == DEVICE_CUDA ? b.use_gpu : b.use_cpu))
+            continue;
+        /* chapter 02's fast version first (CPU only), then this chapter's versions */
+        for (int variant = dev == DEVICE_CPU ? 0 : 1; variant <= attn_impl_count(&FLASH_IMPLS, dev); variant++)
+            bench_variant(&b.tsv, dev, variant, max_t, repeats, &tg);
+    }
+    if (b.use_gpu)
+        bench_sdpa_shape(&b.tsv, repeats);
+    bench_progress_done();
+    if (b.use_cpu)
+        targets_print(&tg);
+    bench_end(&b);
+    return 0;
+}

@@ -1,0 +1,52 @@
+/*
+ * test_flash.h: what chapter 03's two test files share. test_flash.c checks the CPU versions
+ * (against chapter 02, the log-sum-exp and merging, edge cases); test_flash_program.c the program
+ * end to end, the CUDA versions and hostile inputs, and adds those cases to the suite.
+ */
+#ifndef TEST_FLASH_H
+#define TEST_FLASH_H
+
+#include <check.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "02_mqa_gqa/gqa.h"
+#include "common/tensor.h"
+#include "common/testing.h"
+
+#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
+#define RTOL 1e-4
+
+typedef struct {
+    GqaShape s;
+    float *q, *k, *v, *out, *lse; /* q, out (B, H, T, D); k, v (B, Hkv, S, D); lse (B, H, T) */
+} Problem;
+
+static inline size_t n_q(const GqaShape *s) { return (size_t)s->B * s->H * s->T * s->D; }
+static inline size_t n_kv(const GqaShape *s) { return (size_t)s->B * s->Hkv * s->S * s->D; }
+static inline size_t n_rows(const GqaShape *s) { return (size_t)s->B * s->H * s->T; }
+
+/* n floats, or the test dies with the allocator's error */
+static inline float *floats(size_t n) { return mem_alloc_or_die(n * sizeof(float), "test buffer"); }
+
+/* q, k, v ~ N(0, 1) from seeds seed, seed + 1, seed + 2; scale 1/sqrt(D). */
+static inline Problem problem_new(int B, int H, int Hkv, int T, int S, int D, int causal, uint64_t seed)
+{
+    const GqaShape s = {.B = B, .H = H, .Hkv = Hkv, .T = T, .S = S, .D = D, .causal = causal,
+                        .scale = 1.0f / sqrtf((float)D)};
+    Problem p = {.s = s, .q = floats(n_q(&s)), .k = floats(n_kv(&s)), .v = floats(n_kv(&s)), .out = floats(n_q(&s)),
+                 .lse = floats(n_rows(&s))};
+    fill_normal(p.q, n_q(&p.s), seed), fill_normal(p.k, n_kv(&p.s), seed + 1), fill_normal(p.v, n_kv(&p.s), seed + 2);
+    return p;
+}
+
+static inline void problem_free(Problem *p)
+{
+    mem_free(p->q), mem_free(p->k), mem_free(p->v), mem_free(p->out), mem_free(p->lse);
+}
+
+/* test_flash_program.c: adds the cases "program", "hostile inputs" and, with a GPU, "cuda". */
+void flash_program_cases(Suite *s);
+
+#endif

@@ -1,0 +1,308 @@
+/*
+ * bench.c: chapter 04's verify and bench subcommands, and its attention through the cache as
+ * the harness sees it.
+ *
+ *   04_kvcache verify   decode and cache attention against chapter 03 on the shape grid
+ *   04_kvcache bench    decode attention in GB/s against the DRAM bandwidth, generation with and
+ *                       without the cache: TSV rows + build/bench/04_kvcache_bench.dat + a plot
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "03_flash/flash.h"
+#include "04_kvcache/commands.h"
+#include "04_kvcache/kvcache.h"
+#include "common/bench.h"
+#include "common/error.h"
+#include "common/program.h"
+#include "common/rng.h"
+#include "common/roofline.h"
+#include "common/tensor.h"
+#include "common/timer.h"
+#if HAVE_CUDA
+#include "common/cuda_utils.h"
+#endif
+
+/* ==== attention through the cache, as the harness sees it ========================================= */
+
+/* Writes k, v (B, Hkv, S, D) into an fp32 cache of max_seq S, then attends the T queries at the
+ * last T positions of each sequence through it. */
+static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+{
+    (void)ctx;
+    KvCache c;
+    if (kvcache_create(&c, 1, d->B, d->Hkv, d->S, d->D, KV_F32) != 0)
+        return -1;
+    const size_t D = (size_t)d->D, S = (size_t)d->S;
+    float *kr = mem_alloc((size_t)d->Hkv * D * sizeof(float), "one token's K (Hkv, D)");
+    float *vr = mem_alloc((size_t)d->Hkv * D * sizeof(float), "one token's V (Hkv, D)");
+    int *lens = mem_alloc((size_t)d->B * sizeof(int), "lengths (B)");
+    int rc = !kr || !vr || !lens ? -1 : 0;
+    for (int b = 0; b < d->B && rc == 0; b++) {
+        for (size_t t = 0; t < S; t++) { /* (Hkv, S, D) head-major -> one token-major row at a time */
+            for (int h = 0; h < d->Hkv; h++) {
+                memcpy(kr + h * D, k + (((size_t)b * d->Hkv + h) * S + t) * D, D * sizeof(float));
+                memcpy(vr + h * D, v + (((size_t)b * d->Hkv + h) * S + t) * D, D * sizeof(float));
+            }
+            kvcache_write(&c, 0, b, (int)t, 1, kr, vr);
+        }
+        lens[b] = d->S;
+    }
+    if (rc == 0)
+        rc = kvcache_attention(&c, 0, d->H, d->T, d->scale, d->causal, d->B, NULL, lens, q, kernel, out);
+    mem_free(kr), mem_free(vr), mem_free(lens);
+    kvcache_free(&c);
+    return rc;
+}
+
+static GqaShape gqa_shape(const AttnDims *d)
+{
+    return (GqaShape){.B = d->B, .H = d->H, .Hkv = d->Hkv, .T = d->T, .S = d->S, .D = d->D, .causal = d->causal,
+                      .scale = d->scale};
+}
+
+static int run_ref(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+{
+    (void)ctx, (void)kernel;
+    const GqaShape s = gqa_shape(d);
+    return flash_attention_cpu(2, &s, q, k, v, out, NULL); /* chapter 03 */
+}
+
+#if HAVE_CUDA
+/* On the GPU, (B, Hkv, S, D) is already a cache with max_seq = S. */
+static int run_cuda(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+{
+    (void)ctx;
+    if (d->T > 1) { /* prefill-shaped: chapter 03's fa2 kernel over the cache's contents */
+        const GqaShape s = gqa_shape(d);
+        return flash_attention_cuda(2, &s, q, k, v, out, NULL);
+    }
+    if (fabsf(d->scale - 1.0f / sqrtf((float)d->D)) > 1e-7f * (1.0f / sqrtf((float)d->D)))
+        return error_set("the CUDA decode kernel uses scale 1/sqrt(D); --scale is CPU-only here");
+    int *lens = mem_alloc((size_t)d->B * sizeof(int), "lengths (B)");
+    if (!lens)
+        return -1;
+    for (int b = 0; b < d->B; b++)
+        lens[b] = d->S;
+    int *d_lens = cuda_alloc((size_t)d->B * sizeof(int));
+    cuda_upload(d_lens, lens, (size_t)d->B * sizeof(int));
+    int rc = kvcache_decode_cuda(kernel, k, v, d->B, d->H, d->Hkv, d->S, d->D, q, d_lens, d->S, out);
+    cuda_free(d_lens);
+    mem_free(lens);
+    return rc;
+}
+#endif
+
+const AttnImpls KVCACHE_IMPLS = {
+    .prog = KVCACHE_PROG,
+    .ref = run_ref, /* chapter 03's fast version, without any cache */
+    .ref_is_cpu1 = 0,
+    .cpu = run_cpu,
+    .cpu_name = kvcache_cpu_kernel_name,
+    .n_cpu = KVCACHE_CPU_KERNELS,
+#if HAVE_CUDA
+    .cuda = run_cuda,
+    .cuda_name = kvcache_cuda_kernel_name,
+    .n_cuda = KVCACHE_CUDA_KERNELS,
+#endif
+    .heads = ATTN_HEADS_DIVIDE,
+};
+
+/* ==== verify ==================================================================================== */
+
+int kvcache_cmd_verify(int argc, char **argv) { return attn_verify_command(&KVCACHE_IMPLS, argc, argv); }
+
+/* ==== bench: decode attention ===================================================================== */
+
+enum { BENCH_B = 16, BENCH_H = 8, BENCH_D = 128 }; /* the decode sweep's shape */
+
+typedef struct {
+    const KvCache *c;
+    int H, n_seq, kernel;
+    const int *lens; /* (n_seq) */
+    const float *q;  /* (n_seq, H, D) */
+    float *out;      /* (n_seq, H, D) */
+    int rc;
+} DecodeRun;
+
+static void decode_run(void *ctx)
+{
+    DecodeRun *r = ctx;
+    r->rc = kvcache_decode_cpu(r->kernel, r->c, 0, r->H, 1.0f / sqrtf((float)r->c->D), r->n_seq, NULL, r->lens,
+                               r->q, r->out);
+}
+
+/* Fills every position of an n_layers = 1 cache from a pool of random rows (the values do not
+ * change the speed; generating 2 GiB of normal numbers would take longer than the benchmark). */
+static void fill_cache(KvCache *c)
+{
+    const int Hkv = c->n_kv_heads, D = c->D, POOL = 1024;
+    float *pool = mem_alloc_or_die((size_t)POOL * Hkv * D * sizeof(float), "random rows (1024, Hkv, D)");
+    Rng rng;
+    rng_seed(&rng, 11);
+    for (size_t i = 0; i < (size_t)POOL * Hkv * D; i++)
+        pool[i] = rng_normal(&rng);
+    for (int b = 0; b < c->batch; b++)
+        for (int t = 0; t < c->max_seq; t++) {
+            const float *row = pool + (size_t)((t * 7 + b * 13) % POOL) * Hkv * D;
+            kvcache_write(c, 0, b, t, 1, row, row);
+        }
+    mem_free(pool);
+}
+
+/* Times CPU decode kernel `kern` over a full cache of L positions; prints its row and returns its
+ * percentage of the DRAM read bandwidth. */
+static double bench_decode_cpu(Tsv *tsv, int Hkv, KvDtype dt, int kern, int L, int repeats)
+{
+    const int B = BENCH_B, H = BENCH_H, D = BENCH_D;
+    KvCache c;
+    if (kvcache_create(&c, 1, B, Hkv, L, D, dt) != 0)
+        die_with_error();
+    fill_cache(&c);
+    float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q (B, H, D)");
+    float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out (B, H, D)");
+    int *lens = mem_alloc_or_die((size_t)B * sizeof(int), "lens (B)");
+    for (int b = 0; b < B; b++)
+        lens[b] = L;
+    for (size_t i = 0; i < (size_t)B * H * D; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    bench_progress("decode Hkv=%d L=%d %s %s ...", Hkv, L, kv_dtype_name(dt), kvcache_cpu_kernel_name(kern));
+    DecodeRun run = {.c = &c, .H = H, .n_seq = B, .kernel = kern, .lens = lens, .q = q, .out = o};
+    BenchTiming t = bench_time_setup(decode_run, cache_flush, &run, 1, repeats, 2.0);
+    if (run.rc != 0)
+        die_with_error();
+    const double bytes = (double)kvcache_bytes(&c); /* every position is read once */
+    const double gbs = bytes / t.median_s / 1e9, pct = 100.0 * gbs / roofline_get()->dram_gbs;
+    tsv_row(tsv, "decode\tcpu\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\tnan", kvcache_cpu_kernel_name(kern),
+            kv_dtype_name(dt), B, H, Hkv, L, D, t.median_s * 1e3, gbs, pct);
+    mem_free(q), mem_free(o), mem_free(lens);
+    kvcache_free(&c);
+    return pct;
+}
+
+#if HAVE_CUDA
+static void bench_decode_cuda(Tsv *tsv, int Hkv, int L, int repeats)
+{
+    const int B = BENCH_B, H = BENCH_H, D = BENCH_D;
+    const AttnDims d = {.B = B, .H = H, .Hkv = Hkv, .T = 1, .S = L, .D = D, .causal = 1,
+                        .scale = 1.0f / sqrtf((float)D)};
+    Tensor q, k, v;
+    attn_random_inputs(&d, 5, &q, &k, &v);
+    AttnTiming t = attn_time(&KVCACHE_IMPLS, DEVICE_CUDA, 1, &d, &q, &k, &v, repeats, 2.0, 0);
+    if (t.rc == 0)
+        tsv_row(tsv, "decode\tcuda\tsplit\tf32\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\tnan\tnan", B, H, Hkv, L, D,
+                t.time.median_s * 1e3, 2.0 * B * Hkv * L * D * 4 / t.time.median_s / 1e9);
+    tensor_free(&q), tensor_free(&k), tensor_free(&v);
+}
+#endif
+
+/* ==== bench: generation =========================================================================== */
+
+/* gen_tokens greedy tokens of the built-in model after a 16-token prompt, with and without the
+ * cache, on each device of the session; the CPU's seconds into with_s and without_s. */
+static void bench_generate(BenchSession *b, int gen_tokens, double *with_s, double *without_s)
+{
+    Model m;
+    program_load_model(NULL, &m);
+    int prompt[16];
+    for (int i = 0; i < 16; i++)
+        prompt[i] = (i * 37 + 1) % m.c.vocab_size;
+    int *toks = mem_alloc_or_die((size_t)gen_tokens * sizeof(int), "generated tokens");
+    for (int di = 0; di < 2; di++) {
+        const Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
+        if (!(dev == DEVICE_CPU ? b->use_cpu : b->use_gpu))
+            continue;
+        for (int cache = 1; cache >= 0; cache--) {
+            const GenOptions o = {.max_new = gen_tokens, .use_cache = cache, .dtype = KV_F32, .kernel = 2};
+            bench_progress("generate %d tokens on %s %s the cache ...", gen_tokens, device_name(dev),
+                           cache ? "with" : "without");
+            const double t0 = timer_now();
+            int rc;
+#if HAVE_CUDA
+            if (dev == DEVICE_CUDA)
+                rc = kvcache_generate_cuda(&m, prompt, 16, &o, toks, NULL);
+            else
+#endif
+                rc = kvcache_generate(&m, prompt, 16, &o, toks, NULL);
+            if (rc != 0)
+                die_with_error();
+            const double secs = timer_now() - t0;
+            if (dev == DEVICE_CPU)
+                *(cache ? with_s : without_s) = secs;
+            tsv_row(&b->tsv, "generate\t%s\t%s\tf32\t1\t%d\t%d\t%d\t%d\t%.2f\tnan\tnan\t%.2f", device_name(dev),
+                    cache ? "cache" : "nocache", m.c.n_heads, m.c.n_kv_heads, 16 + gen_tokens, model_head_size(&m.c),
+                    secs * 1e3, gen_tokens / secs);
+        }
+    }
+    mem_free(toks);
+    model_free(&m);
+}
+
+/* ==== bench ===================================================================================== */
+
+int kvcache_cmd_bench(int argc, char **argv)
+{
+    const char *device = "auto", *out = NULL;
+    int repeats = 5, max_l = 16384, gen_tokens = 512;
+    ArgSpec specs[] = {
+        OPTION_DEVICE(&device, "auto: CPU, and the GPU when present"),
+        OPTION_OUT(&out),
+        {.name = "max-l", .kind = ARG_INT, .dest = &max_l, .metavar = "N",
+         .help = "longest cache of the decode sweep (default 16384)", .min = 256, .max = 1 << 22},
+        {.name = "gen-tokens", .kind = ARG_INT, .dest = &gen_tokens, .metavar = "N",
+         .help = "tokens generated with and without the cache (default 512; 0 skips)", .min = 0, .max = 2048},
+        {.name = "repeats", .kind = ARG_INT, .dest = &repeats, .metavar = "N",
+         .help = "timed runs per decode point, median reported (default 5)", .min = 1, .max = 1000},
+    };
+    const ArgCommand cmd = {
+        .name = KVCACHE_PROG " bench",
+        .usage = "[options]",
+        .summary = "Decode attention: one query per sequence against caches of L = 1024 .. max-l positions, B = 16\n"
+                   "sequences, H = 8, Hkv in {8, 2}, D = 128, caches flushed before each run. GB/s counts the bytes\n"
+                   "of K and V read once: 2*B*Hkv*L*D*bytes (+ int8 scales). Generation: the built-in model,\n"
+                   "gen-tokens greedy tokens after a 16-token prompt, with and without the cache.\n"
+                   "Columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s.",
+        .specs = specs,
+        .n_specs = 5,
+    };
+    args_parse_or_exit(&cmd, argc, argv);
+    BenchSession b;
+    bench_begin(&b, KVCACHE_PROG, device, out,
+                "mode\tdevice\tvariant\tdtype\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\ttokens_per_s");
+    const int hkvs[2] = {8, 2};
+    int target_l = 1024; /* the target's shape: L = 16384, or the longest L of a shorter sweep */
+    while (target_l * 4 <= (max_l < 16384 ? max_l : 16384))
+        target_l *= 4;
+    double best_pct[2] = {0, 0};
+    /* one series after another (Hkv, dtype, kernel), so that the plot can join each one's points */
+    for (int hi = 0; hi < 2; hi++) {
+        for (int di = 0; di < 3 && b.use_cpu; di++)
+            for (int kern = di == 0 ? 1 : 2; kern <= KVCACHE_CPU_KERNELS; kern++)
+                for (int L = 1024; L <= max_l; L *= 4) {
+                    if (kern == 1 && L > 4096)
+                        continue; /* the reference is far from the bandwidth; keep the run short */
+                    const double pct = bench_decode_cpu(&b.tsv, hkvs[hi], (KvDtype)di, kern, L, repeats);
+                    if (kern == 2 && di == 0 && L == target_l)
+                        best_pct[hi] = pct;
+                }
+#if HAVE_CUDA
+        for (int L = 1024; L <= max_l && b.use_gpu; L *= 4)
+            bench_decode_cuda(&b.tsv, hkvs[hi], L, repeats);
+#endif
+    }
+    double with_s = NAN, without_s = NAN;
+    if (gen_tokens > 0)
+        bench_generate(&b, gen_tokens, &with_s, &without_s);
+    bench_progress_done();
+    if (b.use_cpu) {
+        fprintf(stderr, "targets: decode attention, fp32, B=16, H=8, D=128, L=%d: %.1f%% (Hkv=8) and %.1f%% (Hkv=2) "
+                        "of the DRAM read bandwidth (target >= 80%%)\n",
+                target_l, best_pct[0], best_pct[1]);
+        if (!isnan(with_s) && !isnan(without_s))
+            fprintf(stderr, "targets: %d tokens: with the cache %.1f s, without %.1f s: x%.1f (target >= x10)\n",
+                    gen_tokens, with_s, without_s, without_s / with_s);
+    }
+    bench_end(&b);
+    return 0;
+}

@@ -1,0 +1,283 @@
+/*
+ * requests.c: chapter 06's requests -- what a server is asked to do, before any scheduling.
+ *
+ * What it teaches: a request is an arrival time, a prompt and a number of tokens to generate;
+ * a serving engine's input is a stream of them. They come from a file (one per line, parsed
+ * here with the rule "the file is the unit of syntax, the request the unit of service": a line
+ * that does not say a request rejects the file, a request the model cannot serve is rejected on
+ * its own later), or from common/workload.h's synthetic streams. The engine takes them in
+ * arrival order (engine_arrival_order), and the file format is written back by
+ * engine_write_requests, so a generated workload can be served again and again.
+ *
+ * Ownership: an EngineRequest array and its prompts and reasons come from malloc (callers build
+ * and grow them too) and go back through engine_free_requests.
+ */
+#include "06_batching/engine.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/fileio.h"
+#include "common/tensor.h"
+
+void engine_free_requests(EngineRequest *reqs, int n)
+{
+    for (int i = 0; i < n && reqs; i++)
+        free(reqs[i].prompt), free(reqs[i].rejected);
+    free(reqs);
+}
+
+/* The array p of *cap elements of `elem` bytes, grown to twice as many (*cap updated); NULL when
+ * out of memory (p is then unchanged and still the caller's). */
+static void *grow(void *p, int *cap, size_t elem)
+{
+    void *bigger = realloc(p, (size_t)*cap * 2 * elem);
+    if (bigger)
+        *cap *= 2;
+    return bigger;
+}
+
+/* ==== one line ==================================================================================== */
+
+/* "<arrival> <max_new>" at the start of p into *arrival and *max_new; *rest after them. -1 with
+ * the reason in why. */
+static int parse_head(char *p, double *arrival, long *max_new, char **rest, char *why, size_t why_len)
+{
+    char *end;
+    errno = 0;
+    *arrival = strtod(p, &end);
+    if (end == p || errno || !isfinite(*arrival) || *arrival < 0 || (*end && !isspace((unsigned char)*end))) {
+        snprintf(why, why_len, "the arrival time must be a number of seconds >= 0");
+        return -1;
+    }
+    p = end;
+    *max_new = strtol(p, &end, 10);
+    if (end == p || (*end && !isspace((unsigned char)*end)) || *max_new < 0 || *max_new > (1L << 24)) {
+        snprintf(why, why_len, "expected '<arrival_seconds> <max_new_tokens> <prompt ids...>': max_new must be an "
+                               "integer >= 0");
+        return -1;
+    }
+    *rest = end;
+    return 0;
+}
+
+/* Text mode: the rest of the line, after one separator, is the prompt, encoded with BOS first --
+ * unless its length alone proves it cannot fit, which makes a request the model cannot serve
+ * (rejected on its own output line: the file's syntax is fine), never encoded. */
+static int parse_text_prompt(char *p, const Tokenizer *tok, int seq_len, EngineRequest *r, char *why, size_t why_len)
+{
+    if (*p)
+        p++;
+    p[strcspn(p, "\r\n")] = '\0';
+    text_unescape(p);
+    if (!*p) {
+        snprintf(why, why_len, "the prompt text is empty");
+        return -1;
+    }
+    const size_t n_bytes = strlen(p), at_least = tokenizer_min_tokens(tok, n_bytes, 1, 0);
+    if (seq_len > 0 && at_least + (size_t)r->max_new > (size_t)seq_len) {
+        char reason[256];
+        snprintf(reason, sizeof reason, "the prompt text is %zu bytes: at least %zu tokens with BOS (a token covers "
+                 "at most %d bytes), which with max_new %d exceeds the model's seq_len %d", n_bytes, at_least,
+                 tok->max_token_length, r->max_new, seq_len);
+        r->rejected = strdup(reason);
+        if (!r->rejected) {
+            snprintf(why, why_len, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    if (tokenizer_encode(tok, p, 1, 0, &r->prompt, &r->n_prompt) != 0) {
+        snprintf(why, why_len, "%s", error_message());
+        return -1;
+    }
+    return 0;
+}
+
+/* Id mode: the rest of the line is the prompt's token ids, at least one. */
+static int parse_id_prompt(char *p, EngineRequest *r, char *why, size_t why_len)
+{
+    int cap = 16, n = 0;
+    int *ids = malloc((size_t)cap * sizeof(int));
+    if (!ids) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    for (;;) {
+        char *end;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (!*p)
+            break;
+        const long id = strtol(p, &end, 10);
+        if (end == p || (*end && !isspace((unsigned char)*end)) || id < 0 || id > 2147483647L) {
+            snprintf(why, why_len, "prompt token %d is not a non-negative integer", n);
+            free(ids);
+            return -1;
+        }
+        int *more = n == cap ? grow(ids, &cap, sizeof(int)) : ids;
+        if (!more) {
+            snprintf(why, why_len, "out of memory");
+            free(ids);
+            return -1;
+        }
+        ids = more;
+        ids[n++] = (int)id;
+        p = end;
+    }
+    if (n == 0) {
+        snprintf(why, why_len, "the prompt is empty: give at least one token id after max_new");
+        free(ids);
+        return -1;
+    }
+    r->prompt = ids, r->n_prompt = n;
+    return 0;
+}
+
+/* One line "<arrival> <max_new> <ids...>" (or "<arrival> <max_new> <text>" with a tokenizer)
+ * into r; -1 with the reason in why. */
+static int parse_line(char *line, const Tokenizer *tok, int seq_len, EngineRequest *r, char *why, size_t why_len)
+{
+    double arrival;
+    long max_new;
+    char *rest;
+    if (parse_head(line, &arrival, &max_new, &rest, why, why_len) != 0)
+        return -1;
+    *r = (EngineRequest){.arrival = arrival, .max_new = (int)max_new, .n_prompt = 0, .prompt = NULL,
+                         .abort_at = 0.0, .rejected = NULL};
+    return tok ? parse_text_prompt(rest, tok, seq_len, r, why, why_len) : parse_id_prompt(rest, r, why, why_len);
+}
+
+/* ==== the file ==================================================================================== */
+
+int engine_read_requests(const char *path, const Tokenizer *tokenizer, int seq_len, EngineRequest **reqs, int *n)
+{
+    FILE *f = file_open_input(path); /* a regular file, or an error: never blocks on a FIFO */
+    if (!f)
+        return -1;
+    int cap = 64, count = 0, lineno = 0, rc = 0;
+    EngineRequest *out = malloc((size_t)cap * sizeof(EngineRequest));
+    char *line = NULL;
+    size_t line_cap = 0;
+    ssize_t len;
+    if (!out)
+        rc = error_set("%s: out of memory for the requests", error_quote(path));
+    while (rc == 0 && (len = getline(&line, &line_cap, f)) >= 0) {
+        lineno++;
+        /* a NUL would end the line early for the parser: the rest of a prompt, or a whole
+         * request after it, would vanish without a word */
+        const char *nul = memchr(line, '\0', (size_t)len);
+        if (nul) {
+            rc = error_set("%s:%d: NUL byte (column %zu): a requests file is text", error_quote(path), lineno,
+                           (size_t)(nul - line) + 1);
+            break;
+        }
+        char *p = line;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (!*p || *p == '#')
+            continue;
+        char why[256];
+        EngineRequest *more = count == cap ? grow(out, &cap, sizeof(EngineRequest)) : out;
+        if (!more) {
+            rc = error_set("%s:%d: out of memory for %d requests", error_quote(path), lineno, 2 * cap);
+            break;
+        }
+        out = more;
+        if (parse_line(p, tokenizer, seq_len, &out[count], why, sizeof why) != 0)
+            rc = error_set("%s:%d: %s", error_quote(path), lineno, why);
+        else
+            count++;
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0 && count == 0)
+        rc = error_set("%s: no requests (every line is blank or a comment)", error_quote(path));
+    if (rc != 0) {
+        engine_free_requests(out, count);
+        return -1;
+    }
+    *reqs = out, *n = count;
+    return 0;
+}
+
+int engine_write_requests(const char *path, const EngineRequest *reqs, int n)
+{
+    OutFile o; /* a temporary file renamed over path at the end: a failed write keeps the old one */
+    if (out_open(&o, path) != 0)
+        return -1;
+    out_printf(&o, "# <arrival_seconds> <max_new_tokens> <prompt ids...>\n");
+    for (int i = 0; i < n; i++) {
+        out_printf(&o, "%.6f %d", reqs[i].arrival, reqs[i].max_new);
+        for (int t = 0; t < reqs[i].n_prompt; t++)
+            out_printf(&o, " %d", reqs[i].prompt[t]);
+        out_printf(&o, "\n");
+    }
+    return out_commit(&o);
+}
+
+/* ==== arrival order =============================================================================== */
+
+typedef struct {
+    double arrival;
+    int index;
+} Arrival;
+
+static int cmp_arrival(const void *a, const void *b)
+{
+    const Arrival *x = a, *y = b;
+    if (x->arrival != y->arrival)
+        return x->arrival < y->arrival ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index); /* equal times: file order */
+}
+
+int engine_arrival_order(const EngineRequest *reqs, int n, int *order)
+{
+    /* qsort is not stable; sorting on (arrival, index) makes the order unique, hence stable */
+    Arrival *a = mem_alloc((size_t)n * sizeof(Arrival), "arrival times");
+    if (!a)
+        return error_set("out of memory sorting %d arrival times", n);
+    for (int i = 0; i < n; i++)
+        a[i] = (Arrival){.arrival = reqs[i].arrival, .index = i};
+    qsort(a, (size_t)n, sizeof(Arrival), cmp_arrival);
+    for (int i = 0; i < n; i++)
+        order[i] = a[i].index;
+    mem_free(a);
+    return 0;
+}
+
+/* ==== synthetic workloads ========================================================================= */
+
+int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs)
+{
+    if (w->vocab < 1)
+        return error_set("workload: n, the medians, seq_len and vocab must be positive");
+    WorkloadItem *items;
+    if (workload_make(w, &items) != 0)
+        return -1;
+    EngineRequest *out = calloc((size_t)w->n, sizeof(EngineRequest));
+    int rc = out ? 0 : error_set("out of memory for %d requests", w->n);
+    for (int i = 0; i < w->n && rc == 0; i++) {
+        const WorkloadItem *it = &items[i];
+        int *prompt = malloc((size_t)it->prompt_len * sizeof(int));
+        if (!prompt) {
+            rc = error_set("out of memory for the prompt of request %d (%d tokens)", i, it->prompt_len);
+            break;
+        }
+        memcpy(prompt, it->prompt, (size_t)it->prompt_len * sizeof(int));
+        out[i] = (EngineRequest){.arrival = it->arrival_s, .max_new = it->output_len, .n_prompt = it->prompt_len,
+                                 .prompt = prompt, .abort_at = 0.0, .rejected = NULL};
+    }
+    workload_free(items, w->n);
+    if (rc != 0) {
+        engine_free_requests(out, out ? w->n : 0); /* calloc'd: the prompts not made yet are NULL */
+        return -1;
+    }
+    *reqs = out;
+    return 0;
+}

@@ -1,0 +1,214 @@
+/*
+ * scheduler.c: chapter 06's scheduler -- who runs in each iteration, and with how many tokens.
+ *
+ * What it teaches: continuous batching is a decision taken again at every iteration, over a
+ * queue (waiting) and a batch (running):
+ *   (1) arrived requests join the queue, or are rejected at once if they can never run (too
+ *       long for seq_len, an id outside the vocabulary, more blocks than the whole pool);
+ *   (2) each running sequence, oldest first, gets its next tokens -- one to decode, or the next
+ *       chunk of its prompt -- while the iteration's token budget lasts (chunked prefill);
+ *       when the pool has no block for it, the most recently admitted sequence is preempted:
+ *       its blocks go back and it waits at the front of the queue, keeping its tokens, to be
+ *       recomputed later (preemption by recompute);
+ *   (3) waiting requests are admitted first come, first served while the batch size, the
+ *       budget and the free blocks allow; nobody overtakes the head of the queue.
+ * Static batching is the same loop with (3) only when nothing runs, the whole queue at once.
+ * After the forward, finished sequences leave and give their blocks back.
+ * This is vLLM's scheduler in miniature (vllm/v1/core/sched/scheduler.py).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "06_batching/engine_internal.h"
+#include "common/error.h"
+
+/* ==== queues ====================================================================================== */
+
+static void queue_remove(int *q, int *n, int idx)
+{
+    for (int k = 0; k < *n; k++)
+        if (q[k] == idx) {
+            memmove(q + k, q + k + 1, (size_t)(*n - k - 1) * sizeof(int));
+            (*n)--;
+            return;
+        }
+}
+
+static void admit(Engine *e, int i)
+{
+    Seq *s = &e->s[i];
+    s->phase = PH_RUNNING, s->admitted = e->admissions++;
+    e->running[e->n_running++] = i;
+}
+
+static void preempt(Engine *e, int i)
+{
+    Seq *s = &e->s[i];
+    paged_seq_free(&e->pool, &s->seq); /* recompute later: the K/V are given back */
+    s->n_computed = 0, s->chunk = 0, s->admitted = -1, s->phase = PH_WAITING;
+    s->preemptions++;
+    e->met->preemptions++;
+    queue_remove(e->running, &e->n_running, i);
+    memmove(e->waiting + 1, e->waiting, (size_t)e->n_waiting * sizeof(int)); /* front of the queue */
+    e->waiting[0] = i;
+    e->n_waiting++;
+}
+
+/* Insertion sort of the running list by admission (it is short and nearly sorted). */
+static void sort_running(Engine *e)
+{
+    for (int k = 1; k < e->n_running; k++)
+        for (int j = k; j > 0 && e->s[e->running[j - 1]].admitted > e->s[e->running[j]].admitted; j--) {
+            const int t = e->running[j];
+            e->running[j] = e->running[j - 1], e->running[j - 1] = t;
+        }
+}
+
+/* ==== arrivals and aborts ========================================================================= */
+
+/* 1 if request i can ever run on this model and pool; else 0 with the reason in why. */
+static int seq_fits_at_all(const Engine *e, int i, char *why, size_t len)
+{
+    const EngineRequest *r = &e->reqs[i];
+    const ModelConfig *c = &e->m->c;
+    if ((long)r->n_prompt + r->max_new > c->seq_len) {
+        snprintf(why, len, "prompt (%d tokens) + max_new (%d) exceeds the model's seq_len %d", r->n_prompt, r->max_new,
+                 c->seq_len);
+        return 0;
+    }
+    for (int t = 0; t < r->n_prompt; t++)
+        if (r->prompt[t] >= c->vocab_size) {
+            snprintf(why, len, "prompt token %d is %d, outside the vocabulary (0..%d)", t, r->prompt[t],
+                     c->vocab_size - 1);
+            return 0;
+        }
+    const int need = paged_blocks_for_request(r->n_prompt, r->max_new, 1, e->o.block_size);
+    if (need > e->o.num_blocks) {
+        snprintf(why, len, "needs %d blocks of %d tokens at its longest, the pool has %d: it can never fit", need,
+                 e->o.block_size, e->o.num_blocks);
+        return 0;
+    }
+    return 1;
+}
+
+void engine_take_arrivals(Engine *e)
+{
+    const EngineRequest *reqs = e->reqs;
+    for (; e->next_arrival < e->n && reqs[e->order[e->next_arrival]].arrival <= e->clock; e->next_arrival++) {
+        const int i = e->order[e->next_arrival];
+        char why[192];
+        if (reqs[i].rejected) /* the reader knew already (a text too long for seq_len) */
+            snprintf(why, sizeof why, "%s", reqs[i].rejected);
+        if (reqs[i].rejected || !seq_fits_at_all(e, i, why, sizeof why)) {
+            e->s[i].phase = PH_REJECTED, e->res[i].status = ENGINE_REJECTED;
+            snprintf(e->res[i].reason, sizeof e->res[i].reason, "%s", why);
+            e->met->rejected++, e->settled++;
+        } else if (reqs[i].max_new == 0) { /* nothing to generate */
+            e->s[i].phase = PH_DONE, e->settled++;
+        } else {
+            e->s[i].phase = PH_WAITING;
+            e->waiting[e->n_waiting++] = i;
+        }
+    }
+}
+
+/* The client of request i went away: it leaves the queue or the batch where it is, and its
+ * blocks go back to the pool at once (between iterations, so no chunk is in flight). */
+static void abort_request(Engine *e, int i)
+{
+    Seq *s = &e->s[i];
+    if (s->phase == PH_RUNNING)
+        queue_remove(e->running, &e->n_running, i);
+    else
+        queue_remove(e->waiting, &e->n_waiting, i);
+    paged_seq_free(&e->pool, &s->seq);
+    s->n_computed = 0, s->chunk = 0, s->admitted = -1, s->phase = PH_ABORTED, s->finish_s = e->clock;
+    e->met->aborted++;
+    e->settled++;
+}
+
+void engine_take_aborts(Engine *e)
+{
+    for (int q = 0; q < 2; q++) { /* the running list, then the queue; backwards, as they shrink */
+        const int *list = q ? e->waiting : e->running;
+        for (int k = (q ? e->n_waiting : e->n_running) - 1; k >= 0; k--)
+            if (e->reqs[list[k]].abort_at > 0 && e->reqs[list[k]].abort_at <= e->clock)
+                abort_request(e, list[k]);
+    }
+}
+
+/* ==== the decision ================================================================================ */
+
+/* Step (2): running sequences, oldest first, get their next chunk while *budget lasts; blocks
+ * are appended here, so each decision sees the pool as the earlier ones left it. The tokens
+ * scheduled, or -1 with an error recorded. */
+static int schedule_running(Engine *e, int *budget)
+{
+    int total = 0;
+    sort_running(e);
+    for (int k = 0; k < e->n_running && *budget > 0; k++) {
+        const int i = e->running[k];
+        Seq *s = &e->s[i];
+        const int want = s->n_tokens - s->n_computed, chunk = want < *budget ? want : *budget;
+        while (paged_seq_blocks_needed(&e->pool, &s->seq, chunk) > e->pool.n_free) {
+            /* the most recently admitted sequence that is not scheduled yet: the last of the
+             * sorted list (possibly s itself, which then waits) */
+            const int victim = e->running[e->n_running - 1];
+            preempt(e, victim);
+            if (victim == i)
+                break;
+        }
+        if (s->phase != PH_RUNNING)
+            break; /* s was the newest: everything after it is gone too */
+        if (paged_seq_append(&e->pool, &s->seq, chunk) != 0)
+            return -1;
+        s->chunk = chunk, *budget -= chunk, total += chunk;
+    }
+    return total;
+}
+
+int engine_schedule(Engine *e)
+{
+    int budget = e->o.max_tokens, total = 0;
+    if (e->o.policy == ENGINE_STATIC && e->n_running == 0) /* a new static batch */
+        while (e->n_waiting > 0 && e->n_running < e->o.max_batch) {
+            const int i = e->waiting[0];
+            queue_remove(e->waiting, &e->n_waiting, i);
+            admit(e, i);
+        }
+    const int running = schedule_running(e, &budget);
+    if (running < 0)
+        return -1;
+    total += running;
+    /* (3) admissions, first come first served */
+    while (e->o.policy == ENGINE_CONTINUOUS && e->n_waiting > 0 && e->n_running < e->o.max_batch && budget > 0) {
+        const int i = e->waiting[0];
+        Seq *s = &e->s[i];
+        const int chunk = s->n_tokens < budget ? s->n_tokens : budget;
+        if (paged_seq_blocks_needed(&e->pool, &s->seq, chunk) > e->pool.n_free)
+            break; /* the queue's head waits for blocks; nobody overtakes it */
+        queue_remove(e->waiting, &e->n_waiting, i);
+        admit(e, i);
+        if (paged_seq_append(&e->pool, &s->seq, chunk) != 0)
+            return -1;
+        s->chunk = chunk, budget -= chunk, total += chunk;
+    }
+    return total;
+}
+
+void engine_retire_finished(Engine *e)
+{
+    const EngineRequest *reqs = e->reqs;
+    for (int k = 0; k < e->n_running;) {
+        const int i = e->running[k];
+        Seq *s = &e->s[i];
+        if (s->n_generated < reqs[i].max_new && !s->stopped) {
+            k++;
+            continue;
+        }
+        paged_seq_free(&e->pool, &s->seq);
+        s->phase = PH_DONE, s->finish_s = e->clock, e->settled++;
+        e->last_finish = e->clock > e->last_finish ? e->clock : e->last_finish;
+        queue_remove(e->running, &e->n_running, i);
+    }
+}
