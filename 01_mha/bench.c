@@ -1,6 +1,7 @@
 /*
- * bench.c: chapter 01's verify and bench subcommands, and its versions as the harness sees them.
+ * bench.c: chapter 01's attn, verify and bench subcommands, and its versions as the harness sees them.
  *
+ *   01_mha attn     attention on .npy files (common/attn_harness.c)
  *   01_mha verify   every version against the reference on the shape grid (common/attn_harness.c)
  *   01_mha bench    TSV rows + build/bench/01_mha_bench.dat + build/plots/01_mha_bench.png
  */
@@ -15,42 +16,39 @@
 #include "common/error.h"
 #include "common/tensor.h"
 
+/* `01_mha bench`: its rows, its --help, and how far its sweep goes. */
+static const BenchCommand BENCH = {
+    .prog = MHA_PROG,
+    .columns = "device\tkernel\tB\tH\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\tscores_bytes\tpeak_bytes",
+    .summary =
+        "Times each attention version for T = S = 128 .. max-t (B = 1, H = 8, D = 64, causal).\n"
+        "Columns: device kernel B H T S D causal time_ms gflops pct_peak scores_bytes peak_bytes.\n"
+        "GFLOP/s counts 4*D FLOPs per visible (query, key) pair; pct_peak is against this machine's\n"
+        "measured FMA peak (CPU only); peak_bytes is the most memory held during a run (CPU: measured;\n"
+        "GPU: the score matrix). The reference (kernel 1) stops at T = 2048.",
+    .limit = {.name = "max-t", .value = 0, .min = 128, .max = 1 << 20, .help =
+                  "longest sequence (default 8192 on the CPU, 16384 on a GPU)"},
+};
+
 /* ==== this chapter's versions, as the harness sees them ========================================= */
 
-static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    (void)ctx;
-    MhaShape s = mha_shape(d);
-    return mha_attention_cpu(kernel, &s, q, k, v, out);
-}
-
-#if HAVE_CUDA
-static int run_cuda(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    (void)ctx;
-    MhaShape s = mha_shape(d);
-    return mha_attention_cuda(kernel, &s, q, k, v, out);
-}
-#endif
+static ATTN_ENTRY(run_cpu, MhaShape, mha_shape, mha_attention_cpu(kernel, &s, q, k, v, out))
+ATTN_CUDA_ENTRY(run_cuda, MhaShape, mha_shape, mha_attention_cuda(kernel, &s, q, k, v, out))
 
 const AttnImpls MHA_IMPLS = {
     .prog = MHA_PROG,
-    .ref = run_cpu, /* with kernel 1 */
-    .ref_is_cpu1 = 1,
-    .cpu = run_cpu,
-    .cpu_name = mha_cpu_kernel_name,
-    .n_cpu = MHA_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = mha_cuda_kernel_name,
-    .n_cuda = MHA_CUDA_KERNELS,
-#endif
+    .ref = run_cpu, .ref_is_cpu1 = 1, /* the reference: CPU kernel 1 */
     .heads = ATTN_HEADS_EQUAL,
+    .cpu = run_cpu, .cpu_name = mha_cpu_kernel_name, .n_cpu = MHA_CPU_KERNELS,
+    ATTN_IF_CUDA(.cuda = run_cuda, .cuda_name = mha_cuda_kernel_name, .n_cuda = MHA_CUDA_KERNELS),
+    .attn_help = "Multi-head attention on .npy tensors: O = softmax(Q Kᵀ * scale + mask) V, per batch and head.\n"
+                 "Chapter 01 needs as many key/value heads as query heads (Hkv = H).\n"
+                 "Kernels: CPU 1 = reference, 2 = OpenMP (default); CUDA 1 = naive, 2 = cuBLAS (default).",
 };
 
+/* ==== attn and verify =========================================================================== */
 
-/* ==== verify ==================================================================================== */
-
+int mha_cmd_attn(int argc, char **argv) { return attn_command(&MHA_IMPLS, argc, argv); }
 int mha_cmd_verify(int argc, char **argv) { return attn_verify_command(&MHA_IMPLS, argc, argv); }
 
 /* ==== bench ===================================================================================== */
@@ -76,32 +74,12 @@ static void bench_point(Tsv *tsv, Device dev, int kernel, const AttnDims *d, int
 
 int mha_cmd_bench(int argc, char **argv)
 {
-    const char *device = "auto", *out = NULL;
-    int max_t = 0, repeats = 5;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "auto: CPU versions, and CUDA versions when a GPU is present"),
-        OPTION_OUT(&out),
-        {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N",
-         .help = "longest sequence (default 8192 on the CPU, 16384 on a GPU)", .min = 128, .max = 1 << 20},
-        OPTION_REPEATS(&repeats),
-    };
-    ArgCommand cmd = {MHA_PROG " bench", "[options]",
-                      "Times each attention version for T = S = 128 .. max-t (B = 1, H = 8, D = 64, causal).\n"
-                      "Columns: device kernel B H T S D causal time_ms gflops pct_peak scores_bytes peak_bytes.\n"
-                      "GFLOP/s counts 4*D FLOPs per visible (query, key) pair; pct_peak is against this machine's\n"
-                      "measured FMA peak (CPU only); peak_bytes is the most memory held during a run (CPU: measured;\n"
-                      "GPU: the score matrix). The reference (kernel 1) stops at T = 2048.",
-                      specs, 4};
-    args_parse_or_exit(&cmd, argc, argv);
-
     BenchSession b;
-    bench_begin(&b, MHA_PROG, device, out,
-                "device\tkernel\tB\tH\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\tscores_bytes\tpeak_bytes");
-    for (int g = 0; g < 2; g++) {
-        const Device dev = g ? DEVICE_CUDA : DEVICE_CPU;
-        if (!(dev == DEVICE_CUDA ? b.use_gpu : b.use_cpu))
-            continue;
-        const int longest = max_t ? max_t : dev == DEVICE_CUDA ? 16384 : 8192;
+    bench_command_begin(&b, &BENCH, NULL, 0, argc, argv);
+    Device devs[2];
+    for (int i = 0, n = bench_devices(&b, devs); i < n; i++) {
+        const Device dev = devs[i];
+        const int longest = b.limit ? b.limit : dev == DEVICE_CUDA ? 16384 : 8192;
         for (int kern = 1; kern <= attn_impl_count(&MHA_IMPLS, dev); kern++)
             for (int T = 128; T <= longest; T *= 2) {
                 if (dev == DEVICE_CPU && kern == 1 && T > 2048)
@@ -114,7 +92,7 @@ int mha_cmd_bench(int argc, char **argv)
                     break;
                 }
                 bench_progress("%s %s T=%d ...", device_name(dev), attn_impl_name(&MHA_IMPLS, dev, kern), T);
-                bench_point(&b.tsv, dev, kern, &d, repeats);
+                bench_point(&b.tsv, dev, kern, &d, b.repeats);
             }
     }
     bench_end(&b);

@@ -18,6 +18,7 @@ static inline MhaShape mha_shape(const AttnDims *d)
     return (MhaShape){.B = d->B, .H = d->H, .T = d->T, .S = d->S, .D = d->D, .causal = d->causal, .scale = d->scale};
 }
 
+int mha_cmd_attn(int argc, char **argv);   /* attn: attention on .npy files */
 int mha_cmd_verify(int argc, char **argv); /* verify: every version against the reference */
 int mha_cmd_bench(int argc, char **argv);  /* bench: TSV rows, .dat and plot, T = 128 .. 8192 */
 

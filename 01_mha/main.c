@@ -25,60 +25,16 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/matmul.h"
-#include "common/paths.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/rng.h"
 #include "common/roofline.h"
 #include "common/tensor.h"
-#include "common/verify.h"
 #if HAVE_CUDA
 #include "common/cuda_utils.h"
 #endif
 
 #define PROG MHA_PROG
-
-/* ==== init-weights ============================================================================== */
-
-static int cmd_init_weights(int argc, char **argv)
-{
-    const char *out = NULL;
-    int C = 1024, H = 16, D = 64, seed = 1;
-    ArgSpec specs[] = {
-        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "DIR", .help = "folder to write into",
-         .required = 1},
-        {.name = "dim", .kind = ARG_INT, .dest = &C, .metavar = "C", .help = "model dim (default 1024)", .min = 1,
-         .max = 65536},
-        {.name = "heads", .kind = ARG_INT, .dest = &H, .metavar = "H", .help = "heads (default 16)", .min = 1,
-         .max = 4096},
-        {.name = "head-dim", .kind = ARG_INT, .dest = &D, .metavar = "D", .help = "head dim (default 64)", .min = 1,
-         .max = 4096},
-        {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "N", .help = "random seed (default 1)", .min = 0,
-         .max = 2147483647},
-    };
-    ArgCommand cmd = {PROG " init-weights", "--out DIR [options]",
-                      "Writes the weights of a random multi-head attention layer as wq.npy (H*D, C), wk.npy (H*D, C),\n"
-                      "wv.npy (H*D, C) and wo.npy (C, H*D), entries N(0, 1/fan_in). `02_mqa_gqa convert` turns them\n"
-                      "into grouped-query weights.",
-                      specs, 5};
-    args_parse_or_exit(&cmd, argc, argv);
-    if ((double)C * H * D * 16.0 > (double)mem_budget_bytes()) { /* four float matrices of C x H*D */
-        char need[32], have[32];
-        die("--dim %d --heads %d --head-dim %d: the weights need %s, more than the %s of memory available", C, H, D,
-            format_bytes((double)C * H * D * 16.0, need, sizeof need),
-            format_bytes((double)mem_budget_bytes(), have, sizeof have));
-    }
-    Rng rng;
-    rng_seed(&rng, (uint64_t)seed);
-    MhaWeights w;
-    mha_weights_init(&w, C, H, D, &rng);
-    if (mha_weights_save(&w, out) != 0)
-        die_with_error();
-    printf("%s: wrote an MHA layer, C=%d H=%d D=%d (%zu parameters), to %s/{wq,wk,wv,wo}.npy\n", PROG, C, H, D,
-           mha_weights_count(&w), out);
-    mha_weights_free(&w);
-    return 0;
-}
 
 /* ==== the lesson ================================================================================ */
 
@@ -95,26 +51,26 @@ static void lesson_intro(void)
 }
 
 typedef struct {
-    const MhaWeights *w; /* host weights, or device weights when dev is CUDA */
-    Device dev;
-    int kernel, B, T;
+    const MhaWeights *w; /* host weights, or device weights for layer_run_cuda */
+    int kernel, B, T, rc;
     const float *x; /* (B, T, C) */
     float *y;       /* (B, T, C) */
-    int rc;
 } LayerRun;
 
 static void layer_run(void *ctx)
 {
     LayerRun *r = ctx;
-#if HAVE_CUDA
-    if (r->dev == DEVICE_CUDA) {
-        r->rc = mha_layer_forward_cuda(r->w, r->kernel, r->x, r->B, r->T, 1, r->y);
-        cuda_sync();
-        return;
-    }
-#endif
     r->rc = mha_layer_forward(r->w, r->kernel, r->x, r->B, r->T, 1, r->y);
 }
+
+#if HAVE_CUDA
+static void layer_run_cuda(void *ctx)
+{
+    LayerRun *r = ctx;
+    r->rc = mha_layer_forward_cuda(r->w, r->kernel, r->x, r->B, r->T, 1, r->y);
+    cuda_sync();
+}
+#endif
 
 typedef struct {
     const float *a, *b; /* a (M, K), b (N, K) */
@@ -152,7 +108,7 @@ static void lesson_layer(Device dev, const Roofline *roof)
     tensor_fill_normal(&x, &rng, 0.0f, 1.0f);
     Tensor y_ref = tensor_zeros(3, (size_t[]){B, T, C}, "y (B, T, C)");
     Tensor y = tensor_zeros(3, (size_t[]){B, T, C}, "y (B, T, C)");
-    MhaShape s = {B, H, T, T, D, 1, 0.125f};
+    MhaShape s = {.B = B, .H = H, .T = T, .S = T, .D = D, .causal = 1, .scale = 0.125f};
     const double flops = 8.0 * B * T * C * H * D + attn_flops(B, H, T, T, D, 1);
 
     printf("1. One attention layer: B=%d, T=%d, C=%d, H=%d, D=%d, causal\n", B, T, C, H, D);
@@ -166,7 +122,7 @@ static void lesson_layer(Device dev, const Roofline *roof)
     printf("   %-12s %12s %9s %8s %14s %20s\n", "version", "time", "GFLOP/s", "% peak", "peak memory",
            "max |y - y_ref|");
     for (int kern = 1; kern <= MHA_CPU_KERNELS; kern++) {
-        LayerRun run = {&w, DEVICE_CPU, kern, B, T, x.data, kern == 1 ? y_ref.data : y.data, 0};
+        LayerRun run = {.w = &w, .kernel = kern, .B = B, .T = T, .x = x.data, .y = kern == 1 ? y_ref.data : y.data};
         size_t before = mem_current_bytes();
         mem_reset_peak();
         BenchTiming t = bench_time(layer_run, &run, kern == 1 ? 0 : 1, kern == 1 ? 1 : 3, 2.0);
@@ -177,7 +133,7 @@ static void lesson_layer(Device dev, const Roofline *roof)
                         format_bytes((double)(mem_peak_bytes() - before), b1, sizeof b1), diff);
     }
     /* where the layer's time goes: the projections are plain matrix products */
-    MatmulRun mm = {x.data, w.wq, y.data, (size_t)B * T, (size_t)H * D, (size_t)C};
+    MatmulRun mm = {.a = x.data, .b = w.wq, .out = y.data, .M = (size_t)B * T, .N = (size_t)H * D, .K = (size_t)C};
     BenchTiming tm = bench_time(matmul_run, &mm, 1, 5, 1.0);
     double mm_gf = 2.0 * mm.M * mm.N * mm.K / tm.median_s / 1e9;
     printf("   (one projection, x (%d, %d) times Wqᵀ (%d, %d) by common/matmul: %.2f ms, %.1f GFLOP/s = %.0f%% of peak;\n"
@@ -190,8 +146,8 @@ static void lesson_layer(Device dev, const Roofline *roof)
         float *d_x = cuda_alloc(tensor_bytes(&x)), *d_y = cuda_alloc(tensor_bytes(&y));
         cuda_upload(d_x, x.data, tensor_bytes(&x));
         for (int kern = 1; kern <= MHA_CUDA_KERNELS; kern++) {
-            LayerRun run = {&d_w, DEVICE_CUDA, kern, B, T, d_x, d_y, 0};
-            BenchTiming t = bench_time(layer_run, &run, 2, 20, 1.0);
+            LayerRun run = {.w = &d_w, .kernel = kern, .B = B, .T = T, .x = d_x, .y = d_y};
+            BenchTiming t = bench_time(layer_run_cuda, &run, 2, 20, 1.0);
             if (run.rc != 0)
                 die_with_error();
             cuda_download(y.data, d_y, tensor_bytes(&y));
@@ -215,11 +171,9 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
 {
     const int H = 8, D = 64, ref_max = 1024;
     char dat[4096], b1[32], b2[32];
-    paths_in_build(dat, sizeof dat, "bench", PROG "_lesson.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "T\ttime_ms\tscores_mib\tpeak_mib\tref_time_ms\tgflops\tgpu_time_ms");
+    lesson_data_open(&tsv, dat, sizeof dat, PROG, "lesson",
+                     "T\ttime_ms\tscores_mib\tpeak_mib\tref_time_ms\tgflops\tgpu_time_ms");
     printf("2. The quadratic wall: the attention core alone, B=1, H=%d, D=%d, causal, T = S\n", H, D);
     printf("   time: CPU kernel 'omp' (median of 3); memory: the most bytes held during the call, measured by\n"
            "   the allocator; ref: the reference kernel, timed once up to T=%d.\n\n", ref_max);
@@ -228,7 +182,7 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
     double prev_t = 0, prev_m = 0;
     int T;
     for (T = 256; T <= max_t; T *= 2) {
-        AttnDims d = {1, H, H, T, T, D, 1, 0.125f};
+        AttnDims d = {.B = 1, .H = H, .Hkv = H, .T = T, .S = T, .D = D, .causal = 1, .scale = 0.125f};
         MhaShape s = mha_shape(&d);
         Tensor q, k, v;
         attn_random_inputs(&d, 100 + (uint64_t)T, &q, &k, &v);
@@ -263,7 +217,7 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
         tensor_free(&q), tensor_free(&k), tensor_free(&v);
     }
     tsv_close(&tsv);
-    MhaShape next = {1, H, T, T, D, 1, 0.125f};
+    MhaShape next = {.B = 1, .H = H, .T = T, .S = T, .D = D, .causal = 1, .scale = 0.125f};
     printf("\n   The sweep stops at T=%d (--max-t): T=%d would need %s for the score matrix alone. Peak resident\n"
            "   memory of this process so far: %s. `01_mha bench` goes to T=8192; chapter 03 never builds it.\n",
            T / 2, T, format_bytes((double)mha_scores_bytes(&next), b1, sizeof b1),
@@ -286,49 +240,80 @@ static const Program PROGRAM;
 
 static int cmd_lesson(int argc, char **argv)
 {
-    const char *device = "auto";
     int max_t = 4096;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "where to run the lesson (default auto: the GPU if there is one)"),
-        {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N",
-         .help = "longest sequence of the sweep (default 4096)", .min = 256, .max = 65536},
-    };
-    ArgCommand cmd = {PROG, program_usage(&PROGRAM), program_about(&PROGRAM), specs, 2};
-    args_parse_or_exit(&cmd, argc, argv);
-    Device dev;
-    if (device_resolve(device, &dev) != 0)
-        die_with_error();
+    const ArgSpec max_t_option = {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N",
+                                  .help = "longest sequence of the sweep (default 4096)", .min = 256, .max = 65536};
+    const Device dev = lesson_begin(&PROGRAM, "where to run the lesson (default auto: the GPU if there is one)",
+                                    &max_t_option, 1, argc, argv);
     const Roofline *roof = roofline_get();
-    lesson_title(PROGRAM.title);
     lesson_intro();
     lesson_machine(dev, 1);
     lesson_layer(dev, roof);
     lesson_sweep(dev, max_t, roof);
-    printf("Take-away: doubling T doubles the work of every query row and doubles the rows, so time and\n"
-           "the score matrix both grow x4, and the memory runs out while the time is still affordable.\n"
-           "Next: chapter 02 shrinks K and V (fewer key/value heads); chapter 03 removes the score matrix.\n");
+    return lesson_end(
+        "doubling T doubles the work of every query row and doubles the rows, so time and\n"
+        "the score matrix both grow x4, and the memory runs out while the time is still affordable.\n"
+        "Next: chapter 02 shrinks K and V (fewer key/value heads); chapter 03 removes the score matrix.\n");
+}
+
+/* ==== init-weights ============================================================================== */
+
+static int cmd_init_weights(int argc, char **argv)
+{
+    const char *out = NULL;
+    int C = 1024, H = 16, D = 64, seed = 1;
+    ArgSpec specs[] = {
+        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "DIR", .help = "folder to write into",
+         .required = 1},
+        {.name = "dim", .kind = ARG_INT, .dest = &C, .metavar = "C", .help = "model dim (default 1024)", .min = 1,
+         .max = 65536},
+        {.name = "heads", .kind = ARG_INT, .dest = &H, .metavar = "H", .help = "heads (default 16)", .min = 1,
+         .max = 4096},
+        {.name = "head-dim", .kind = ARG_INT, .dest = &D, .metavar = "D", .help = "head dim (default 64)", .min = 1,
+         .max = 4096},
+        {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "N", .help = "random seed (default 1)", .min = 0,
+         .max = 2147483647},
+    };
+    const ArgCommand cmd = {
+        .name = PROG " init-weights",
+        .usage = "--out DIR [options]",
+        .summary = "Writes the weights of a random multi-head attention layer as wq.npy (H*D, C), wk.npy (H*D, C),\n"
+                   "wv.npy (H*D, C) and wo.npy (C, H*D), entries N(0, 1/fan_in). `02_mqa_gqa convert` turns them\n"
+                   "into grouped-query weights.",
+        .specs = specs,
+        .n_specs = ARRAY_COUNT(specs),
+    };
+    args_parse_or_exit(&cmd, argc, argv);
+    if ((double)C * H * D * 16.0 > (double)mem_budget_bytes()) { /* four float matrices of C x H*D */
+        char need[32], have[32];
+        die("--dim %d --heads %d --head-dim %d: the weights need %s, more than the %s of memory available", C, H, D,
+            format_bytes((double)C * H * D * 16.0, need, sizeof need),
+            format_bytes((double)mem_budget_bytes(), have, sizeof have));
+    }
+    Rng rng;
+    rng_seed(&rng, (uint64_t)seed);
+    MhaWeights w;
+    mha_weights_init(&w, C, H, D, &rng);
+    if (mha_weights_save(&w, out) != 0)
+        die_with_error();
+    printf("%s: wrote an MHA layer, C=%d H=%d D=%d (%zu parameters), to %s/{wq,wk,wv,wo}.npy\n", PROG, C, H, D,
+           mha_weights_count(&w), out);
+    mha_weights_free(&w);
     return 0;
 }
 
 /* ==== main ====================================================================================== */
 
-static int cmd_attn(int argc, char **argv)
-{
-    return attn_command(&MHA_IMPLS,
-                        "Multi-head attention on .npy tensors: O = softmax(Q Kᵀ * scale + mask) V, per batch and head.\n"
-                        "Chapter 01 needs as many key/value heads as query heads (Hkv = H).\n"
-                        "Kernels: CPU 1 = reference, 2 = OpenMP (default); CUDA 1 = naive, 2 = cuBLAS (default).",
-                        argc, argv);
-}
-
 static const Subcommand COMMANDS[] = {
-    {"attn", cmd_attn, "attention on .npy files (Q, K, V -> O)"},
-    {"verify", mha_cmd_verify, "every version against the reference on a grid of shapes"},
-    {"bench", mha_cmd_bench, "timing rows (TSV) and a plot, T = 128 .. 8192"},
-    {"init-weights", cmd_init_weights, "random layer weights as .npy files (for chapter 02's convert)"},
-    {NULL, NULL, NULL},
+    {.name = "attn", .run = mha_cmd_attn, .summary = "attention on .npy files (Q, K, V -> O)"},
+    {.name = "verify", .run = mha_cmd_verify, .summary = "every version against the reference on a grid of shapes"},
+    {.name = "bench", .run = mha_cmd_bench, .summary = "timing rows (TSV) and a plot, T = 128 .. 8192"},
+    {.name = "init-weights", .run = cmd_init_weights,
+     .summary = "random layer weights as .npy files (for chapter 02's convert)"},
+    {.name = NULL},
 };
 
-static const Program PROGRAM = {PROG, "Chapter 01: multi-head attention (MHA)", cmd_lesson, COMMANDS};
+static const Program PROGRAM = {.name = PROG, .title = "Chapter 01: multi-head attention (MHA)", .lesson = cmd_lesson,
+                                .subcommands = COMMANDS};
 
 int main(int argc, char **argv) { return program_main(&PROGRAM, argc, argv); }

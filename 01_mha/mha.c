@@ -137,22 +137,29 @@ void mha_block_attention(const float *q, size_t i0, size_t rows, const float *kt
     matmul_nn_ld(out, (size_t)D, sc, (size_t)S, v, (size_t)D, rows, (size_t)D, width);
 }
 
+float *mha_keys_transposed(const float *k, size_t heads, size_t S, size_t D, const char *what)
+{
+    float *kt = mem_alloc(heads * D * S * sizeof(float), what); /* (heads, D, S) */
+    if (!kt)
+        return NULL;
+#pragma omp parallel for schedule(static)
+    for (size_t h = 0; h < heads; h++)
+        transpose(kt + h * D * S, k + h * S * D, S, D);
+    return kt;
+}
+
 int mha_attention_omp(const MhaShape *s, const float *q, const float *k, const float *v, float *out)
 {
     const size_t T = (size_t)s->T, S = (size_t)s->S, D = (size_t)s->D, BH = (size_t)s->B * (size_t)s->H;
     float *scores = mem_alloc(mha_scores_bytes(s), "the score matrix (B, H, T, S)"); /* (B, H, T, S) */
     if (!scores)
         return -1;
-    float *kt = mem_alloc(BH * D * S * sizeof(float), "Kᵀ (B, H, D, S)"); /* (B, H, D, S) */
+    /* Kᵀ per head, so that Q Kᵀ is a plain (T, D) x (D, S) product */
+    float *kt = mha_keys_transposed(k, BH, S, D, "Kᵀ (B, H, D, S)"); /* (B, H, D, S) */
     if (!kt) {
         mem_free(scores);
         return -1;
     }
-    /* Kᵀ per head, so that Q Kᵀ is a plain (T, D) x (D, S) product */
-#pragma omp parallel for schedule(static)
-    for (size_t bh = 0; bh < BH; bh++)
-        transpose(kt + bh * D * S, k + bh * S * D, S, D);
-
     const size_t n_blocks = (T + MHA_BR - 1) / MHA_BR;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (size_t bh = 0; bh < BH; bh++)
@@ -183,17 +190,12 @@ int mha_attention_cpu(int kernel, const MhaShape *s, const float *q, const float
     }
 }
 
+/* The versions' names by number; 0, the default, is the fastest. */
+static const char *const CPU_NAMES[MHA_CPU_KERNELS + 1] = {"omp", "ref", "omp"};
+
 const char *mha_cpu_kernel_name(int kernel)
 {
-    switch (kernel) {
-    case 1:
-        return "ref";
-    case 0:
-    case 2:
-        return "omp";
-    default:
-        return NULL;
-    }
+    return kernel >= 0 && kernel <= MHA_CPU_KERNELS ? CPU_NAMES[kernel] : NULL;
 }
 
 /* ==== the layer ================================================================================ */
@@ -291,6 +293,12 @@ void mha_merge_heads(const float *x, float *out, int B, int T, int H, int D)
                 memcpy(out + ((b * T + t) * H + h) * D, x + ((b * H + h) * T + t) * D, (size_t)D * sizeof(float));
 }
 
+void mha_project_heads(float *out, float *flat, const float *x, const float *w, int B, int T, int heads, int D, int C)
+{
+    matmul_nt(flat, x, w, (size_t)B * (size_t)T, (size_t)heads * (size_t)D, (size_t)C);
+    mha_split_heads(flat, out, B, T, heads, D);
+}
+
 int mha_layer_forward(const MhaWeights *w, int kernel, const float *x, int B, int T, int causal, float *y)
 {
     const size_t M = (size_t)B * (size_t)T, HD = (size_t)w->H * (size_t)w->D, C = (size_t)w->C;
@@ -302,13 +310,10 @@ int mha_layer_forward(const MhaWeights *w, int kernel, const float *x, int B, in
     float *o = mem_alloc(bytes, "attention output (B, H, T, D)");
     int rc = -1;
     if (flat && q && k && v && o) {
-        matmul_nt(flat, x, w->wq, M, HD, C);
-        mha_split_heads(flat, q, B, T, w->H, w->D);
-        matmul_nt(flat, x, w->wk, M, HD, C);
-        mha_split_heads(flat, k, B, T, w->H, w->D);
-        matmul_nt(flat, x, w->wv, M, HD, C);
-        mha_split_heads(flat, v, B, T, w->H, w->D);
-        MhaShape s = {B, w->H, T, T, w->D, causal, 1.0f / sqrtf((float)w->D)};
+        mha_project_heads(q, flat, x, w->wq, B, T, w->H, w->D, w->C);
+        mha_project_heads(k, flat, x, w->wk, B, T, w->H, w->D, w->C);
+        mha_project_heads(v, flat, x, w->wv, B, T, w->H, w->D, w->C);
+        MhaShape s = {.B = B, .H = w->H, .T = T, .S = T, .D = w->D, .causal = causal, .scale = 1.0f / sqrtf((float)w->D)};
         rc = mha_attention_cpu(kernel, &s, q, k, v, o);
         if (rc == 0) {
             mha_merge_heads(o, flat, B, T, w->H, w->D);

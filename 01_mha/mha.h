@@ -69,6 +69,11 @@ void mha_head_attention_ref(const float *qh, const float *kh, const float *vh, f
 void mha_block_attention(const float *q, size_t i0, size_t rows, const float *kt, const float *v, float *sc,
                          float *out, int T, int S, int D, int causal, float scale);
 
+/* Kᵀ of each of `heads` heads: k (heads, S, D) -> a new (heads, D, S) array (mem_free it), so that
+ * Q Kᵀ is a plain (T, D) x (D, S) product; `what` names it in an out-of-memory error. NULL with
+ * the error recorded. Chapter 02 transposes its K/V heads with it. */
+float *mha_keys_transposed(const float *k, size_t heads, size_t S, size_t D, const char *what);
+
 /* One row of P in place: scale the first n scores, softmax them (max subtracted), and zero
  * entries [n, width). n = 0 (no visible key) gives zeros. Chapter 02 reuses it. */
 void mha_softmax_row(float *x, size_t n, size_t width, float scale);
@@ -101,6 +106,10 @@ int mha_weights_load(const char *dir, int H, MhaWeights *w);
 /* x (B, T, H*D) -> out (B, H, T, D), and back. */
 void mha_split_heads(const float *x, float *out, int B, int T, int H, int D);
 void mha_merge_heads(const float *x, float *out, int B, int T, int H, int D);
+
+/* One projection into heads: out (B, heads, T, D) = the heads of x (B, T, C) times wᵀ (heads*D, C),
+ * through flat (B, T, heads*D), scratch. Chapter 02 projects its fewer K/V heads with it. */
+void mha_project_heads(float *out, float *flat, const float *x, const float *w, int B, int T, int heads, int D, int C);
 
 /* Self-attention layer: x (B, T, C) -> y (B, T, C), attention core by CPU `kernel`. */
 int mha_layer_forward(const MhaWeights *w, int kernel, const float *x, int B, int T, int causal, float *y);

@@ -1,7 +1,7 @@
 /*
  * test_mha.h: what chapter 01's two test files share. test_mha.c checks the kernels and the layer
- * (on the CPU, and on the GPU when there is one) and holds main(); test_mha_program.c the program
- * end to end and hostile inputs, and adds those cases to the suite.
+ * on the CPU and holds main(); test_mha_program.c the program end to end, the CUDA versions and
+ * hostile inputs, and gives those cases to main's table.
  */
 #ifndef TEST_MHA_H
 #define TEST_MHA_H
@@ -15,9 +15,12 @@
 #include "01_mha/mha.h"
 #include "common/error.h"
 #include "common/testing.h"
+#include "common/testing_main.h"
 
-#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
-#define RTOL 1e-4
+/* test_mha_program.c's cases: "program", "hostile inputs" and "cuda". */
+TestingCase mha_program_case(void);
+TestingCase mha_hostile_case(void);
+TestingCase mha_cuda_case(void);
 
 typedef struct {
     MhaShape s;
@@ -44,12 +47,5 @@ static inline void mha_f64(const MhaShape *s, const float *q, const float *k, co
 {
     attention_f64(s->B, s->H, s->H, s->T, s->S, s->D, s->causal, s->scale, q, k, v, out);
 }
-
-/* test_mha_program.c: adds the cases "program" and "hostile inputs" to s, and (CUDA builds) its
- * `attn --device cuda` test to test_mha.c's "cuda" case tc. */
-void mha_program_cases(Suite *s);
-#if HAVE_CUDA
-void mha_program_cuda_tests(TCase *tc);
-#endif
 
 #endif

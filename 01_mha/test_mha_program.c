@@ -1,8 +1,8 @@
 /*
  * test_mha_program.c: chapter 01's program end to end (attn against float64, bad input, scores
- * that overflow, lost standard output, --help, the memory a CPU run maps, verify), attn on the
- * GPU, and hostile inputs: the cases "program" and "hostile inputs" of chapter 01's suite, and
- * the `attn --device cuda` test of its "cuda" case (test_mha.c holds the rest and main()). Bad
+ * that overflow, lost standard output, --help, the memory a CPU run maps, verify), its CUDA
+ * versions (the kernels, the layer, attn on the GPU), and hostile inputs: the cases "program",
+ * "hostile inputs" and "cuda" of chapter 01's suite (test_mha.c holds the rest and main()). Bad
  * input gets one error line and exit status 1.
  */
 #include <check.h>
@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "01_mha/commands.h"
 #include "01_mha/mha.h"
 #include "01_mha/test_mha.h"
 #include "common/compare.h"
@@ -23,6 +24,10 @@
 #include "common/npy.h"
 #include "common/tensor.h"
 #include "common/testing.h"
+#if HAVE_CUDA
+#include "common/cuda_utils.h"
+#endif
+
 /* ==== the program: attn, --help, verify =========================================================== */
 
 static void write_tensor(const char *dir, const char *name, const float *data, size_t b, size_t h, size_t n, size_t d)
@@ -34,46 +39,15 @@ static void write_tensor(const char *dir, const char *name, const float *data, s
 
 START_TEST(test_attn_command_matches_float64)
 {
-    /* the design.md contract end to end: .npy in, program, .npy out, against float64 */
-    const int shapes[][6] = {{2, 3, 17, 29, 20, 1}, {1, 2, 31, 13, 7, 1}, {1, 1, 5, 5, 3, 0}, {2, 2, 63, 65, 33, 0}};
-    char prog[4200], qp[4200], kp[4200], vp[4200], op[4200];
-    program_path(prog, sizeof prog, "01_mha");
-    testing_tmp_path(qp, sizeof qp, "q.npy"), testing_tmp_path(kp, sizeof kp, "k.npy");
-    testing_tmp_path(vp, sizeof vp, "v.npy");
-    testing_tmp_path(op, sizeof op, "o.npy");
+    /* the contract (docs/contracts.md §1.3) end to end: .npy in, program, .npy out, against float64; shape 2 with
+     * --scale 0.3 */
+    const int shapes[][7] = {{2, 3, 3, 17, 29, 20, 1}, {1, 2, 2, 31, 13, 7, 1}, {1, 1, 1, 5, 5, 3, 0},
+                             {2, 2, 2, 63, 65, 33, 0}}; /* B H Hkv T S D causal */
     for (int i = 0; i < 4; i++) {
-        const int *sh = shapes[i];
-        for (int kern = 1; kern <= MHA_CPU_KERNELS; kern++) {
-            Problem p = problem_new(sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], 300 + (uint64_t)i);
-            if (i == 2)
-                p.s.scale = 0.3f;
-            write_tensor(testing_tmp, "q.npy", p.q, sh[0], sh[1], sh[2], sh[4]);
-            write_tensor(testing_tmp, "k.npy", p.k, sh[0], sh[1], sh[3], sh[4]);
-            write_tensor(testing_tmp, "v.npy", p.v, sh[0], sh[1], sh[3], sh[4]);
-            char kernel[8];
-            snprintf(kernel, sizeof kernel, "%d", kern);
-            const char *argv[20] = {prog, "attn", "--q", qp, "--k", kp, "--v", vp, "--out", op,
-                                    "--device", "cpu", "--kernel", kernel};
-            int argc = 14;
-            if (sh[5])
-                argv[argc++] = "--causal";
-            if (i == 2)
-                argv[argc++] = "--scale", argv[argc++] = "0.3";
-            argv[argc] = NULL;
-            ProcResult r;
-            ck_assert_int_eq(run_program(&r, argv), 0);
-            ck_assert_msg(r.status == 0, "attn failed (%d): %s", r.status, r.err);
-            Tensor o;
-            ck_assert_msg(npy_read_tensor(op, 4, &o) == 0, "%s", error_message());
-            ck_assert_uint_eq(o.numel, n_out(&p.s));
-            double *expected = xmalloc(o.numel * sizeof(double), "expected");
-            mha_f64(&p.s, p.q, p.k, p.v, expected);
-            CompareResult c = compare_f32_f64("attn command", o.data, expected, o.numel, ATOL, RTOL, 5);
-            ck_assert_msg(c.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, c.n_bad);
-            free(expected);
-            tensor_free(&o);
-            problem_free(&p);
-        }
+        const TestingAttnRun run = {.name = "01_mha", .device = "cpu", .n_kernels = MHA_CPU_KERNELS,
+                                    .seed = 300 + (uint64_t)i, .scale = i == 2 ? 0.3f : 0.0f};
+        const char *why = testing_attn_program(&run, testing_tmp, &shapes[i], 1, ATOL, RTOL);
+        ck_assert_msg(why == NULL, "shape %d: %s", i, why);
     }
 }
 END_TEST
@@ -281,16 +255,8 @@ END_TEST
 
 START_TEST(test_help_everywhere)
 {
-    char prog[4200];
-    program_path(prog, sizeof prog, "01_mha");
-    const char *subs[] = {NULL, "attn", "verify", "bench", "init-weights"};
-    for (int i = 0; i < 5; i++) {
-        const char *argv[] = {prog, subs[i] ? subs[i] : "--help", subs[i] ? "--help" : NULL, NULL};
-        ProcResult r;
-        ck_assert_int_eq(run_program(&r, argv), 0);
-        ck_assert_msg(r.status == 0, "%s --help: status %d", subs[i] ? subs[i] : "", r.status);
-        ck_assert_msg(strstr(r.out, "usage: 01_mha"), "%s --help printed: %s", subs[i] ? subs[i] : "", r.out);
-    }
+    const char *subs[] = {"attn", "verify", "bench", "init-weights", NULL};
+    testing_assert_ok(testing_help_and_verify("01_mha", subs, NULL, 0));
 }
 END_TEST
 
@@ -340,70 +306,94 @@ END_TEST
 
 START_TEST(test_verify_command_quick)
 {
-    char prog[4200], line[256];
-    program_path(prog, sizeof prog, "01_mha");
-    /* under emulation the --smoke grid (lengths up to 17): the grid test above runs the kernels
-     * on lengths up to 257 there, this one checks the command */
+    /* under emulation the --smoke grid (lengths up to 17): the grid test of test_mha.c runs the
+     * kernels on lengths up to 257 there, this one checks the command */
     const int small = testing_small();
-    const char *argv[] = {prog, "verify", small ? "--smoke" : "--quick", "--device", "cpu", NULL};
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
-    last_line(r.out, line, sizeof line);
-    int passed = -1, failed = -1;
-    ck_assert_int_eq(sscanf(line, "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, small ? 20 : 100);
-    ck_assert_int_eq(failed, 0);
+    const char *verify[] = {small ? "--smoke" : "--quick", "--device", "cpu", NULL};
+    testing_assert_ok(testing_help_and_verify("01_mha", NULL, verify, small ? 21 : 101));
 }
 END_TEST
+
+/* The case "program": the tests above. */
+TestingCase mha_program_case(void)
+{
+    return (TestingCase){.name = "program", .timeout_s = 300, .temp_dir = 1,
+                         .tests = {/* attn */ test_attn_command_matches_float64, test_attn_command_bad_input,
+                                   test_attn_refuses_overflowing_scores, test_attn_refuses_a_fifo,
+                                   /* any subcommand */ test_help_everywhere, test_lost_standard_output_is_an_error,
+                                   test_cpu_run_maps_no_gpu_library, test_verify_command_quick}};
+}
 
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
 #if HAVE_CUDA
-/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
- * float64 oracle, every CUDA version. */
-START_TEST(test_attn_command_on_the_gpu)
+START_TEST(test_cuda_kernels_against_reference)
 {
-    const int shapes[][7] = {{2, 3, 3, 37, 70, 64, 1}, {1, 2, 2, 5, 5, 128, 0}}; /* B H Hkv T S D causal */
-    const char *why = testing_attn_on_gpu("01_mha", testing_tmp, shapes, sizeof shapes / sizeof shapes[0],
-                                          MHA_CUDA_KERNELS, ATOL, RTOL, NULL);
-    ck_assert_msg(why == NULL, "%s", why);
+    const int shapes[][7] = {{1, 1, 1, 1, 1, 32, 0},     {2, 3, 3, 17, 29, 64, 1}, {1, 4, 4, 65, 63, 80, 1},
+                             {1, 2, 2, 129, 128, 128, 0}, {1, 1, 1, 6, 3, 32, 1},   {2, 8, 8, 257, 257, 64, 1}};
+    const size_t n = sizeof shapes / sizeof shapes[0];
+    testing_assert_ok(testing_attn_shapes(&MHA_IMPLS, DEVICE_CUDA, shapes, n, 400, ATOL, RTOL));
 }
 END_TEST
 
+START_TEST(test_cuda_layer_against_cpu)
+{
+    const int B = 2, T = 33, C = 64, H = 4, D = 16;
+    Rng rng;
+    rng_seed(&rng, 23);
+    MhaWeights w, d_w;
+    mha_weights_init(&w, C, H, D, &rng);
+    mha_weights_to_device(&w, &d_w);
+    size_t n = (size_t)B * T * C;
+    float *x = xmalloc(n * 4, "x"), *y = xmalloc(n * 4, "y"), *ref = xmalloc(n * 4, "ref");
+    fill_normal(x, n, 24);
+    ck_assert_int_eq(mha_layer_forward(&w, 1, x, B, T, 1, ref), 0);
+    float *d_x = cuda_alloc(n * 4), *d_y = cuda_alloc(n * 4);
+    cuda_upload(d_x, x, n * 4);
+    for (int kern = 1; kern <= MHA_CUDA_KERNELS; kern++) {
+        ck_assert_int_eq(mha_layer_forward_cuda(&d_w, kern, d_x, B, T, 1, d_y), 0);
+        cuda_download(y, d_y, n * 4);
+        ck_assert_msg(compare_f32("cuda layer", y, ref, n, ATOL, RTOL, 5).n_bad == 0, "kernel %d", kern);
+    }
+    cuda_free(d_x), cuda_free(d_y);
+    mha_weights_free_device(&d_w);
+    mha_weights_free(&w);
+    free(x), free(y), free(ref);
+}
+END_TEST
 #endif
+
+/* The case "cuda": the tests above, then `attn --device cuda` end to end on these shapes. */
+TestingCase mha_cuda_case(void)
+{
+    const int shapes[][7] = {{2, 3, 3, 37, 70, 64, 1}, {1, 2, 2, 5, 5, 128, 0}}; /* B H Hkv T S D causal */
+    const TTest *const tests[] = {
+        TESTING_CUDA_ONLY(test_cuda_kernels_against_reference, test_cuda_layer_against_cpu), NULL};
+    const TestingAttnRun run = {.name = "01_mha", .n_kernels = TESTING_CUDA_ONLY(MHA_CUDA_KERNELS)};
+    return testing_cuda_case(120, tests, run, shapes, sizeof shapes / sizeof shapes[0]);
+}
 
 /* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
 
 #define ATTN01 "01_mha", "attn"
 #define GOOD_KV "--k", "@/k.npy", "--v", "@/v.npy"
+#define ATTN01_Q ATTN01, "--q", "@/q.npy"
 static const HostileCase hostile_cases[] = {
-    {.argv = {ATTN01, "--q", "@/missing.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "missing.npy"},
-    {.argv = {ATTN01, "--q", "@/fifo", GOOD_KV, "--out", "@/out.npy"}, .expect = "not a regular file"},
-    {.argv = {ATTN01, "--q", "@/adir", GOOD_KV, "--out", "@/out.npy"}, .expect = "is a folder"},
-    {.argv = {ATTN01, "--q", "@/trunc.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "trunc.npy"},
-    {.argv = {ATTN01, "--q", "@/empty.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "empty.npy"},
-    {.argv = {ATTN01, "--q", "@/2d.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "2d.npy"},
-    {.argv = {ATTN01, "--q", "@/q.npy", "--k", "@/nan.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "nan.npy"},
-    {.argv = {ATTN01, "--q", "@/q.npy", "--k", "@/k1.npy", "--v", "@/k1.npy", "--out", "@/out.npy"},
-     .expect = "Hkv = 1"},
+    {.argv = {ATTN01, "--q", HOSTILE_BAD_NPY, GOOD_KV, "--out", "@/out.npy"}},
+    {.argv = {ATTN01_Q, "--k", "@/nan.npy", "--v", "@/v.npy", "--out", "@/out.npy"}, .expect = "nan.npy"},
+    {.argv = {ATTN01_Q, "--k", "@/k1.npy", "--v", "@/k1.npy", "--out", "@/out.npy"}, .expect = "Hkv = 1"},
     {.argv = {ATTN01, "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
      .expect = "overflow"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--scale", "1e38"}, .expect = "overflow"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--scale", "nan"}, .expect = "--scale"},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", "@/out.npy", "--scale", "1e38"}, .expect = "overflow"},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", "@/out.npy", "--scale", "nan"}, .expect = "--scale"},
     {.argv = {ATTN01, "--q", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/out.npy"}, .expect = "--q"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/fifo"}, .expect = "FIFO"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out"}, .expect = "is a folder"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/nodir/o.npy"}, .expect = "nodir"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "/dev/full"}, .expect = "/dev/full"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--kernel", "99"}, .expect = "--kernel"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--kernel", "99999999999"},
-     .expect = "--kernel"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--device", "gpu"}, .expect = "--device"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV, "--out", "@/out.npy", "--frobnicate"}, .expect = "--frobnicate"},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", HOSTILE_BAD_OUT}},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", "@/out.npy", "--kernel", "99"}, .expect = "--kernel"},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", "@/out.npy", "--kernel", "99999999999"}, .expect = "--kernel"},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", "@/out.npy", "--device", "gpu"}, .expect = "--device"},
+    {.argv = {ATTN01_Q, GOOD_KV, "--out", "@/out.npy", "--frobnicate"}, .expect = "--frobnicate"},
     {.argv = {ATTN01, "--q", "@/q\r.npy", GOOD_KV, "--out", "@/out.npy"}, .expect = "\\r"},
-    {.argv = {ATTN01, "--q", "@/q.npy", GOOD_KV}, .expect = "--out"},
+    {.argv = {ATTN01_Q, GOOD_KV}, .expect = "--out"},
     {.argv = {"01_mha", "init-weights", "--out", "@/fifo"}, .expect = "fifo"},
     {.argv = {"01_mha", "init-weights", "--out", "@/out", "--dim", "0"}, .expect = "--dim"},
     {.argv = {"01_mha", "init-weights", "--out", "@/out", "--heads", "-3"}, .expect = "--heads"},
@@ -415,39 +405,9 @@ static const HostileCase hostile_cases[] = {
 
 START_TEST(test_hostile_inputs)
 {
-    hostile_fixtures(testing_tmp);
-    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
-    int failed = hostile_run(testing_tmp, hostile_cases, n);
-    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+    testing_assert_ok(hostile_check(testing_tmp, hostile_cases, sizeof hostile_cases / sizeof hostile_cases[0]));
 }
 END_TEST
 
-/* ==== the cases ================================================================================== */
-
-/* "program" and "hostile inputs"; the "cuda" case is test_mha.c's, with mha_program_cuda_tests */
-
-void mha_program_cases(Suite *s)
-{
-    TCase *tc = tcase_create("program");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_attn_command_matches_float64);
-    tcase_add_test(tc, test_attn_command_bad_input);
-    tcase_add_test(tc, test_attn_refuses_overflowing_scores);
-    tcase_add_test(tc, test_help_everywhere);
-    tcase_add_test(tc, test_lost_standard_output_is_an_error);
-    tcase_add_test(tc, test_attn_refuses_a_fifo);
-    tcase_add_test(tc, test_cpu_run_maps_no_gpu_library);
-    tcase_add_test(tc, test_verify_command_quick);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("hostile inputs");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_hostile_inputs);
-    suite_add_tcase(s, tc);
-}
-
-#if HAVE_CUDA
-void mha_program_cuda_tests(TCase *tc) { tcase_add_test(tc, test_attn_command_on_the_gpu); }
-#endif
+/* The case "hostile inputs". */
+TestingCase mha_hostile_case(void) { return testing_hostile_case(test_hostile_inputs); }

@@ -1,7 +1,8 @@
 /*
- * bench.c: chapter 02's verify and bench subcommands, its versions as the harness sees them, and
- * the decode measurement that the lesson and bench share.
+ * bench.c: chapter 02's attn, verify and bench subcommands, its versions as the harness sees them,
+ * and the decode measurement that the lesson and bench share.
  *
+ *   02_mqa_gqa attn     attention on .npy files, H a multiple of Hkv
  *   02_mqa_gqa verify   every version against the reference on the grid, all H:Hkv ratios
  *   02_mqa_gqa bench    decode and prefill sweeps over Hkv: TSV rows +
  *                       build/bench/02_mqa_gqa_bench.dat + build/plots/02_mqa_gqa_bench.png
@@ -16,38 +17,35 @@
 #include "common/roofline.h"
 #include "common/tensor.h"
 
+/* `02_mqa_gqa bench`: its rows, its --help, and how far its sweep goes. */
+static const BenchCommand BENCH = {
+    .prog = GQA_PROG,
+    .columns = "mode\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tgbs\tkv_read_bytes\tpct_peak"
+               "\tpct_dram",
+    .summary =
+        "Decode: one query per sequence (B=4, H=16, D=64) against caches of S = 1024 .. max-s keys, for\n"
+        "Hkv in {16, 8, 4, 2, 1}, caches flushed before each run. Prefill: T = S = 256 .. 2048, causal,\n"
+        "B=1, H=16. Columns: mode device kernel B H Hkv T S D causal time_ms gflops gbs kv_read_bytes\n"
+        "pct_peak pct_dram. kv_read_bytes is what the version reads of K and V: 2*B*Hkv*S*D*4 for\n"
+        "'grouped' and 'cublas', 2*B*H*S*D*4 for 'ref' and 'naive'; gbs = kv_read_bytes / time.\n"
+        "The reference runs up to S = 8192 (decode) and T = 1024 (prefill).",
+    .limit = {.name = "max-s", .value = 32768, .min = 1024, .max = 1 << 22, .help =
+                  "longest cache of the decode sweep (default 32768)"},
+};
+
 /* ==== this chapter's versions, as the harness sees them ========================================= */
 
-int gqa_run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    (void)ctx;
-    GqaShape s = gqa_shape(d);
-    return gqa_attention_cpu(kernel, &s, q, k, v, out);
-}
-
-#if HAVE_CUDA
-static int run_cuda(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v,
-                    float *out)
-{
-    (void)ctx;
-    GqaShape s = gqa_shape(d);
-    return gqa_attention_cuda(kernel, &s, q, k, v, out);
-}
-#endif
+ATTN_ENTRY(gqa_run_cpu, GqaShape, gqa_shape, gqa_attention_cpu(kernel, &s, q, k, v, out))
+ATTN_CUDA_ENTRY(run_cuda, GqaShape, gqa_shape, gqa_attention_cuda(kernel, &s, q, k, v, out))
 
 const AttnImpls GQA_IMPLS = {
     .prog = GQA_PROG,
-    .ref = gqa_run_cpu, /* with kernel 1 */
-    .ref_is_cpu1 = 1,
-    .cpu = gqa_run_cpu,
-    .cpu_name = gqa_cpu_kernel_name,
-    .n_cpu = GQA_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = gqa_cuda_kernel_name,
-    .n_cuda = GQA_CUDA_KERNELS,
-#endif
-    .heads = ATTN_HEADS_DIVIDE,
+    .ref = gqa_run_cpu, .ref_is_cpu1 = 1, /* the reference: CPU kernel 1 */
+    .cpu = gqa_run_cpu, .cpu_name = gqa_cpu_kernel_name, .n_cpu = GQA_CPU_KERNELS,
+    ATTN_IF_CUDA(.cuda = run_cuda, .cuda_name = gqa_cuda_kernel_name, .n_cuda = GQA_CUDA_KERNELS),
+    .attn_help = "Grouped-query attention on .npy tensors: query head h reads key/value head h / (H/Hkv).\n"
+                 "H must be a multiple of Hkv (Hkv = H: MHA; Hkv = 1: MQA).\n"
+                 "Kernels: CPU 1 = reference, 2 = grouped (default); CUDA 1 = naive, 2 = cuBLAS (default).",
 };
 
 /* ==== decode and prefill measurements (shared by the lesson and bench) =========================== */
@@ -75,8 +73,9 @@ AttnTiming gqa_time_decode(Device dev, int kernel, const AttnDims *d, int repeat
     return t;
 }
 
-/* ==== verify ==================================================================================== */
+/* ==== attn and verify =========================================================================== */
 
+int gqa_cmd_attn(int argc, char **argv) { return attn_command(&GQA_IMPLS, argc, argv); }
 int gqa_cmd_verify(int argc, char **argv) { return attn_verify_command(&GQA_IMPLS, argc, argv); }
 
 /* ==== bench ===================================================================================== */
@@ -124,43 +123,15 @@ static void bench_sweep(Tsv *tsv, int prefill, Device dev, int kernel, int hkv, 
 
 int gqa_cmd_bench(int argc, char **argv)
 {
-    const char *device = "auto", *out = NULL;
-    int repeats = 5, max_s = 32768;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "auto: CPU versions, and CUDA versions when a GPU is present"),
-        OPTION_OUT(&out),
-        {.name = "max-s", .kind = ARG_INT, .dest = &max_s, .metavar = "N",
-         .help = "longest cache of the decode sweep (default 32768)", .min = 1024, .max = 1 << 22},
-        OPTION_REPEATS(&repeats),
-    };
-    ArgCommand cmd = {
-        .name = GQA_PROG " bench",
-        .usage = "[options]",
-        .summary = "Decode: one query per sequence (B=4, H=16, D=64) against caches of S = 1024 .. max-s keys, for\n"
-                   "Hkv in {16, 8, 4, 2, 1}, caches flushed before each run. Prefill: T = S = 256 .. 2048, causal,\n"
-                   "B=1, H=16. Columns: mode device kernel B H Hkv T S D causal time_ms gflops gbs kv_read_bytes\n"
-                   "pct_peak pct_dram. kv_read_bytes is what the version reads of K and V: 2*B*Hkv*S*D*4 for\n"
-                   "'grouped' and 'cublas', 2*B*H*S*D*4 for 'ref' and 'naive'; gbs = kv_read_bytes / time.\n"
-                   "The reference runs up to S = 8192 (decode) and T = 1024 (prefill).",
-        .specs = specs,
-        .n_specs = 4,
-    };
-    args_parse_or_exit(&cmd, argc, argv);
-
     BenchSession b;
-    bench_begin(&b, GQA_PROG, device, out,
-                "mode\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tgbs\tkv_read_bytes\tpct_peak"
-                "\tpct_dram");
-    for (int g = 0; g < 2; g++) {
-        const Device dev = g ? DEVICE_CUDA : DEVICE_CPU;
-        if (!(dev == DEVICE_CUDA ? b.use_gpu : b.use_cpu))
-            continue;
+    bench_command_begin(&b, &BENCH, NULL, 0, argc, argv);
+    Device devs[2];
+    for (int i = 0, n = bench_devices(&b, devs); i < n; i++)
         for (int prefill = 0; prefill <= 1; prefill++) /* prefill: MHA, GQA-4 and MQA only */
-            for (int kern = 1; kern <= attn_impl_count(&GQA_IMPLS, dev); kern++)
-                for (int i = 0; i < GQA_N_HKV; i++)
-                    if (!prefill || GQA_HKV[i] == 16 || GQA_HKV[i] == 4 || GQA_HKV[i] == 1)
-                        bench_sweep(&b.tsv, prefill, dev, kern, GQA_HKV[i], max_s, repeats);
-    }
+            for (int kern = 1; kern <= attn_impl_count(&GQA_IMPLS, devs[i]); kern++)
+                for (int h = 0; h < GQA_N_HKV; h++)
+                    if (!prefill || GQA_HKV[h] == 16 || GQA_HKV[h] == 4 || GQA_HKV[h] == 1)
+                        bench_sweep(&b.tsv, prefill, devs[i], kern, GQA_HKV[h], b.limit, b.repeats);
     bench_end(&b);
     return 0;
 }

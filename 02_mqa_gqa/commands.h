@@ -36,6 +36,7 @@ double gqa_decode_bytes_read(const AttnDims *d, int reads_per_query_head);
 /* One decode point timed with cold caches (inputs drawn here); dies if the version fails. */
 AttnTiming gqa_time_decode(Device dev, int kernel, const AttnDims *d, int repeats);
 
+int gqa_cmd_attn(int argc, char **argv);   /* attn: attention on .npy files */
 int gqa_cmd_verify(int argc, char **argv); /* verify: every version against the reference */
 int gqa_cmd_bench(int argc, char **argv);  /* bench: decode and prefill sweeps over Hkv */
 

@@ -116,15 +116,9 @@ int gqa_attention_grouped(const GqaShape *s, const float *q, const float *k, con
     if (!scores)
         return -1;
     float *kt = NULL; /* (B, Hkv, D, S): each K/V head transposed once, for the block path */
-    if (!decode) {
-        kt = mem_alloc(BHkv * D * S * sizeof(float), "Kᵀ (B, Hkv, D, S)");
-        if (!kt) {
-            mem_free(scores);
-            return -1;
-        }
-#pragma omp parallel for schedule(static)
-        for (size_t g = 0; g < BHkv; g++)
-            transpose(kt + g * D * S, k + g * S * D, S, D);
+    if (!decode && !(kt = mha_keys_transposed(k, BHkv, S, D, "Kᵀ (B, Hkv, D, S)"))) {
+        mem_free(scores);
+        return -1;
     }
     /* group g = b * Hkv + kvh owns query heads kvh*G .. kvh*G + G-1 of batch b: rows g*R .. g*R + R-1
      * of the (B*H*T, D) queries, of the scores and of the output */
@@ -161,17 +155,12 @@ int gqa_attention_cpu(int kernel, const GqaShape *s, const float *q, const float
     }
 }
 
+/* The versions' names by number; 0, the default, is the fastest. */
+static const char *const CPU_NAMES[GQA_CPU_KERNELS + 1] = {"grouped", "ref", "grouped"};
+
 const char *gqa_cpu_kernel_name(int kernel)
 {
-    switch (kernel) {
-    case 1:
-        return "ref";
-    case 0:
-    case 2:
-        return "grouped";
-    default:
-        return NULL;
-    }
+    return kernel >= 0 && kernel <= GQA_CPU_KERNELS ? CPU_NAMES[kernel] : NULL;
 }
 
 /* ==== the layer and the conversion =============================================================== */
@@ -247,12 +236,9 @@ int gqa_layer_forward(const GqaWeights *w, int kernel, const float *x, int B, in
     float *o = mem_alloc(M * HD * sizeof(float), "attention output (B, H, T, D)"); /* (B, H, T, D) */
     int rc = -1;
     if (flat && q && k && v && o) {
-        matmul_nt(flat, x, w->wq, M, HD, C);
-        mha_split_heads(flat, q, B, T, w->H, w->D);
-        matmul_nt(flat, x, w->wk, M, KD, C);
-        mha_split_heads(flat, k, B, T, w->Hkv, w->D);
-        matmul_nt(flat, x, w->wv, M, KD, C);
-        mha_split_heads(flat, v, B, T, w->Hkv, w->D);
+        mha_project_heads(q, flat, x, w->wq, B, T, w->H, w->D, w->C);
+        mha_project_heads(k, flat, x, w->wk, B, T, w->Hkv, w->D, w->C);
+        mha_project_heads(v, flat, x, w->wv, B, T, w->Hkv, w->D, w->C);
         GqaShape s = {.B = B, .H = w->H, .Hkv = w->Hkv, .T = T, .S = T, .D = w->D, .causal = causal,
                       .scale = 1.0f / sqrtf((float)w->D)};
         rc = gqa_attention_cpu(kernel, &s, q, k, v, o);

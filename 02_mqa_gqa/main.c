@@ -4,7 +4,7 @@
  *   02_mqa_gqa [--device D]   the lesson: MHA, GQA and MQA side by side, every word of the usual
  *                             comparison table replaced by a measurement (parameters, KV-cache
  *                             bytes, prefill and decode time, output error after conversion)
- *   02_mqa_gqa attn ...       attention on .npy files, now with H % Hkv = 0 (design.md §4)
+ *   02_mqa_gqa attn ...       attention on .npy files, now with H % Hkv = 0 (docs/contracts.md §1.3)
  *   02_mqa_gqa verify ...     every version against the reference on the grid, all H:Hkv ratios (bench.c)
  *   02_mqa_gqa bench ...      decode and prefill sweeps: TSV + build/plots/02_mqa_gqa_bench.png (bench.c)
  *   02_mqa_gqa convert ...    chapter 01 weights -> GQA weights by mean-pooling K/V heads
@@ -24,7 +24,6 @@
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
-#include "common/paths.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/rng.h"
@@ -210,12 +209,10 @@ static void lesson_print(Device dev, const LessonRow rows[GQA_N_HKV], double dif
 static void lesson_plot(const LessonRow rows[GQA_N_HKV])
 {
     char dat[4096];
-    paths_in_build(dat, sizeof dat, "bench", PROG "_lesson.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "Hkv\tparams\tkv_bytes_token\tprefill_ms\tdecode_ms\tdecode_ref_ms\tdecode_gbs\terr_random\terr_corr"
-                     "\tgpu_decode_ms");
+    lesson_data_open(&tsv, dat, sizeof dat, PROG, "lesson",
+                     "Hkv\tparams\tkv_bytes_token\tprefill_ms\tdecode_ms\tdecode_ref_ms\tdecode_gbs\terr_random"
+                     "\terr_corr\tgpu_decode_ms");
     for (int i = 0; i < GQA_N_HKV; i++) {
         const LessonRow *r = &rows[i];
         tsv_row(&tsv, "%d\t%zu\t%zu\t%.3f\t%.4f\t%.3f\t%.2f\t%.5f\t%.5f\t%.4f", r->hkv, r->params, r->kv_token,
@@ -230,15 +227,8 @@ static const Program PROGRAM;
 
 static int cmd_lesson(int argc, char **argv)
 {
-    const char *device = "auto";
-    ArgSpec specs[] = {OPTION_DEVICE(&device, "where to run (default auto: the GPU too if there is one)")};
-    ArgCommand cmd = {.name = PROG, .usage = program_usage(&PROGRAM), .summary = program_about(&PROGRAM),
-                      .specs = specs, .n_specs = 1};
-    args_parse_or_exit(&cmd, argc, argv);
-    Device dev;
-    if (device_resolve(device, &dev) != 0)
-        die_with_error();
-    lesson_title(PROGRAM.title);
+    const Device dev =
+        lesson_begin(&PROGRAM, "where to run (default auto: the GPU too if there is one)", NULL, 0, argc, argv);
     lesson_intro();
     lesson_machine(dev, 1);
     LessonRow rows[GQA_N_HKV];
@@ -246,12 +236,12 @@ static int cmd_lesson(int argc, char **argv)
     lesson_measure(dev, rows, &diff);
     lesson_print(dev, rows, diff);
     lesson_plot(rows);
-    printf("Take-away: K/V sharing divides the KV cache and the bytes a decode step reads by H/Hkv; the decode\n"
-           "step speeds up with it until its FLOPs per byte pass the machine's balance. Prefill gains only\n"
-           "the K/V projections it no longer computes: the attention arithmetic of all H query heads stays.\n"
-           "Mean-pooling a trained MHA layer costs accuracy, less the more alike its heads are; the GQA paper\n"
-           "recovers most of it with a short uptraining. Next: chapter 03 removes the (B, H, T, S) score matrix.\n");
-    return 0;
+    return lesson_end(
+        "K/V sharing divides the KV cache and the bytes a decode step reads by H/Hkv; the decode\n"
+        "step speeds up with it until its FLOPs per byte pass the machine's balance. Prefill gains only\n"
+        "the K/V projections it no longer computes: the attention arithmetic of all H query heads stays.\n"
+        "Mean-pooling a trained MHA layer costs accuracy, less the more alike its heads are; the GQA paper\n"
+        "recovers most of it with a short uptraining. Next: chapter 03 removes the (B, H, T, S) score matrix.\n");
 }
 
 /* ==== convert =================================================================================== */
@@ -297,17 +287,8 @@ static int cmd_convert(int argc, char **argv)
 
 /* ==== main ====================================================================================== */
 
-static int cmd_attn(int argc, char **argv)
-{
-    return attn_command(&GQA_IMPLS,
-                        "Grouped-query attention on .npy tensors: query head h reads key/value head h / (H/Hkv).\n"
-                        "H must be a multiple of Hkv (Hkv = H: MHA; Hkv = 1: MQA).\n"
-                        "Kernels: CPU 1 = reference, 2 = grouped (default); CUDA 1 = naive, 2 = cuBLAS (default).",
-                        argc, argv);
-}
-
 static const Subcommand COMMANDS[] = {
-    {.name = "attn", .run = cmd_attn, .summary = "attention on .npy files, H a multiple of Hkv"},
+    {.name = "attn", .run = gqa_cmd_attn, .summary = "attention on .npy files, H a multiple of Hkv"},
     {.name = "verify", .run = gqa_cmd_verify,
      .summary = "every version against the reference on a grid of shapes and H:Hkv ratios"},
     {.name = "bench", .run = gqa_cmd_bench, .summary = "decode and prefill sweeps over Hkv: TSV rows and a plot"},

@@ -6,7 +6,7 @@
  * arithmetic is the same); with Hkv < H, chapter 01 run on K/V repeated per group
  * (repeat_interleave) is the reference. Then the conversion (group size 1 is the identity,
  * a group's K/V head is the mean of its heads, identical heads convert without error), the
- * parameter formulas, non-dividing head counts, and the grid of design.md §5 with every H:Hkv
+ * parameter formulas, non-dividing head counts, and the grid of docs/contracts.md §4.2 with every H:Hkv
  * ratio.
  */
 #include <check.h>
@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "01_mha/mha.h"
+#include "02_mqa_gqa/commands.h"
 #include "02_mqa_gqa/gqa.h"
 #include "02_mqa_gqa/test_gqa.h"
 #include "common/compare.h"
@@ -22,7 +23,12 @@
 #include "common/tensor.h"
 #include "common/testing.h"
 #include "common/testing_main.h"
-#include "common/verify.h"
+
+const int GQA_TEST_SHAPES[N_SHAPES][7] = {
+    {1, 8, 8, 1, 300, 64, 1},  {2, 4, 4, 17, 29, 20, 1}, {1, 6, 6, 65, 65, 32, 1},  {2, 3, 3, 100, 37, 16, 1},
+    {1, 8, 1, 1, 257, 64, 1},  {2, 8, 2, 3, 40, 32, 1},  {1, 9, 3, 17, 63, 80, 1},  {1, 16, 4, 33, 129, 64, 1},
+    {2, 4, 1, 70, 50, 24, 1},  {1, 8, 2, 64, 64, 64, 0}, {1, 4, 2, 129, 127, 128, 0}, {3, 2, 1, 5, 5, 8, 0},
+};
 
 static MhaShape as_mha(const GqaShape *s)
 {
@@ -36,7 +42,7 @@ START_TEST(test_equal_heads_are_chapter01_bitwise)
     /* Hkv = H: the reference is chapter 01's per-head loop with the identity mapping, and the
      * grouped version runs chapter 01's block kernel on the same rows: the same arithmetic */
     for (int i = 0; i < N_SHAPES; i++) {
-        if (shape_of(i)[1] != shape_of(i)[2])
+        if (GQA_TEST_SHAPES[i][1] != GQA_TEST_SHAPES[i][2])
             continue;
         Problem p = shape_problem(i);
         MhaShape m = as_mha(&p.s);
@@ -61,7 +67,7 @@ START_TEST(test_groups_equal_chapter01_on_repeated_kv)
 {
     /* Hkv < H: chapter 01 on K/V with each kv head repeated G times is the definition of GQA */
     for (int i = 0; i < N_SHAPES; i++) {
-        if (shape_of(i)[1] == shape_of(i)[2])
+        if (GQA_TEST_SHAPES[i][1] == GQA_TEST_SHAPES[i][2])
             continue;
         Problem p = shape_problem(i);
         MhaShape m = as_mha(&p.s);
@@ -114,50 +120,13 @@ END_TEST
 
 START_TEST(test_grid_against_reference)
 {
-    int n_case = 0, failed = 0;
-    for (int i = 0; i < VERIFY_N_LENGTHS; i++)
-        for (int j = 0; j < VERIFY_N_LENGTHS; j++)
-            for (int causal = 0; causal <= 1; causal++, n_case++) {
-                int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
-                if (testing_small() && (T > 257 || S > 257))
-                    continue; /* under emulation: lengths up to 257, still several tiles (n_case goes on) */
-                int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2;
-                int H = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][0];
-                int Hkv = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][1];
-                if ((double)T * S * H * B > 3e5)
-                    B = 1, H = 2, Hkv = 1;
-                Problem p = problem_new(B, H, Hkv, T, S, D, causal, (uint64_t)n_case + 500);
-                float *ref = floats(n_q(&p.s));
-                ck_assert_int_eq(gqa_attention_ref(&p.s, p.q, p.k, p.v, ref), 0);
-                for (int kern = 2; kern <= GQA_CPU_KERNELS; kern++) {
-                    char label[160];
-                    snprintf(label, sizeof label, "kernel %d B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d", kern, B, H, Hkv,
-                             T, S, D, causal);
-                    memset(p.out, 0xff, n_q(&p.s) * 4);
-                    ck_assert_int_eq(gqa_attention_cpu(kern, &p.s, p.q, p.k, p.v, p.out), 0);
-                    failed += compare_f32(label, p.out, ref, n_q(&p.s), ATOL, RTOL, 3).n_bad > 0;
-                }
-                mem_free(ref);
-                problem_free(&p);
-            }
-    ck_assert_msg(failed == 0, "%d grid cases failed (listed above)", failed);
+    testing_assert_ok(testing_attn_grid(&GQA_IMPLS, 2, 500, ATOL, RTOL)); /* kernel 2 against 1, the reference */
 }
 END_TEST
 
 START_TEST(test_versions_match_float64)
 {
-    for (int i = 0; i < N_SHAPES; i++) {
-        Problem p = shape_problem(i);
-        double *expected = mem_alloc_or_die(n_q(&p.s) * sizeof(double), "float64 attention (B, H, T, D)");
-        attention_f64(p.s.B, p.s.H, p.s.Hkv, p.s.T, p.s.S, p.s.D, p.s.causal, p.s.scale, p.q, p.k, p.v, expected);
-        for (int kern = 1; kern <= GQA_CPU_KERNELS; kern++) {
-            ck_assert_int_eq(gqa_attention_cpu(kern, &p.s, p.q, p.k, p.v, p.out), 0);
-            CompareResult r = compare_f32_f64("vs float64", p.out, expected, n_q(&p.s), ATOL, RTOL, 5);
-            ck_assert_msg(r.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, r.n_bad);
-        }
-        mem_free(expected);
-        problem_free(&p);
-    }
+    testing_assert_ok(testing_attn_oracle(&GQA_IMPLS, GQA_TEST_SHAPES, N_SHAPES, 100, ATOL, RTOL));
 }
 END_TEST
 
@@ -289,34 +258,17 @@ END_TEST
 
 /* ==== the suite ================================================================================= */
 
-static Suite *gqa_suite(void)
+int main(void)
 {
-    Suite *s = suite_create("02_mqa_gqa");
-    TCase *tc = tcase_create("against chapter 01");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_equal_heads_are_chapter01_bitwise);
-    tcase_add_test(tc, test_groups_equal_chapter01_on_repeated_kv);
-    tcase_add_test(tc, test_repeat_kv_layout);
-    tcase_add_test(tc, test_grouped_reads_kv_once_per_group);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("grid");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_grid_against_reference);
-    tcase_add_test(tc, test_versions_match_float64);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("conversion");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_non_dividing_heads_are_errors);
-    tcase_add_test(tc, test_pooling_group_size_one_is_identity);
-    tcase_add_test(tc, test_pooling_is_the_group_mean);
-    tcase_add_test(tc, test_identical_heads_convert_without_error);
-    tcase_add_test(tc, test_parameter_counts);
-    suite_add_tcase(s, tc);
-
-    gqa_program_cases(s); /* test_gqa_program.c: program, hostile inputs, cuda */
-    return s;
+    const TestingCase cases[] = {
+        {.name = "against chapter 01", .timeout_s = 120,
+         .tests = {test_equal_heads_are_chapter01_bitwise, test_groups_equal_chapter01_on_repeated_kv,
+                   test_repeat_kv_layout, test_grouped_reads_kv_once_per_group}},
+        {.name = "grid", .timeout_s = 300, .tests = {test_grid_against_reference, test_versions_match_float64}},
+        {.name = "conversion", .timeout_s = 60,
+         .tests = {test_non_dividing_heads_are_errors, test_pooling_group_size_one_is_identity,
+                   test_pooling_is_the_group_mean, test_identical_heads_convert_without_error, test_parameter_counts}},
+        gqa_program_case(), gqa_hostile_case(), gqa_cuda_case(), /* test_gqa_program.c */
+    };
+    return testing_main_cases("02_mqa_gqa", cases, sizeof cases / sizeof cases[0]);
 }
-
-int main(void) { return testing_main("test_02_mqa_gqa", gqa_suite()); }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "01_mha/mha.h"
+#include "02_mqa_gqa/commands.h"
 #include "02_mqa_gqa/gqa.h"
 #include "02_mqa_gqa/test_gqa.h"
 #include "common/compare.h"
@@ -15,9 +16,6 @@
 #include "common/npy.h"
 #include "common/tensor.h"
 #include "common/testing.h"
-#if HAVE_CUDA
-#include "common/cuda_utils.h"
-#endif
 
 /* ==== the program ================================================================================= */
 
@@ -33,22 +31,8 @@ START_TEST(test_attn_command_matches_float64)
 {
     /* GQA shapes with odd sizes and causal T != S, end to end through .npy files */
     const int shapes[][7] = {{2, 6, 2, 17, 29, 20, 1}, {1, 9, 3, 31, 13, 7, 1}, {1, 4, 1, 1, 77, 33, 1}, {2, 8, 4, 65, 63, 5, 0}};
-    char prog[4200], err[4096];
-    program_path(prog, sizeof prog, "02_mqa_gqa");
-    for (int i = 0; i < 4; i++) {
-        const int *x = shapes[i]; /* B H Hkv T S D causal */
-        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
-        float *out = floats(n);
-        double *expected = mem_alloc_or_die(n * sizeof(double), "float64 attention (B, H, T, D)");
-        for (int kern = 1; kern <= GQA_CPU_KERNELS; kern++) {
-            const int status = testing_attn_command(prog, testing_tmp, "cpu", kern, x[0], x[1], x[2], x[3], x[4], x[5],
-                                                    x[6], 300 + (uint64_t)i, out, expected, err, sizeof err);
-            ck_assert_msg(status == 0, "attn failed (%d): %s", status, err);
-            CompareResult c = compare_f32_f64("attn command", out, expected, n, ATOL, RTOL, 5);
-            ck_assert_msg(c.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, c.n_bad);
-        }
-        mem_free(out), mem_free(expected);
-    }
+    const TestingAttnRun run = {.name = "02_mqa_gqa", .device = "cpu", .n_kernels = GQA_CPU_KERNELS, .seed = 300};
+    testing_assert_ok(testing_attn_program(&run, testing_tmp, shapes, sizeof shapes / sizeof shapes[0], ATOL, RTOL));
 }
 END_TEST
 
@@ -112,77 +96,49 @@ END_TEST
 
 START_TEST(test_help_and_verify)
 {
-    char line[256];
-    const char *subs[] = {"--help", "attn", "verify", "bench", "convert"};
-    for (int i = 0; i < 5; i++) {
-        ProcResult r;
-        ck_assert_int_eq(testing_run(&r, "02_mqa_gqa", (const char *[]){subs[i], i ? "--help" : NULL, NULL}), 0);
-        ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 02_mqa_gqa"), "%s --help: %s", subs[i], r.out);
-    }
-    /* under emulation the --smoke grid (lengths up to 17): the grid test of test_gqa.c runs the kernels
-     * on lengths up to 257 there, this one checks the command */
+    /* under emulation the --smoke grid (lengths up to 17): the grid test of test_gqa.c runs the
+     * kernels on lengths up to 257 there, this one checks the command */
     const int small = testing_small();
-    ProcResult r;
-    ck_assert_int_eq(testing_run(&r, "02_mqa_gqa", (const char *[]){"verify", small ? "--smoke" : "--quick", "--device",
-                                                                   "cpu", NULL}),
-                     0);
-    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
-    int passed = -1, failed = -1;
-    ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, small ? 20 : 100);
-    ck_assert_int_eq(failed, 0);
+    const char *subs[] = {"attn", "verify", "bench", "convert", NULL};
+    const char *verify[] = {small ? "--smoke" : "--quick", "--device", "cpu", NULL};
+    testing_assert_ok(testing_help_and_verify("02_mqa_gqa", subs, verify, small ? 21 : 101));
 }
 END_TEST
+
+/* The case "program": the tests above. */
+TestingCase gqa_program_case(void)
+{
+    return (TestingCase){.name = "program", .timeout_s = 300, .temp_dir = 1,
+                         .tests = {test_attn_command_matches_float64, test_attn_command_bad_heads, test_convert_command,
+                                   test_help_and_verify}};
+}
 
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
 #if HAVE_CUDA
 START_TEST(test_cuda_kernels_against_reference)
 {
-    for (int i = 0; i < N_SHAPES; i++) {
-        Problem p = shape_problem(i);
-        size_t qb = n_q(&p.s) * 4, kb = n_kv(&p.s) * 4;
-        float *ref = floats(n_q(&p.s));
-        ck_assert_int_eq(gqa_attention_ref(&p.s, p.q, p.k, p.v, ref), 0);
-        float *d_q = cuda_alloc(qb), *d_k = cuda_alloc(kb), *d_v = cuda_alloc(kb), *d_o = cuda_alloc(qb);
-        cuda_upload(d_q, p.q, qb), cuda_upload(d_k, p.k, kb), cuda_upload(d_v, p.v, kb);
-        for (int kern = 1; kern <= GQA_CUDA_KERNELS; kern++) {
-            cuda_memset_nan(d_o, qb);
-            ck_assert_int_eq(gqa_attention_cuda(kern, &p.s, d_q, d_k, d_v, d_o), 0);
-            cuda_download(p.out, d_o, qb);
-            CompareResult r = compare_f32("cuda", p.out, ref, n_q(&p.s), ATOL, RTOL, 5);
-            ck_assert_msg(r.n_bad == 0, "cuda kernel %d, shape %d: %zu elements off", kern, i, r.n_bad);
-        }
-        cuda_free(d_q), cuda_free(d_k), cuda_free(d_v), cuda_free(d_o);
-        mem_free(ref);
-        problem_free(&p);
-    }
+    /* shape i's data from seed 100 + i, as shape_problem's */
+    testing_assert_ok(testing_attn_shapes(&GQA_IMPLS, DEVICE_CUDA, GQA_TEST_SHAPES, N_SHAPES, 100, ATOL, RTOL));
 }
 END_TEST
-/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
- * float64 oracle, every CUDA version. */
-START_TEST(test_attn_command_on_the_gpu)
+#endif
+
+/* The case "cuda": the tests above, then `attn --device cuda` end to end on these shapes. */
+TestingCase gqa_cuda_case(void)
 {
     const int shapes[][7] = {{2, 8, 2, 33, 65, 80, 1}, {1, 9, 3, 17, 4, 32, 0}}; /* B H Hkv T S D causal */
-    const char *why = testing_attn_on_gpu("02_mqa_gqa", testing_tmp, shapes, 2, GQA_CUDA_KERNELS, ATOL, RTOL, NULL);
-    ck_assert_msg(why == NULL, "%s", why);
+    const TTest *const tests[] = {TESTING_CUDA_ONLY(test_cuda_kernels_against_reference), NULL};
+    const TestingAttnRun run = {.name = "02_mqa_gqa", .n_kernels = TESTING_CUDA_ONLY(GQA_CUDA_KERNELS)};
+    return testing_cuda_case(120, tests, run, shapes, sizeof shapes / sizeof shapes[0]);
 }
-END_TEST
-
-#endif
 
 /* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
 
 #define ATTN02 "02_mqa_gqa", "attn"
+#define CONVERT02_W "02_mqa_gqa", "convert", "--in", "@/w"
 static const HostileCase hostile_cases[] = {
-    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/missing.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "missing.npy"},
-    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/fifo", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "not a regular file"},
-    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/adir", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "is a folder"},
-    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/trunc.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "trunc.npy"},
+    {.argv = {ATTN02, "--q", "@/q.npy", "--k", HOSTILE_BAD_NPY, "--v", "@/v.npy", "--out", "@/out.npy"}},
     {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/k1.npy", "--out", "@/out.npy"},
      .expect = "k1.npy"},
     {.argv = {ATTN02, "--q", "@/k1.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
@@ -191,9 +147,7 @@ static const HostileCase hostile_cases[] = {
      .expect = "overflow"},
     {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/k1.npy", "--v", "@/k1.npy", "--out", "@/out.npy", "--scale", "1e38"},
      .expect = "overflow"},
-    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/fifo"}, .expect = "FIFO"},
-    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "/dev/full"},
-     .expect = "/dev/full"},
+    {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", HOSTILE_BAD_OUT}},
     {.argv = {ATTN02, "--q", "@/q.npy", "--k", "--v", "@/v.npy", "--out", "@/out.npy"}, .expect = "--k"},
     {.argv = {ATTN02, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/out.npy", "--kernel", "0"},
      .expect = "--kernel"},
@@ -201,22 +155,17 @@ static const HostileCase hostile_cases[] = {
      .expect = "missing"},
     {.argv = {"02_mqa_gqa", "convert", "--in", "@/fifo", "--heads", "16", "--kv-heads", "4", "--out", "@/out"},
      .expect = "fifo"},
-    {.argv = {"02_mqa_gqa", "convert", "--in", "@/w", "--heads", "16", "--kv-heads", "3", "--out", "@/out"},
-     .expect = "not a multiple"},
-    {.argv = {"02_mqa_gqa", "convert", "--in", "@/w", "--heads", "16", "--kv-heads", "0", "--out", "@/out"},
-     .expect = "--kv-heads"},
-    {.argv = {"02_mqa_gqa", "convert", "--in", "@/w", "--heads", "5", "--kv-heads", "1", "--out", "@/out"},
-     .expect = "H = 5"},
-    {.argv = {"02_mqa_gqa", "convert", "--in", "@/w", "--heads", "16", "--kv-heads", "4", "--out", "@/fifo"},
-     .expect = "fifo"},
-    {.argv = {"02_mqa_gqa", "convert", "--in", "@/w", "--heads", "16", "--kv-heads", "4"}, .expect = "--out"},
+    {.argv = {CONVERT02_W, "--heads", "16", "--kv-heads", "3", "--out", "@/out"}, .expect = "not a multiple"},
+    {.argv = {CONVERT02_W, "--heads", "16", "--kv-heads", "0", "--out", "@/out"}, .expect = "--kv-heads"},
+    {.argv = {CONVERT02_W, "--heads", "5", "--kv-heads", "1", "--out", "@/out"}, .expect = "H = 5"},
+    {.argv = {CONVERT02_W, "--heads", "16", "--kv-heads", "4", "--out", "@/fifo"}, .expect = "fifo"},
+    {.argv = {CONVERT02_W, "--heads", "16", "--kv-heads", "4"}, .expect = "--out"},
     {.argv = {"02_mqa_gqa", "bench", "--out", "@/fifo", "--max-s", "1024", "--repeats", "1"}, .expect = "FIFO"},
     {.argv = {"02_mqa_gqa", "bench", "--max-s", "99999999999"}, .expect = "--max-s"},
 };
 
 START_TEST(test_hostile_inputs)
 {
-    hostile_fixtures(testing_tmp);
     /* chapter 01's weights, for convert */
     char w[4200];
     testing_tmp_path(w, sizeof w, "w");
@@ -224,39 +173,9 @@ START_TEST(test_hostile_inputs)
     ProcResult r;
     ck_assert_int_eq(testing_run(&r, "01_mha", init), 0);
     ck_assert_msg(r.status == 0, "init-weights: %s", r.err);
-    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
-    int failed = hostile_run(testing_tmp, hostile_cases, n);
-    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+    testing_assert_ok(hostile_check(testing_tmp, hostile_cases, sizeof hostile_cases / sizeof hostile_cases[0]));
 }
 END_TEST
 
-/* ==== the cases ================================================================================= */
-
-void gqa_program_cases(Suite *s)
-{
-    TCase *tc = tcase_create("program");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_attn_command_matches_float64);
-    tcase_add_test(tc, test_attn_command_bad_heads);
-    tcase_add_test(tc, test_convert_command);
-    tcase_add_test(tc, test_help_and_verify);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("hostile inputs");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_hostile_inputs);
-    suite_add_tcase(s, tc);
-
-    if (testing_cuda_cases("02_mqa_gqa")) { /* asked in a child process: this one must not start CUDA */
-#if HAVE_CUDA
-        tc = tcase_create("cuda");
-        tcase_set_timeout(tc, 120);
-        tcase_add_test(tc, test_cuda_kernels_against_reference);
-        tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-        tcase_add_test(tc, test_attn_command_on_the_gpu);
-        suite_add_tcase(s, tc);
-#endif
-    }
-}
+/* The case "hostile inputs". */
+TestingCase gqa_hostile_case(void) { return testing_hostile_case(test_hostile_inputs); }

@@ -1,7 +1,8 @@
 /*
- * bench.c: chapter 03's verify and bench subcommands, its versions as the harness sees them, and
- * the peak-RSS probe behind the lesson's RSS column.
+ * bench.c: chapter 03's attn, verify and bench subcommands, its versions as the harness sees them,
+ * and the peak-RSS probe behind the lesson's RSS column.
  *
+ *   03_flash attn        attention on .npy files (Q, K, V -> O)
  *   03_flash verify      every version against chapter 02's reference on the grid
  *   03_flash bench       chapter 02 and 03 on the same shapes: TSV rows +
  *                        build/bench/03_flash_bench.dat + build/plots/03_flash_bench.png, and the
@@ -23,43 +24,41 @@
 #include "common/tensor.h"
 #include "common/testing.h" /* run_program: the lesson measures a child process's peak memory */
 
+/* `03_flash bench`: its rows, its --help, and how far its sweep goes. */
+static const BenchCommand BENCH = {
+    .prog = FLASH_PROG,
+    .columns = "chapter\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\talloc_bytes",
+    .summary =
+        "Times chapter 02's grouped version (up to T = 8192) and this chapter's versions (the tiled\n"
+        "v1 up to T = 1024) for T = S = 256 .. max-t, B = 1, H = 8, D = 64, causal, fp32.\n"
+        "Columns: chapter device kernel B H Hkv T S D causal time_ms gflops pct_peak alloc_bytes.\n"
+        "GFLOP/s counts 4*D per visible (query, key) pair; pct_peak is against the FMA peak measured by\n"
+        "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). The\n"
+        "issue's targets are checked on stderr at the end.",
+    .limit = {.name = "max-t", .value = 16384, .min = 256, .max = 1 << 20, .help =
+                  "longest sequence (default 16384)"},
+};
+
 /* ==== this chapter's versions, as the harness sees them ========================================= */
 
-static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
-{
-    (void)ctx;
-    GqaShape s = gqa_shape(d);
-    return flash_attention_cpu(kernel, &s, q, k, v, out, NULL);
-}
-
-#if HAVE_CUDA
-static int run_cuda(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v,
-                    float *out)
-{
-    (void)ctx;
-    GqaShape s = gqa_shape(d);
-    return flash_attention_cuda(kernel, &s, q, k, v, out, NULL);
-}
-#endif
+static ATTN_ENTRY(run_cpu, GqaShape, gqa_shape, flash_attention_cpu(kernel, &s, q, k, v, out, NULL))
+ATTN_CUDA_ENTRY(run_cuda, GqaShape, gqa_shape, flash_attention_cuda(kernel, &s, q, k, v, out, NULL))
 
 const AttnImpls FLASH_IMPLS = {
     .prog = FLASH_PROG,
     .ref = gqa_run_cpu, /* chapter 02's reference checks every version of this chapter, v1 included */
-    .ref_is_cpu1 = 0,
-    .cpu = run_cpu,
-    .cpu_name = flash_cpu_kernel_name,
-    .n_cpu = FLASH_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = flash_cuda_kernel_name,
-    .n_cuda = FLASH_CUDA_KERNELS,
-    .cuda_fp16 = flash_cuda_kernel_fp16, /* tc: checked by FlashAttention's rule, not fp32 tolerance */
-#endif
-    .heads = ATTN_HEADS_DIVIDE,
+    .cpu = run_cpu, .cpu_name = flash_cpu_kernel_name, .n_cpu = FLASH_CPU_KERNELS,
+    /* tc computes in fp16: checked by FlashAttention's rule, not fp32 tolerance */
+    ATTN_IF_CUDA(.cuda = run_cuda, .cuda_name = flash_cuda_kernel_name, .n_cuda = FLASH_CUDA_KERNELS,
+                 .cuda_fp16 = flash_cuda_kernel_fp16),
+    .attn_help = "FlashAttention on .npy tensors: the output of chapter 02, computed tile by tile without the\n"
+                 "T x S score matrix. H must be a multiple of Hkv; D at most 256.\n"
+                 "Kernels: CPU 1 = tiled, 2 = fast (default); CUDA 1 = fa1, 2 = fa2, 3 = tensor cores (default).",
 };
 
-/* ==== verify ==================================================================================== */
+/* ==== attn and verify =========================================================================== */
 
+int flash_cmd_attn(int argc, char **argv) { return attn_command(&FLASH_IMPLS, argc, argv); }
 int flash_cmd_verify(int argc, char **argv) { return attn_verify_command(&FLASH_IMPLS, argc, argv); }
 
 /* ==== peak RSS of one call, in a fresh process ==================================================== */
@@ -197,43 +196,18 @@ static void bench_sdpa_shape(Tsv *tsv, int repeats)
 
 int flash_cmd_bench(int argc, char **argv)
 {
-    const char *device = "auto", *out = NULL;
-    int repeats = 5, max_t = 16384;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "auto: CPU versions, and CUDA versions when a GPU is present"),
-        OPTION_OUT(&out),
-        {.name = "max-t", .kind = ARG_INT, .dest = &max_t, .metavar = "N", .help = "longest sequence (default 16384)",
-         .min = 256, .max = 1 << 20},
-        OPTION_REPEATS(&repeats),
-    };
-    ArgCommand cmd = {
-        .name = FLASH_PROG " bench",
-        .usage = "[options]",
-        .summary = "Times chapter 02's grouped version (up to T = 8192) and this chapter's versions (the tiled\n"
-                   "v1 up to T = 1024) for T = S = 256 .. max-t, B = 1, H = 8, D = 64, causal, fp32.\n"
-                   "Columns: chapter device kernel B H Hkv T S D causal time_ms gflops pct_peak alloc_bytes.\n"
-                   "GFLOP/s counts 4*D per visible (query, key) pair; pct_peak is against the FMA peak measured by\n"
-                   "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). The\n"
-                   "issue's targets are checked on stderr at the end.",
-        .specs = specs,
-        .n_specs = 4,
-    };
-    args_parse_or_exit(&cmd, argc, argv);
-
     BenchSession b;
-    bench_begin(&b, FLASH_PROG, device, out,
-                "chapter\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\talloc_bytes");
+    bench_command_begin(&b, &BENCH, NULL, 0, argc, argv);
     Targets tg = {.ms02_4096 = NAN, .ms03_4096 = NAN, .alloc02_8192 = NAN, .alloc03_16384 = NAN};
-    for (int g = 0; g < 2; g++) {
-        const Device dev = g ? DEVICE_CUDA : DEVICE_CPU;
-        if (!(dev == DEVICE_CUDA ? b.use_gpu : b.use_cpu))
-            continue;
+    Device devs[2];
+    for (int i = 0, n = bench_devices(&b, devs); i < n; i++) {
+        const Device dev = devs[i];
         /* chapter 02's fast version first (CPU only), then this chapter's versions */
         for (int variant = dev == DEVICE_CPU ? 0 : 1; variant <= attn_impl_count(&FLASH_IMPLS, dev); variant++)
-            bench_variant(&b.tsv, dev, variant, max_t, repeats, &tg);
+            bench_variant(&b.tsv, dev, variant, b.limit, b.repeats, &tg);
     }
     if (b.use_gpu)
-        bench_sdpa_shape(&b.tsv, repeats);
+        bench_sdpa_shape(&b.tsv, b.repeats);
     bench_progress_done();
     if (b.use_cpu)
         targets_print(&tg);

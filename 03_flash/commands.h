@@ -26,6 +26,7 @@ static inline AttnDims flash_lesson_dims(int T)
  * a process's peak RSS only ever grows); -1 if it could not be measured. */
 double flash_peak_rss(int chapter, int kernel, int T);
 
+int flash_cmd_attn(int argc, char **argv);     /* attn: attention on .npy files */
 int flash_cmd_verify(int argc, char **argv);   /* verify: every version against chapter 02's reference */
 int flash_cmd_bench(int argc, char **argv);    /* bench: chapter 02 and 03 side by side, and the targets */
 int flash_cmd_peak_rss(int argc, char **argv); /* _peak-rss CHAPTER KERNEL T: the child of flash_peak_rss */

@@ -5,7 +5,7 @@
  *                           attention for T = S up to 16384: time, GFLOP/s and % of the FMA
  *                           peak, memory by the allocator and by the process's peak RSS; then
  *                           the sweep of tile sizes (Br, Bc) behind the defaults; two plots
- *   03_flash attn ...       attention on .npy files (design.md §4)
+ *   03_flash attn ...       attention on .npy files (docs/contracts.md §1.3)
  *   03_flash verify ...     every version against chapter 02's reference on the grid (bench.c)
  *   03_flash bench ...      chapter 02 and 03 on the same shapes: TSV + plot, and the targets (bench.c)
  *
@@ -18,13 +18,11 @@
 #include "02_mqa_gqa/gqa.h"
 #include "03_flash/commands.h"
 #include "03_flash/flash.h"
-#include "common/args.h"
 #include "common/attn_cli.h"
 #include "common/attn_harness.h"
 #include "common/bench.h"
 #include "common/device.h"
 #include "common/error.h"
-#include "common/paths.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/roofline.h"
@@ -54,12 +52,10 @@ static const int LESSON_T[LESSON_NT] = {1024, 2048, 4096, 8192, 16384};
 static void lesson_sweep(const Roofline *roof, char *dat, size_t dat_len)
 {
     char b1[32], b2[32], b3[32], b4[32];
-    paths_in_build(dat, dat_len, "bench", PROG "_lesson.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "T\tch02_ms\tch02_gflops\tch02_alloc_bytes\tch02_rss_bytes\tch03_ms\tch03_gflops\tch03_alloc_bytes"
-                     "\tch03_rss_bytes\tpct_peak");
+    lesson_data_open(&tsv, dat, dat_len, PROG, "lesson",
+                     "T\tch02_ms\tch02_gflops\tch02_alloc_bytes\tch02_rss_bytes\tch03_ms\tch03_gflops"
+                     "\tch03_alloc_bytes\tch03_rss_bytes\tpct_peak");
     printf("1. Chapter 02 (grouped, the score matrix in memory) against chapter 03 (fast): B=1, H=8, D=64, causal,\n"
            "   T = S. 'alloc' is the most memory the call held (the allocator's count); 'RSS' the growth of the\n"
            "   process's resident memory during the call, measured in a fresh process. GFLOP/s counts 4*D per\n"
@@ -139,11 +135,8 @@ static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
     attn_random_inputs(&d, 9, &q, &k, &v);
     float *out = mem_alloc_or_die(tensor_bytes(&q), "output (B, H, T, D)");
     const double flops = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal);
-    paths_in_build(dat, dat_len, "bench", PROG "_tiles.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "Br\tBc\ttime_ms\tgflops\tpct_peak\ttile_kib");
+    lesson_data_open(&tsv, dat, dat_len, PROG, "tiles", "Br\tBc\ttime_ms\tgflops\tpct_peak\ttile_kib");
     FlashTiles def = flash_default_tiles(2);
     printf("2. Tile sizes: GFLOP/s of the fast version at T=S=%d (B=1, H=8, D=64, causal) for Br query rows by\n"
            "   Bc keys. Per thread a block holds Br x D queries, Br x Bc scores and Br x D outputs: (2*Br*D +\n"
@@ -188,18 +181,9 @@ static const Program PROGRAM;
 
 static int cmd_lesson(int argc, char **argv)
 {
-    const char *device = "auto";
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "where to run (the lesson measures the CPU versions; a GPU adds nothing yet)"),
-    };
-    ArgCommand cmd = {.name = PROG, .usage = program_usage(&PROGRAM), .summary = program_about(&PROGRAM),
-                      .specs = specs, .n_specs = 1};
-    args_parse_or_exit(&cmd, argc, argv);
-    Device dev;
-    if (device_resolve(device, &dev) != 0)
-        die_with_error();
+    const Device dev = lesson_begin(
+        &PROGRAM, "where to run (the lesson measures the CPU versions; a GPU adds nothing yet)", NULL, 0, argc, argv);
     const Roofline *roof = roofline_get();
-    lesson_title(PROGRAM.title);
     lesson_intro(roof);
     lesson_machine(dev, 0);
     printf("Device for this lesson: cpu%s.\n\n",
@@ -209,26 +193,16 @@ static int cmd_lesson(int argc, char **argv)
     lesson_tiles(roof, dat2, sizeof dat2);
     plot_show(PROG, "lesson", dat1, 1, stdout, "", "\n");
     plot_show(PROG, "tiles", dat2, 0, stdout, "", "\n\n");
-    printf("Take-away: the scores never leave the core's caches, so memory stays linear in T and the time is\n"
-           "spent on multiply-adds instead of on writing and re-reading a T x S matrix. Chapter 04 uses the\n"
-           "same kernel to decode against a KV cache, one query at a time.\n");
-    return 0;
+    return lesson_end(
+        "the scores never leave the core's caches, so memory stays linear in T and the time is\n"
+        "spent on multiply-adds instead of on writing and re-reading a T x S matrix. Chapter 04 uses the\n"
+        "same kernel to decode against a KV cache, one query at a time.\n");
 }
-
 
 /* ==== main ====================================================================================== */
 
-static int cmd_attn(int argc, char **argv)
-{
-    return attn_command(&FLASH_IMPLS,
-                        "FlashAttention on .npy tensors: the output of chapter 02, computed tile by tile without the\n"
-                        "T x S score matrix. H must be a multiple of Hkv; D at most 256.\n"
-                        "Kernels: CPU 1 = tiled, 2 = fast (default); CUDA 1 = fa1, 2 = fa2, 3 = tensor cores (default).",
-                        argc, argv);
-}
-
 static const Subcommand COMMANDS[] = {
-    {.name = "attn", .run = cmd_attn, .summary = "attention on .npy files (Q, K, V -> O)"},
+    {.name = "attn", .run = flash_cmd_attn, .summary = "attention on .npy files (Q, K, V -> O)"},
     {.name = "verify", .run = flash_cmd_verify,
      .summary = "every version against chapter 02's reference on a grid of shapes"},
     {.name = "bench", .run = flash_cmd_bench,
@@ -237,9 +211,7 @@ static const Subcommand COMMANDS[] = {
     {.name = NULL},
 };
 
-static const Program PROGRAM = {.name = PROG,
-                                .title = "Chapter 03: FlashAttention -- tiles, online softmax, no T x S matrix",
-                                .lesson = cmd_lesson,
-                                .subcommands = COMMANDS};
+static const Program PROGRAM = {.name = PROG, .lesson = cmd_lesson, .subcommands = COMMANDS,
+                                .title = "Chapter 03: FlashAttention -- tiles, online softmax, no T x S matrix"};
 
 int main(int argc, char **argv) { return program_main(&PROGRAM, argc, argv); }

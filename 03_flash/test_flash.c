@@ -3,7 +3,7 @@
  * CPU versions, and main(); test_flash_program.c: the program, the GPU, hostile inputs.
  *
  * Every CPU version, with its default tiles and with odd ones, must give chapter 02's output on
- * the grid of design.md §5 (all H:Hkv ratios, odd lengths, T = 1, causal T < S, T = S, T > S,
+ * the grid of docs/contracts.md §4.2 (all H:Hkv ratios, odd lengths, T = 1, causal T < S, T = S, T > S,
  * D in {32, 64, 80, 128}). Then what is new in this chapter: the log-sum-exp against a direct
  * float64 computation, merging partial results with it, rows that see no key, extreme logits,
  * NaN in K/V rows a query cannot see, memory that stays linear in T, and bad shapes.
@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "02_mqa_gqa/commands.h"
 #include "02_mqa_gqa/gqa.h"
+#include "03_flash/commands.h"
 #include "03_flash/flash.h"
 #include "03_flash/test_flash.h"
 #include "common/attn_harness.h"
@@ -23,7 +25,6 @@
 #include "common/tensor.h"
 #include "common/testing.h"
 #include "common/testing_main.h"
-#include "common/verify.h"
 
 /* ==== helpers ==================================================================================== */
 
@@ -64,35 +65,20 @@ static double direct_lse(const Problem *p, size_t b, size_t h, int t)
 
 /* ==== against chapter 02 ========================================================================= */
 
+/* The grid's reference: chapter 02's grouped version (its kernel 2: fast, and held to chapter
+ * 02's reference by chapter 02's suite). */
+static int chapter02_grouped(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v,
+                             float *out)
+{
+    (void)kernel;
+    return GQA_IMPLS.cpu(ctx, 2, d, q, k, v, out);
+}
+
 START_TEST(test_grid_against_chapter02)
 {
-    int n_case = 0, failed = 0;
-    for (int i = 0; i < VERIFY_N_LENGTHS; i++)
-        for (int j = 0; j < VERIFY_N_LENGTHS; j++)
-            for (int causal = 0; causal <= 1; causal++, n_case++) {
-                int T = VERIFY_LENGTHS[i], S = VERIFY_LENGTHS[j];
-                if (testing_small() && (T > 257 || S > 257))
-                    continue; /* under emulation: lengths up to 257, still several tiles (n_case goes on) */
-                int D = VERIFY_HEAD_DIMS[n_case % VERIFY_N_HEAD_DIMS], B = 1 + n_case % 2;
-                int H = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][0];
-                int Hkv = VERIFY_HEAD_RATIOS[n_case % VERIFY_N_HEAD_RATIOS][1];
-                if ((double)T * S * H * B > 3e5)
-                    B = 1, H = 2, Hkv = 1;
-                Problem p = problem_new(B, H, Hkv, T, S, D, causal, (uint64_t)n_case + 700);
-                float *ref = floats(n_q(&p.s));
-                ck_assert_int_eq(gqa_attention_grouped(&p.s, p.q, p.k, p.v, ref), 0); /* chapter 02, fast */
-                for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-                    char label[160];
-                    snprintf(label, sizeof label, "flash kernel %d B=%d H=%d Hkv=%d T=%d S=%d D=%d causal=%d", kern, B,
-                             H, Hkv, T, S, D, causal);
-                    memset(p.out, 0xff, n_q(&p.s) * 4);
-                    ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
-                    failed += compare_f32(label, p.out, ref, n_q(&p.s), ATOL, RTOL, 3).n_bad > 0;
-                }
-                mem_free(ref);
-                problem_free(&p);
-            }
-    ck_assert_msg(failed == 0, "%d grid cases failed (listed above)", failed);
+    AttnImpls im = FLASH_IMPLS; /* every CPU version, its default tiles */
+    im.ref = chapter02_grouped;
+    testing_assert_ok(testing_attn_grid(&im, 1, 700, ATOL, RTOL));
 }
 END_TEST
 
@@ -125,19 +111,7 @@ END_TEST
 START_TEST(test_versions_match_float64)
 {
     const int shapes[][7] = {{2, 6, 2, 17, 29, 20, 1}, {1, 9, 3, 31, 13, 7, 1}, {1, 4, 1, 1, 77, 256, 1}, {1, 2, 2, 65, 63, 1, 0}};
-    for (int i = 0; i < 4; i++) {
-        const int *x = shapes[i];
-        Problem p = problem_new(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 900 + (uint64_t)i);
-        double *expected = mem_alloc_or_die(n_q(&p.s) * sizeof(double), "float64 attention (B, H, T, D)");
-        attention_f64(x[0], x[1], x[2], x[3], x[4], x[5], x[6], p.s.scale, p.q, p.k, p.v, expected);
-        for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-            ck_assert_int_eq(run(kern, DEFAULT_TILES, &p), 0);
-            CompareResult r = compare_f32_f64("vs float64", p.out, expected, n_q(&p.s), ATOL, RTOL, 5);
-            ck_assert_msg(r.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, r.n_bad);
-        }
-        mem_free(expected);
-        problem_free(&p);
-    }
+    testing_assert_ok(testing_attn_oracle(&FLASH_IMPLS, shapes, sizeof shapes / sizeof shapes[0], 900, ATOL, RTOL));
 }
 END_TEST
 
@@ -370,30 +344,16 @@ END_TEST
 
 /* ==== the suite ================================================================================= */
 
-static Suite *flash_suite(void)
+int main(void)
 {
-    Suite *s = suite_create("03_flash");
-    TCase *tc = tcase_create("against chapter 02");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_grid_against_chapter02);
-    tcase_add_test(tc, test_any_tile_size);
-    tcase_add_test(tc, test_versions_match_float64);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("lse and edges");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_lse_against_direct_computation);
-    tcase_add_test(tc, test_merge_of_two_key_ranges);
-    tcase_add_test(tc, test_rows_without_keys_are_zero);
-    tcase_add_test(tc, test_extreme_logits);
-    tcase_add_test(tc, test_nan_in_hidden_rows_changes_nothing);
-    tcase_add_test(tc, test_memory_stays_linear);
-    tcase_add_test(tc, test_bad_shapes_and_tiles);
-    tcase_add_test(tc, test_fp16_yardstick);
-    suite_add_tcase(s, tc);
-
-    flash_program_cases(s); /* test_flash_program.c: program, hostile inputs, cuda */
-    return s;
+    const TestingCase cases[] = {
+        {.name = "against chapter 02", .timeout_s = 300,
+         .tests = {test_grid_against_chapter02, test_any_tile_size, test_versions_match_float64}},
+        {.name = "lse and edges", .timeout_s = 120,
+         .tests = {test_lse_against_direct_computation, test_merge_of_two_key_ranges, test_rows_without_keys_are_zero,
+                   test_extreme_logits, test_nan_in_hidden_rows_changes_nothing, test_memory_stays_linear,
+                   test_bad_shapes_and_tiles, test_fp16_yardstick}},
+        flash_program_case(), flash_hostile_case(), flash_cuda_case(), /* test_flash_program.c */
+    };
+    return testing_main_cases("03_flash", cases, sizeof cases / sizeof cases[0]);
 }
-
-int main(void) { return testing_main("test_03_flash", flash_suite()); }

@@ -1,7 +1,7 @@
 /*
  * test_flash.h: what chapter 03's two test files share. test_flash.c checks the CPU versions
  * (against chapter 02, the log-sum-exp and merging, edge cases); test_flash_program.c the program
- * end to end, the CUDA versions and hostile inputs, and adds those cases to the suite.
+ * end to end, the CUDA versions and hostile inputs, and gives those cases to main's table.
  */
 #ifndef TEST_FLASH_H
 #define TEST_FLASH_H
@@ -14,9 +14,7 @@
 #include "02_mqa_gqa/gqa.h"
 #include "common/tensor.h"
 #include "common/testing.h"
-
-#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
-#define RTOL 1e-4
+#include "common/testing_main.h"
 
 typedef struct {
     GqaShape s;
@@ -46,7 +44,9 @@ static inline void problem_free(Problem *p)
     mem_free(p->q), mem_free(p->k), mem_free(p->v), mem_free(p->out), mem_free(p->lse);
 }
 
-/* test_flash_program.c: adds the cases "program", "hostile inputs" and, with a GPU, "cuda". */
-void flash_program_cases(Suite *s);
+/* test_flash_program.c's cases: "program", "hostile inputs" and "cuda". */
+TestingCase flash_program_case(void);
+TestingCase flash_hostile_case(void);
+TestingCase flash_cuda_case(void);
 
 #endif

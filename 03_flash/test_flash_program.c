@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "02_mqa_gqa/gqa.h"
+#include "03_flash/commands.h"
 #include "03_flash/flash.h"
 #include "03_flash/test_flash.h"
 #include "common/attn_harness.h"
@@ -28,22 +29,8 @@
 START_TEST(test_attn_command_matches_float64)
 {
     const int shapes[][7] = {{2, 6, 2, 17, 29, 20, 1}, {1, 9, 3, 31, 13, 7, 1}, {1, 4, 1, 1, 77, 33, 1}, {1, 8, 4, 65, 63, 80, 0}};
-    char prog[4200], err[4096];
-    program_path(prog, sizeof prog, "03_flash");
-    for (int i = 0; i < 4; i++) {
-        const int *x = shapes[i]; /* B H Hkv T S D causal */
-        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
-        float *out = floats(n);
-        double *expected = mem_alloc_or_die(n * sizeof(double), "float64 attention (B, H, T, D)");
-        for (int kern = 1; kern <= FLASH_CPU_KERNELS; kern++) {
-            const int status = testing_attn_command(prog, testing_tmp, "cpu", kern, x[0], x[1], x[2], x[3], x[4], x[5],
-                                                    x[6], 1700 + (uint64_t)i, out, expected, err, sizeof err);
-            ck_assert_msg(status == 0, "attn failed (%d): %s", status, err);
-            CompareResult c = compare_f32_f64("attn command", out, expected, n, ATOL, RTOL, 5);
-            ck_assert_msg(c.n_bad == 0, "shape %d kernel %d: %zu elements off", i, kern, c.n_bad);
-        }
-        mem_free(out), mem_free(expected);
-    }
+    const TestingAttnRun run = {.name = "03_flash", .device = "cpu", .n_kernels = FLASH_CPU_KERNELS, .seed = 1700};
+    testing_assert_ok(testing_attn_program(&run, testing_tmp, shapes, sizeof shapes / sizeof shapes[0], ATOL, RTOL));
     /* D above the chapter's limit is a one-line error */
     char qp[4200], op[4200];
     testing_tmp_path(qp, sizeof qp, "q.npy"), testing_tmp_path(op, sizeof op, "o.npy");
@@ -57,27 +44,21 @@ END_TEST
 
 START_TEST(test_help_and_verify)
 {
-    char line[256];
-    const char *subs[] = {"--help", "attn", "verify", "bench"};
-    for (int i = 0; i < 4; i++) {
-        ProcResult r;
-        ck_assert_int_eq(testing_run(&r, "03_flash", (const char *[]){subs[i], i ? "--help" : NULL, NULL}), 0);
-        ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 03_flash"), "%s --help: %s", subs[i], r.out);
-    }
-    /* under emulation the --smoke grid (lengths up to 17): the grid test of test_flash.c runs the kernels
-     * on lengths up to 257 there, this one checks the command */
+    /* under emulation the --smoke grid (lengths up to 17): the grid test of test_flash.c runs the
+     * kernels on lengths up to 257 there, this one checks the command */
     const int small = testing_small();
-    ProcResult r;
-    ck_assert_int_eq(testing_run(&r, "03_flash", (const char *[]){"verify", small ? "--smoke" : "--quick", "--device",
-                                                                 "cpu", NULL}),
-                     0);
-    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
-    int passed = -1, failed = -1;
-    ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, small ? 40 : 200);
-    ck_assert_int_eq(failed, 0);
+    const char *subs[] = {"attn", "verify", "bench", NULL};
+    const char *verify[] = {small ? "--smoke" : "--quick", "--device", "cpu", NULL};
+    testing_assert_ok(testing_help_and_verify("03_flash", subs, verify, small ? 41 : 201));
 }
 END_TEST
+
+/* The case "program": the tests above. */
+TestingCase flash_program_case(void)
+{
+    return (TestingCase){.name = "program", .timeout_s = 300, .temp_dir = 1,
+                         .tests = {test_attn_command_matches_float64, test_help_and_verify}};
+}
 
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
@@ -128,40 +109,30 @@ START_TEST(test_cuda_kernels)
     }
 }
 END_TEST
-/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
- * float64 oracle, every CUDA version; tc by FlashAttention's rule, with the harness's naive fp16 run. */
-START_TEST(test_attn_command_on_the_gpu)
+#endif
+
+/* The case "cuda": the tests above, then `attn --device cuda` end to end on these shapes. */
+TestingCase flash_cuda_case(void)
 {
     const int shapes[][7] = {{2, 8, 2, 37, 70, 128, 1}, {1, 4, 1, 20, 50, 256, 1}, {1, 2, 2, 65, 3, 64, 0}}; /* B H Hkv T S D causal */
-    const char *why =
-        testing_attn_on_gpu("03_flash", testing_tmp, shapes, 3, FLASH_CUDA_KERNELS, ATOL, RTOL, flash_cuda_kernel_fp16);
-    ck_assert_msg(why == NULL, "%s", why);
+    const TTest *const tests[] = {TESTING_CUDA_ONLY(test_cuda_kernels), NULL};
+    /* tc by FlashAttention's rule, against the harness's naive fp16 run */
+    const TestingAttnRun run = {.name = "03_flash", .n_kernels = TESTING_CUDA_ONLY(FLASH_CUDA_KERNELS),
+                                .fp16 = TESTING_CUDA_ONLY(flash_cuda_kernel_fp16)};
+    return testing_cuda_case(300, tests, run, shapes, sizeof shapes / sizeof shapes[0]);
 }
-END_TEST
-
-#endif
 
 /* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
 
 #define ATTN03 "03_flash", "attn"
 #define GOOD_QKV "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy"
 static const HostileCase hostile_cases[] = {
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/missing.npy", "--out", "@/out.npy"},
-     .expect = "missing.npy"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/fifo", "--out", "@/out.npy"},
-     .expect = "not a regular file"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/adir", "--out", "@/out.npy"},
-     .expect = "is a folder"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/empty.npy", "--out", "@/out.npy"},
-     .expect = "empty.npy"},
-    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/2d.npy", "--out", "@/out.npy"},
-     .expect = "2d.npy"},
+    {.argv = {ATTN03, "--q", "@/q.npy", "--k", "@/k.npy", "--v", HOSTILE_BAD_NPY, "--out", "@/out.npy"}},
     {.argv = {ATTN03, "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
      .expect = "overflow"},
     {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--scale", "1e38", "--causal"}, .expect = "overflow"},
     {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--scale", "inf"}, .expect = "--scale"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "@/out"}, .expect = "is a folder"},
-    {.argv = {ATTN03, GOOD_QKV, "--out", "/dev/full"}, .expect = "/dev/full"},
+    {.argv = {ATTN03, GOOD_QKV, "--out", HOSTILE_BAD_OUT}},
     {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--kernel", "x"}, .expect = "--kernel"},
     {.argv = {ATTN03, GOOD_QKV, "--out"}, .expect = "--out"},
     {.argv = {ATTN03, GOOD_QKV, "--out", "@/out.npy", "--causal=yes"}, .expect = "--causal"},
@@ -173,38 +144,9 @@ static const HostileCase hostile_cases[] = {
 
 START_TEST(test_hostile_inputs)
 {
-    hostile_fixtures(testing_tmp);
-    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
-    int failed = hostile_run(testing_tmp, hostile_cases, n);
-    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+    testing_assert_ok(hostile_check(testing_tmp, hostile_cases, sizeof hostile_cases / sizeof hostile_cases[0]));
 }
 END_TEST
 
-/* ==== the cases ================================================================================= */
-
-void flash_program_cases(Suite *s)
-{
-    TCase *tc = tcase_create("program");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_attn_command_matches_float64);
-    tcase_add_test(tc, test_help_and_verify);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("hostile inputs");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_hostile_inputs);
-    suite_add_tcase(s, tc);
-
-    if (testing_cuda_cases("03_flash")) { /* asked in a child process: this one must not start CUDA */
-#if HAVE_CUDA
-        tc = tcase_create("cuda");
-        tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, test_cuda_kernels);
-        tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-        tcase_add_test(tc, test_attn_command_on_the_gpu);
-        suite_add_tcase(s, tc);
-#endif
-    }
-}
+/* The case "hostile inputs". */
+TestingCase flash_hostile_case(void) { return testing_hostile_case(test_hostile_inputs); }

@@ -1,7 +1,8 @@
 /*
- * bench.c: chapter 04's verify and bench subcommands, and its attention through the cache as
- * the harness sees it.
+ * bench.c: chapter 04's attn, verify and bench subcommands, and its attention through the cache
+ * as the harness sees it.
  *
+ *   04_kvcache attn     attention on .npy files through the cache
  *   04_kvcache verify   decode and cache attention against chapter 03 on the shape grid
  *   04_kvcache bench    decode attention in GB/s against the DRAM bandwidth, generation with and
  *                       without the cache: TSV rows + build/bench/04_kvcache_bench.dat + a plot
@@ -24,15 +25,28 @@
 #include "common/cuda_utils.h"
 #endif
 
+/* `04_kvcache bench`: its rows, its --help, and how far its sweep goes. */
+static const BenchCommand BENCH = {
+    .prog = KVCACHE_PROG,
+    .device_help = "auto: CPU, and the GPU when present",
+    .repeats_help = "timed runs per decode point, median reported (default 5)",
+    .columns = "mode\tdevice\tvariant\tdtype\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\ttokens_per_s",
+    .summary =
+        "Decode attention: one query per sequence against caches of L = 1024 .. max-l positions, B = 16\n"
+        "sequences, H = 8, Hkv in {8, 2}, D = 128, caches flushed before each run. GB/s counts the bytes\n"
+        "of K and V read once: 2*B*Hkv*L*D*bytes (+ int8 scales). Generation: the built-in model,\n"
+        "gen-tokens greedy tokens after a 16-token prompt, with and without the cache.\n"
+        "Columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s.",
+    .limit = {.name = "max-l", .value = 16384, .min = 256, .max = 1 << 22, .help =
+                  "longest cache of the decode sweep (default 16384)"},
+};
+
 /* ==== attention through the cache, as the harness sees it ========================================= */
 
-/* Writes k, v (B, Hkv, S, D) into an fp32 cache of max_seq S, then attends the T queries at the
- * last T positions of each sequence through it. */
-static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+int kvcache_attend_bhsd(int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
 {
-    (void)ctx;
     KvCache c;
-    if (kvcache_create(&c, 1, d->B, d->Hkv, d->S, d->D, KV_F32) != 0)
+    if (kvcache_create(&c, 1, d->B, d->Hkv, d->S > 0 ? d->S : 1, d->D, KV_F32) != 0)
         return -1;
     const size_t D = (size_t)d->D, S = (size_t)d->S;
     float *kr = mem_alloc((size_t)d->Hkv * D * sizeof(float), "one token's K (Hkv, D)");
@@ -54,6 +68,12 @@ static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, con
     mem_free(kr), mem_free(vr), mem_free(lens);
     kvcache_free(&c);
     return rc;
+}
+
+static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
+{
+    (void)ctx;
+    return kvcache_attend_bhsd(kernel, d, q, k, v, out);
 }
 
 static GqaShape gqa_shape(const AttnDims *d)
@@ -97,33 +117,51 @@ static int run_cuda(void *ctx, int kernel, const AttnDims *d, const float *q, co
 const AttnImpls KVCACHE_IMPLS = {
     .prog = KVCACHE_PROG,
     .ref = run_ref, /* chapter 03's fast version, without any cache */
-    .ref_is_cpu1 = 0,
-    .cpu = run_cpu,
-    .cpu_name = kvcache_cpu_kernel_name,
-    .n_cpu = KVCACHE_CPU_KERNELS,
-#if HAVE_CUDA
-    .cuda = run_cuda,
-    .cuda_name = kvcache_cuda_kernel_name,
-    .n_cuda = KVCACHE_CUDA_KERNELS,
-#endif
-    .heads = ATTN_HEADS_DIVIDE,
+    .cpu = run_cpu, .cpu_name = kvcache_cpu_kernel_name, .n_cpu = KVCACHE_CPU_KERNELS,
+    ATTN_IF_CUDA(.cuda = run_cuda, .cuda_name = kvcache_cuda_kernel_name, .n_cuda = KVCACHE_CUDA_KERNELS),
+    .attn_help = "Attention through the KV cache: K and V are written into an fp32 cache [B, Hkv, S, D] and\n"
+                 "the T queries sit at its last T positions (bottom-right causal with --causal). T = 1 runs\n"
+                 "the decode kernel; T > 1 gathers the cache and runs chapter 03's flash kernel.\n"
+                 "Kernels: CPU 1 = ref, 2 = split (default); CUDA 1 = split.",
 };
 
-/* ==== verify ==================================================================================== */
+/* ==== attn and verify =========================================================================== */
 
+int kvcache_cmd_attn(int argc, char **argv) { return attn_command(&KVCACHE_IMPLS, argc, argv); }
 int kvcache_cmd_verify(int argc, char **argv) { return attn_verify_command(&KVCACHE_IMPLS, argc, argv); }
 
 /* ==== bench: decode attention ===================================================================== */
 
 enum { BENCH_B = 16, BENCH_H = 8, BENCH_D = 128 }; /* the decode sweep's shape */
 
+float *kvcache_bench_rows(int Hkv, int D)
+{
+    const size_t n = (size_t)KVCACHE_BENCH_ROWS * Hkv * D;
+    float *rows = mem_alloc_or_die(n * sizeof(float), "random rows (1024, Hkv, D)");
+    Rng rng;
+    rng_seed(&rng, 11);
+    for (size_t i = 0; i < n; i++)
+        rows[i] = rng_normal(&rng);
+    return rows;
+}
+
+const float *kvcache_bench_row(const float *rows, int t, int b, int Hkv, int D)
+{
+    return rows + (size_t)((t * 7 + b * 13) % KVCACHE_BENCH_ROWS) * Hkv * D;
+}
+
+void kvcache_bench_queries(float *q, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+}
+
 typedef struct {
     const KvCache *c;
-    int H, n_seq, kernel;
     const int *lens; /* (n_seq) */
     const float *q;  /* (n_seq, H, D) */
     float *out;      /* (n_seq, H, D) */
-    int rc;
+    int H, n_seq, kernel, rc;
 } DecodeRun;
 
 static void decode_run(void *ctx)
@@ -133,22 +171,31 @@ static void decode_run(void *ctx)
                                r->q, r->out);
 }
 
-/* Fills every position of an n_layers = 1 cache from a pool of random rows (the values do not
- * change the speed; generating 2 GiB of normal numbers would take longer than the benchmark). */
-static void fill_cache(KvCache *c)
+double kvcache_time_decode(int kernel, int B, int H, int Hkv, int L, int D, KvDtype dt, int repeats, double *bytes)
 {
-    const int Hkv = c->n_kv_heads, D = c->D, POOL = 1024;
-    float *pool = mem_alloc_or_die((size_t)POOL * Hkv * D * sizeof(float), "random rows (1024, Hkv, D)");
-    Rng rng;
-    rng_seed(&rng, 11);
-    for (size_t i = 0; i < (size_t)POOL * Hkv * D; i++)
-        pool[i] = rng_normal(&rng);
-    for (int b = 0; b < c->batch; b++)
-        for (int t = 0; t < c->max_seq; t++) {
-            const float *row = pool + (size_t)((t * 7 + b * 13) % POOL) * Hkv * D;
-            kvcache_write(c, 0, b, t, 1, row, row);
-        }
-    mem_free(pool);
+    KvCache c;
+    if (kvcache_create(&c, 1, B, Hkv, L, D, dt) != 0)
+        die_with_error();
+    float *rows = kvcache_bench_rows(Hkv, D);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < L; t++)
+            kvcache_write(&c, 0, b, t, 1, kvcache_bench_row(rows, t, b, Hkv, D), kvcache_bench_row(rows, t, b, Hkv, D));
+    mem_free(rows);
+    float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q (B, H, D)");
+    float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out (B, H, D)");
+    int *lens = mem_alloc_or_die((size_t)B * sizeof(int), "lens (B)");
+    for (int b = 0; b < B; b++)
+        lens[b] = L;
+    kvcache_bench_queries(q, (size_t)B * H * D);
+    DecodeRun run = {.c = &c, .lens = lens, .q = q, .out = o, .H = H, .n_seq = B, .kernel = kernel};
+    BenchTiming t = bench_time_setup(decode_run, cache_flush, &run, 1, repeats, 2.0);
+    if (run.rc != 0)
+        die_with_error();
+    if (bytes)
+        *bytes = (double)kvcache_bytes(&c);
+    mem_free(q), mem_free(o), mem_free(lens);
+    kvcache_free(&c);
+    return t.median_s;
 }
 
 /* Times CPU decode kernel `kern` over a full cache of L positions; prints its row and returns its
@@ -156,28 +203,12 @@ static void fill_cache(KvCache *c)
 static double bench_decode_cpu(Tsv *tsv, int Hkv, KvDtype dt, int kern, int L, int repeats)
 {
     const int B = BENCH_B, H = BENCH_H, D = BENCH_D;
-    KvCache c;
-    if (kvcache_create(&c, 1, B, Hkv, L, D, dt) != 0)
-        die_with_error();
-    fill_cache(&c);
-    float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q (B, H, D)");
-    float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out (B, H, D)");
-    int *lens = mem_alloc_or_die((size_t)B * sizeof(int), "lens (B)");
-    for (int b = 0; b < B; b++)
-        lens[b] = L;
-    for (size_t i = 0; i < (size_t)B * H * D; i++)
-        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
     bench_progress("decode Hkv=%d L=%d %s %s ...", Hkv, L, kv_dtype_name(dt), kvcache_cpu_kernel_name(kern));
-    DecodeRun run = {.c = &c, .H = H, .n_seq = B, .kernel = kern, .lens = lens, .q = q, .out = o};
-    BenchTiming t = bench_time_setup(decode_run, cache_flush, &run, 1, repeats, 2.0);
-    if (run.rc != 0)
-        die_with_error();
-    const double bytes = (double)kvcache_bytes(&c); /* every position is read once */
-    const double gbs = bytes / t.median_s / 1e9, pct = 100.0 * gbs / roofline_get()->dram_gbs;
+    double bytes; /* the cache's: every position is read once */
+    const double secs = kvcache_time_decode(kern, B, H, Hkv, L, D, dt, repeats, &bytes);
+    const double gbs = bytes / secs / 1e9, pct = 100.0 * gbs / roofline_get()->dram_gbs;
     tsv_row(tsv, "decode\tcpu\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\tnan", kvcache_cpu_kernel_name(kern),
-            kv_dtype_name(dt), B, H, Hkv, L, D, t.median_s * 1e3, gbs, pct);
-    mem_free(q), mem_free(o), mem_free(lens);
-    kvcache_free(&c);
+            kv_dtype_name(dt), B, H, Hkv, L, D, secs * 1e3, gbs, pct);
     return pct;
 }
 
@@ -209,10 +240,9 @@ static void bench_generate(BenchSession *b, int gen_tokens, double *with_s, doub
     for (int i = 0; i < 16; i++)
         prompt[i] = (i * 37 + 1) % m.c.vocab_size;
     int *toks = mem_alloc_or_die((size_t)gen_tokens * sizeof(int), "generated tokens");
-    for (int di = 0; di < 2; di++) {
-        const Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
-        if (!(dev == DEVICE_CPU ? b->use_cpu : b->use_gpu))
-            continue;
+    Device devs[2];
+    for (int i = 0, n = bench_devices(b, devs); i < n; i++) {
+        const Device dev = devs[i];
         for (int cache = 1; cache >= 0; cache--) {
             const GenOptions o = {.max_new = gen_tokens, .use_cache = cache, .dtype = KV_F32, .kernel = 2};
             bench_progress("generate %d tokens on %s %s the cache ...", gen_tokens, device_name(dev),
@@ -243,52 +273,32 @@ static void bench_generate(BenchSession *b, int gen_tokens, double *with_s, doub
 
 int kvcache_cmd_bench(int argc, char **argv)
 {
-    const char *device = "auto", *out = NULL;
-    int repeats = 5, max_l = 16384, gen_tokens = 512;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "auto: CPU, and the GPU when present"),
-        OPTION_OUT(&out),
-        {.name = "max-l", .kind = ARG_INT, .dest = &max_l, .metavar = "N",
-         .help = "longest cache of the decode sweep (default 16384)", .min = 256, .max = 1 << 22},
+    int gen_tokens = 512;
+    const ArgSpec more[] = {
         {.name = "gen-tokens", .kind = ARG_INT, .dest = &gen_tokens, .metavar = "N",
          .help = "tokens generated with and without the cache (default 512; 0 skips)", .min = 0, .max = 2048},
-        {.name = "repeats", .kind = ARG_INT, .dest = &repeats, .metavar = "N",
-         .help = "timed runs per decode point, median reported (default 5)", .min = 1, .max = 1000},
     };
-    const ArgCommand cmd = {
-        .name = KVCACHE_PROG " bench",
-        .usage = "[options]",
-        .summary = "Decode attention: one query per sequence against caches of L = 1024 .. max-l positions, B = 16\n"
-                   "sequences, H = 8, Hkv in {8, 2}, D = 128, caches flushed before each run. GB/s counts the bytes\n"
-                   "of K and V read once: 2*B*Hkv*L*D*bytes (+ int8 scales). Generation: the built-in model,\n"
-                   "gen-tokens greedy tokens after a 16-token prompt, with and without the cache.\n"
-                   "Columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s.",
-        .specs = specs,
-        .n_specs = 5,
-    };
-    args_parse_or_exit(&cmd, argc, argv);
     BenchSession b;
-    bench_begin(&b, KVCACHE_PROG, device, out,
-                "mode\tdevice\tvariant\tdtype\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\ttokens_per_s");
+    bench_command_begin(&b, &BENCH, more, ARRAY_COUNT(more), argc, argv);
     const int hkvs[2] = {8, 2};
     int target_l = 1024; /* the target's shape: L = 16384, or the longest L of a shorter sweep */
-    while (target_l * 4 <= (max_l < 16384 ? max_l : 16384))
+    while (target_l * 4 <= (b.limit < 16384 ? b.limit : 16384))
         target_l *= 4;
     double best_pct[2] = {0, 0};
     /* one series after another (Hkv, dtype, kernel), so that the plot can join each one's points */
     for (int hi = 0; hi < 2; hi++) {
         for (int di = 0; di < 3 && b.use_cpu; di++)
             for (int kern = di == 0 ? 1 : 2; kern <= KVCACHE_CPU_KERNELS; kern++)
-                for (int L = 1024; L <= max_l; L *= 4) {
+                for (int L = 1024; L <= b.limit; L *= 4) {
                     if (kern == 1 && L > 4096)
                         continue; /* the reference is far from the bandwidth; keep the run short */
-                    const double pct = bench_decode_cpu(&b.tsv, hkvs[hi], (KvDtype)di, kern, L, repeats);
+                    const double pct = bench_decode_cpu(&b.tsv, hkvs[hi], (KvDtype)di, kern, L, b.repeats);
                     if (kern == 2 && di == 0 && L == target_l)
                         best_pct[hi] = pct;
                 }
 #if HAVE_CUDA
-        for (int L = 1024; L <= max_l && b.use_gpu; L *= 4)
-            bench_decode_cuda(&b.tsv, hkvs[hi], L, repeats);
+        for (int L = 1024; L <= b.limit && b.use_gpu; L *= 4)
+            bench_decode_cuda(&b.tsv, hkvs[hi], L, b.repeats);
 #endif
     }
     double with_s = NAN, without_s = NAN;

@@ -1,5 +1,5 @@
 /*
- * generate_cmd.c: chapter 04's generate subcommand (token ids in, token ids out, design.md §4),
+ * generate_cmd.c: chapter 04's generate subcommand (token ids in, token ids out, docs/contracts.md §1.6),
  * and the hidden _agree that scripts/gpu-check.sh uses to compare CPU and GPU tokens.
  *
  *   04_kvcache generate [--prompt IDS | --tokenizer T.bin --prompt-text TEXT] [--no-cache]
@@ -45,10 +45,8 @@ static void generate_parse(GenerateArgs *a, int argc, char **argv)
         {.name = "no-cache", .kind = ARG_FLAG, .dest = &a->no_cache, .help = "recompute the whole sequence at every step"},
         {.name = "kv-dtype", .kind = ARG_CHOICE, .dest = &a->dtype, .choices = KV_DTYPE_CHOICES,
          .help = "how the cache stores K and V (default f32)", .conflicts = "no-cache"},
-        {.name = "temperature", .kind = ARG_DOUBLE, .dest = &a->temperature, .metavar = "T",
-         .help = "0 = greedy (default); >= 1.2e-38 samples from softmax(logits / T)", .min = 0, .max = 100},
-        {.name = "seed", .kind = ARG_INT, .dest = &a->seed, .metavar = "S", .help = "sampling seed (default 42)",
-         .min = 0, .max = 2147483647},
+        OPTION_TEMPERATURE(&a->temperature, "0 = greedy (default); >= 1.2e-38 samples from softmax(logits / T)"),
+        OPTION_SEED(&a->seed),
         {.name = "kernel", .kind = ARG_INT, .dest = &a->kernel, .metavar = "N",
          .help = "CPU decode kernel: 1 = ref, 2 = split (default)", .min = 1, .max = KVCACHE_CPU_KERNELS},
         {.name = "prefill-chunk", .kind = ARG_INT, .dest = &a->chunk, .metavar = "N",

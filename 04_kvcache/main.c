@@ -4,7 +4,7 @@
  *   04_kvcache [--device D]   the lesson: per-step latency with and without the cache, what the
  *                             cache costs for this model and for published ones, and what fp16
  *                             and int8 caches change (error, agreement, memory)
- *   04_kvcache generate ...   token ids in, token ids out (design.md §4; generate_cmd.c)
+ *   04_kvcache generate ...   token ids in, token ids out (docs/contracts.md §1.6; generate_cmd.c)
  *   04_kvcache attn ...       attention through the cache: K, V written into it, the T queries
  *                             at its last T positions
  *   04_kvcache verify ...     decode and cache attention against chapter 03 on the grid (bench.c)
@@ -19,13 +19,11 @@
 
 #include "04_kvcache/commands.h"
 #include "04_kvcache/kvcache.h"
-#include "common/args.h"
 #include "common/bench.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "common/model.h"
-#include "common/paths.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/tensor.h"
@@ -35,8 +33,9 @@
 /* ==== the lesson ================================================================================ */
 
 /* (a) the same greedy generation with and without the cache, step by step */
-static void lesson_steps(const Model *m, char *dat, size_t dat_len)
+static void lesson_steps(const Model *m)
 {
+    char dat[4096];
     enum { N_PROMPT = 16, N_NEW = 128 };
     int prompt[N_PROMPT], a[N_NEW], b[N_NEW];
     double with[N_NEW], without[N_NEW];
@@ -51,11 +50,8 @@ static void lesson_steps(const Model *m, char *dat, size_t dat_len)
     double sum_with = 0, sum_without = 0;
     for (int i = 0; i < N_NEW; i++)
         sum_with += with[i], sum_without += without[i];
-    paths_in_build(dat, dat_len, "bench", PROG "_steps.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "position\twith_cache_ms\twithout_cache_ms");
+    lesson_data_open(&tsv, dat, sizeof dat, PROG, "steps", "position\twith_cache_ms\twithout_cache_ms");
     for (int i = 1; i < N_NEW; i++) /* step 0 is the prefill */
         tsv_row(&tsv, "%d\t%.4f\t%.4f", N_PROMPT + i, with[i] * 1e3, without[i] * 1e3);
     tsv_close(&tsv);
@@ -71,6 +67,7 @@ static void lesson_steps(const Model *m, char *dat, size_t dat_len)
            "   the two runs generated %s tokens\n\n",
            with[0] * 1e3, without[0] * 1e3, sum_with, N_NEW / sum_with, sum_without, N_NEW / sum_without,
            sum_without / sum_with, same ? "the same" : "DIFFERENT");
+    plot_show(PROG, "steps", dat, 1, stdout, "   ", "\n\n");
 }
 
 /* (b) the memory formula for this model and published ones */
@@ -79,8 +76,9 @@ typedef struct {
     int layers, kv_heads, D;
 } PublishedConfig;
 
-static void lesson_memory(const ModelConfig *mc, char *dat, size_t dat_len)
+static void lesson_memory(const ModelConfig *mc)
 {
+    char dat[4096];
     /* Llama 2 (Touvron et al. 2023, "Llama 2: Open Foundation and Fine-Tuned Chat Models"; the
      * released config.json files): 7B has 32 layers, 32 heads, no GQA; 70B has 80 layers, 64
      * heads, 8 KV heads. Llama 3 8B (Meta, 2024, config.json): 32 layers, 32 heads, 8 KV heads.
@@ -94,11 +92,9 @@ static void lesson_memory(const ModelConfig *mc, char *dat, size_t dat_len)
     const int ctx[] = {2048, 8192, 32768, 131072};
     const KvDtype dts[] = {KV_F32, KV_F16, KV_INT8};
     char b[32];
-    paths_in_build(dat, dat_len, "bench", PROG "_memory.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "context\tthis_f16\tllama2_7b_f16\tllama3_8b_f16\tllama2_70b_f16");
+    lesson_data_open(&tsv, dat, sizeof dat, PROG, "memory",
+                     "context\tthis_f16\tllama2_7b_f16\tllama3_8b_f16\tllama2_70b_f16");
     printf("2. What the cache costs: 2 * layers * kv_heads * head_dim * bytes per token (int8 adds a 4-byte scale\n"
            "   per token per kv head per K and V), for one sequence:\n\n   %-22s %6s %12s", "model", "dtype", "per token");
     for (size_t i = 0; i < sizeof ctx / sizeof ctx[0]; i++)
@@ -124,6 +120,7 @@ static void lesson_memory(const ModelConfig *mc, char *dat, size_t dat_len)
     printf("\n   (Llama configs from the Llama 2 paper and the released config.json files; head dim 128.)\n"
            "   A 7B MHA model's fp16 cache for one 32k-token sequence is 16 GiB, more than its fp16 weights\n"
            "   (6.7 billion parameters, 13.5 GB); GQA 4:1 (Llama-3-8B) cuts it to 4 GiB.\n\n");
+    plot_show(PROG, "memory", dat, 0, stdout, "   ", "\n\n");
 }
 
 /* (c) fp16 and int8 caches against fp32 */
@@ -217,20 +214,11 @@ static const Program PROGRAM;
 
 static int cmd_lesson(int argc, char **argv)
 {
-    const char *device = "auto";
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "where to run (the lesson measures the CPU; generate --device cuda runs on a GPU)"),
-    };
-    const ArgCommand cmd = {.name = PROG, .usage = program_usage(&PROGRAM), .summary = program_about(&PROGRAM),
-                            .specs = specs, .n_specs = 1};
-    args_parse_or_exit(&cmd, argc, argv);
-    Device dev;
-    if (device_resolve(device, &dev) != 0)
-        die_with_error();
+    const Device dev = lesson_begin(
+        &PROGRAM, "where to run (the lesson measures the CPU; generate --device cuda runs on a GPU)", NULL, 0, argc, argv);
     Model m;
     program_load_model(NULL, &m);
     char b1[32];
-    lesson_title(PROGRAM.title);
     printf("A decoder predicts each token from all the tokens before it. The keys and values of those\n"
            "tokens never change once computed, so a decoder keeps them: per layer, a cache laid out\n"
            "[batch, kv_heads, max_seq, head_dim] for K and for V. The prompt goes through the model once\n"
@@ -240,34 +228,21 @@ static int cmd_lesson(int argc, char **argv)
            "(head size %d), vocab %d, seq_len %d: %zu parameters (%s).\n\n",
            m.c.dim, m.c.hidden_dim, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, model_head_size(&m.c), m.c.vocab_size,
            m.c.seq_len, model_param_count(&m.c), format_bytes(4.0 * model_param_count(&m.c), b1, sizeof b1));
-    char dat1[4096], dat2[4096];
-    lesson_steps(&m, dat1, sizeof dat1);
-    plot_show(PROG, "steps", dat1, 1, stdout, "   ", "\n\n");
-    lesson_memory(&m.c, dat2, sizeof dat2);
-    plot_show(PROG, "memory", dat2, 0, stdout, "   ", "\n\n");
+    lesson_steps(&m);
+    lesson_memory(&m.c);
     lesson_quant(&m);
-    printf("Take-away: the cache turns each step's work from the whole sequence into one token, at the price\n"
-           "of memory that grows with every token; GQA and fp16/int8 storage buy that memory back. Chapter 05\n"
-           "stops reserving max_seq positions per sequence and allocates the cache in blocks instead.\n");
     model_free(&m);
-    return 0;
+    return lesson_end(
+        "the cache turns each step's work from the whole sequence into one token, at the price\n"
+        "of memory that grows with every token; GQA and fp16/int8 storage buy that memory back. Chapter 05\n"
+        "stops reserving max_seq positions per sequence and allocates the cache in blocks instead.\n");
 }
 
-/* ==== the subcommands =========================================================================== */
-
-static int cmd_attn(int argc, char **argv)
-{
-    return attn_command(&KVCACHE_IMPLS,
-                        "Attention through the KV cache: K and V are written into an fp32 cache [B, Hkv, S, D] and\n"
-                        "the T queries sit at its last T positions (bottom-right causal with --causal). T = 1 runs\n"
-                        "the decode kernel; T > 1 gathers the cache and runs chapter 03's flash kernel.\n"
-                        "Kernels: CPU 1 = ref, 2 = split (default); CUDA 1 = split.",
-                        argc, argv);
-}
+/* ==== main ====================================================================================== */
 
 static const Subcommand COMMANDS[] = {
     {.name = "generate", .run = kvcache_cmd_generate, .summary = "token ids in, token ids out, with or without the cache"},
-    {.name = "attn", .run = cmd_attn, .summary = "attention on .npy files through the cache"},
+    {.name = "attn", .run = kvcache_cmd_attn, .summary = "attention on .npy files through the cache"},
     {.name = "verify", .run = kvcache_cmd_verify,
      .summary = "decode and cache attention against chapter 03 on a grid of shapes"},
     {.name = "bench", .run = kvcache_cmd_bench,

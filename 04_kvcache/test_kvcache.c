@@ -35,9 +35,8 @@
  * llama2.c's; this, the generation loop around it). */
 START_TEST(test_same_seed_same_samples)
 {
-    ModelConfig c = small_config(0);
     Model m;
-    ck_assert_int_eq(model_init_random(&m, &c, 5), 0);
+    small_model(&m, 0, 5);
     int prompt[2] = {3, 4}, a[12], b[12];
     GenOptions o = {.max_new = 12, .temperature = 0.9f, .seed = 77, .use_cache = 1, .dtype = KV_F32, .kernel = 2};
     ck_assert_int_eq(kvcache_generate(&m, prompt, 2, &o, a, NULL), 0);
@@ -185,19 +184,17 @@ START_TEST(test_cached_logits_equal_recomputation)
 {
     /* prompts of 1, 7 and 64 tokens, then single steps: at every step the logits through the cache
      * equal a full recomputation whose attention is chapter 03's */
-    ModelConfig c = small_config(0);
     Model m;
-    ck_assert_int_eq(model_init_random(&m, &c, 7), 0);
+    small_model(&m, 0, 7);
     const int prompts[3] = {1, 7, 64}, steps = 6;
     float *lc = xmalloc(97 * 4, "lc"), *ln = xmalloc(97 * 4, "ln");
     for (int pi = 0; pi < 3; pi++)
         for (int kern = 1; kern <= KVCACHE_CPU_KERNELS; kern++) {
             const int n0 = prompts[pi];
             int tok[80];
-            for (int i = 0; i < n0 + steps; i++)
-                tok[i] = (i * 31 + 5) % 97;
+            testing_fill_tokens(tok, n0 + steps, 31, 5, 97);
             KvCache kc;
-            ck_assert_int_eq(kvcache_create(&kc, c.n_layers, 1, c.n_kv_heads, 80, 16, KV_F32), 0);
+            ck_assert_int_eq(kvcache_create(&kc, m.c.n_layers, 1, m.c.n_kv_heads, 80, 16, KV_F32), 0);
             ck_assert_int_eq(kvcache_forward(&m, &kc, 0, tok, n0, kern, lc), 0);
             for (int s = 0; s <= steps; s++) {
                 if (s > 0)
@@ -216,12 +213,10 @@ END_TEST
 
 START_TEST(test_prefill_then_steps_equals_longer_prefill)
 {
-    ModelConfig c = small_config(0);
     Model m;
-    ck_assert_int_eq(model_init_random(&m, &c, 8), 0);
+    small_model(&m, 0, 8);
     int tok[40];
-    for (int i = 0; i < 40; i++)
-        tok[i] = (i * 13 + 2) % 97;
+    testing_fill_tokens(tok, 40, 13, 2, 97);
     const int N = 30, M = 10;
     float la[97], lb[97];
     KvCache a, b;
@@ -242,12 +237,10 @@ END_TEST
 
 START_TEST(test_chunked_prefill)
 {
-    ModelConfig c = small_config(0);
     Model m;
-    ck_assert_int_eq(model_init_random(&m, &c, 9), 0);
+    small_model(&m, 0, 9);
     int tok[100];
-    for (int i = 0; i < 100; i++)
-        tok[i] = (i * 7 + 1) % 97;
+    testing_fill_tokens(tok, 100, 7, 1, 97);
     const int n = 100, chunks[4] = {1, 7, 16, 64};
     float whole[97], part[97];
     KvCache ref;
@@ -423,33 +416,17 @@ END_TEST
 
 /* ==== the suite ================================================================================= */
 
-static Suite *kvcache_suite(void)
+int main(void)
 {
-    Suite *s = suite_create("04_kvcache");
-    TCase *tc = tcase_create("sampling");
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_same_seed_same_samples);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("model against float64");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_model_matches_float64_reference);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("cache against chapter 03");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_cached_logits_equal_recomputation);
-    tcase_add_test(tc, test_prefill_then_steps_equals_longer_prefill);
-    tcase_add_test(tc, test_chunked_prefill);
-    tcase_add_test(tc, test_decode_kernels_against_chapter03);
-    tcase_add_test(tc, test_nan_in_unused_slots_changes_nothing);
-    tcase_add_test(tc, test_quantisation_error_bounds);
-    tcase_add_test(tc, test_requests_that_cannot_run);
-    tcase_add_test(tc, test_generation_with_and_without_cache);
-    suite_add_tcase(s, tc);
-
-    kvcache_program_cases(s); /* test_kvcache_program.c: program, hostile inputs, cuda */
-    return s;
+    const TestingCase cases[] = {
+        {.name = "sampling", .timeout_s = 60, .tests = {test_same_seed_same_samples}},
+        {.name = "model against float64", .timeout_s = 120, .tests = {test_model_matches_float64_reference}},
+        {.name = "cache against chapter 03", .timeout_s = 300,
+         .tests = {test_cached_logits_equal_recomputation, test_prefill_then_steps_equals_longer_prefill,
+                   test_chunked_prefill, test_decode_kernels_against_chapter03,
+                   test_nan_in_unused_slots_changes_nothing, test_quantisation_error_bounds,
+                   test_requests_that_cannot_run, test_generation_with_and_without_cache}},
+        kvcache_program_case(), kvcache_hostile_case(), kvcache_cuda_case(), /* test_kvcache_program.c */
+    };
+    return testing_main_cases("04_kvcache", cases, sizeof cases / sizeof cases[0]);
 }
-
-int main(void) { return testing_main("test_04_kvcache", kvcache_suite()); }

@@ -1,7 +1,7 @@
 /*
  * test_kvcache.h: what chapter 04's two test files share. test_kvcache.c checks the model through
  * the cache and the cache itself on the CPU, and holds main(); test_kvcache_program.c the program
- * end to end, the CUDA versions and hostile inputs, and adds those cases to the suite.
+ * end to end, the CUDA versions and hostile inputs, and gives those cases to main's table.
  */
 #ifndef TEST_KVCACHE_H
 #define TEST_KVCACHE_H
@@ -14,15 +14,20 @@
 #include "common/error.h"
 #include "common/model.h"
 #include "common/testing.h"
-
-#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
-#define RTOL 1e-4
+#include "common/testing_main.h"
 
 /* A small model for fast tests: GQA 2:1, hidden < dim on purpose, an odd vocabulary. */
 static inline ModelConfig small_config(int shared)
 {
     return (ModelConfig){.dim = 64, .hidden_dim = 48, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
                          .vocab_size = 97, .seq_len = 160, .shared_classifier = shared};
+}
+
+/* small_config(shared)'s model, its weights random from seed. */
+static inline void small_model(Model *m, int shared, uint64_t seed)
+{
+    const ModelConfig c = small_config(shared);
+    ck_assert_int_eq(model_init_random(m, &c, seed), 0);
 }
 
 /* A cache of one layer filled with random rows for n_seq sequences of the given lengths. */
@@ -39,7 +44,9 @@ static inline void random_cache(KvCache *c, int n_seq, int Hkv, int max_seq, int
     free(row);
 }
 
-/* test_kvcache_program.c: adds the cases "program", "hostile inputs" and, with a GPU, "cuda". */
-void kvcache_program_cases(Suite *s);
+/* test_kvcache_program.c's cases: "program", "hostile inputs" and "cuda". */
+TestingCase kvcache_program_case(void);
+TestingCase kvcache_hostile_case(void);
+TestingCase kvcache_cuda_case(void);
 
 #endif

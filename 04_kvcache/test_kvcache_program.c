@@ -84,9 +84,8 @@ START_TEST(test_generate_command)
         n++;
     ck_assert_int_eq(n, 12);
     /* a checkpoint written by the model code runs through the same command */
-    ModelConfig c = small_config(1);
     Model m;
-    ck_assert_int_eq(model_init_random(&m, &c, 4), 0);
+    small_model(&m, 1, 4);
     ck_assert_int_eq(model_save(&m, testing_tmp_path(ckpt, sizeof ckpt, "small.bin")), 0);
     const char *a3[] = {prog, "generate", "--checkpoint", ckpt, "--prompt", "5", "--max-new", "7", "--kv-dtype", "int8",
                         "--device", "cpu", NULL};
@@ -109,7 +108,8 @@ START_TEST(test_generate_command)
     testing_expect_error("04_kvcache", "exceeds the model's seq_len 2048", "generate", "--max-new", "2048");
     testing_expect_error("04_kvcache", "must be one of f32|f16|int8", "generate", "--kv-dtype", "int4");
     testing_expect_error("04_kvcache", "cannot open", "generate", "--checkpoint", "/nonexistent.bin");
-    testing_write_checkpoint(testing_tmp_path(ckpt, sizeof ckpt, "trunc.bin"), &c, 100);
+    const ModelConfig small = small_config(1);
+    testing_write_checkpoint(testing_tmp_path(ckpt, sizeof ckpt, "trunc.bin"), &small, 100);
     testing_expect_error("04_kvcache", "truncated", "generate", "--checkpoint", ckpt);
     testing_expect_error("04_kvcache", "unknown subcommand", "frobnicate");
     /* the temperature rule, the ranges, values that are options, options that exclude each other */
@@ -137,10 +137,9 @@ END_TEST
  * of sampling the last id from NaN probabilities. */
 START_TEST(test_generation_stops_at_overflowing_logits)
 {
-    ModelConfig c = small_config(0);
     Model m;
-    ck_assert_int_eq(model_init_random(&m, &c, 6), 0);
-    for (int i = 0; i < c.dim; i++)
+    small_model(&m, 0, 6);
+    for (int i = 0; i < m.c.dim; i++)
         m.w.rms_final[i] = 3e38f;
     char ckpt[4200];
     ck_assert_int_eq(model_save(&m, testing_tmp_path(ckpt, sizeof ckpt, "huge.bin")), 0);
@@ -163,46 +162,27 @@ START_TEST(test_attn_through_the_cache_matches_float64)
 {
     const int shapes[][7] = {{2, 6, 2, 1, 29, 20, 1}, {1, 8, 2, 5, 40, 64, 1}, {1, 4, 4, 17, 17, 16, 1},
                              {2, 9, 3, 3, 100, 7, 0}}; /* B H Hkv T S D causal */
-    char prog[4200], err[4096];
-    program_path(prog, sizeof prog, "04_kvcache");
-    for (int i = 0; i < 4; i++) {
-        const int *x = shapes[i];
-        const size_t nq = (size_t)x[0] * x[1] * x[3] * x[5];
-        float *out = xmalloc(nq * sizeof(float), "out");     /* (B, H, T, D) */
-        double *want = xmalloc(nq * sizeof(double), "want"); /* (B, H, T, D) */
-        for (int kern = 1; kern <= KVCACHE_CPU_KERNELS; kern++) {
-            const int status = testing_attn_command(prog, testing_tmp, "cpu", kern, x[0], x[1], x[2], x[3], x[4], x[5],
-                                                    x[6], 1 + (uint64_t)i, out, want, err, sizeof err);
-            ck_assert_msg(status == 0, "%s", err);
-            CompareResult cr = compare_f32_f64("attn through the cache", out, want, nq, ATOL, RTOL, 5);
-            ck_assert_msg(cr.n_bad == 0, "shape %d kernel %d: %zu off", i, kern, cr.n_bad);
-        }
-        free(out), free(want);
-    }
+    const TestingAttnRun run = {.name = "04_kvcache", .device = "cpu", .n_kernels = KVCACHE_CPU_KERNELS, .seed = 1};
+    testing_assert_ok(testing_attn_program(&run, testing_tmp, shapes, sizeof shapes / sizeof shapes[0], ATOL, RTOL));
 }
 END_TEST
 
 START_TEST(test_help_and_verify)
 {
-    char prog[4200], line[256];
-    program_path(prog, sizeof prog, "04_kvcache");
-    const char *subs[] = {"--help", "generate", "attn", "verify", "bench"};
-    for (int i = 0; i < 5; i++) {
-        const char *argv[] = {prog, subs[i], i ? "--help" : NULL, NULL};
-        ProcResult r;
-        ck_assert_int_eq(run_program(&r, argv), 0);
-        ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 04_kvcache"), "%s --help: %s", subs[i], r.out);
-    }
-    const char *argv[] = {prog, "verify", "--quick", "--device", "cpu", NULL};
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
-    int passed = -1, failed = -1;
-    ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, 200);
-    ck_assert_int_eq(failed, 0);
+    const char *subs[] = {"generate", "attn", "verify", "bench", NULL};
+    const char *verify[] = {"--quick", "--device", "cpu", NULL};
+    testing_assert_ok(testing_help_and_verify("04_kvcache", subs, verify, 201));
 }
 END_TEST
+
+/* The case "program": the tests above. */
+TestingCase kvcache_program_case(void)
+{
+    return (TestingCase){.name = "program", .timeout_s = 300, .temp_dir = 1,
+                         .tests = {test_generate_command, test_generate_refuses_a_wrapping_checkpoint,
+                                   test_generate_to_a_full_disk, test_generation_stops_at_overflowing_logits,
+                                   test_attn_through_the_cache_matches_float64, test_help_and_verify}};
+}
 
 /* ==== CUDA (only with a GPU) ====================================================================== */
 
@@ -289,61 +269,53 @@ START_TEST(test_cuda_generate_matches_cpu)
     model_free(&m);
 }
 END_TEST
+#endif
 
-/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
- * float64 oracle, every CUDA version. */
-START_TEST(test_attn_command_on_the_gpu)
+/* The case "cuda": the tests above, then `attn --device cuda` end to end on these shapes. */
+TestingCase kvcache_cuda_case(void)
 {
     const int shapes[][7] = {{3, 8, 2, 1, 300, 128, 1}, {2, 4, 4, 1, 17, 256, 0}, {1, 8, 2, 12, 40, 64, 1}}; /* B H Hkv T S D causal */
-    const char *why = testing_attn_on_gpu("04_kvcache", testing_tmp, shapes, sizeof shapes / sizeof shapes[0],
-                                          KVCACHE_CUDA_KERNELS, ATOL, RTOL, NULL);
-    ck_assert_msg(why == NULL, "%s", why);
+    const TTest *const tests[] = {TESTING_CUDA_ONLY(test_cuda_decode, test_cuda_generate_matches_cpu), NULL};
+    const TestingAttnRun run = {.name = "04_kvcache", .n_kernels = TESTING_CUDA_ONLY(KVCACHE_CUDA_KERNELS)};
+    return testing_cuda_case(300, tests, run, shapes, sizeof shapes / sizeof shapes[0]);
 }
-END_TEST
-
-#endif
 
 /* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
 
 #define GEN04 "04_kvcache", "generate", "--device", "cpu"
+#define GEN04_MODEL GEN04, "--checkpoint", "@/model.bin"
 static const HostileCase hostile_cases[] = {
-    {.argv = {GEN04, "--checkpoint", "@/missing.bin"}, .expect = "missing.bin"},
-    {.argv = {GEN04, "--checkpoint", "@/fifo"}, .expect = "not a regular file"},
-    {.argv = {GEN04, "--checkpoint", "@/adir"}, .expect = "is a folder"},
+    {.argv = {GEN04, "--checkpoint", HOSTILE_BAD_FILE}},
     {.argv = {GEN04, "--checkpoint", "@/trunc.bin"}, .expect = "trunc.bin"},
     {.argv = {GEN04, "--checkpoint", "@/wrap.bin"}, .expect = "overflows"},
     {.argv = {GEN04, "--checkpoint", "@/q.npy"}, .expect = "q.npy"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/fifo", "--prompt-text", "hi"},
-     .expect = "not a regular file"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/adir", "--prompt-text", "hi"},
-     .expect = "is a folder"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/trunc.bin", "--prompt-text", "hi"},
+    {.argv = {GEN04_MODEL, "--tokenizer", HOSTILE_BAD_FILE, "--prompt-text", "hi"}},
+    {.argv = {GEN04_MODEL, "--tokenizer", "@/trunc.bin", "--prompt-text", "hi"},
      .expect = "trunc.bin"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt-text", "hi"}, .expect = "--tokenizer"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/tok.bin", "--prompt", "1 2", "--prompt-text", "hi"},
+    {.argv = {GEN04_MODEL, "--prompt-text", "hi"}, .expect = "--tokenizer"},
+    {.argv = {GEN04_MODEL, "--tokenizer", "@/tok.bin", "--prompt", "1 2", "--prompt-text", "hi"},
      .expect = "--prompt-text"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--no-cache", "--kv-dtype", "int8"}, .expect = "--kv-dtype"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--temperature", "1e-40"}, .expect = "--temperature"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--temperature", "-1"}, .expect = "--temperature"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--temperature", "nan"}, .expect = "--temperature"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt", "1 2 x"}, .expect = "--prompt"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt", "1 99999"}, .expect = "99999"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prompt", ""}, .expect = "--prompt"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "-1"}, .expect = "--max-new"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "99999999999"}, .expect = "--max-new"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "300"}, .expect = "seq_len"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--prefill-chunk", "0"}, .expect = "--prefill-chunk"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--kv-dtype", "f8"}, .expect = "--kv-dtype"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--kernel", "3"}, .expect = "--kernel"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--seed"}, .expect = "--seed"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--tokenizer", "@/tok.bin", "--prompt-text", "<@/long.txt"},
+    {.argv = {GEN04_MODEL, "--no-cache", "--kv-dtype", "int8"}, .expect = "--kv-dtype"},
+    {.argv = {GEN04_MODEL, "--temperature", "1e-40"}, .expect = "--temperature"},
+    {.argv = {GEN04_MODEL, "--temperature", "-1"}, .expect = "--temperature"},
+    {.argv = {GEN04_MODEL, "--temperature", "nan"}, .expect = "--temperature"},
+    {.argv = {GEN04_MODEL, "--prompt", "1 2 x"}, .expect = "--prompt"},
+    {.argv = {GEN04_MODEL, "--prompt", "1 99999"}, .expect = "99999"},
+    {.argv = {GEN04_MODEL, "--prompt", ""}, .expect = "--prompt"},
+    {.argv = {GEN04_MODEL, "--max-new", "-1"}, .expect = "--max-new"},
+    {.argv = {GEN04_MODEL, "--max-new", "99999999999"}, .expect = "--max-new"},
+    {.argv = {GEN04_MODEL, "--max-new", "300"}, .expect = "seq_len"},
+    {.argv = {GEN04_MODEL, "--prefill-chunk", "0"}, .expect = "--prefill-chunk"},
+    {.argv = {GEN04_MODEL, "--kv-dtype", "f8"}, .expect = "--kv-dtype"},
+    {.argv = {GEN04_MODEL, "--kernel", "3"}, .expect = "--kernel"},
+    {.argv = {GEN04_MODEL, "--seed"}, .expect = "--seed"},
+    {.argv = {GEN04_MODEL, "--tokenizer", "@/tok.bin", "--prompt-text", "<@/long.txt"},
      .expect = "seq_len"},
-    {.argv = {GEN04, "--checkpoint", "@/model.bin", "--max-new", "4"},
+    {.argv = {GEN04_MODEL, "--max-new", "4"},
      .expect = "standard output", .stdout_to = "/dev/full"},
     {.argv = {"04_kvcache", "attn", "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
      .expect = "overflow"},
-    {.argv = {"04_kvcache", "attn", "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", "@/fifo"},
-     .expect = "FIFO"},
+    {.argv = {"04_kvcache", "attn", "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy", "--out", HOSTILE_BAD_OUT}},
     {.argv = {"04_kvcache", "bench", "--out", "@/out", "--max-l", "1024", "--gen-tokens", "0", "--repeats", "1"},
      .expect = "is a folder"},
     {.argv = {"04_kvcache", "bench", "--gen-tokens", "-4"}, .expect = "--gen-tokens"},
@@ -351,43 +323,9 @@ static const HostileCase hostile_cases[] = {
 
 START_TEST(test_hostile_inputs)
 {
-    hostile_fixtures(testing_tmp);
-    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
-    int failed = hostile_run(testing_tmp, hostile_cases, n);
-    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
+    testing_assert_ok(hostile_check(testing_tmp, hostile_cases, sizeof hostile_cases / sizeof hostile_cases[0]));
 }
 END_TEST
 
-/* ==== the cases ================================================================================== */
-
-void kvcache_program_cases(Suite *s)
-{
-    TCase *tc = tcase_create("program");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_generate_command);
-    tcase_add_test(tc, test_generate_refuses_a_wrapping_checkpoint);
-    tcase_add_test(tc, test_generate_to_a_full_disk);
-    tcase_add_test(tc, test_generation_stops_at_overflowing_logits);
-    tcase_add_test(tc, test_attn_through_the_cache_matches_float64);
-    tcase_add_test(tc, test_help_and_verify);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("hostile inputs");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_hostile_inputs);
-    suite_add_tcase(s, tc);
-
-    if (testing_cuda_cases("04_kvcache")) { /* asked in a child process: this one must not start CUDA */
-#if HAVE_CUDA
-        tc = tcase_create("cuda");
-        tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, test_cuda_decode);
-        tcase_add_test(tc, test_cuda_generate_matches_cpu);
-        tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-        tcase_add_test(tc, test_attn_command_on_the_gpu);
-        suite_add_tcase(s, tc);
-#endif
-    }
-}
+/* The case "hostile inputs". */
+TestingCase kvcache_hostile_case(void) { return testing_hostile_case(test_hostile_inputs); }

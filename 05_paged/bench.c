@@ -14,94 +14,68 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "04_kvcache/commands.h"
 #include "04_kvcache/kvcache.h"
 #include "05_paged/commands.h"
 #include "05_paged/paged.h"
-#include "common/args.h"
 #include "common/bench.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "common/program.h"
-#include "common/rng.h"
 #include "common/roofline.h"
 #include "common/tensor.h"
+
+/* `05_paged bench`: its rows, its --help, and how far its sweep goes. */
+static const BenchCommand BENCH = {
+    .prog = PAGED_PROG,
+    .device_help = "auto: CPU, and the GPU when present",
+    .columns = "device\tvariant\tblock_size\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\tvs_contiguous",
+    .summary =
+        "Decode attention, one query per sequence, B = 16 sequences of L tokens, H = 8, Hkv in {8, 2},\n"
+        "D = 128, caches flushed before each run: chapter 04's split kernel over its contiguous cache,\n"
+        "then the paged fast kernel for block sizes 1, 4, 8, 16, 32, 64, 128, with each sequence's blocks\n"
+        "in order (paged_in_order) and with every block anywhere (paged_shuffled: the free list shuffled,\n"
+        "the sequences growing side by side). GB/s = 2*B*Hkv*L*D*4 bytes / time. memory_scattered rows:\n"
+        "this machine's read bandwidth for pieces of one block of one kv head (bs*D*4 bytes) taken in\n"
+        "random order, the limit for shuffled blocks. On a GPU (CUDA events, kernels alone): chapter 04's\n"
+        "split kernel over a contiguous cache, and v1 and v2 for block sizes 8, 16, 32, in order and\n"
+        "shuffled.\n"
+        "Columns: device variant block_size B H Hkv L D time_ms gbs pct_dram vs_contiguous.",
+    .limit = {.name = "l", .value = 16384, .min = 16, .max = 1 << 22, .help =
+                  "tokens per sequence (default 16384: K and V of 2 GiB and 512 MiB, far beyond the L3 cache)"},
+};
 
 /* ==== one decode call, timed ======================================================================== */
 
 typedef struct {
     const PagedPool *p;
-    PagedSeq **seqs;
-    const int *q_start;
-    const KvCache *c;
-    const int *lens;
-    int n_seq, H;
-    const float *q; /* (n_seq, H, D) */
-    float *out;     /* (n_seq, H, D) */
-    int rc;
-} DecodeRun;
+    PagedSeq **seqs;    /* (n_seq) */
+    const int *q_start; /* (n_seq + 1): sequence i's queries are rows q_start[i] .. q_start[i + 1] - 1 */
+    int n_seq, H, rc;
+    const float *q;     /* (n_seq, H, D) */
+    float *out;         /* (n_seq, H, D) */
+} PagedRun;
 
 static void run_paged(void *ctx)
 {
-    DecodeRun *r = ctx;
+    PagedRun *r = ctx;
     r->rc = paged_attention_fast(r->p, 0, r->H, 1.0f / sqrtf((float)r->p->D), 1, r->n_seq, r->seqs, r->q_start, r->q,
                                  r->out);
 }
 
-static void run_contig(void *ctx)
-{
-    DecodeRun *r = ctx;
-    r->rc = kvcache_decode_split(r->c, 0, r->H, 1.0f / sqrtf((float)r->c->D), r->n_seq, NULL, r->lens, r->q,
-                                 r->out, 0);
-}
-
-/* The rows written into the caches: 1024 random rows of (Hkv, D) (the values do not change the
- * speed); token t of sequence b gets row (7 t + 13 b) mod 1024. */
-static float *rows_create(int Hkv, int D)
-{
-    const size_t n = (size_t)1024 * Hkv * D;
-    float *rows = mem_alloc_or_die(n * sizeof(float), "cache rows (1024, Hkv, D)");
-    Rng rng;
-    rng_seed(&rng, 11);
-    for (size_t i = 0; i < n; i++)
-        rows[i] = rng_normal(&rng);
-    return rows;
-}
-
-static const float *row_of(const float *rows, int t, int b, int Hkv, int D)
-{
-    return rows + (size_t)((t * 7 + b * 13) % 1024) * Hkv * D;
-}
-
-/* Chapter 04's split kernel over a contiguous cache of B sequences of L tokens. */
-static double time_contiguous(DecodeRun run, int B, int Hkv, int L, int D, const float *rows, int repeats)
-{
-    KvCache c;
-    if (kvcache_create(&c, 1, B, Hkv, L, D, KV_F32) != 0)
-        die_with_error();
-    int *lens = mem_alloc_or_die((size_t)B * sizeof(int), "lengths (B)");
-    for (int b = 0; b < B; b++) {
-        lens[b] = L;
-        for (int t = 0; t < L; t++)
-            kvcache_write(&c, 0, b, t, 1, row_of(rows, t, b, Hkv, D), row_of(rows, t, b, Hkv, D));
-    }
-    run.c = &c, run.lens = lens;
-    BenchTiming t = bench_time_setup(run_contig, cache_flush, &run, 1, repeats, 2.0);
-    if (run.rc != 0)
-        die_with_error();
-    mem_free(lens);
-    kvcache_free(&c);
-    return t.median_s;
-}
-
-/* The paged fast kernel over a pool of exactly the B sequences' blocks of bs tokens. */
-static double time_paged(DecodeRun run, int B, int Hkv, int L, int D, int bs, int shuffled, const float *rows,
-                         int repeats)
+/* The paged fast kernel over a pool of exactly the B sequences' blocks of bs tokens, holding
+ * chapter 04's benchmark rows (kvcache_bench_rows). */
+static double time_paged(int B, int H, int Hkv, int L, int D, int bs, int shuffled, int repeats)
 {
     PagedPool p;
     if (paged_pool_create(&p, 1, Hkv, D, bs, B * ((L + bs - 1) / bs)) != 0)
         die_with_error();
     if (shuffled)
         paged_pool_shuffle(&p, 99);
+    float *rows = kvcache_bench_rows(Hkv, D);
+    float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q (B, H, D)");
+    float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out (B, H, D)");
+    kvcache_bench_queries(q, (size_t)B * H * D);
     PagedSeq *seqs = mem_alloc_or_die((size_t)B * sizeof(PagedSeq), "block tables (B)");
     PagedSeq **ptrs = mem_alloc_or_die((size_t)B * sizeof(PagedSeq *), "sequence list (B)");
     int *q_start = mem_alloc_or_die((size_t)(B + 1) * sizeof(int), "query starts (B + 1)");
@@ -115,16 +89,18 @@ static double time_paged(DecodeRun run, int B, int Hkv, int L, int D, int bs, in
             const int n = L - t < step ? L - t : step;
             if (paged_seq_append(&p, &seqs[b], n) != 0)
                 die_with_error();
-            for (int i = 0; i < n; i++)
-                paged_write(&p, &seqs[b], 0, t + i, 1, row_of(rows, t + i, b, Hkv, D), row_of(rows, t + i, b, Hkv, D));
+            for (int i = 0; i < n; i++) {
+                const float *row = kvcache_bench_row(rows, t + i, b, Hkv, D);
+                paged_write(&p, &seqs[b], 0, t + i, 1, row, row);
+            }
         }
-    run.p = &p, run.seqs = ptrs, run.q_start = q_start;
+    PagedRun run = {.p = &p, .seqs = ptrs, .q_start = q_start, .n_seq = B, .H = H, .q = q, .out = o};
     BenchTiming t = bench_time_setup(run_paged, cache_flush, &run, 1, repeats, 2.0);
     if (run.rc != 0)
         die_with_error();
     for (int b = 0; b < B; b++)
         paged_seq_free(&p, &seqs[b]);
-    mem_free(seqs), mem_free(ptrs), mem_free(q_start);
+    mem_free(seqs), mem_free(ptrs), mem_free(q_start), mem_free(rows), mem_free(q), mem_free(o);
     paged_pool_free(&p);
     return t.median_s;
 }
@@ -132,17 +108,10 @@ static double time_paged(DecodeRun run, int B, int Hkv, int L, int D, int bs, in
 PagedDecodeTiming paged_time_decode(int B, int H, int Hkv, int L, int D, int bs, int repeats, int contig, int shuffled)
 {
     PagedDecodeTiming out = {.contig_s = NAN, .paged_s = NAN, .bytes = 2.0 * B * Hkv * (double)L * D * sizeof(float)};
-    float *rows = rows_create(Hkv, D);
-    float *q = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "q (B, H, D)");
-    float *o = mem_alloc_or_die((size_t)B * H * D * sizeof(float), "out (B, H, D)");
-    for (size_t i = 0; i < (size_t)B * H * D; i++)
-        q[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
-    const DecodeRun run = {.n_seq = B, .H = H, .q = q, .out = o};
-    if (contig)
-        out.contig_s = time_contiguous(run, B, Hkv, L, D, rows, repeats);
+    if (contig) /* chapter 04's split kernel over its contiguous cache */
+        out.contig_s = kvcache_time_decode(2, B, H, Hkv, L, D, KV_F32, repeats, NULL);
     if (bs > 0)
-        out.paged_s = time_paged(run, B, Hkv, L, D, bs, shuffled, rows, repeats);
-    mem_free(rows), mem_free(q), mem_free(o);
+        out.paged_s = time_paged(B, H, Hkv, L, D, bs, shuffled, repeats);
     return out;
 }
 
@@ -223,46 +192,17 @@ static void bench_gpu(Tsv *tsv, int L, int repeats)
 
 int paged_cmd_bench(int argc, char **argv)
 {
-    const char *device = "auto", *out = NULL;
-    int repeats = 5, L = 16384;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "auto: CPU, and the GPU when present"),
-        OPTION_OUT(&out),
-        {.name = "l", .kind = ARG_INT, .dest = &L, .metavar = "N",
-         .help = "tokens per sequence (default 16384: K and V of 2 GiB and 512 MiB, far beyond the L3 cache)",
-         .min = 16, .max = 1 << 22},
-        OPTION_REPEATS(&repeats),
-    };
-    ArgCommand cmd = {
-        .name = PAGED_PROG " bench",
-        .usage = "[options]",
-        .summary =
-            "Decode attention, one query per sequence, B = 16 sequences of L tokens, H = 8, Hkv in {8, 2},\n"
-            "D = 128, caches flushed before each run: chapter 04's split kernel over its contiguous cache,\n"
-            "then the paged fast kernel for block sizes 1, 4, 8, 16, 32, 64, 128, with each sequence's blocks\n"
-            "in order (paged_in_order) and with every block anywhere (paged_shuffled: the free list shuffled,\n"
-            "the sequences growing side by side). GB/s = 2*B*Hkv*L*D*4 bytes / time. memory_scattered rows:\n"
-            "this machine's read bandwidth for pieces of one block of one kv head (bs*D*4 bytes) taken in\n"
-            "random order, the limit for shuffled blocks. On a GPU (CUDA events, kernels alone): chapter 04's\n"
-            "split kernel over a contiguous cache, and v1 and v2 for block sizes 8, 16, 32, in order and\n"
-            "shuffled.\n"
-            "Columns: device variant block_size B H Hkv L D time_ms gbs pct_dram vs_contiguous.",
-        .specs = specs,
-        .n_specs = 4,
-    };
-    args_parse_or_exit(&cmd, argc, argv);
     BenchSession b;
-    bench_begin(&b, PAGED_PROG, device, out,
-                "device\tvariant\tblock_size\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\tvs_contiguous");
+    bench_command_begin(&b, &BENCH, NULL, 0, argc, argv);
     const Roofline *roof = roofline_get();
     BenchTargets tg = {.worst16 = {{1e9, 1e9}, {1e9, 1e9}}, .pct16 = {{0, 0}, {0, 0}}};
     if (b.use_cpu) {
         bench_scattered(&b.tsv, roof);
-        bench_cpu(&b.tsv, roof, L, repeats, &tg);
+        bench_cpu(&b.tsv, roof, b.limit, b.repeats, &tg);
     }
 #if HAVE_CUDA
     if (b.use_gpu)
-        bench_gpu(&b.tsv, L, repeats);
+        bench_gpu(&b.tsv, b.limit, b.repeats);
 #endif
     bench_progress_done();
     for (int hi = 0; hi < 2 && b.use_cpu; hi++)
@@ -271,7 +211,7 @@ int paged_cmd_bench(int argc, char **argv)
                     "targets: Hkv=%d, L=%d, blocks %s: paged at block size >= 16 runs at >= %.1f%% of the "
                     "contiguous cache's speed (target >= 90%%); block size 16 reads at %.1f%% of the DRAM "
                     "bandwidth (target >= 80%%)\n",
-                    BENCH_HKV[hi], L, sh ? "shuffled" : "in order", 100.0 * tg.worst16[hi][sh], tg.pct16[hi][sh]);
+                    BENCH_HKV[hi], b.limit, sh ? "shuffled" : "in order", 100.0 * tg.worst16[hi][sh], tg.pct16[hi][sh]);
     bench_end(&b);
     return 0;
 }

@@ -19,15 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "04_kvcache/commands.h"
 #include "04_kvcache/kvcache.h"
 #include "05_paged/commands.h"
 #include "05_paged/paged.h"
-#include "common/args.h"
 #include "common/attn_harness.h"
 #include "common/compare.h"
 #include "common/device.h"
 #include "common/error.h"
-#include "common/program.h"
 #include "common/rng.h"
 #include "common/tensor.h"
 #include "common/verify.h"
@@ -152,29 +151,7 @@ static int run_cpu(void *ctx, int kernel, const AttnDims *d, const float *q, con
 static int run_ref(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out)
 {
     (void)ctx, (void)kernel;
-    KvCache c;
-    if (kvcache_create(&c, 1, d->B, d->Hkv, d->S > 0 ? d->S : 1, d->D, KV_F32) != 0)
-        return -1;
-    const size_t D = (size_t)d->D, S = (size_t)d->S;
-    float *kr = mem_alloc((size_t)d->Hkv * D * sizeof(float), "one token's K (Hkv, D)");
-    float *vr = mem_alloc((size_t)d->Hkv * D * sizeof(float), "one token's V (Hkv, D)");
-    int *lens = mem_alloc((size_t)d->B * sizeof(int), "lengths (B)");
-    int rc = !kr || !vr || !lens ? -1 : 0;
-    for (int b = 0; b < d->B && rc == 0; b++) {
-        for (size_t t = 0; t < S; t++) {
-            for (int h = 0; h < d->Hkv; h++) {
-                memcpy(kr + h * D, k + (((size_t)b * d->Hkv + h) * S + t) * D, D * sizeof(float));
-                memcpy(vr + h * D, v + (((size_t)b * d->Hkv + h) * S + t) * D, D * sizeof(float));
-            }
-            kvcache_write(&c, 0, b, (int)t, 1, kr, vr);
-        }
-        lens[b] = d->S;
-    }
-    if (rc == 0)
-        rc = kvcache_attention(&c, 0, d->H, d->T, d->scale, d->causal, d->B, NULL, lens, q, 1, out);
-    mem_free(kr), mem_free(vr), mem_free(lens);
-    kvcache_free(&c);
-    return rc;
+    return kvcache_attend_bhsd(1, d, q, k, v, out);
 }
 
 #if HAVE_CUDA
@@ -209,16 +186,13 @@ static AttnImpls paged_impls(PagedAttnOptions *o)
     return (AttnImpls){
         .prog = PAGED_PROG,
         .ref = run_ref, /* chapter 04's contiguous cache */
-        .ref_is_cpu1 = 0,
-        .cpu = run_cpu,
-        .cpu_name = paged_cpu_kernel_name,
-        .n_cpu = PAGED_CPU_KERNELS,
-#if HAVE_CUDA
-        .cuda = run_cuda,
-        .cuda_name = paged_cuda_kernel_name,
-        .n_cuda = PAGED_CUDA_KERNELS,
-#endif
-        .heads = ATTN_HEADS_DIVIDE,
+        .cpu = run_cpu, .cpu_name = paged_cpu_kernel_name, .n_cpu = PAGED_CPU_KERNELS,
+        ATTN_IF_CUDA(.cuda = run_cuda, .cuda_name = paged_cuda_kernel_name, .n_cuda = PAGED_CUDA_KERNELS),
+        .attn_help = "Attention through a paged cache: K and V are written into blocks of --block-size tokens\n"
+                     "(default 16; an option of this chapter, before or after the others) handed out in a\n"
+                     "shuffled order, every unused slot NaN, and the T queries sit at the last T positions\n"
+                     "(bottom-right causal with --causal). Kernels: CPU 1 = ref, 2 = fast (default); CUDA 1 =\n"
+                     "v1, 2 = v2 (default).",
         .ctx = o,
     };
 }
@@ -254,13 +228,7 @@ int paged_cmd_attn(int argc, char **argv)
 {
     PagedAttnOptions o = {.block_size = take_block_size(&argc, argv), .shuffle_seed = PAGED_ATTN_SHUFFLE_SEED};
     const AttnImpls im = paged_impls(&o);
-    return attn_command(&im,
-                        "Attention through a paged cache: K and V are written into blocks of --block-size tokens\n"
-                        "(default 16; an option of this chapter, before or after the others) handed out in a\n"
-                        "shuffled order, every unused slot NaN, and the T queries sit at the last T positions\n"
-                        "(bottom-right causal with --causal). Kernels: CPU 1 = ref, 2 = fast (default); CUDA 1 =\n"
-                        "v1, 2 = v2 (default).",
-                        argc, argv);
+    return attn_command(&im, argc, argv);
 }
 
 /* ==== verify: batches of sequences of different lengths ============================================ */
@@ -371,11 +339,9 @@ static void verify_mixed(VerifyTally *tally, const AttnImpls *im, const char *de
     for (int causal = 0; causal <= 1; causal++) {
         if (paged_attention_ref(&mb.p, 0, mb.H, scale, causal, MIXED_SEQS, mb.ptrs, mb.q_start, mb.q, mb.ref) != 0)
             die_with_error();
-        for (int di = 0; di < 2; di++) {
-            const Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
-            if ((dev == DEVICE_CUDA && (!have_gpu || strcmp(device, "cpu") == 0)) ||
-                (dev == DEVICE_CPU && strcmp(device, "cuda") == 0))
-                continue;
+        Device devs[2];
+        for (int di = 0, n_devs = attn_verify_devices(device, have_gpu, devs); di < n_devs; di++) {
+            const Device dev = devs[di];
             const int n_k = dev == DEVICE_CPU ? PAGED_CPU_KERNELS : attn_impl_count(im, DEVICE_CUDA);
             for (int kern = dev == DEVICE_CPU ? 2 : 1; kern <= n_k; kern++) {
                 if (only_kernel && kern != only_kernel)
@@ -408,41 +374,19 @@ static void verify_mixed(VerifyTally *tally, const AttnImpls *im, const char *de
 
 int paged_cmd_verify(int argc, char **argv)
 {
-    const char *device = "auto";
-    int kernel = 0, quick = 0, smoke = 0, verbose = 0;
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "auto: CPU versions, and CUDA versions when a GPU is present"),
-        {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N", .min = 1,
-         .max = 9},
-        {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
-        {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)",
-         .conflicts = "quick"},
-        {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
-    };
-    ArgCommand cmd = {.name = PAGED_PROG " verify",
-                      .usage = "[options]",
-                      .summary =
+    PagedAttnOptions o = {.block_size = PAGED_ATTN_BLOCK_SIZE, .shuffle_seed = PAGED_ATTN_SHUFFLE_SEED};
+    AttnImpls im = paged_impls(&o);
+    AttnVerifyArgs a;
+    attn_verify_parse(&a, &im,
                       "Checks every paged attention version against chapter 04 (its contiguous cache: the reference\n"
                       "decode kernel for T = 1, chapter 03's flash kernel over the cache for T > 1) on the shape grid\n"
-                      "of design.md §5 -- T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80,\n"
+                      "of docs/contracts.md §4.2 -- T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80,\n"
                       "128}, H:Hkv in {1:1, 4:1, 8:1, 9:3, 8:2}, causal and not, logits of +-1e4 -- once per block size\n"
                       "in {1, 8, 16, 32}, blocks shuffled and every unused slot NaN; then batches of five sequences of\n"
                       "different lengths (decode and prefill rows mixed) against the paged reference.\n"
                       "Tolerance: atol 1e-5, rtol 1e-4. Ends with 'N passed, N failed'.",
-                      .specs = specs,
-                      .n_specs = 5};
-    args_parse_or_exit(&cmd, argc, argv);
-    if (kernel > PAGED_CPU_KERNELS)
-        die("--kernel %d: %s has kernels 1..%d", kernel, PAGED_PROG, PAGED_CPU_KERNELS);
-    PagedAttnOptions o = {.block_size = PAGED_ATTN_BLOCK_SIZE, .shuffle_seed = PAGED_ATTN_SHUFFLE_SEED};
-    AttnImpls im = paged_impls(&o);
-    char why[256];
-    const int have_gpu = device_cuda_available(why, sizeof why) && im.cuda;
-    if (strcmp(device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", why);
-    if (!have_gpu && strcmp(device, "cpu") != 0)
-        printf("CUDA versions skipped: %s\n", why);
-    VerifyTally tally = {.passed = 0, .failed = 0, .verbose = verbose};
+                      argc, argv);
+    VerifyTally tally = {.passed = 0, .failed = 0, .verbose = a.verbose};
     uint64_t seed = 1;
     for (int i = 0; i < VERIFY_N_BLOCK_SIZES; i++) { /* a round per block size, with its own placement */
         char label[16];
@@ -450,8 +394,8 @@ int paged_cmd_verify(int argc, char **argv)
         im.label = label;
         o.block_size = VERIFY_BLOCK_SIZES[i];
         o.shuffle_seed = 1000 + (uint64_t)i;
-        attn_verify_grid(&tally, &im, device, kernel, have_gpu, smoke ? 2 : quick, &seed);
-        verify_mixed(&tally, &im, device, kernel, have_gpu, VERIFY_BLOCK_SIZES[i], seed++);
+        attn_verify_grid(&tally, &im, a.device, a.kernel, a.have_gpu, a.quick, &seed);
+        verify_mixed(&tally, &im, a.device, a.kernel, a.have_gpu, VERIFY_BLOCK_SIZES[i], seed++);
     }
     return verify_finish(&tally);
 }

@@ -23,12 +23,10 @@
 #include "05_paged/commands.h"
 #include "05_paged/paged.h"
 #include "05_paged/waste.h"
-#include "common/args.h"
 #include "common/bench.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "common/model.h"
-#include "common/paths.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/roofline.h"
@@ -145,11 +143,9 @@ static void lesson_waste(int max_seq)
     const int budget = 64 * max_seq; /* the memory of 64 max_seq reservations */
     const int schemes[] = {PAGED_RESERVE_MAX_SEQ, PAGED_RESERVE_OWN, 1, 8, 16, 32, 64, 128};
     char dat[4096];
-    paths_in_build(dat, sizeof dat, "bench", PROG "_waste.dat");
     Tsv tsv;
-    if (tsv_open(&tsv, "/dev/null", dat) != 0)
-        die_with_error();
-    tsv_header(&tsv, "workload\tscheme\tblock_size\tused_pct\twaste_pct\trequests_fit\tlabel");
+    lesson_data_open(&tsv, dat, sizeof dat, PROG, "waste",
+                     "workload\tscheme\tblock_size\tused_pct\twaste_pct\trequests_fit\tlabel");
     printf("2. Memory waste. %d requests per workload, max_seq %d. 'skewed': lognormal prompt and output lengths\n"
            "   with ShareGPT's means (161 and 338 tokens, medians %d and %d, sigma 1); 'uniform': both uniform in\n"
            "   1..%d. 'used' = KV memory holding tokens / KV memory allocated, averaged over every decode step\n"
@@ -273,22 +269,11 @@ static const Program PROGRAM;
 
 static int cmd_lesson(int argc, char **argv)
 {
-    const char *device = "auto";
-    ArgSpec specs[] = {
-        OPTION_DEVICE(&device, "where to run (the lesson measures the CPU; bench --device cuda times the GPU kernels)"),
-    };
-    ArgCommand cmd = {.name = PROG,
-                      .usage = program_usage(&PROGRAM),
-                      .summary = program_about(&PROGRAM),
-                      .specs = specs,
-                      .n_specs = 1};
-    args_parse_or_exit(&cmd, argc, argv);
-    Device dev;
-    if (device_resolve(device, &dev) != 0)
-        die_with_error();
+    const Device dev = lesson_begin(
+        &PROGRAM, "where to run (the lesson measures the CPU; bench --device cuda times the GPU kernels)", NULL, 0,
+        argc, argv);
     Model m;
     program_load_model(NULL, &m);
-    lesson_title(PROGRAM.title);
     lesson_intro();
     lesson_machine(dev, 0);
     lesson_picture();
@@ -296,12 +281,12 @@ static int cmd_lesson(int argc, char **argv)
     lesson_fork(&m);
     lesson_speed();
     lesson_tokens(&m);
-    printf("Take-away: paging turns the cache into a pool of small blocks: a sequence wastes at most one block's\n"
-           "empty slots, requests of any length share one pool, and samples of one prompt share its blocks.\n"
-           "The attention kernel pays one table lookup per block. Chapter 06 schedules many requests over this\n"
-           "pool at every step (continuous batching).\n");
     model_free(&m);
-    return 0;
+    return lesson_end(
+        "paging turns the cache into a pool of small blocks: a sequence wastes at most one block's\n"
+        "empty slots, requests of any length share one pool, and samples of one prompt share its blocks.\n"
+        "The attention kernel pays one table lookup per block. Chapter 06 schedules many requests over this\n"
+        "pool at every step (continuous batching).\n");
 }
 
 /* ==== main ============================================================================================= */
@@ -315,7 +300,7 @@ static const Subcommand COMMANDS[] = {
      .summary = "every kernel against chapter 04 for block sizes 1, 8, 16, 32 and mixed batches"},
     {.name = "bench", .run = paged_cmd_bench,
      .summary = "decode GB/s by block size against chapter 04's contiguous cache"},
-    {.name = NULL, .run = NULL, .summary = NULL},
+    {.name = NULL},
 };
 
 static const Program PROGRAM = {

@@ -223,17 +223,12 @@ __global__ void paged_reduce(const float *part_o, const float *part_lse, int H, 
     }
 }
 
+/* The versions' names by number; 0, the default, is the fastest. */
+static const char *const CUDA_NAMES[PAGED_CUDA_KERNELS + 1] = {"v2", "v1", "v2"};
+
 extern "C" const char *paged_cuda_kernel_name(int kernel)
 {
-    switch (kernel) {
-    case 1:
-        return "v1";
-    case 0:
-    case 2:
-        return "v2";
-    default:
-        return NULL;
-    }
+    return kernel >= 0 && kernel <= PAGED_CUDA_KERNELS ? CUDA_NAMES[kernel] : NULL;
 }
 
 extern "C" int paged_attention_cuda(int kernel, const PagedCudaBatch *b, int H, float scale, int causal,

@@ -8,7 +8,8 @@
  * bit for bit what an unforked run gives; the allocator keeps its invariants under 10^5 random
  * operations and returns the pool to full; misuse is detected. The attention kernels agree with
  * chapter 04 and a float64 oracle on batches of sequences of different lengths. The lesson's
- * measurements (waste.c) give what small workloads give counted by hand. Then the program.
+ * measurements (waste.c) give what small workloads give counted by hand. This file holds those
+ * and main(); test_paged_program.c the program, the CUDA kernels and hostile inputs.
  */
 #include <check.h>
 #include <math.h>
@@ -19,13 +20,11 @@
 
 #include "04_kvcache/kvcache.h"
 #include "05_paged/paged.h"
+#include "05_paged/test_paged.h"
 #include "05_paged/waste.h"
 #include "common/compare.h"
-#include "common/device.h"
 #include "common/error.h"
-#include "common/hostile.h"
 #include "common/model.h"
-#include "common/npy.h"
 #include "common/rng.h"
 #include "common/tensor.h"
 #include "common/testing.h"
@@ -33,26 +32,16 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if HAVE_CUDA
-#include "common/cuda_utils.h"
-#endif
 
-#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
-#define RTOL 1e-4
+const int BLOCK_SIZES[N_BLOCK_SIZES] = {1, 8, 16, 32};
 
-static const int BLOCK_SIZES[4] = {1, 8, 16, 32};
-
-/* A small model for fast tests: GQA 2:1, an odd vocabulary. */
-static ModelConfig small_config(void)
+/* A small model for fast tests: GQA 2:1, an odd vocabulary; its weights random from seed. */
+static void small_model(Model *m, uint64_t seed)
 {
-    ModelConfig c = {.dim = 64, .hidden_dim = 48, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 97,
-                     .seq_len = 200, .shared_classifier = 0};
-    return c;
+    const ModelConfig c = {.dim = 64, .hidden_dim = 48, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                           .vocab_size = 97, .seq_len = 200, .shared_classifier = 0};
+    ck_assert_int_eq(model_init_random(m, &c, seed), 0);
 }
-
-static char tmp[4096];
-static void tmp_setup(void) { temp_dir_create(tmp, sizeof tmp); }
-static void tmp_teardown(void) { temp_dir_remove(tmp); }
 
 /* A pool for model m: every slot first set to `fill`, then the free list shuffled (seed 0: in order). */
 static void model_pool(PagedPool *p, const Model *m, int bs, int num_blocks, float fill, uint64_t shuffle)
@@ -73,16 +62,15 @@ static void model_pool(PagedPool *p, const Model *m, int bs, int num_blocks, flo
 static void compare_with_chapter04(const Model *m, int bs, int n0, int steps, int kernel)
 {
     const int V = m->c.vocab_size, total = n0 + steps;
-    int *tok = malloc((size_t)(total + 1) * sizeof(int));
-    for (int i = 0; i < n0; i++)
-        tok[i] = (i * 31 + 7) % V;
+    int *tok = xmalloc((size_t)(total + 1) * sizeof(int), "tok");
+    testing_fill_tokens(tok, n0, 31, 7, V);
     KvCache kc;
     ck_assert_int_eq(kvcache_create(&kc, m->c.n_layers, 1, m->c.n_kv_heads, total, model_head_size(&m->c), KV_F32), 0);
     PagedPool p;
     model_pool(&p, m, bs, (total + bs - 1) / bs + 4, NAN, 17 + (uint64_t)bs);
     PagedSeq s;
     paged_seq_init(&s);
-    float *l4 = malloc((size_t)V * 4), *l5 = malloc((size_t)V * 4);
+    float *l4 = xmalloc((size_t)V * 4, "l4"), *l5 = xmalloc((size_t)V * 4, "l5");
     for (int step = 0; step <= steps; step++) {
         const int at = step == 0 ? 0 : n0 + step - 1, n = step == 0 ? n0 : 1;
         ck_assert_int_eq(kvcache_forward(m, &kc, 0, tok + at, n, kernel, l4), 0);
@@ -99,7 +87,8 @@ static void compare_with_chapter04(const Model *m, int bs, int n0, int steps, in
      * same embedding and projections), later layers within tolerance (their inputs went through
      * attention kernels that sum in different orders) */
     const size_t per = (size_t)m->c.n_kv_heads * total * model_head_size(&m->c);
-    float *k4 = malloc(per * 4), *v4 = malloc(per * 4), *k5 = malloc(per * 4), *v5 = malloc(per * 4);
+    float *k4 = xmalloc(per * 4, "k4"), *v4 = xmalloc(per * 4, "v4"); /* (n_kv_heads, total, D) */
+    float *k5 = xmalloc(per * 4, "k5"), *v5 = xmalloc(per * 4, "v5");
     for (int l = 0; l < m->c.n_layers; l++) {
         kvcache_gather(&kc, l, 0, total, k4, v4);
         paged_gather(&p, &s, l, total, k5, v5);
@@ -123,8 +112,7 @@ static void compare_with_chapter04(const Model *m, int bs, int n0, int steps, in
 START_TEST(test_logits_and_tokens_equal_chapter04)
 {
     Model m;
-    ModelConfig c = small_config();
-    ck_assert_int_eq(model_init_random(&m, &c, 3), 0);
+    small_model(&m, 3);
     for (int i = 0; i < 4; i++) {
         const int bs = BLOCK_SIZES[i];
         /* prompts ending on a block boundary, one past it, one before it: decode then crosses them */
@@ -157,14 +145,12 @@ static void paged_logits(const Model *m, int bs, float fill, uint64_t shuffle, c
 START_TEST(test_placement_and_nan_change_no_bit)
 {
     Model m;
-    ModelConfig c = small_config();
-    ck_assert_int_eq(model_init_random(&m, &c, 5), 0);
-    const int V = c.vocab_size, n0 = 21, total = 60;
+    small_model(&m, 5);
+    const int V = m.c.vocab_size, n0 = 21, total = 60;
     int tok[60];
-    for (int i = 0; i < total; i++)
-        tok[i] = (i * 13 + 2) % V;
+    testing_fill_tokens(tok, total, 13, 2, V);
     const size_t n = (size_t)(total - n0 + 1) * V;
-    float *clean = malloc(n * 4), *dirty = malloc(n * 4);
+    float *clean = xmalloc(n * 4, "clean"), *dirty = xmalloc(n * 4, "dirty");
     for (int i = 0; i < 4; i++) {
         const int bs = BLOCK_SIZES[i];
         paged_logits(&m, bs, 0.0f, 0, tok, n0, total, clean);     /* blocks in order, zeros around */
@@ -179,21 +165,19 @@ END_TEST
 START_TEST(test_fork_then_diverge_is_exact)
 {
     Model m;
-    ModelConfig c = small_config();
-    ck_assert_int_eq(model_init_random(&m, &c, 7), 0);
-    const int V = c.vocab_size, n0 = 19;
+    small_model(&m, 7);
+    const int V = m.c.vocab_size, n0 = 19;
     for (int i = 0; i < 4; i++) {
         const int bs = BLOCK_SIZES[i];
         int prompt[19], a_tok[12], b_tok[12];
-        for (int t = 0; t < n0; t++)
-            prompt[t] = (t * 7 + 1) % V;
+        testing_fill_tokens(prompt, n0, 7, 1, V);
         for (int t = 0; t < 12; t++)
             a_tok[t] = (t * 5 + 3) % V, b_tok[t] = (t * 11 + 60) % V; /* two different continuations */
         PagedPool p;
         model_pool(&p, &m, bs, 64, NAN, 3 + (uint64_t)i);
         PagedSeq a, b;
         paged_seq_init(&a), paged_seq_init(&b);
-        float *la = malloc((size_t)13 * V * 4), *lb = malloc((size_t)13 * V * 4);
+        float *la = xmalloc((size_t)13 * V * 4, "la"), *lb = xmalloc((size_t)13 * V * 4, "lb");
         ck_assert_int_eq(paged_forward(&m, &p, &a, prompt, n0, 2, la), 0);
         const int used_before = paged_pool_used(&p);
         ck_assert_int_eq(paged_seq_fork(&p, &a, &b), 0);
@@ -214,7 +198,7 @@ START_TEST(test_fork_then_diverge_is_exact)
             int seq[31];
             memcpy(seq, prompt, sizeof prompt);
             memcpy(seq + n0, br ? b_tok : a_tok, 12 * sizeof(int));
-            float *want = malloc((size_t)13 * V * 4);
+            float *want = xmalloc((size_t)13 * V * 4, "want");
             paged_logits(&m, bs, 0.0f, 0, seq, n0, n0 + 12, want);
             ck_assert_msg(memcmp(want, br ? lb : la, (size_t)13 * V * 4) == 0, "bs %d branch %d differs", bs, br);
             free(want);
@@ -231,8 +215,7 @@ END_TEST
 START_TEST(test_forked_samples_equal_chapter04_seeds)
 {
     Model m;
-    ModelConfig c = small_config();
-    ck_assert_int_eq(model_init_random(&m, &c, 9), 0);
+    small_model(&m, 9);
     const int prompt[10] = {1, 5, 9, 13, 17, 21, 25, 29, 33, 37}, K = 3, N = 20;
     int got[60], want[20];
     for (int i = 0; i < 2; i++) {
@@ -383,7 +366,7 @@ START_TEST(test_attention_mixed_batch)
         ck_assert_int_eq(kvcache_create(&kc, 1, n_seq, Hkv, 300, D, KV_F32), 0);
         PagedSeq seqs[4], *ptrs[4];
         int q_start[5] = {0};
-        float *row = malloc((size_t)Hkv * D * 4 * 2);
+        float *row = xmalloc((size_t)Hkv * D * 4 * 2, "row");
         for (int i = 0; i < n_seq; i++)
             paged_seq_init(&seqs[i]), ptrs[i] = &seqs[i], q_start[i + 1] = q_start[i] + Ts[i];
         for (int t = 0; t < 300; t++)
@@ -395,7 +378,7 @@ START_TEST(test_attention_mixed_batch)
                     kvcache_write(&kc, 0, i, t, 1, row, row + Hkv * D);
                 }
         const size_t nq = (size_t)q_start[n_seq] * H * D;
-        float *q = malloc(nq * 4), *out = malloc(nq * 4);
+        float *q = xmalloc(nq * 4, "q"), *out = xmalloc(nq * 4, "out");
         fill_normal(q, nq, 77);
         const float scale = 1.0f / sqrtf((float)D);
         for (int causal = 0; causal <= 1; causal++)
@@ -404,9 +387,9 @@ START_TEST(test_attention_mixed_batch)
                 ck_assert_int_eq(paged_attention_cpu(kern, &p, 0, H, scale, causal, n_seq, ptrs, q_start, q, out), 0);
                 for (int i = 0; i < n_seq; i++) { /* each sequence against chapter 04 and float64 */
                     const int T = Ts[i], S = lens[i];
-                    float *qh = malloc((size_t)H * T * D * 4), *want = malloc((size_t)H * T * D * 4);
-                    float *kh = malloc((size_t)Hkv * S * D * 4), *vh = malloc((size_t)Hkv * S * D * 4);
-                    double *want64 = malloc((size_t)H * T * D * sizeof(double));
+                    float *qh = xmalloc((size_t)H * T * D * 4, "qh"), *want = xmalloc((size_t)H * T * D * 4, "want");
+                    float *kh = xmalloc((size_t)Hkv * S * D * 4, "kh"), *vh = xmalloc((size_t)Hkv * S * D * 4, "vh");
+                    double *want64 = xmalloc((size_t)H * T * D * sizeof(double), "want64");
                     for (int t = 0; t < T; t++) /* rows (T, H, D) -> (H, T, D) */
                         for (int h = 0; h < H; h++)
                             memcpy(qh + ((size_t)h * T + t) * D, q + ((size_t)(q_start[i] + t) * H + h) * D, (size_t)D * 4);
@@ -414,7 +397,7 @@ START_TEST(test_attention_mixed_batch)
                     ck_assert_int_eq(kvcache_attention(&kc, 0, H, T, scale, causal, 1, seqs4, lens4, qh, 1, want), 0);
                     kvcache_gather(&kc, 0, i, S, kh, vh);
                     attention_f64(1, H, Hkv, T, S, D, causal, scale, qh, kh, vh, want64);
-                    float *got = malloc((size_t)H * T * D * 4);
+                    float *got = xmalloc((size_t)H * T * D * 4, "got");
                     for (int t = 0; t < T; t++)
                         for (int h = 0; h < H; h++)
                             memcpy(got + ((size_t)h * T + t) * D, out + ((size_t)(q_start[i] + t) * H + h) * D, (size_t)D * 4);
@@ -447,7 +430,6 @@ START_TEST(test_attention_mixed_batch)
 }
 END_TEST
 
-
 /* Sequences longer than a partition (PAGED_PARTITION_KEYS = 2048 keys): the fast kernel splits
  * them into partitions at fixed positions and merges the partial results with their
  * log-sum-exp. Lengths 2049 (a second partition of one key), 5000 (three) and 40 (one) in one
@@ -467,23 +449,26 @@ START_TEST(test_attention_across_partitions)
     float *kv[3]; /* sequence i's rows: keys (len, Hkv*D) then values (len, Hkv*D) */
     for (int i = 0; i < n_seq; i++) {
         paged_seq_init(&seqs[i]), ptrs[i] = &seqs[i];
-        kv[i] = malloc((size_t)2 * lens[i] * Hkv * D * sizeof(float));
+        kv[i] = xmalloc((size_t)2 * lens[i] * Hkv * D * sizeof(float), "kv (2, len, Hkv * D)");
         fill_normal(kv[i], (size_t)2 * lens[i] * Hkv * D, 300 + (uint64_t)i);
         ck_assert_int_eq(paged_seq_append(&p, &seqs[i], lens[i]), 0);
         paged_write(&p, &seqs[i], 0, 0, lens[i], kv[i], kv[i] + (size_t)lens[i] * Hkv * D);
     }
     const size_t nq = (size_t)q_start[n_seq] * H * D;
-    float *q = malloc(nq * sizeof(float)), *fast = malloc(nq * sizeof(float)), *ref = malloc(nq * sizeof(float));
+    float *q = xmalloc(nq * sizeof(float), "q"); /* (rows, H, D), as fast and ref */
+    float *fast = xmalloc(nq * sizeof(float), "fast"), *ref = xmalloc(nq * sizeof(float), "ref");
     fill_normal(q, nq, 31);
     const float scale = 1.0f / sqrtf((float)D);
     ck_assert_int_eq(paged_attention_cpu(1, &p, 0, H, scale, 1, n_seq, ptrs, q_start, q, ref), 0);
     ck_assert_int_eq(paged_attention_cpu(2, &p, 0, H, scale, 1, n_seq, ptrs, q_start, q, fast), 0);
     for (int i = 0; i < n_seq; i++) {
         const int T = Ts[i], S = lens[i];
-        float *qh = malloc((size_t)H * T * D * sizeof(float));                 /* (H, T, D) */
-        float *kh = malloc((size_t)Hkv * S * D * sizeof(float)), *vh = malloc((size_t)Hkv * S * D * sizeof(float)); /* (Hkv, S, D) */
-        double *want = malloc((size_t)H * T * D * sizeof(double));             /* (H, T, D) */
-        float *got = malloc((size_t)H * T * D * sizeof(float)), *got_ref = malloc((size_t)H * T * D * sizeof(float));
+        float *qh = xmalloc((size_t)H * T * D * sizeof(float), "qh");                 /* (H, T, D) */
+        float *kh = xmalloc((size_t)Hkv * S * D * sizeof(float), "kh"); /* (Hkv, S, D) */
+        float *vh = xmalloc((size_t)Hkv * S * D * sizeof(float), "vh"); /* (Hkv, S, D) */
+        double *want = xmalloc((size_t)H * T * D * sizeof(double), "want");             /* (H, T, D) */
+        float *got = xmalloc((size_t)H * T * D * sizeof(float), "got");         /* (H, T, D) */
+        float *got_ref = xmalloc((size_t)H * T * D * sizeof(float), "got_ref"); /* (H, T, D) */
         for (int t = 0; t < T; t++) /* rows (T, H, D) -> (H, T, D) */
             for (int h = 0; h < H; h++) {
                 const size_t from = ((size_t)(q_start[i] + t) * H + h) * D, to = ((size_t)h * T + t) * D;
@@ -521,14 +506,12 @@ START_TEST(test_logits_do_not_depend_on_the_thread_count)
 {
 #ifdef _OPENMP
     Model m;
-    ModelConfig c = small_config();
-    ck_assert_int_eq(model_init_random(&m, &c, 13), 0);
-    const int V = c.vocab_size, n0 = 40, total = 70;
+    small_model(&m, 13);
+    const int V = m.c.vocab_size, n0 = 40, total = 70;
     int tok[70];
-    for (int i = 0; i < total; i++)
-        tok[i] = (i * 17 + 5) % V;
+    testing_fill_tokens(tok, total, 17, 5, V);
     const size_t n = (size_t)(total - n0 + 1) * V;
-    float *one = malloc(n * 4), *two = malloc(n * 4), *again = malloc(n * 4);
+    float *one = xmalloc(n * 4, "one"), *two = xmalloc(n * 4, "two"), *again = xmalloc(n * 4, "again");
     const int saved = omp_get_max_threads();
     omp_set_num_threads(1);
     paged_logits(&m, 8, 0.0f, 0, tok, n0, total, one);
@@ -676,331 +659,23 @@ START_TEST(test_lesson_workload_is_pinned)
 }
 END_TEST
 
-/* ==== the program ================================================================================ */
-
-static void expect_error(const char *const *args, const char *expect)
-{
-    char prog[4200];
-    program_path(prog, sizeof prog, "05_paged");
-    const char *argv[16] = {prog};
-    for (int i = 0; args[i]; i++)
-        argv[i + 1] = args[i];
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_msg(r.status == 1, "'%s': exit status %d, stderr: %s", expect, r.status, r.err);
-    ck_assert_msg(count_lines(r.err) == 1, "'%s': expected one error line, got: %s", expect, r.err);
-    ck_assert_msg(strstr(r.err, expect), "expected '%s' in: %s", expect, r.err);
-}
-
-START_TEST(test_generate_command_matches_chapter04)
-{
-    char p4[4200], p5[4200];
-    program_path(p4, sizeof p4, "04_kvcache");
-    program_path(p5, sizeof p5, "05_paged");
-    ProcResult want, got;
-    const char *a4[] = {p4, "generate", "--prompt", "3 1 4 1 5 9 2 6", "--max-new", "20", "--device", "cpu", NULL};
-    ck_assert_int_eq(run_program(&want, a4), 0);
-    ck_assert_msg(want.status == 0, "%s", want.err);
-    const char *sizes[] = {"1", "16", "32"};
-    for (int i = 0; i < 3; i++) {
-        const char *a5[] = {p5, "generate", "--prompt", "3 1 4 1 5 9 2 6", "--max-new", "20", "--block-size", sizes[i],
-                            "--shuffle", "7", NULL};
-        ck_assert_int_eq(run_program(&got, a5), 0);
-        ck_assert_msg(got.status == 0, "%s", got.err);
-        ck_assert_str_eq(got.out, want.out);
-    }
-    /* forked sampling: sample i is chapter 04's run with seed 5 + i */
-    const char *a5[] = {p5, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed", "5",
-                        "--n-samples", "3", NULL};
-    ck_assert_int_eq(run_program(&got, a5), 0);
-    ck_assert_msg(got.status == 0 && count_lines(got.out) == 3, "%s %s", got.out, got.err);
-    char *line = strtok(got.out, "\n");
-    for (int i = 0; i < 3; i++, line = strtok(NULL, "\n")) {
-        char seed[8];
-        snprintf(seed, sizeof seed, "%d", 5 + i);
-        const char *b4[] = {p4, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed",
-                            seed, "--device", "cpu", NULL};
-        ck_assert_int_eq(run_program(&want, b4), 0);
-        want.out[strcspn(want.out, "\n")] = 0;
-        ck_assert_msg(line && strcmp(line, want.out) == 0, "sample %d: %s vs %s", i, line, want.out);
-    }
-    expect_error((const char *[]){"generate", "--max-new", "40", "--num-blocks", "2", NULL}, "can never fit");
-    expect_error((const char *[]){"generate", "--block-size", "0", NULL}, "--block-size");
-    expect_error((const char *[]){"generate", "--prompt", "1 5000", NULL}, "ids must be in 0..1023");
-    expect_error((const char *[]){"generate", "--max-new", "2048", NULL}, "exceeds the model's seq_len 2048");
-    expect_error((const char *[]){"generate", "--device", "cuda", NULL}, "generates on the CPU");
-    expect_error((const char *[]){"attn", "--block-size", "x", NULL}, "--block-size expects an integer from 1 to 4096");
-    expect_error((const char *[]){"attn", "--block-size", "--q", NULL}, "--block-size needs a value, got the option");
-    expect_error((const char *[]){"generate", "--prompt", "1", "--prompt-text", "x", NULL},
-                 "--prompt and --prompt-text cannot be given together");
-    expect_error((const char *[]){"generate", "--temperature", "1e-40", NULL}, "below the smallest normal float");
-    expect_error((const char *[]){"verify", "--quick", "--smoke", NULL}, "--quick and --smoke cannot be given together");
-    expect_error((const char *[]){"frobnicate", NULL}, "unknown subcommand");
-}
-END_TEST
-
-/* attn --block-size 4096 on inputs of one key per sequence: each of the B sequences holds a
- * block of 4096 slots, so the pool is 4096x the inputs. B is chosen so that the pool is about
- * twice the memory available: it must be refused before anything is allocated (it was: two
- * pools, K and V, each passing a check against physical memory alone, then the OOM killer), with
- * a message naming the pool, its size, and the block size as the cause; no output is written. */
-START_TEST(test_attn_pool_beyond_memory_is_refused)
-{
-    const size_t avail = mem_budget_bytes(), per_seq = 2 * 4096 * 64 * sizeof(float); /* K and V, Hkv 1, D 64 */
-    if (avail > ((size_t)64 << 30)) { /* the inputs would be avail / 2730: keep the test small */
-        fprintf(stderr, "test_attn_pool_beyond_memory_is_refused: skipped, %zu GiB available\n", avail >> 30);
-        return;
-    }
-    const size_t B = 2 * avail / per_seq + 1;
-    float *x = malloc(B * 64 * sizeof(float));
-    fill_normal(x, B * 64, 5);
-    char q[4200], o[4200], prog[4200];
-    snprintf(q, sizeof q, "%s/q.npy", tmp), snprintf(o, sizeof o, "%s/o.npy", tmp);
-    ck_assert_int_eq(npy_write(q, NPY_F32, 4, (size_t[]){B, 1, 1, 64}, x), 0);
-    free(x);
-    const char *argv[] = {program_path(prog, sizeof prog, "05_paged"), "attn", "--q", q, "--k", q, "--v", q, "--out",
-                          o, "--block-size", "4096", "--device", "cpu", NULL};
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_msg(r.status == 1 && count_lines(r.err) == 1, "status %d: %s", r.status, r.err);
-    ck_assert_msg(strstr(r.err, "the block pool (K and V of"), "%s", r.err);
-    ck_assert_msg(strstr(r.err, "of memory available"), "%s", r.err);
-    ck_assert_msg(strstr(r.err, "--block-size 4096 is larger than S = 1"), "%s", r.err);
-    ck_assert_msg(access(o, F_OK) != 0, "%s was written", o);
-#if !defined(__SANITIZE_ADDRESS__) /* the shadow memory alone is larger */
-    ck_assert_msg(r.max_rss_kib < 512 * 1024, "peaked at %ld KiB", r.max_rss_kib);
-#endif
-}
-END_TEST
-
-START_TEST(test_attn_command_matches_float64)
-{
-    const int shapes[][7] = {{2, 6, 2, 1, 29, 20, 1}, {1, 8, 2, 5, 40, 64, 1}, {2, 9, 3, 3, 100, 7, 0}};
-    char prog[4200], qp[4200], kp[4200], vp[4200], op[4200];
-    program_path(prog, sizeof prog, "05_paged");
-    snprintf(qp, sizeof qp, "%s/q.npy", tmp), snprintf(kp, sizeof kp, "%s/k.npy", tmp);
-    snprintf(vp, sizeof vp, "%s/v.npy", tmp), snprintf(op, sizeof op, "%s/o.npy", tmp);
-    for (int i = 0; i < 3; i++) {
-        const int *x = shapes[i];
-        const size_t nq = (size_t)x[0] * x[1] * x[3] * x[5], nk = (size_t)x[0] * x[2] * x[4] * x[5];
-        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
-        fill_normal(q, nq, 1 + i), fill_normal(k, nk, 2 + i), fill_normal(v, nk, 3 + i);
-        ck_assert_int_eq(npy_write(qp, NPY_F32, 4, (size_t[]){x[0], x[1], x[3], x[5]}, q), 0);
-        ck_assert_int_eq(npy_write(kp, NPY_F32, 4, (size_t[]){x[0], x[2], x[4], x[5]}, k), 0);
-        ck_assert_int_eq(npy_write(vp, NPY_F32, 4, (size_t[]){x[0], x[2], x[4], x[5]}, v), 0);
-        double *want = malloc(nq * sizeof(double));
-        attention_f64(x[0], x[1], x[2], x[3], x[4], x[5], x[6], 1.0 / sqrt((double)x[5]), q, k, v, want);
-        for (int kern = 1; kern <= PAGED_CPU_KERNELS; kern++) {
-            char kn[8];
-            snprintf(kn, sizeof kn, "%d", kern);
-            const char *argv[] = {prog, "attn", "--q", qp, "--k", kp, "--v", vp, "--out", op, "--device", "cpu",
-                                  "--kernel", kn, "--block-size", i == 0 ? "1" : "8", x[6] ? "--causal" : NULL, NULL};
-            ProcResult r;
-            ck_assert_int_eq(run_program(&r, argv), 0);
-            ck_assert_msg(r.status == 0, "%s", r.err);
-            Tensor o;
-            ck_assert_int_eq(npy_read_tensor(op, 4, &o), 0);
-            CompareResult cr = compare_f32_f64("attn through pages", o.data, want, nq, ATOL, RTOL, 5);
-            ck_assert_msg(cr.n_bad == 0, "shape %d kernel %d: %zu off", i, kern, cr.n_bad);
-            tensor_free(&o);
-        }
-        free(want), free(q), free(k), free(v);
-    }
-}
-END_TEST
-
-START_TEST(test_help_and_verify)
-{
-    char prog[4200], line[256];
-    program_path(prog, sizeof prog, "05_paged");
-    const char *subs[] = {"--help", "generate", "attn", "verify", "bench"};
-    for (int i = 0; i < 5; i++) {
-        const char *argv[] = {prog, subs[i], i ? "--help" : NULL, NULL};
-        ProcResult r;
-        ck_assert_int_eq(run_program(&r, argv), 0);
-        ck_assert_msg(r.status == 0 && strstr(r.out, "usage: 05_paged"), "%s --help: %s", subs[i], r.out);
-    }
-    /* under emulation the --smoke grid (lengths up to 17, every block size): the kernels on long
-     * sequences and every block size are tested by test_attention_mixed_batch, this checks the
-     * command */
-    const int small = testing_small();
-    const char *argv[] = {prog, "verify", small ? "--smoke" : "--quick", "--device", "cpu", NULL};
-    ProcResult r;
-    ck_assert_int_eq(run_program(&r, argv), 0);
-    ck_assert_msg(r.status == 0, "verify failed: %s", r.out);
-    int passed = -1, failed = -1;
-    ck_assert_int_eq(sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed), 2);
-    ck_assert_int_gt(passed, small ? 150 : 4 * 200);
-    ck_assert_int_eq(failed, 0);
-}
-END_TEST
-
-/* ==== CUDA (only with a GPU) ====================================================================== */
-
-#if HAVE_CUDA
-/* Both CUDA kernels against the float64 oracle through shuffled tables, every block size: a
- * GQA batch of prefill rows; G = 32 at D = 128 over two partitions of v2 (49.5 KiB of shared
- * memory: the opt-in above 48 KiB); D = 256, the largest head. */
-START_TEST(test_cuda_kernels_against_cpu)
-{
-    const int shapes[][6] = {{8, 2, 64, 3, 300, 2}, {32, 1, 128, 2, 600, 1}, {4, 2, 256, 2, 130, 3}}; /* H Hkv D B S T */
-    for (int si = 0; si < 3; si++) {
-        const int H = shapes[si][0], Hkv = shapes[si][1], D = shapes[si][2], B = shapes[si][3], S = shapes[si][4];
-        const int T = shapes[si][5];
-        const size_t nq = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
-        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *want = malloc(nq * 4), *got = malloc(nq * 4);
-        fill_normal(q, nq, 1 + 10 * (uint64_t)si), fill_normal(k, nk, 2 + 10 * (uint64_t)si);
-        fill_normal(v, nk, 3 + 10 * (uint64_t)si);
-        double *want64 = malloc(nq * sizeof(double));
-        attention_f64(B, H, Hkv, T, S, D, 1, 1.0 / sqrt((double)D), q, k, v, want64);
-        for (size_t i = 0; i < nq; i++)
-            want[i] = (float)want64[i];
-        float *dq = cuda_alloc(nq * 4), *dk = cuda_alloc(nk * 4), *dv = cuda_alloc(nk * 4), *dout = cuda_alloc(nq * 4);
-        cuda_upload(dq, q, nq * 4), cuda_upload(dk, k, nk * 4), cuda_upload(dv, v, nk * 4);
-        for (int bi = 0; bi < 4; bi++) {
-            const int bs = BLOCK_SIZES[bi], per = (S + bs - 1) / bs;
-            int *perm = malloc((size_t)B * per * sizeof(int));
-            for (int i = 0; i < B * per; i++)
-                perm[i] = B * per - 1 - i; /* the blocks in reverse order */
-            for (int kern = 1; kern <= PAGED_CUDA_KERNELS; kern++) {
-                cuda_memset_nan(dout, nq * 4);
-                ck_assert_msg(paged_attention_cuda_bhsd(kern, B, H, Hkv, T, S, D, bs, perm, 1.0f / sqrtf((float)D), 1,
-                                                        dq, dk, dv, dout) == 0,
-                              "%s", error_message());
-                cuda_download(got, dout, nq * 4);
-                ck_assert_msg(compare_f32("cuda paged", got, want, nq, ATOL, RTOL, 5).n_bad == 0,
-                              "H %d Hkv %d D %d: bs %d kernel %d", H, Hkv, D, bs, kern);
-            }
-            free(perm);
-        }
-        cuda_free(dq), cuda_free(dk), cuda_free(dv), cuda_free(dout);
-        free(q), free(k), free(v), free(want), free(got), free(want64);
-    }
-}
-END_TEST
-/* `attn --device cuda`, end to end: .npy files in, the program on the GPU, .npy out, against the
- * float64 oracle, every CUDA version. */
-START_TEST(test_attn_command_on_the_gpu)
-{
-    char prog[4200], err[4096];
-    program_path(prog, sizeof prog, "05_paged");
-    const int shapes[][7] = {{3, 8, 2, 1, 300, 128, 1}, {2, 32, 1, 3, 600, 128, 1}, {1, 4, 2, 9, 40, 256, 0}}; /* B H Hkv T S D causal */
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        const int *x = shapes[si];
-        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
-        float *out = malloc(n * sizeof(float));
-        double *want = malloc(n * sizeof(double));
-        for (int kern = 1; kern <= PAGED_CUDA_KERNELS; kern++) {
-            const int status = testing_attn_command(prog, tmp, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
-                                                    700 + si, out, want, err, sizeof err);
-            ck_assert_msg(status == 0, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern, status, err);
-            ck_assert_msg(compare_f32_f64("attn --device cuda", out, want, n, ATOL, RTOL, 5).n_bad == 0,
-                          "shape %zu kernel %d", si, kern);
-        }
-        free(out), free(want);
-    }
-}
-END_TEST
-
-#endif
-
-/* ==== hostile inputs (common/hostile.h): one error line, exit 1, nothing written ================= */
-
-#define GEN05 "05_paged", "generate", "--device", "cpu", "--checkpoint", "@/model.bin"
-#define ATTN05 "05_paged", "attn", "--q", "@/q.npy", "--k", "@/k.npy", "--v", "@/v.npy"
-static const HostileCase hostile_cases[] = {
-    {.argv = {"05_paged", "generate", "--checkpoint", "@/wrap.bin"}, .expect = "overflows"},
-    {.argv = {"05_paged", "generate", "--checkpoint", "@/fifo"}, .expect = "not a regular file"},
-    {.argv = {GEN05, "--block-size", "0"}, .expect = "--block-size"},
-    {.argv = {GEN05, "--block-size", "-16"}, .expect = "--block-size"},
-    {.argv = {GEN05, "--num-blocks", "1", "--max-new", "40"}, .expect = "can never fit"},
-    {.argv = {GEN05, "--num-blocks", "268435456", "--block-size", "4096"}, .expect = "memory available"},
-    {.argv = {GEN05, "--n-samples", "0"}, .expect = "--n-samples"},
-    {.argv = {GEN05, "--n-samples", "2147483647"}, .expect = "--n-samples"},
-    {.argv = {GEN05, "--temperature", "1e-40"}, .expect = "--temperature"},
-    {.argv = {GEN05, "--temperature", "inf"}, .expect = "--temperature"},
-    {.argv = {GEN05, "--shuffle", "-1"}, .expect = "--shuffle"},
-    {.argv = {GEN05, "--kernel", "9"}, .expect = "--kernel"},
-    {.argv = {GEN05, "--prompt", "1 2x"}, .expect = "--prompt"},
-    {.argv = {GEN05, "--prompt", "1 2", "--tokenizer", "@/tok.bin", "--prompt-text", "hi"},
-     .expect = "--prompt-text"},
-    {.argv = {GEN05, "--tokenizer", "@/tok.bin", "--prompt-text", "<@/long.txt"}, .expect = "seq_len"},
-    {.argv = {GEN05, "--max-new", "4"}, .expect = "standard output", .stdout_to = "/dev/full"},
-    {.argv = {ATTN05, "--out", "@/out.npy", "--block-size", "4097"}, .expect = "--block-size"},
-    {.argv = {ATTN05, "--out", "@/out.npy", "--block-size", "0"}, .expect = "--block-size"},
-    {.argv = {ATTN05, "--out", "@/fifo"}, .expect = "FIFO"},
-    {.argv = {"05_paged", "attn", "--q", "@/qbig.npy", "--k", "@/kbig.npy", "--v", "@/v.npy", "--out", "@/out.npy"},
-     .expect = "overflow"},
-    {.argv = {ATTN05, "--out", "@/out.npy", "--scale", "1e38"}, .expect = "overflow"},
-    {.argv = {"05_paged", "bench", "--out", "@/fifo", "--l", "256", "--repeats", "1"}, .expect = "FIFO"},
-    {.argv = {"05_paged", "bench", "--l", "-1"}, .expect = "--l"},
-};
-
-START_TEST(test_hostile_inputs)
-{
-    hostile_fixtures(tmp);
-    const int n = (int)(sizeof hostile_cases / sizeof hostile_cases[0]);
-    int failed = hostile_run(tmp, hostile_cases, n);
-    ck_assert_msg(failed == 0, "%d hostile cases failed (listed above)", failed);
-}
-END_TEST
-
 /* ==== the suite ================================================================================= */
 
-static Suite *paged_suite(void)
+int main(void)
 {
-    Suite *s = suite_create("05_paged");
-    TCase *tc = tcase_create("against chapter 04");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_logits_and_tokens_equal_chapter04);
-    tcase_add_test(tc, test_placement_and_nan_change_no_bit);
-    tcase_add_test(tc, test_fork_then_diverge_is_exact);
-    tcase_add_test(tc, test_forked_samples_equal_chapter04_seeds);
-    tcase_add_test(tc, test_attention_mixed_batch);
-    tcase_add_test(tc, test_attention_across_partitions);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("allocator");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_allocator_random_operations);
-    tcase_add_test(tc, test_allocator_detects_misuse);
-    tcase_add_test(tc, test_logits_do_not_depend_on_the_thread_count);
-    tcase_add_test(tc, test_pool_offsets_beyond_32_bits);
-    tcase_add_test(tc, test_pool_checked_whole_against_the_budget);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("measurements");
-    tcase_add_test(tc, test_waste_of_a_workload_counted_by_hand);
-    tcase_add_test(tc, test_fork_savings_counted_by_hand);
-    tcase_add_test(tc, test_lesson_workload_is_pinned);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("program");
-    tcase_set_timeout(tc, 300);
-    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
-    tcase_add_test(tc, test_generate_command_matches_chapter04);
-    tcase_add_test(tc, test_attn_command_matches_float64);
-    tcase_add_test(tc, test_attn_pool_beyond_memory_is_refused);
-    tcase_add_test(tc, test_help_and_verify);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("hostile inputs");
-    tcase_set_timeout(tc, 600);
-    tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
-    tcase_add_test(tc, test_hostile_inputs);
-    suite_add_tcase(s, tc);
-
-    if (testing_cuda_cases("05_paged")) { /* asked in a child process: this one must not start CUDA */
-#if HAVE_CUDA
-        tc = tcase_create("cuda");
-        tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, test_cuda_kernels_against_cpu);
-        tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
-        tcase_add_test(tc, test_attn_command_on_the_gpu);
-        suite_add_tcase(s, tc);
-#endif
-    }
-    return s;
+    const TestingCase cases[] = {
+        {.name = "against chapter 04", .timeout_s = 300,
+         .tests = {test_logits_and_tokens_equal_chapter04, test_placement_and_nan_change_no_bit,
+                   test_fork_then_diverge_is_exact, test_forked_samples_equal_chapter04_seeds,
+                   test_attention_mixed_batch, test_attention_across_partitions}},
+        {.name = "allocator", .timeout_s = 300,
+         .tests = {test_allocator_random_operations, test_allocator_detects_misuse,
+                   test_logits_do_not_depend_on_the_thread_count, test_pool_offsets_beyond_32_bits,
+                   test_pool_checked_whole_against_the_budget}},
+        {.name = "measurements",
+         .tests = {test_waste_of_a_workload_counted_by_hand, test_fork_savings_counted_by_hand,
+                   test_lesson_workload_is_pinned}},
+        paged_program_case(), paged_hostile_case(), paged_cuda_case(), /* test_paged_program.c */
+    };
+    return testing_main_cases("05_paged", cases, sizeof cases / sizeof cases[0]);
 }
-
-int main(void) { return testing_main("test_05_paged", paged_suite()); }

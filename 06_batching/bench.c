@@ -22,11 +22,18 @@
 #include "common/tensor.h"
 #include "common/timer.h"
 
-#define BENCH_COLUMNS                                                                                                  \
-    "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\ttpot_p99_ms\tmean_batch\t"  \
-    "preemptions\tmodel"
-
 /* ==== serving runs ================================================================================ */
+
+EngineRequest *engine_skewed_requests(const Model *m, int n, double rate, uint64_t seed)
+{
+    const WorkloadSpec w = {.n = n, .rate = rate, .kind = WORKLOAD_SKEWED, .prompt_median = ENGINE_PROMPT_MEDIAN,
+                            .out_median = ENGINE_OUT_MEDIAN, .seq_len = m->c.seq_len, .vocab = m->c.vocab_size,
+                            .seed = seed};
+    EngineRequest *reqs;
+    if (engine_make_workload(&w, &reqs) != 0)
+        die_with_error();
+    return reqs;
+}
 
 EngineMetrics engine_serve_once(const Model *m, const EngineRequest *reqs, int n, EnginePolicy policy, int max_batch,
                                 int num_blocks, int keep_log, int cuda)
@@ -55,11 +62,7 @@ void engine_rate_sweep(const Model *m, Tsv *tsv, const double *rates, int n_rate
                        EngineMetrics *res)
 {
     for (int ri = 0; ri < n_rates; ri++) {
-        const WorkloadSpec w = {.n = n_req, .rate = rates[ri], .kind = WORKLOAD_SKEWED, .prompt_median = 24,
-                                .out_median = 48, .seq_len = m->c.seq_len, .vocab = m->c.vocab_size, .seed = 7};
-        EngineRequest *reqs;
-        if (engine_make_workload(&w, &reqs) != 0)
-            die_with_error();
+        EngineRequest *reqs = engine_skewed_requests(m, n_req, rates[ri], 7);
         for (int p = 0; p < 2; p++) {
             bench_progress("rate %.0f/s, %s ...", rates[ri], p ? "continuous" : "static");
             res[p * n_rates + ri] =
@@ -164,8 +167,7 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
          .help = "requests per point of the rate sweep (default 96)", .min = 4, .max = 1 << 20},
         OPTION_DEVICE(&a->device, "auto: the CPU, and batch scaling on the GPU too when there is one"),
     };
-    ArgCommand cmd = {
-        .name = ENGINE_PROG " bench", .usage = "[options]",
+    args_parse_or_exit(&(const ArgCommand){
         .summary =
             "(1) The rate sweep: skewed workloads (lognormal lengths, medians 24 prompt and 48 output\n"
             "tokens) at 4, 16, 64 and 256 requests per second, static and continuous batching, max-batch 32.\n"
@@ -178,8 +180,8 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
             "(default: the file named by the environment variable CHECKPOINT, when it is set and not empty).\n"
             "Columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms\n"
             "tpot_p99_ms mean_batch preemptions model.",
-        .specs = specs, .n_specs = (int)(sizeof specs / sizeof specs[0])};
-    args_parse_or_exit(&cmd, argc, argv);
+        .name = ENGINE_PROG " bench", .usage = "[options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
+        argc, argv);
     if (strcmp(a->device, "cuda") == 0 && a->checkpoint) { /* --device cuda times the GPU rows only */
         if (a->checkpoint_given)
             die("--checkpoint is timed on the CPU, and --device cuda runs the GPU rows only: give --device auto to "
@@ -205,7 +207,7 @@ int engine_cmd_bench(int argc, char **argv)
         program_load_model(a.checkpoint, &cm);
     program_load_model(NULL, &m);
     BenchSession b; /* rows go to temporary files renamed into place at the end: --out and the .dat */
-    bench_begin(&b, ENGINE_PROG, a.device, a.out, BENCH_COLUMNS);
+    bench_begin(&b, ENGINE_PROG, a.device, a.out, ENGINE_BENCH_COLUMNS);
     const double rates[] = {4, 16, 64, 256};
     EngineMetrics sweep[8];
     if (b.use_cpu)

@@ -16,13 +16,26 @@ int engine_cmd_gen_requests(int argc, char **argv); /* gen-requests: a seeded wo
 int engine_cmd_verify(int argc, char **argv);       /* verify: the engine against chapter 05 alone (verify.c) */
 int engine_cmd_bench(int argc, char **argv);        /* bench: the rate sweep, batch scaling, chapters (bench.c) */
 
+/* The columns of the bench's rows, and of the lesson's rate sweep (engine_rate_sweep's rows). */
+#define ENGINE_BENCH_COLUMNS                                                                                           \
+    "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\ttpot_p99_ms\tmean_batch\t"  \
+    "preemptions\tmodel"
+
+/* The workload of the lesson and of the bench's rate sweep: n requests with skewed lengths
+ * (lognormal, medians ENGINE_PROMPT_MEDIAN prompt and ENGINE_OUT_MEDIAN output tokens, clipped to
+ * m's seq_len, prompt ids over its vocabulary) arriving at `rate` per second (0: all at once),
+ * drawn with `seed`. Dies on an error; engine_free_requests(reqs, n) frees them. */
+#define ENGINE_PROMPT_MEDIAN 24
+#define ENGINE_OUT_MEDIAN 48
+EngineRequest *engine_skewed_requests(const Model *m, int n, double rate, uint64_t seed);
+
 /* The metrics of reqs served with the default options but these (cuda: the forward on the GPU);
  * dies on an error. keep_log: the metrics keep the iteration log (engine_free_metrics). */
 EngineMetrics engine_serve_once(const Model *m, const EngineRequest *reqs, int n, EnginePolicy policy, int max_batch,
                                 int num_blocks, int keep_log, int cuda);
 
-/* Throughput and latency against the arrival rate, both policies: skewed workloads of n_req
- * requests (medians 24 prompt and 48 output tokens, seed 7) at each of the n_rates rates.
+/* Throughput and latency against the arrival rate, both policies: engine_skewed_requests of n_req
+ * requests (seed 7) at each of the n_rates rates.
  * res (2 * n_rates): static at res[ri], continuous at res[n_rates + ri]. With a tsv, one row per
  * point, all static rows first (so that a plot joins each policy's points). */
 void engine_rate_sweep(const Model *m, Tsv *tsv, const double *rates, int n_rates, int n_req, int max_batch,

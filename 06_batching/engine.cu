@@ -9,8 +9,10 @@
  * decisions are valid on both sides.
  *
  *   products: a tiled matrix product of its own over the whole [rows, dim] batch (below)
- *   embedding, RMSNorm, residual adds, SwiGLU: the model's own kernels (common/model_cuda.h)
- *   RoPE: each row at its own position (below); K/V rows written through the tables (below)
+ *   the rest of each layer, the embedding and the final norm: the model's own pieces
+ *   (common/model_cuda.h: model_cuda_layer_qkv and model_cuda_layer_out, run with that product;
+ *   RoPE with each row at its own position, model_cuda_rope_at); K/V rows written through the
+ *   tables (below)
  *   attention: chapter 05's paged kernel v2 over the mixed batch of prefill chunks and decodes
  *
  * Batch invariance on the GPU: a row's bits must not depend on the other rows of the batch, or a
@@ -39,31 +41,12 @@
 #include "common/tensor.h"
 
 struct EngineGpu {
-    const Model *m;
-    float *w;                  /* the weights, same offsets as m->data */
-    float *pool_k, *pool_v;    /* (L, Hkv, num_blocks, bs, D) */
+    ModelCuda mc;           /* the weights and the activations of up to max_rows rows (common/model_cuda.h) */
+    float *pool_k, *pool_v; /* (L, Hkv, num_blocks, bs, D) */
     int num_blocks, bs, max_rows, max_seqs, max_blocks;
-    float *x, *xb, *q, *att, *k, *v, *h1, *h3, *logits; /* activations of up to max_rows rows */
-    int *tokens, *pos, *row_seq, *q_start, *lens, *tables, *out_rows;
+    float *logits;          /* (max_seqs, vocab) */
+    int *pos, *row_seq, *q_start, *lens, *tables, *out_rows;
 };
-
-static float *dev(const EngineGpu *g, const float *host) { return g->w + (host - g->m->data); }
-
-/* RoPE on x (n, heads * D), row r at position pos[r]: a thread per (row, head, pair) */
-__global__ void eng_rope_rows(float *x, const int *pos, int n, int heads, int D)
-{
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int pairs = D / 2;
-    if (i >= (size_t)n * heads * pairs)
-        return;
-    const int p = (int)(i % pairs), r = (int)(i / ((size_t)heads * pairs));
-    float *v = x + (i / pairs) * D + 2 * p;
-    const float freq = 1.0f / powf(10000.0f, (float)(2 * p) / (float)D);
-    const float val = (float)pos[r] * freq, fcr = cosf(val), fci = sinf(val);
-    const float v0 = v[0], v1 = v[1];
-    v[0] = v0 * fcr - v1 * fci;
-    v[1] = v0 * fci + v1 * fcr;
-}
 
 /* rows (n, Hkv * D) of one layer into the pool through the tables: row r belongs to sequence
  * row_seq[r] at position pos[r]; pool (Hkv, num_blocks, bs, D) is that layer's slice. */
@@ -140,11 +123,10 @@ extern "C" void engine_gpu_free(EngineGpu *g)
 {
     if (!g)
         return;
-    cuda_free(g->w), cuda_free(g->pool_k), cuda_free(g->pool_v);
-    float *acts[] = {g->x, g->xb, g->q, g->att, g->k, g->v, g->h1, g->h3, g->logits};
-    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
-        cuda_free(acts[i]);
-    int *ints[] = {g->tokens, g->pos, g->row_seq, g->q_start, g->lens, g->tables, g->out_rows};
+    if (g->mc.m)
+        model_cuda_free(&g->mc);
+    cuda_free(g->pool_k), cuda_free(g->pool_v), cuda_free(g->logits);
+    int *ints[] = {g->pos, g->row_seq, g->q_start, g->lens, g->tables, g->out_rows};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         cuda_free(ints[i]);
     free(g);
@@ -153,30 +135,27 @@ extern "C" void engine_gpu_free(EngineGpu *g)
 extern "C" EngineGpu *engine_gpu_create(const Model *m, int num_blocks, int block_size, int max_rows, int max_seqs)
 {
     const ModelConfig *c = &m->c;
-    const int D = model_head_size(c), qd = c->n_heads * D, kvd = c->n_kv_heads * D;
     EngineGpu *g = (EngineGpu *)calloc(1, sizeof(EngineGpu));
     if (!g) {
         error_set("out of memory for the GPU forward's state");
         return NULL;
     }
-    g->m = m, g->num_blocks = num_blocks, g->bs = block_size, g->max_rows = max_rows, g->max_seqs = max_seqs;
+    g->num_blocks = num_blocks, g->bs = block_size, g->max_rows = max_rows, g->max_seqs = max_seqs;
     g->max_blocks = (c->seq_len + block_size - 1) / block_size;
-    const size_t pool = (size_t)c->n_layers * c->n_kv_heads * num_blocks * block_size * D, R = (size_t)max_rows;
-    g->w = (float *)cuda_try_alloc(m->n_floats * sizeof(float), "model weights");
-    g->pool_k = g->w ? (float *)cuda_try_alloc(pool * sizeof(float), "the K pool") : NULL;
+    const size_t pool = (size_t)c->n_layers * c->n_kv_heads * num_blocks * block_size * model_head_size(c);
+    if (model_cuda_create(&g->mc, m, max_rows) != 0) { /* the weights, uploaded, and the activations */
+        free(g);
+        return NULL;
+    }
+    g->pool_k = (float *)cuda_try_alloc(pool * sizeof(float), "the K pool");
     g->pool_v = g->pool_k ? (float *)cuda_try_alloc(pool * sizeof(float), "the V pool") : NULL;
     if (!g->pool_v) {
         engine_gpu_free(g);
         return NULL;
     }
-    cuda_upload(g->w, m->data, m->n_floats * sizeof(float));
-    g->x = (float *)cuda_alloc(R * c->dim * sizeof(float)), g->xb = (float *)cuda_alloc(R * c->dim * sizeof(float));
-    g->q = (float *)cuda_alloc(R * qd * sizeof(float)), g->att = (float *)cuda_alloc(R * qd * sizeof(float));
-    g->k = (float *)cuda_alloc(R * kvd * sizeof(float)), g->v = (float *)cuda_alloc(R * kvd * sizeof(float));
-    g->h1 = (float *)cuda_alloc(R * c->hidden_dim * sizeof(float));
-    g->h3 = (float *)cuda_alloc(R * c->hidden_dim * sizeof(float));
+    const size_t R = (size_t)max_rows;
     g->logits = (float *)cuda_alloc((size_t)max_seqs * c->vocab_size * sizeof(float));
-    g->tokens = (int *)cuda_alloc(R * sizeof(int)), g->pos = (int *)cuda_alloc(R * sizeof(int));
+    g->pos = (int *)cuda_alloc(R * sizeof(int));
     g->row_seq = (int *)cuda_alloc(R * sizeof(int)), g->out_rows = (int *)cuda_alloc((size_t)max_seqs * sizeof(int));
     g->q_start = (int *)cuda_alloc(((size_t)max_seqs + 1) * sizeof(int));
     g->lens = (int *)cuda_alloc((size_t)max_seqs * sizeof(int));
@@ -194,10 +173,10 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
                                   const int *q_start, const int *lens, const int *tables, int n_out,
                                   const int *out_rows, float *logits)
 {
-    const ModelConfig *c = &g->m->c;
-    const ModelWeights *w = &g->m->w;
-    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = model_head_size(c), hid = c->hidden_dim;
-    const int qd = H * D, kvd = Hkv * D;
+    ModelCuda *mc = &g->mc;
+    const ModelConfig *c = &mc->m->c;
+    const ModelWeights *w = &mc->m->w;
+    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = model_head_size(c), kvd = Hkv * D;
     if (n > g->max_rows || n_seq > g->max_seqs || n_out > g->max_seqs)
         return error_set("GPU forward: %d rows of %d sequences exceed the buffers (%d rows, %d sequences)", n, n_seq,
                          g->max_rows, g->max_seqs);
@@ -209,7 +188,7 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
             row_seq[r] = i;
         max_len = lens[i] > max_len ? lens[i] : max_len;
     }
-    cuda_upload(g->tokens, tokens, (size_t)n * sizeof(int)), cuda_upload(g->pos, pos, (size_t)n * sizeof(int));
+    cuda_upload(mc->tokens, tokens, (size_t)n * sizeof(int)), cuda_upload(g->pos, pos, (size_t)n * sizeof(int));
     cuda_upload(g->row_seq, row_seq, (size_t)n * sizeof(int));
     cuda_upload(g->q_start, q_start, ((size_t)n_seq + 1) * sizeof(int));
     cuda_upload(g->lens, lens, (size_t)n_seq * sizeof(int));
@@ -217,38 +196,28 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
     cuda_upload(g->out_rows, out_rows, (size_t)n_out * sizeof(int));
     mem_free(row_seq);
     const size_t layer_pool = (size_t)Hkv * g->num_blocks * g->bs * D;
-    model_cuda_embed(dev(g, w->token_embedding), g->tokens, g->x, n, dim);
+    model_cuda_embed(model_cuda_weight(mc, w->token_embedding), mc->tokens, mc->x, n, dim);
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
-        model_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_att + (size_t)l * dim), n, dim);
-        eng_linear(g->q, g->xb, dev(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
-        eng_linear(g->k, g->xb, dev(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
-        eng_linear(g->v, g->xb, dev(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
-        LAUNCH(eng_rope_rows, (size_t)n * H * (D / 2), g->q, g->pos, n, H, D);
-        LAUNCH(eng_rope_rows, (size_t)n * Hkv * (D / 2), g->k, g->pos, n, Hkv, D);
+        model_cuda_layer_qkv(mc, l, n, eng_linear); /* the model's layer, with this forward's product */
+        model_cuda_rope_at(mc->q, g->pos, n, H, D); /* each row at its own position */
+        model_cuda_rope_at(mc->k, g->pos, n, Hkv, D);
         float *pk = g->pool_k + l * layer_pool, *pv = g->pool_v + l * layer_pool;
-        LAUNCH(eng_write_kv, (size_t)n * kvd, g->k, pk, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, D, g->bs,
-               g->num_blocks);
-        LAUNCH(eng_write_kv, (size_t)n * kvd, g->v, pv, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, D, g->bs,
-               g->num_blocks);
+        LAUNCH(eng_write_kv, (size_t)n * kvd, mc->k, pk, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, D,
+               g->bs, g->num_blocks);
+        LAUNCH(eng_write_kv, (size_t)n * kvd, mc->v, pv, g->row_seq, g->pos, g->tables, g->max_blocks, n, Hkv, D,
+               g->bs, g->num_blocks);
         PagedCudaBatch b = {.k = pk, .v = pv, .num_blocks = g->num_blocks, .Hkv = Hkv, .bs = g->bs, .D = D,
                             .tables = g->tables, .lens = g->lens, .q_start = g->q_start, .row_seq = g->row_seq,
                             .n_seq = n_seq, .max_blocks = g->max_blocks, .rows = n, .max_len = max_len};
-        rc = paged_attention_cuda(2, &b, H, 1.0f / sqrtf((float)D), 1, g->q, g->att);
-        eng_linear(g->xb, g->att, dev(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
-        model_cuda_add(g->x, g->xb, (size_t)n * dim);
-        model_cuda_rmsnorm(g->xb, g->x, dev(g, w->rms_ffn + (size_t)l * dim), n, dim);
-        eng_linear(g->h1, g->xb, dev(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
-        eng_linear(g->h3, g->xb, dev(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
-        model_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
-        eng_linear(g->xb, g->h1, dev(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
-        model_cuda_add(g->x, g->xb, (size_t)n * dim);
+        rc = paged_attention_cuda(2, &b, H, 1.0f / sqrtf((float)D), 1, mc->q, mc->att);
+        model_cuda_layer_out(mc, l, n, eng_linear);
     }
     if (rc != 0 || n_out == 0)
         return rc;
-    LAUNCH(eng_gather_rows, (size_t)n_out * dim, g->x, g->att, g->out_rows, n_out, dim); /* att (rows, dim) is free */
-    model_cuda_rmsnorm(g->xb, g->att, dev(g, w->rms_final), n_out, dim);
-    eng_linear(g->logits, g->xb, dev(g, w->wcls), n_out, c->vocab_size, dim);
+    LAUNCH(eng_gather_rows, (size_t)n_out * dim, mc->x, mc->att, g->out_rows, n_out, dim); /* att (rows, dim) is free */
+    model_cuda_rmsnorm(mc->xb, mc->att, model_cuda_weight(mc, w->rms_final), n_out, dim);
+    eng_linear(g->logits, mc->xb, model_cuda_weight(mc, w->wcls), n_out, c->vocab_size, dim);
     cuda_download(logits, g->logits, (size_t)n_out * c->vocab_size * sizeof(float));
     return 0;
 }

@@ -55,13 +55,9 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
          .help = "tokens per KV block (default 16)", .min = 1, .max = 4096},
         {.name = "num-blocks", .kind = ARG_INT, .dest = &o->num_blocks, .metavar = "N",
          .help = "blocks in the pool (default: max-batch sequences of seq_len tokens)", .min = 1, .max = 1 << 28},
-        {.name = "temperature", .kind = ARG_DOUBLE, .dest = &temperature, .metavar = "T",
-         .help = "0 = greedy (default); >= 1.2e-38 samples, request i with seed S + i", .min = 0, .max = 100},
-        {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "S", .help = "sampling seed (default 42)", .min = 0,
-         .max = 2147483647},
-        {.name = "shuffle", .kind = ARG_INT, .dest = &shuffle, .metavar = "S",
-         .help = "hand out blocks in an order shuffled with seed S (default 0: in order)", .min = 0,
-         .max = 2147483647},
+        OPTION_TEMPERATURE(&temperature, "0 = greedy (default); >= 1.2e-38 samples, request i with seed S + i"),
+        OPTION_SEED(&seed),
+        OPTION_SHUFFLE(&shuffle, "hand out blocks in an order shuffled with seed S (default 0: in order)"),
         {.name = "kernel", .kind = ARG_INT, .dest = &o->kernel, .metavar = "N",
          .help = "chapter 05's CPU attention kernel: 1 = ref, 2 = fast (default)", .min = 1, .max = PAGED_CPU_KERNELS},
         {.name = "metrics", .kind = ARG_STRING, .dest = &a->metrics_path, .metavar = "FILE",
@@ -71,8 +67,7 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
         OPTION_DEVICE(&a->device,
                       "where the forward runs (default auto: the GPU if there is one; the scheduler is on the CPU)"),
     };
-    ArgCommand cmd = {
-        .name = ENGINE_PROG " serve", .usage = "--requests R.txt [options]",
+    args_parse_or_exit(&(const ArgCommand){
         .summary =
             "Serves every request of the file with the engine and prints, in input order, one line per\n"
             "request: '<index>: <generated ids>', or '<index>: rejected: <reason>' for a request that can\n"
@@ -85,8 +80,8 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
             "'<index>: <generated text>' with newlines written as \\n, and a request ends at BOS or EOS; a\n"
             "text too long for seq_len by its length alone is rejected on its line, never encoded.\n"
             "A malformed line (or a NUL byte) rejects the whole file, naming the line, before serving.",
-        .specs = specs, .n_specs = (int)(sizeof specs / sizeof specs[0])};
-    args_parse_or_exit(&cmd, argc, argv);
+        .name = ENGINE_PROG " serve", .usage = "--requests R.txt [options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
+        argc, argv);
     if (device_resolve(a->device, &a->dev) != 0 || engine_policy_parse(a->policy, &o->policy) != 0 ||
         model_check_temperature(temperature) != 0)
         die_with_error();
@@ -240,12 +235,12 @@ int engine_cmd_gen_requests(int argc, char **argv)
         {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "S", .help = "(default 1)", .min = 0,
          .max = 2147483647},
     };
-    ArgCommand cmd = {.name = ENGINE_PROG " gen-requests", .usage = "--out R.txt [options]",
-                      .summary = "Writes a seeded workload for 'serve': Poisson arrivals, prompt and output lengths "
-                                 "from the\nchosen distribution (clipped so that prompt + output fits the built-in "
-                                 "model's seq_len 2048),\nprompt ids uniform over its vocabulary of 1024.",
-                      .specs = specs, .n_specs = (int)(sizeof specs / sizeof specs[0])};
-    args_parse_or_exit(&cmd, argc, argv);
+    args_parse_or_exit(&(const ArgCommand){
+        .summary = "Writes a seeded workload for 'serve': Poisson arrivals, prompt and output lengths from the\n"
+                   "chosen distribution (clipped so that prompt + output fits the built-in model's seq_len 2048),\n"
+                   "prompt ids uniform over its vocabulary of 1024.",
+        .name = ENGINE_PROG " gen-requests", .usage = "--out R.txt [options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
+        argc, argv);
     w.kind = strcmp(kind, "uniform") == 0 ? WORKLOAD_UNIFORM : WORKLOAD_SKEWED;
     w.seed = (uint64_t)seed;
     EngineRequest *reqs;

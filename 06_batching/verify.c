@@ -179,8 +179,7 @@ static void verify_parse(VerifyArgs *a, int argc, char **argv)
          .help = "--quick with 10 requests, not 24 (for valgrind)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &a->verbose, .help = "print passing cases too"},
     };
-    ArgCommand cmd = {
-        .name = ENGINE_PROG " verify", .usage = "[options]",
+    args_parse_or_exit(&(const ArgCommand){
         .summary = "Serves built-in workloads (a small random model; skewed lengths; requests arriving together\n"
                    "and over time; one that can never fit) under continuous and static batching, max-batch 1, 4\n"
                    "and 32, a small token budget (chunked prefill), a tight pool (preemption), shuffled blocks\n"
@@ -188,8 +187,8 @@ static void verify_parse(VerifyArgs *a, int argc, char **argv)
                    "paged_generate run on it alone. On the GPU (its own batch-invariant arithmetic): against the\n"
                    "request served alone on the GPU, and that, greedy, against chapter 05 on the CPU up to\n"
                    "near-ties. Ends with 'N passed, N failed'.",
-        .specs = specs, .n_specs = (int)(sizeof specs / sizeof specs[0])};
-    args_parse_or_exit(&cmd, argc, argv);
+        .name = ENGINE_PROG " verify", .usage = "[options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
+        argc, argv);
     a->quick |= a->smoke;
     char why[256];
     const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why);

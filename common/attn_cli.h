@@ -40,8 +40,8 @@ typedef struct {
 void attn_args_parse(AttnArgs *a, const char *prog, const char *summary, int argc, char **argv);
 
 typedef enum {
-    ATTN_HEADS_EQUAL,  /* chapter 01: Hkv must equal H */
-    ATTN_HEADS_DIVIDE  /* chapters 02+: H must be a multiple of Hkv */
+    ATTN_HEADS_DIVIDE, /* chapters 02+: H must be a multiple of Hkv */
+    ATTN_HEADS_EQUAL   /* chapter 01: Hkv must equal H */
 } AttnHeadRule;
 
 typedef struct {

@@ -9,6 +9,7 @@
 #include "compare.h"
 #include "error.h"
 #include "fileio.h"
+#include "program.h"
 #include "rng.h"
 #if HAVE_CUDA
 #include "cuda_utils.h"
@@ -121,12 +122,12 @@ AttnTiming attn_time(const AttnImpls *im, Device dev, int kernel, const AttnDims
 
 /* ==== attn ====================================================================================== */
 
-int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv)
+int attn_command(const AttnImpls *im, int argc, char **argv)
 {
     AttnArgs a;
     AttnInputs in;
     Device dev;
-    attn_args_parse(&a, im->prog, summary, argc, argv);
+    attn_args_parse(&a, im->prog, im->attn_help, argc, argv);
     if (device_resolve(a.device, &dev) != 0)
         die_with_error();
     if (a.kernel > attn_impl_count(im, dev))
@@ -226,6 +227,16 @@ AttnFp16Check attn_check_fp16(const float *out, const float *ref, const float *n
 
 /* ==== verify ==================================================================================== */
 
+int attn_verify_devices(const char *device, int have_gpu, Device devs[2])
+{
+    int n = 0;
+    if (strcmp(device, "cuda") != 0)
+        devs[n++] = DEVICE_CPU;
+    if (have_gpu && strcmp(device, "cpu") != 0)
+        devs[n++] = DEVICE_CUDA;
+    return n;
+}
+
 /* Small integers for q and k, so that every logit is an exact integer whatever the order of the
  * sum: about +-1e4 (extreme = 1), or all about -1e4 (extreme = 2). */
 static void extreme_logits(Tensor *q, Tensor *k, int extreme, Rng *rng)
@@ -252,11 +263,9 @@ void attn_verify_case(VerifyTally *tally, const AttnImpls *im, const char *devic
     if (im->ref(im->ctx, 1, d, q.data, k.data, v.data, ref) != 0)
         die_with_error();
     const char *what = extreme == 1 ? " logits~+-1e4" : extreme == 2 ? " logits~-1e4" : "";
-    for (int di = 0; di < 2; di++) {
-        Device dev = di ? DEVICE_CUDA : DEVICE_CPU;
-        if ((dev == DEVICE_CUDA && (!have_gpu || strcmp(device, "cpu") == 0)) ||
-            (dev == DEVICE_CPU && strcmp(device, "cuda") == 0))
-            continue;
+    Device devs[2];
+    for (int di = 0, n_devs = attn_verify_devices(device, have_gpu, devs); di < n_devs; di++) {
+        const Device dev = devs[di];
         for (int kern = 1; kern <= attn_impl_count(im, dev); kern++) {
             if ((only_kernel && kern != only_kernel) || (dev == DEVICE_CPU && kern == 1 && im->ref_is_cpu1))
                 continue; /* the reference itself */
@@ -317,22 +326,39 @@ void attn_verify_grid(VerifyTally *tally, const AttnImpls *im, const char *devic
         }
 }
 
-int attn_verify_command(const AttnImpls *im, int argc, char **argv)
+void attn_verify_parse(AttnVerifyArgs *a, const AttnImpls *im, const char *summary, int argc, char **argv)
 {
-    const char *device = "auto";
-    int kernel = 0, quick = 0, smoke = 0, verbose = 0;
-    char name[96], summary[1024];
+    int smoke = 0;
+    char name[96];
+    *a = (AttnVerifyArgs){.device = "auto"};
     ArgSpec specs[] = {
-        {.name = "device", .kind = ARG_CHOICE, .dest = &device, .choices = DEVICE_CHOICES,
-         .help = "auto: CPU versions, and CUDA versions when a GPU is present"},
-        {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N", .help = "check only version N",
+        OPTION_DEVICE(&a->device, "auto: CPU versions, and CUDA versions when a GPU is present"),
+        {.name = "kernel", .kind = ARG_INT, .dest = &a->kernel, .metavar = "N", .help = "check only version N",
          .min = 1, .max = 9},
-        {.name = "quick", .kind = ARG_FLAG, .dest = &quick, .help = "lengths up to 129 only (for sanitizers)"},
+        {.name = "quick", .kind = ARG_FLAG, .dest = &a->quick, .help = "lengths up to 129 only (for sanitizers)"},
         {.name = "smoke", .kind = ARG_FLAG, .dest = &smoke, .help = "lengths up to 17 only (for valgrind)",
          .conflicts = "quick"},
-        {.name = "verbose", .kind = ARG_FLAG, .dest = &verbose, .help = "print passing cases too"},
+        {.name = "verbose", .kind = ARG_FLAG, .dest = &a->verbose, .help = "print passing cases too"},
     };
     snprintf(name, sizeof name, "%s verify", im->prog);
+    const ArgCommand cmd = {.name = name, .usage = "[options]", .summary = summary, .specs = specs,
+                            .n_specs = ARRAY_COUNT(specs)};
+    args_parse_or_exit(&cmd, argc, argv);
+    a->quick = smoke ? 2 : a->quick;
+    const int n_max = im->n_cpu > im->n_cuda ? im->n_cpu : im->n_cuda;
+    if (a->kernel > n_max)
+        die("--kernel %d: %s has kernels 1..%d", a->kernel, im->prog, n_max);
+    char why[256];
+    a->have_gpu = device_cuda_available(why, sizeof why) && im->cuda;
+    if (strcmp(a->device, "cuda") == 0 && !a->have_gpu)
+        die("--device cuda: no usable GPU: %s", why);
+    if (!a->have_gpu && strcmp(a->device, "cpu") != 0)
+        printf("CUDA versions skipped: %s\n", why);
+}
+
+int attn_verify_command(const AttnImpls *im, int argc, char **argv)
+{
+    char summary[1024];
     snprintf(summary, sizeof summary,
              "Checks every attention version of %s against its reference on the shape grid of\n"
              "docs/contracts.md §4.2: T, S in {1, 2, 17, 63, 64, 65, 127, 128, 129, 257, 1023}, D in {32, 64, 80, 128},\n"
@@ -342,21 +368,10 @@ int attn_verify_command(const AttnImpls *im, int argc, char **argv)
              im->cuda_fp16 ? "; versions that compute in fp16 (tensor\ncores): an error at most 2x that of naive "
                              "attention in fp16, and NMSE <= 5e-4"
                            : "");
-    ArgCommand cmd = {name, "[options]", summary, specs, 5};
-    args_parse_or_exit(&cmd, argc, argv);
-    int n_max = im->n_cpu > im->n_cuda ? im->n_cpu : im->n_cuda;
-    if (kernel > n_max)
-        die("--kernel %d: %s has kernels 1..%d", kernel, im->prog, n_max);
-
-    char why[256];
-    int have_gpu = device_cuda_available(why, sizeof why) && im->cuda;
-    if (strcmp(device, "cuda") == 0 && !have_gpu)
-        die("--device cuda: no usable GPU: %s", why);
-    if (!have_gpu && strcmp(device, "cpu") != 0)
-        printf("CUDA versions skipped: %s\n", why);
-
-    VerifyTally tally = {0, 0, verbose};
+    AttnVerifyArgs a;
+    attn_verify_parse(&a, im, summary, argc, argv);
+    VerifyTally tally = {.passed = 0, .failed = 0, .verbose = a.verbose};
     uint64_t seed = 1;
-    attn_verify_grid(&tally, im, device, kernel, have_gpu, smoke ? 2 : quick, &seed);
+    attn_verify_grid(&tally, im, a.device, a.kernel, a.have_gpu, a.quick, &seed);
     return verify_finish(&tally);
 }

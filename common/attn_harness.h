@@ -6,6 +6,9 @@
  *   attn_command      the `attn` subcommand of docs/contracts.md §1.3, end to end
  *   attn_verify_command  the `verify` subcommand: every version against the chapter's reference
  *                     on the grid of docs/contracts.md §4.2, ending with "N passed, N failed"
+ *                     (attn_verify_parse and attn_verify_grid: its pieces, for a chapter that
+ *                     adds cases of its own, as chapter 05 does)
+ *   ATTN_ENTRY        a chapter's entry point with the harness's arguments, in one line
  *   attn_run_host     one call with host buffers on either device (copies to and from the GPU)
  *   attn_time         a timed call with the inputs already on the device
  *
@@ -43,21 +46,48 @@ typedef const char *(*AttnNameFn)(int kernel);
 typedef int (*AttnFp16Fn)(int kernel);
 
 typedef struct {
-    const char *prog;     /* "01_mha": names in messages */
-    AttnFn ref;           /* the reference every version is checked against (called with kernel 1) */
-    int ref_is_cpu1;      /* 1: ref is this chapter's own CPU kernel 1, which verify then skips */
-    AttnFn cpu;           /* CPU versions */
+    const char *prog;      /* "01_mha": names in messages */
+    AttnFn ref;            /* the reference every version is checked against (called with kernel 1) */
+    int ref_is_cpu1;       /* 1: ref is this chapter's own CPU kernel 1, which verify then skips */
+    AttnFn cpu;            /* CPU versions */
     AttnNameFn cpu_name;
     int n_cpu;
-    AttnFn cuda;          /* CUDA versions; NULL in a build without CUDA */
+    AttnFn cuda;           /* CUDA versions; NULL in a build without CUDA (ATTN_IF_CUDA) */
     AttnNameFn cuda_name;
     int n_cuda;
-    AttnHeadRule heads;   /* which H:Hkv the chapter accepts */
-    const char *label;    /* NULL, or words added to every verify line (chapter 05: "bs=16") */
-    AttnFp16Fn cuda_fp16; /* NULL: every CUDA version computes in fp32 */
-    void *ctx;            /* passed to ref, cpu and cuda as they run: the chapter's options (chapter
-                             05: the block size and the order of the pool), NULL for most */
+    AttnFp16Fn cuda_fp16;  /* NULL: every CUDA version computes in fp32 */
+    AttnHeadRule heads;    /* which H:Hkv the chapter accepts; the default: H a multiple of Hkv */
+    const char *attn_help; /* the `attn` subcommand's --help paragraph */
+    const char *label;     /* NULL, or words added to every verify line (chapter 05: "bs=16") */
+    void *ctx;             /* passed to ref, cpu and cuda as they run: the chapter's options (chapter
+                              05: the block size and the order of the pool), NULL for most */
 } AttnImpls;
+
+/* The CUDA fields of a table, which a build without CUDA leaves out (its entry points and names
+ * do not exist there): ATTN_IF_CUDA(.cuda = run_cuda, .cuda_name = ..., .n_cuda = ...). */
+#if HAVE_CUDA
+#define ATTN_IF_CUDA(...) __VA_ARGS__
+#else
+#define ATTN_IF_CUDA(...) .cuda = NULL
+#endif
+
+/* The AttnFn of a chapter whose versions take its own shape struct (chapters 01-03):
+ *     static ATTN_ENTRY(run_cpu, MhaShape, mha_shape, mha_attention_cpu(kernel, &s, q, k, v, out))
+ * defines run_cpu(void *ctx, int kernel, const AttnDims *d, q, k, v, out), which sets
+ * `const MhaShape s = mha_shape(d);` and returns the call; ctx is not used. ATTN_CUDA_ENTRY
+ * defines a static one in a build with CUDA, nothing without. */
+#define ATTN_ENTRY(name, Shape, to_shape, call)                                                                  \
+    int name(void *ctx, int kernel, const AttnDims *d, const float *q, const float *k, const float *v, float *out) \
+    {                                                                                                            \
+        const Shape s = to_shape(d);                                                                             \
+        (void)ctx;                                                                                               \
+        return call;                                                                                             \
+    }
+#if HAVE_CUDA
+#define ATTN_CUDA_ENTRY(name, Shape, to_shape, call) static ATTN_ENTRY(name, Shape, to_shape, call)
+#else
+#define ATTN_CUDA_ENTRY(name, Shape, to_shape, call)
+#endif
 
 size_t attn_q_count(const AttnDims *d);  /* B*H*T*D */
 size_t attn_kv_count(const AttnDims *d); /* B*Hkv*S*D */
@@ -107,12 +137,30 @@ typedef struct {
 
 AttnFp16Check attn_check_fp16(const float *out, const float *ref, const float *naive, size_t n);
 
-/* `attn`: parse, load and check, run, save. Returns the exit status. */
-int attn_command(const AttnImpls *im, const char *summary, int argc, char **argv);
+/* `attn`: parse, load and check, run, save (--help: im->attn_help). Returns the exit status. */
+int attn_command(const AttnImpls *im, int argc, char **argv);
 
 /* `verify`: the grid of docs/contracts.md §4.2 with the H:Hkv ratios the chapter accepts, plus logits of
  * +-1e4 and rows of very negative logits. Returns the exit status. */
 int attn_verify_command(const AttnImpls *im, int argc, char **argv);
+
+/* verify's options: --device, --kernel N (0: all), --quick, --smoke, --verbose. */
+typedef struct {
+    const char *device;
+    int kernel;
+    int quick;    /* 0, 1 (--quick: lengths <= 129) or 2 (--smoke: lengths <= 17) */
+    int verbose;
+    int have_gpu; /* the CUDA versions run: a GPU answers and the chapter has them */
+} AttnVerifyArgs;
+
+/* Parses verify's options with `summary` as the --help paragraph (exits after --help or on a bad
+ * option); --kernel beyond the chapter's versions, or --device cuda without a usable GPU: one
+ * error line, exit 1; --device auto without one prints "CUDA versions skipped: <why>". */
+void attn_verify_parse(AttnVerifyArgs *a, const AttnImpls *im, const char *summary, int argc, char **argv);
+
+/* The devices verify checks, the CPU first (--device auto: the GPU too when have_gpu): their
+ * number, the devices into devs. */
+int attn_verify_devices(const char *device, int have_gpu, Device devs[2]);
 
 /* The grid of attn_verify_command (T x S x causal, the D and H:Hkv that go with each case, and
  * the extreme-logit cases) into a tally; quick = 1 keeps lengths <= 129, 2 lengths <= 17. */

@@ -39,6 +39,12 @@ static FILE *refuse_input(const char *path, mode_t m)
 
 FILE *file_open_input(const char *path)
 {
+    size_t size;
+    return file_open_input_size(path, &size);
+}
+
+FILE *file_open_input_size(const char *path, size_t *size)
+{
     struct stat st;
     /* look before opening: opening a FIFO blocks, and opening some devices does things */
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
@@ -58,6 +64,7 @@ FILE *file_open_input(const char *path)
         close(fd);
         return refuse_input(path, st.st_mode);
     }
+    *size = (size_t)st.st_size;
     const int flags = fcntl(fd, F_GETFL);
     FILE *f = flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 ? NULL : fdopen(fd, "rb");
     if (!f) {

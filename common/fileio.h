@@ -42,6 +42,8 @@ extern "C" {
  * missing file, a folder, a FIFO, a device, a socket), before any byte is read and without
  * blocking. */
 FILE *file_open_input(const char *path);
+/* file_open_input, and the file's size in bytes into *size. */
+FILE *file_open_input_size(const char *path, size_t *size);
 
 /* Whether path can be an output, without creating or changing anything: not a folder, socket or
  * block device, and (for a new or regular file) in a folder that exists and that we may write

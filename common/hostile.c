@@ -261,56 +261,115 @@ static void describe(char *buf, size_t len, const char *const argv[])
         used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? " " : "", argv[i]);
 }
 
+/* The bad input files of each family (hostile.h), and what the error line must say of each. */
+typedef struct {
+    const char *file, *expect;
+} BadFile;
+
+static const BadFile BAD_FILES[] = {
+    {"@/missing", "missing"}, {"@/fifo", "not a regular file"}, {"@/adir", "is a folder"}, {NULL, NULL}};
+static const BadFile BAD_NPYS[] = {{"@/missing", "missing"},     {"@/fifo", "not a regular file"},
+                                   {"@/adir", "is a folder"},    {"@/trunc.npy", "trunc.npy"},
+                                   {"@/empty.npy", "empty.npy"}, {"@/2d.npy", "2d.npy"},
+                                   {NULL, NULL}};
+static const BadFile BAD_OUTS[] = {{"@/fifo", "FIFO"},
+                                   {"@/out", "is a folder"},
+                                   {"@/nodir/o.npy", "nodir"},
+                                   {"/dev/full", "/dev/full"},
+                                   {NULL, NULL}};
+
+/* The family a word of a case names (NULL: none). */
+static const BadFile *bad_family(const char *word)
+{
+    if (strcmp(word, HOSTILE_BAD_FILE) == 0)
+        return BAD_FILES;
+    if (strcmp(word, HOSTILE_BAD_NPY) == 0)
+        return BAD_NPYS;
+    return strcmp(word, HOSTILE_BAD_OUT) == 0 ? BAD_OUTS : NULL;
+}
+
+/* Case number `number` with the family's word replaced by `bad` (NULL: no family): 0 if the
+ * program answered as hostile.h says, else 1 with the failure on stderr. */
+static int run_case(const char *dir, const HostileCase *c, int number, const BadFile *bad)
+{
+    static ProcResult r;
+    static char words[HOSTILE_MAX_ARGS][8192];
+    char prog[4200], cmd[4096], why[8192], *contents[HOSTILE_MAX_ARGS] = {0};
+    const char *argv[HOSTILE_MAX_ARGS + 1], *named[HOSTILE_MAX_ARGS + 1];
+    int argc = 0;
+    for (; c->argv[argc] && argc < HOSTILE_MAX_ARGS; argc++) {
+        const char *a = c->argv[argc];
+        if (bad && bad_family(a))
+            a = bad->file;
+        named[argc] = a;
+        if (argc == 0)
+            argv[0] = program_path(prog, sizeof prog, a);
+        else if (a[0] == '@')
+            snprintf(words[argc], sizeof words[argc], "%s%s", dir, a + 1), argv[argc] = words[argc];
+        else if (a[0] == '<' && a[1] == '@')
+            argv[argc] = contents[argc] = fixture_contents(dir, a + 2);
+        else
+            argv[argc] = a;
+    }
+    argv[argc] = named[argc] = NULL;
+    describe(cmd, sizeof cmd, named);
+    const char *expect = bad ? bad->expect : c->expect;
+
+    sentinels_create(dir);
+    static Snapshot before, after;
+    before.n = after.n = 0;
+    snapshot_add(&before, dir, "");
+    why[0] = '\0';
+    if (run_program_limited(&r, argv, HOSTILE_SECONDS, c->stdout_to) != 0)
+        snprintf(why, sizeof why, "could not be started");
+    else if (r.status == 128 + 14)
+        snprintf(why, sizeof why, "ran past %d s and was killed", HOSTILE_SECONDS);
+    else if (r.status != 1)
+        snprintf(why, sizeof why, "exit status %d, expected 1", r.status);
+    else if (count_lines(r.err) != 1)
+        snprintf(why, sizeof why, "%d lines on stderr, expected one", count_lines(r.err));
+    else if (!strstr(r.err, expect))
+        snprintf(why, sizeof why, "the error does not say \"%s\"", expect);
+    else {
+        snapshot_add(&after, dir, "");
+        char diff[1024];
+        if (snapshot_diff(&before, &after, diff, sizeof diff))
+            snprintf(why, sizeof why, "the folder changed: %s", diff);
+    }
+    if (why[0])
+        fprintf(stderr, "hostile case %d: %s\n    %s\n    stderr: %.600s\n", number, cmd, why, r.err);
+    for (int i = 0; i < HOSTILE_MAX_ARGS; i++)
+        free(contents[i]);
+    return why[0] != '\0';
+}
+
 int hostile_run(const char *dir, const HostileCase *cases, int n)
 {
-    int failed = 0;
-    static ProcResult r;
+    int failed = 0, gpu = -1; /* not asked yet */
     for (int c = 0; c < n; c++) {
-        static char words[HOSTILE_MAX_ARGS][8192];
-        char prog[4200], cmd[4096], why[8192], *contents[HOSTILE_MAX_ARGS] = {0};
-        const char *argv[HOSTILE_MAX_ARGS + 1];
-        int argc = 0;
-        for (; cases[c].argv[argc] && argc < HOSTILE_MAX_ARGS; argc++) {
-            const char *a = cases[c].argv[argc];
-            if (argc == 0)
-                argv[0] = program_path(prog, sizeof prog, a);
-            else if (a[0] == '@')
-                snprintf(words[argc], sizeof words[argc], "%s%s", dir, a + 1), argv[argc] = words[argc];
-            else if (a[0] == '<' && a[1] == '@')
-                argv[argc] = contents[argc] = fixture_contents(dir, a + 2);
-            else
-                argv[argc] = a;
-        }
-        argv[argc] = NULL;
-        describe(cmd, sizeof cmd, cases[c].argv);
-
-        sentinels_create(dir);
-        static Snapshot before, after;
-        before.n = after.n = 0;
-        snapshot_add(&before, dir, "");
-        why[0] = '\0';
-        if (run_program_limited(&r, argv, HOSTILE_SECONDS, cases[c].stdout_to) != 0)
-            snprintf(why, sizeof why, "could not be started");
-        else if (r.status == 128 + 14)
-            snprintf(why, sizeof why, "ran past %d s and was killed", HOSTILE_SECONDS);
-        else if (r.status != 1)
-            snprintf(why, sizeof why, "exit status %d, expected 1", r.status);
-        else if (count_lines(r.err) != 1)
-            snprintf(why, sizeof why, "%d lines on stderr, expected one", count_lines(r.err));
-        else if (!strstr(r.err, cases[c].expect))
-            snprintf(why, sizeof why, "the error does not say \"%s\"", cases[c].expect);
-        else {
-            snapshot_add(&after, dir, "");
-            char diff[1024];
-            if (snapshot_diff(&before, &after, diff, sizeof diff))
-                snprintf(why, sizeof why, "the folder changed: %s", diff);
-        }
-        if (why[0]) {
-            failed++;
-            fprintf(stderr, "hostile case %d: %s\n    %s\n    stderr: %.600s\n", c, cmd, why, r.err);
-        }
-        for (int i = 0; i < HOSTILE_MAX_ARGS; i++)
-            free(contents[i]);
+        char why[256];
+        if (cases[c].without_gpu && gpu < 0)
+            gpu = testing_cuda_available(why, sizeof why);
+        if (cases[c].without_gpu && gpu)
+            continue;
+        const BadFile *family = NULL;
+        for (int i = 0; i < HOSTILE_MAX_ARGS && cases[c].argv[i] && !family; i++)
+            family = bad_family(cases[c].argv[i]);
+        if (!family)
+            failed += run_case(dir, &cases[c], c, NULL);
+        for (const BadFile *bad = family; bad && bad->file; bad++)
+            failed += run_case(dir, &cases[c], c, bad);
     }
     return failed;
+}
+
+const char *hostile_check(const char *dir, const HostileCase *cases, size_t n)
+{
+    static char why[128];
+    hostile_fixtures(dir);
+    const int failed = hostile_run(dir, cases, (int)n);
+    if (failed == 0)
+        return NULL;
+    snprintf(why, sizeof why, "%d hostile cases failed (listed above)", failed);
+    return why;
 }

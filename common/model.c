@@ -1,13 +1,11 @@
 /* model.c: the Llama-style model of llama2.c's run.c -- config, checkpoints, forward pieces (see model.h). */
 #include "model.h"
 
-#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "error.h"
 #include "fileio.h"
@@ -230,15 +228,11 @@ int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
 int model_load(const char *path, Model *m)
 {
     memset(m, 0, sizeof *m);
-    FILE *f = file_open_input(path); /* a regular file, or an error: never blocks on a FIFO */
+    int32_t h[7];
+    size_t have; /* the file's bytes */
+    FILE *f = file_open_input_size(path, &have); /* a regular file, or an error: never blocks on a FIFO */
     if (!f)
         return -1;
-    struct stat st;
-    int32_t h[7];
-    if (fstat(fileno(f), &st) != 0) {
-        fclose(f);
-        return error_set("%s: cannot open: %s", path, strerror(errno));
-    }
     if (fread(h, sizeof(int32_t), 7, f) != 7) {
         fclose(f);
         return error_set("%s: truncated: a llama2.c checkpoint starts with a 28-byte header", path);
@@ -257,7 +251,7 @@ int model_load(const char *path, Model *m)
         fclose(f);
         return error_set("%s: bad header: %s", path, why);
     }
-    const size_t want = 28 + model_checkpoint_floats(&c) * sizeof(float), have = (size_t)st.st_size;
+    const size_t want = 28 + model_checkpoint_floats(&c) * sizeof(float);
     if (have != want) {
         fclose(f);
         return error_set("%s: %s: the header (dim %d, hidden %d, layers %d, heads %d, kv heads %d, vocab %d%s, seq_len %d) "

@@ -49,8 +49,8 @@ __global__ void model_rmsnorm_kernel(float *o, const float *x, const float *w, i
         o[(size_t)blockIdx.x * dim + i] = w[i] * (red[0] * xr[i]);
 }
 
-/* RoPE on x (n, heads * D), row r at position pos0 + r: a thread per (row, head, pair) */
-__global__ void model_rope_kernel(float *x, int n, int heads, int D, int pos0)
+/* RoPE on x (n, heads * D), row r at position pos[r] (pos NULL: pos0 + r): a thread per (row, head, pair) */
+__global__ void model_rope_kernel(float *x, const int *pos, int n, int heads, int D, int pos0)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int pairs = D / 2;
@@ -59,7 +59,7 @@ __global__ void model_rope_kernel(float *x, int n, int heads, int D, int pos0)
     const int p = (int)(i % pairs), r = (int)(i / ((size_t)heads * pairs));
     float *v = x + (i / pairs) * D + 2 * p;
     const float freq = 1.0f / powf(10000.0f, (float)(2 * p) / (float)D);
-    const float val = (float)(pos0 + r) * freq, fcr = cosf(val), fci = sinf(val);
+    const float val = (float)(pos ? pos[r] : pos0 + r) * freq, fcr = cosf(val), fci = sinf(val);
     const float v0 = v[0], v1 = v[1];
     v[0] = v0 * fcr - v1 * fci;
     v[1] = v0 * fci + v1 * fcr;
@@ -99,7 +99,13 @@ extern "C" void model_cuda_rmsnorm(float *d_o, const float *d_x, const float *d_
 
 extern "C" void model_cuda_rope(float *d_x, int rows, int heads, int D, int pos0)
 {
-    model_rope_kernel<<<cuda_blocks((size_t)rows * heads * (D / 2), 256), 256>>>(d_x, rows, heads, D, pos0);
+    model_rope_kernel<<<cuda_blocks((size_t)rows * heads * (D / 2), 256), 256>>>(d_x, NULL, rows, heads, D, pos0);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" void model_cuda_rope_at(float *d_x, const int *d_pos, int rows, int heads, int D)
+{
+    model_rope_kernel<<<cuda_blocks((size_t)rows * heads * (D / 2), 256), 256>>>(d_x, d_pos, rows, heads, D, 0);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -177,6 +183,32 @@ static int check_rows(const ModelCuda *g, const int *tokens, int n, int pos0)
     return 0;
 }
 
+extern "C" void model_cuda_layer_qkv(ModelCuda *g, int l, int n, ModelCudaLinear linear)
+{
+    const ModelConfig *c = &g->m->c;
+    const ModelWeights *w = &g->m->w;
+    const int dim = c->dim, qd = c->n_heads * model_head_size(c), kvd = c->n_kv_heads * model_head_size(c);
+    model_cuda_rmsnorm(g->xb, g->x, model_cuda_weight(g, w->rms_att + (size_t)l * dim), n, dim);
+    linear(g->q, g->xb, model_cuda_weight(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
+    linear(g->k, g->xb, model_cuda_weight(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
+    linear(g->v, g->xb, model_cuda_weight(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
+}
+
+extern "C" void model_cuda_layer_out(ModelCuda *g, int l, int n, ModelCudaLinear linear)
+{
+    const ModelConfig *c = &g->m->c;
+    const ModelWeights *w = &g->m->w;
+    const int dim = c->dim, qd = c->n_heads * model_head_size(c), hid = c->hidden_dim;
+    linear(g->xb, g->att, model_cuda_weight(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
+    model_cuda_add(g->x, g->xb, (size_t)n * dim);
+    model_cuda_rmsnorm(g->xb, g->x, model_cuda_weight(g, w->rms_ffn + (size_t)l * dim), n, dim);
+    linear(g->h1, g->xb, model_cuda_weight(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
+    linear(g->h3, g->xb, model_cuda_weight(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
+    model_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
+    linear(g->xb, g->h1, model_cuda_weight(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
+    model_cuda_add(g->x, g->xb, (size_t)n * dim);
+}
+
 extern "C" int model_cuda_forward(ModelCuda *g, const int *tokens, int n, int pos0, ModelAttention attention,
                                   void *ctx, float *logits)
 {
@@ -184,27 +216,16 @@ extern "C" int model_cuda_forward(ModelCuda *g, const int *tokens, int n, int po
         return -1;
     const ModelConfig *c = &g->m->c;
     const ModelWeights *w = &g->m->w;
-    const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = model_head_size(c), hid = c->hidden_dim;
-    const int qd = H * D, kvd = Hkv * D;
+    const int dim = c->dim;
     cuda_upload(g->tokens, tokens, (size_t)n * sizeof(int));
     model_cuda_embed(model_cuda_weight(g, w->token_embedding), g->tokens, g->x, n, dim);
     for (int l = 0; l < c->n_layers; l++) {
-        model_cuda_rmsnorm(g->xb, g->x, model_cuda_weight(g, w->rms_att + (size_t)l * dim), n, dim);
-        model_cuda_linear(g->q, g->xb, model_cuda_weight(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
-        model_cuda_linear(g->k, g->xb, model_cuda_weight(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
-        model_cuda_linear(g->v, g->xb, model_cuda_weight(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
-        model_cuda_rope(g->q, n, H, D, pos0);
-        model_cuda_rope(g->k, n, Hkv, D, pos0);
+        model_cuda_layer_qkv(g, l, n, model_cuda_linear);
+        model_cuda_rope(g->q, n, c->n_heads, model_head_size(c), pos0);
+        model_cuda_rope(g->k, n, c->n_kv_heads, model_head_size(c), pos0);
         if (attention(ctx, l, n, g->q, g->k, g->v, g->att) != 0) /* the chapter's cache and kernel */
             return -1;
-        model_cuda_linear(g->xb, g->att, model_cuda_weight(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
-        model_cuda_add(g->x, g->xb, (size_t)n * dim);
-        model_cuda_rmsnorm(g->xb, g->x, model_cuda_weight(g, w->rms_ffn + (size_t)l * dim), n, dim);
-        model_cuda_linear(g->h1, g->xb, model_cuda_weight(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
-        model_cuda_linear(g->h3, g->xb, model_cuda_weight(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
-        model_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
-        model_cuda_linear(g->xb, g->h1, model_cuda_weight(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
-        model_cuda_add(g->x, g->xb, (size_t)n * dim);
+        model_cuda_layer_out(g, l, n, model_cuda_linear);
     }
     /* the final norm and the classifier, for the last row only */
     model_cuda_rmsnorm(g->xb, g->x + (size_t)(n - 1) * dim, model_cuda_weight(g, w->rms_final), 1, dim);

@@ -9,12 +9,10 @@
  */
 #include "npy.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "error.h"
 #include "fileio.h"
@@ -189,15 +187,10 @@ static int read_exact(FILE *f, void *buf, size_t n) { return fread(buf, 1, n, f)
 int npy_read(const char *path, NpyArray *out)
 {
     memset(out, 0, sizeof *out);
-    FILE *f = file_open_input(path); /* a regular file, or an error: never blocks on a FIFO */
+    size_t file_size;
+    FILE *f = file_open_input_size(path, &file_size); /* a regular file, or an error: never blocks on a FIFO */
     if (!f)
         return -1;
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
-        fclose(f);
-        return error_set("%s: cannot open: %s", path, strerror(errno));
-    }
-    size_t file_size = (size_t)st.st_size;
     unsigned char pre[12];
     int rc = -1;
     char *header = NULL;

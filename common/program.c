@@ -1,6 +1,6 @@
 /*
  * program.c: the skeleton of every chapter's program (program.h): subcommand dispatch, the
- * lesson's opening lines, the frame around each benchmark, loading the model.
+ * lesson's opening and its data files, the frame around each benchmark, loading the model.
  */
 #include "program.h"
 
@@ -80,6 +80,41 @@ void lesson_title(const char *title)
     printf("\n\n");
 }
 
+Device lesson_begin(const Program *p, const char *device_help, const ArgSpec *extra, int n_extra, int argc,
+                    char **argv)
+{
+    const char *device = "auto";
+    ArgSpec specs[8] = {OPTION_DEVICE(&device, device_help)};
+    if (n_extra > 7)
+        die("lesson_begin: %d options, at most 7", n_extra);
+    for (int i = 0; i < n_extra; i++)
+        specs[1 + i] = extra[i];
+    const ArgCommand cmd = {.name = p->name, .usage = program_usage(p), .summary = program_about(p), .specs = specs,
+                            .n_specs = 1 + n_extra};
+    args_parse_or_exit(&cmd, argc, argv);
+    Device dev;
+    if (device_resolve(device, &dev) != 0)
+        die_with_error();
+    lesson_title(p->title);
+    return dev;
+}
+
+int lesson_end(const char *takeaway)
+{
+    printf("Take-away: %s", takeaway);
+    return 0;
+}
+
+void lesson_data_open(Tsv *tsv, char *dat, size_t dat_len, const char *prog, const char *name, const char *columns)
+{
+    char file[256];
+    snprintf(file, sizeof file, "%s_%s.dat", prog, name);
+    paths_in_build(dat, dat_len, "bench", file);
+    if (tsv_open(tsv, "/dev/null", dat) != 0)
+        die_with_error();
+    tsv_header(tsv, columns);
+}
+
 void lesson_machine(Device dev, int device_line)
 {
     const Roofline *roof = roofline_get();
@@ -110,6 +145,43 @@ void bench_begin(BenchSession *b, const char *prog, const char *device, const ch
             roof->fma_gflops, roof->fma_what, roof->dram_gbs, b->use_gpu ? "; GPU: " : "",
             b->use_gpu ? device_description(DEVICE_CUDA) : "");
     tsv_header(&b->tsv, columns);
+}
+
+void bench_command_begin(BenchSession *b, const BenchCommand *c, const ArgSpec *more, int n_more, int argc,
+                         char **argv)
+{
+    const char *device = "auto", *out = NULL;
+    char name[96];
+    b->repeats = 5, b->limit = c->limit.value;
+    ArgSpec specs[12] = {
+        OPTION_DEVICE(&device, c->device_help ? c->device_help
+                                              : "auto: CPU versions, and CUDA versions when a GPU is present"),
+        OPTION_OUT(&out),
+        {.name = c->limit.name, .kind = ARG_INT, .dest = &b->limit, .metavar = "N", .help = c->limit.help,
+         .min = c->limit.min, .max = c->limit.max},
+    };
+    if (n_more > 8)
+        die("bench_command_begin: %d options, at most 8", n_more);
+    for (int i = 0; i < n_more; i++)
+        specs[3 + i] = more[i];
+    specs[3 + n_more] = (ArgSpec)OPTION_REPEATS(&b->repeats);
+    if (c->repeats_help)
+        specs[3 + n_more].help = c->repeats_help;
+    snprintf(name, sizeof name, "%s bench", c->prog);
+    const ArgCommand cmd = {.name = name, .usage = "[options]", .summary = c->summary, .specs = specs,
+                            .n_specs = 4 + n_more};
+    args_parse_or_exit(&cmd, argc, argv);
+    bench_begin(b, c->prog, device, out, c->columns);
+}
+
+int bench_devices(const BenchSession *b, Device devs[2])
+{
+    int n = 0;
+    if (b->use_cpu)
+        devs[n++] = DEVICE_CPU;
+    if (b->use_gpu)
+        devs[n++] = DEVICE_CUDA;
+    return n;
 }
 
 void bench_end(BenchSession *b)

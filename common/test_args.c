@@ -119,11 +119,8 @@ START_TEST(test_args_conflicts)
 }
 END_TEST
 
-void common_args_cases(Suite *s)
+TestingCase common_args_case(void)
 {
-    TCase *tc = tcase_create("arguments and messages");
-    tcase_add_test(tc, test_error_quote);
-    tcase_add_test(tc, test_args_errors);
-    tcase_add_test(tc, test_args_conflicts);
-    suite_add_tcase(s, tc);
+    return (TestingCase){.name = "arguments and messages",
+                         .tests = {test_error_quote, test_args_errors, test_args_conflicts}};
 }

@@ -108,26 +108,18 @@ START_TEST(test_workload_without_rate_or_vocab)
 }
 END_TEST
 
-static Suite *common_suite(void)
+int main(void)
 {
-    Suite *s = suite_create("common");
-    TCase *tc = tcase_create("program");
-    tcase_add_test(tc, test_program_usage_and_about_list_the_table);
-    tcase_add_test(tc, test_program_main_dispatches);
-    tcase_add_exit_test(tc, test_program_main_unknown_word_exits_1, 1);
-    suite_add_tcase(s, tc);
-
-    tc = tcase_create("workload");
-    tcase_add_test(tc, test_workload_lengths_fit_and_repeat);
-    tcase_add_test(tc, test_workload_without_rate_or_vocab);
-    suite_add_tcase(s, tc);
-
-    common_numeric_cases(s);
-    common_files_cases(s);
-    common_args_cases(s);
-    common_model_cases(s);
-    common_tokenizer_cases(s);
-    return s;
+    const TestingCase cases[] = {
+        {.name = "program", .tests = {test_program_usage_and_about_list_the_table, test_program_main_dispatches},
+         .exit_1_tests = {test_program_main_unknown_word_exits_1}},
+        {.name = "workload", .tests = {test_workload_lengths_fit_and_repeat, test_workload_without_rate_or_vocab}},
+        common_numeric_case(),
+        common_files_case(),
+        common_args_case(),
+        common_model_case(),
+        common_tokenizer_case(),
+        common_tokenizer_heap_case(),
+    };
+    return testing_main_cases("common", cases, sizeof cases / sizeof cases[0]);
 }
-
-int main(void) { return testing_main("test_common", common_suite()); }

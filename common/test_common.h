@@ -1,6 +1,6 @@
 /*
  * test_common.h: the parts of common/'s Check suite, one file each (test sources only: it needs
- * Check's header). test_common.c's main() adds them all to one suite, test/common.
+ * Check's header). test_common.c's main() runs them all as one suite, test/common.
  *
  *   test_numeric.c    matmul, the vectorised exp, the memory budget
  *   test_files.c      .npy files, special and failing files (fileio), plots
@@ -14,14 +14,14 @@
 
 #include <check.h>
 
-#define ATOL 1e-5 /* design.md §5: fp32 against an fp32 reference */
-#define RTOL 1e-4
+#include "common/testing_main.h"
 
-/* Each adds its file's test cases (TCases, with their time limits and fixtures) to s. */
-void common_numeric_cases(Suite *s);
-void common_files_cases(Suite *s);
-void common_args_cases(Suite *s);
-void common_model_cases(Suite *s);
-void common_tokenizer_cases(Suite *s);
+/* Each file's cases (their names, time limits, fixtures and tests), for test_common.c's table. */
+TestingCase common_numeric_case(void);          /* "matmul, exp, memory" */
+TestingCase common_files_case(void);            /* "files" */
+TestingCase common_args_case(void);             /* "arguments and messages" */
+TestingCase common_model_case(void);            /* "model" */
+TestingCase common_tokenizer_case(void);        /* "tokenizer" */
+TestingCase common_tokenizer_heap_case(void);   /* "tokenizer: the heap encoder against the reference" */
 
 #endif

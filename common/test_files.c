@@ -84,6 +84,8 @@ static void write_raw_npy(const char *path, int major, const char *header, long 
 
 START_TEST(test_npy_malformed_files)
 {
+    /* a good header for a (2, 3) float32 array: the cases below break the rest of the file */
+#define GOOD_2x3 "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n"
     const struct {
         const char *header; /* NULL: raw bytes below */
         int major;
@@ -91,8 +93,8 @@ START_TEST(test_npy_malformed_files)
         size_t data;
         const char *expect;
     } cases[] = {
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n", 9, -1, 24, "version 9.0 is not supported"},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n", 1, 4000, 0, "truncated .npy header"},
+        {GOOD_2x3, 9, -1, 24, "version 9.0 is not supported"},
+        {GOOD_2x3, 1, 4000, 0, "truncated .npy header"},
         {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 1, -1, 24, "end with a newline"},
         {"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }\n", 1, -1, 48, "dtype '<f8' is not supported"},
         {"{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }\n", 1, -1, 24, "big-endian"},
@@ -101,12 +103,13 @@ START_TEST(test_npy_malformed_files)
         {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }\n", 1, -1, 24, "negative dimension"},
         {"{'descr': '<f4', 'fortran_order': False, }\n", 1, -1, 4, "missing 'shape'"},
         {"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}\n", 1, -1, 8, "unknown key 'x'"},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n", 1, -1, 20, "truncated: the header promises 6"},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n", 1, -1, 28, "4 unexpected bytes"},
+        {GOOD_2x3, 1, -1, 20, "truncated: the header promises 6"},
+        {GOOD_2x3, 1, -1, 28, "4 unexpected bytes"},
         {"{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }\n", 1, -1, 8, "overflows"},
         {"{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2,), }\n", 1, -1, 8, "True or False"},
         {"['descr', '<f4']\n", 1, -1, 8, "expected '{'"},
     };
+#undef GOOD_2x3
     char path[4200];
     NpyArray a;
     testing_tmp_path(path, sizeof path, "bad.npy");
@@ -334,17 +337,11 @@ START_TEST(test_plot_show_reports_a_failure)
 }
 END_TEST
 
-void common_files_cases(Suite *s)
+TestingCase common_files_case(void)
 {
-    TCase *tc = tcase_create("files");
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_npy_round_trip);
-    tcase_add_test(tc, test_npy_malformed_files);
-    tcase_add_test(tc, test_npy_tensor_rank_and_dtype);
-    tcase_add_test(tc, test_special_files_as_inputs);
-    tcase_add_test(tc, test_special_files_as_outputs);
-    tcase_add_test(tc, test_failed_write_keeps_the_previous_file);
-    tcase_add_test(tc, test_dying_writer_leaves_nothing);
-    tcase_add_test(tc, test_plot_show_reports_a_failure);
-    suite_add_tcase(s, tc);
+    return (TestingCase){.name = "files", .temp_dir = 1,
+                         .tests = {test_npy_round_trip, test_npy_malformed_files, test_npy_tensor_rank_and_dtype,
+                                   test_special_files_as_inputs, test_special_files_as_outputs,
+                                   test_failed_write_keeps_the_previous_file, test_dying_writer_leaves_nothing,
+                                   test_plot_show_reports_a_failure}};
 }

@@ -319,17 +319,11 @@ START_TEST(test_sampler_is_llama2c)
 }
 END_TEST
 
-void common_model_cases(Suite *s)
+TestingCase common_model_case(void)
 {
-    TCase *tc = tcase_create("model");
-    tcase_set_timeout(tc, 60);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_loader_reads_run_c_order);
-    tcase_add_test(tc, test_loader_rejects_bad_files);
-    tcase_add_test(tc, test_loader_refuses_wrapping_sizes);
-    tcase_add_test(tc, test_save_load_round_trip);
-    tcase_add_test(tc, test_failed_saves_keep_the_previous_files);
-    tcase_add_test(tc, test_forward_pieces);
-    tcase_add_test(tc, test_sampler_is_llama2c);
-    suite_add_tcase(s, tc);
+    return (TestingCase){.name = "model", .timeout_s = 60, .temp_dir = 1,
+                         .tests = {test_loader_reads_run_c_order, test_loader_rejects_bad_files,
+                                   test_loader_refuses_wrapping_sizes, test_save_load_round_trip,
+                                   test_failed_saves_keep_the_previous_files, test_forward_pieces,
+                                   test_sampler_is_llama2c}};
 }

@@ -165,12 +165,9 @@ START_TEST(test_memory_budget)
 }
 END_TEST
 
-void common_numeric_cases(Suite *s)
+TestingCase common_numeric_case(void)
 {
-    TCase *tc = tcase_create("matmul, exp, memory");
-    tcase_add_test(tc, test_matmul_against_triple_loop);
-    tcase_add_test(tc, test_matmul_rows_do_not_depend_on_the_batch);
-    tcase_add_test(tc, test_vexp_against_libm);
-    tcase_add_test(tc, test_memory_budget);
-    suite_add_tcase(s, tc);
+    return (TestingCase){.name = "matmul, exp, memory",
+                         .tests = {test_matmul_against_triple_loop, test_matmul_rows_do_not_depend_on_the_batch,
+                                   test_vexp_against_libm, test_memory_budget}};
 }

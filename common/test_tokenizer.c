@@ -30,10 +30,8 @@ static int tiny(const char *piece)
 START_TEST(test_tokenizer_known_encodings)
 {
     char path[4200];
-    testing_tmp_path(path, sizeof path, "tok.bin");
-    const int V = testing_write_tiny_tokenizer(path);
     Tokenizer t;
-    ck_assert_msg(tokenizer_load(path, V, &t) == 0, "%s", error_message());
+    const int V = testing_load_tiny_tokenizer(testing_tmp_path(path, sizeof path, "tok.bin"), &t);
     /* worked by hand from the fixture's merges and scores (" t" > "he" > " the" > ... > " and"):
      * "the" = ' ' t h e -> ' t' h e -> ' t' 'he' -> ' the' */
     const struct {
@@ -73,10 +71,8 @@ END_TEST
 START_TEST(test_tokenizer_round_trips)
 {
     char path[4200];
-    testing_tmp_path(path, sizeof path, "tok.bin");
-    const int V = testing_write_tiny_tokenizer(path);
     Tokenizer t;
-    ck_assert_int_eq(tokenizer_load(path, V, &t), 0);
+    testing_load_tiny_tokenizer(testing_tmp_path(path, sizeof path, "tok.bin"), &t);
     const char *texts[] = {"Once upon a time, there was a little girl.", "the and in the\tend\n", "  two spaces",
                            "{curly} [brackets] ~tilde~ 100%", "x"};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
@@ -346,10 +342,8 @@ START_TEST(test_tokenizer_long_text)
     const size_t n_text = (size_t)1 << 20;
 #endif
     char path[4200];
-    testing_tmp_path(path, sizeof path, "tok.bin");
-    const int V = testing_write_tiny_tokenizer(path);
     Tokenizer t;
-    ck_assert_int_eq(tokenizer_load(path, V, &t), 0);
+    const int V = testing_load_tiny_tokenizer(testing_tmp_path(path, sizeof path, "tok.bin"), &t);
     char *text = xmalloc(n_text + 1, "text");
     Rng rng;
     rng_seed(&rng, 3);
@@ -373,10 +367,8 @@ END_TEST
 START_TEST(test_tokenizer_refuses_long_text_unread)
 {
     char path[4200];
-    testing_tmp_path(path, sizeof path, "tok.bin");
-    const int V = testing_write_tiny_tokenizer(path);
     Tokenizer t;
-    ck_assert_int_eq(tokenizer_load(path, V, &t), 0);
+    const int V = testing_load_tiny_tokenizer(testing_tmp_path(path, sizeof path, "tok.bin"), &t);
     /* the fixture's longest piece is 6 bytes ("<0x00>"): BOS, the prefix and n bytes weigh n + 2 */
     ck_assert_int_eq(t.max_token_length, 6);
     ck_assert_uint_eq(tokenizer_min_tokens(&t, 0, 0, 0), 0);
@@ -424,22 +416,16 @@ START_TEST(test_tokenizer_refuses_long_text_unread)
 }
 END_TEST
 
-void common_tokenizer_cases(Suite *s)
+TestingCase common_tokenizer_case(void)
 {
-    TCase *tc = tcase_create("tokenizer");
-    tcase_set_timeout(tc, 60);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_tokenizer_known_encodings);
-    tcase_add_test(tc, test_tokenizer_round_trips);
-    tcase_add_test(tc, test_tokenizer_rejects_bad_files);
-    suite_add_tcase(s, tc);
+    return (TestingCase){.name = "tokenizer", .timeout_s = 60, .temp_dir = 1,
+                         .tests = {test_tokenizer_known_encodings, test_tokenizer_round_trips,
+                                   test_tokenizer_rejects_bad_files}};
+}
 
-    tc = tcase_create("tokenizer: the heap encoder against the reference");
-    tcase_set_timeout(tc, 120);
-    tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
-    tcase_add_test(tc, test_tokenizer_matches_reference);
-    tcase_add_test(tc, test_tokenizer_merge_order);
-    tcase_add_test(tc, test_tokenizer_long_text);
-    tcase_add_test(tc, test_tokenizer_refuses_long_text_unread);
-    suite_add_tcase(s, tc);
+TestingCase common_tokenizer_heap_case(void)
+{
+    return (TestingCase){.name = "tokenizer: the heap encoder against the reference", .timeout_s = 120, .temp_dir = 1,
+                         .tests = {test_tokenizer_matches_reference, test_tokenizer_merge_order,
+                                   test_tokenizer_long_text, test_tokenizer_refuses_long_text_unread}};
 }

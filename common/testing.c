@@ -1,6 +1,6 @@
 /*
- * testing.c: running our programs from a test, the one-error-line rule for bad input, each test's
- * temporary folder, a failing disk made to order, and CUDA inside Check's forked tests (see
+ * testing.c: running our programs from a test, their --help and verify, the one-error-line rule
+ * for bad input, each test's temporary folder, a failing disk made to order, and CUDA inside Check's forked tests (see
  * testing.h; the float64 references are in testing_oracle.c).
  */
 #define _XOPEN_SOURCE 700 /* nftw */
@@ -175,6 +175,57 @@ const char *testing_error_check(const char *name, const char *const args[], cons
     else
         return NULL;
     return why;
+}
+
+/* `<name> <sub> --help` (sub NULL: `<name> --help`): NULL when it exits 0 printing the usage. */
+static const char *help_check(const char *name, const char *sub, char *why, size_t len)
+{
+    static ProcResult r; /* 128 KiB: not on the stack */
+    char usage[128];
+    snprintf(usage, sizeof usage, "usage: %s", name);
+    const char *args[] = {sub ? sub : "--help", sub ? "--help" : NULL, NULL};
+    if (testing_run(&r, name, args) != 0)
+        snprintf(why, len, "%s could not be started", name);
+    else if (r.status != 0 || !strstr(r.out, usage))
+        snprintf(why, len, "%s %s --help: status %d, stdout: %.4000s", name, sub ? sub : "", r.status, r.out);
+    else
+        return NULL;
+    return why;
+}
+
+/* `<name> verify <args...>`: NULL when it exits 0 and its last line is "P passed, 0 failed"
+ * with P >= min_passed. */
+static const char *verify_check(const char *name, const char *const args[], int min_passed, char *why, size_t len)
+{
+    static ProcResult r;
+    const char *argv[TESTING_MAX_ARGS + 1] = {"verify"};
+    for (size_t i = 0; args[i] && i < TESTING_MAX_ARGS - 1; i++)
+        argv[i + 1] = args[i];
+    char line[256];
+    int passed = -1, failed = -1;
+    if (testing_run(&r, name, argv) != 0)
+        snprintf(why, len, "%s could not be started", name);
+    else if (r.status != 0)
+        snprintf(why, len, "%s verify failed (status %d): %.4000s", name, r.status, r.out);
+    else if (sscanf(last_line(r.out, line, sizeof line), "%d passed, %d failed", &passed, &failed) != 2)
+        snprintf(why, len, "%s verify: the last line is not 'N passed, N failed': %s", name, line);
+    else if (passed < min_passed || failed != 0)
+        snprintf(why, len, "%s verify: %d passed (at least %d expected), %d failed", name, passed, min_passed, failed);
+    else
+        return NULL;
+    return why;
+}
+
+const char *testing_help_and_verify(const char *name, const char *const subs[], const char *const verify[],
+                                    int min_passed)
+{
+    static char why[8192];
+    const char *failed = subs ? help_check(name, NULL, why, sizeof why) : NULL;
+    for (size_t i = 0; subs && !failed && subs[i]; i++)
+        failed = help_check(name, subs[i], why, sizeof why);
+    if (!failed && verify)
+        failed = verify_check(name, verify, min_passed, why, sizeof why);
+    return failed;
 }
 
 /* ==== folders and files ============================================================================ */

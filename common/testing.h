@@ -1,15 +1,17 @@
 /*
- * testing.h: what the Check suites of common/ and of the six chapters share. Two files hold it:
+ * testing.h: what the Check suites of common/ and of the six chapters share. Three files hold it:
  *
- *   testing.c         running our programs (exit status, stdout, stderr, a time limit), the
- *                     temporary folder of each test, the one-error-line rule for bad input, a
- *                     failing disk made to order, and CUDA inside Check's forked tests
+ *   testing.c         running our programs (exit status, stdout, stderr, a time limit), --help and
+ *                     verify, the temporary folder of each test, the one-error-line rule for bad
+ *                     input, a failing disk made to order, and CUDA inside Check's forked tests
  *   testing_oracle.c  the tests' independent references: deterministic N(0, 1) data, attention
- *                     and the model in float64, a tiny tokenizer, and the `attn` program end to
- *                     end against the float64 attention
+ *                     and the model in float64, llama2.c checkpoints and a tiny tokenizer
+ *   testing_attn.c    the checks of every attention chapter: its versions on the shape grid and
+ *                     on a device, and its `attn` program end to end against the float64 oracle
  *
- * Neither file uses Check (the fuzz targets link them too); the one assertion macro below,
- * testing_expect_error, expands to Check's ck_assert_msg in the test that uses it.
+ * None of them uses Check (the fuzz targets link them too): a check returns NULL or what failed,
+ * and the two assertion macros below, testing_expect_error and testing_assert_ok, expand to
+ * Check's ck_assert_msg in the test that uses them.
  */
 #ifndef COMMON_TESTING_H
 #define COMMON_TESTING_H
@@ -17,11 +19,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attn_harness.h"
 #include "model.h"
+#include "tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The tolerance of docs/contracts.md §4.1 for fp32 against an fp32 reference: every suite's ATOL and RTOL. */
+#define ATOL 1e-5
+#define RTOL 1e-4
 
 /* ==== running programs (testing.c) ============================================================= */
 
@@ -76,11 +84,24 @@ const char *testing_error_check(const char *name, const char *const args[], cons
  *   testing_expect_error("04_kvcache", "--max-new", "generate", "--max-new", "x");
  * (a macro, so that testing.c needs no Check; the test file includes <check.h>). */
 #define testing_expect_error(name, fragment, ...)                                                      \
+    testing_assert_ok(testing_error_check((name), (const char *const[]){__VA_ARGS__, NULL}, (fragment)))
+
+/* A check of this file that returns NULL or what failed, as a Check assertion:
+ *   testing_assert_ok(testing_help_and_verify("02_mqa_gqa", subs, verify, 101));
+ * (a macro, like testing_expect_error: the test file includes <check.h>). */
+#define testing_assert_ok(why_or_null)                                                                 \
     do {                                                                                               \
-        const char *testing_why_ =                                                                     \
-            testing_error_check((name), (const char *const[]){__VA_ARGS__, NULL}, (fragment));         \
+        const char *testing_why_ = (why_or_null);                                                      \
         ck_assert_msg(testing_why_ == NULL, "%s", testing_why_);                                       \
     } while (0)
+
+/* A chapter's --help and verify, checked: with subs (NULL-terminated; NULL: no --help check),
+ * `<name> --help` and `<name> <sub> --help` for every sub exit 0 and print "usage: <name>"; with
+ * verify (verify's arguments, NULL-terminated; NULL: no verify), `<name> verify <verify...>`
+ * exits 0 and its last line says "P passed, 0 failed" with P >= min_passed. NULL when all of that
+ * holds; otherwise what did not (static text, valid until the next call). */
+const char *testing_help_and_verify(const char *name, const char *const subs[], const char *const verify[],
+                                    int min_passed);
 
 /* ==== folders and files (testing.c) ============================================================= */
 
@@ -89,10 +110,9 @@ void temp_dir_create(char *buf, size_t len);
 void temp_dir_remove(const char *path);
 
 /* The running test's own folder. testing_tmp_setup and testing_tmp_teardown are a Check checked
- * fixture, the same in every suite:
- *   tcase_add_checked_fixture(tc, testing_tmp_setup, testing_tmp_teardown);
- * makes testing_tmp a new empty folder before each test of tc and removes it, with everything in
- * it, after the test. */
+ * fixture, the same in every suite: a case with .temp_dir = 1 (testing_main.h) has them make
+ * testing_tmp a new empty folder before each of its tests and remove it, with everything in it,
+ * after the test. */
 extern char testing_tmp[4096];
 void testing_tmp_setup(void);
 void testing_tmp_teardown(void);
@@ -145,7 +165,7 @@ void testing_suite_end(void);
  * machine. */
 void fill_normal(float *x, size_t n, uint64_t seed);
 
-/* The attention contract of design.md §4 in float64, written independently of every chapter:
+/* The attention contract of docs/contracts.md §3.2 in float64, written independently of every chapter:
  * q (B, H, T, D), k and v (B, Hkv, S, D) -> out (B, H, T, D); query head h reads kv head
  * h / (H / Hkv); bottom-right causal; a row that sees no key is 0. The tests' oracle. */
 void attention_f64(int B, int H, int Hkv, int T, int S, int D, int causal, double scale, const float *q,
@@ -177,30 +197,65 @@ void testing_write_wrapping_checkpoint(const char *path);
  * size; dies if it cannot be written. */
 int testing_write_tiny_tokenizer(const char *path);
 
+/* tok[i] = (i * mul + add) % vocab for i < n: a deterministic sequence of tokens that is not one
+ * token again and again. */
+void testing_fill_tokens(int *tok, int n, int mul, int add, int vocab);
+
+/* The tiny tokenizer written to path and loaded into t (tokenizer_free it); returns its
+ * vocabulary size. Dies if it cannot be written or loaded. */
+int testing_load_tiny_tokenizer(const char *path, Tokenizer *t);
+
 /* The piece of id in the tiny tokenizer (NULL past its end), and the id of a piece (-1 if
  * absent): to find ids in tests. */
 const char *testing_tiny_piece(int id);
 int testing_tiny_id(const char *piece);
 
-/* The `attn` program end to end (design.md §4) on a device: writes q (B, H, T, D), k and v
- * (B, Hkv, S, D) of N(0, 1) data (seeds seed, seed + 1, seed + 2) into dir, runs `<program> attn
- * --device <device> --kernel <kernel> [--causal]` (program: a path), reads its output into out
- * (B*H*T*D floats, the caller's) and the float64 oracle's into want (likewise). Returns the
- * program's exit status; its stderr is copied into err. Dies when a file cannot be written or the
- * output cannot be read. */
-int testing_attn_command(const char *program, const char *dir, const char *device, int kernel, int B, int H, int Hkv,
-                         int T, int S, int D, int causal, uint64_t seed, float *out, double *want, char *err,
-                         size_t err_len);
+/* ==== attention versions (testing_attn.c) ======================================================== */
 
-/* The `attn --device cuda` test of chapters 01 to 05: for every shape (B, H, Hkv, T, S, D,
- * causal) of shapes[0..n_shapes) and every CUDA version 1..n_kernels of the program `name`,
- * testing_attn_command in dir with seed 700 + the shape's index, the output held to atol and rtol
- * against the float64 oracle (compare_f32_f64, which prints the first mismatches). A version for
- * which fp16(kernel) is 1 (fp16 may be NULL: none) is held to FlashAttention's fp16 rule instead
+/* A chapter's CPU versions first..im->n_cpu against im->ref (called with kernel 1) on the grid of
+ * docs/contracts.md §4.2: (T, S) over VERIFY_LENGTHS x VERIFY_LENGTHS, causal 0 and 1, the cases numbered
+ * n = 0, 1, ... in that order. Case n has D = VERIFY_HEAD_DIMS[n % 4], B = 1 + n % 2, and heads
+ * H = Hkv = {1, 4, 8}[n % 3] when im->heads is ATTN_HEADS_EQUAL (chapter 01), else (H, Hkv) =
+ * VERIFY_HEAD_RATIOS[n % 5]; a case with T*S*H*B > 3e5 runs with B = 1 and H = Hkv = 1 (or H = 2,
+ * Hkv = 1). Its q, k, v ~ N(0, 1) from seeds seed + n, + 1, + 2; every version writes over an
+ * output of NaN. Under TEST_SMALL=1 the cases with T or S above 257 are skipped (n counts them
+ * still). Each (case, version) pair that is off or fails is said on stderr; NULL when there is
+ * none, else how many (static text). */
+const char *testing_attn_grid(const AttnImpls *im, int first, uint64_t seed, double atol, double rtol);
+
+/* Every version of im on device dev (1..n_cpu or 1..n_cuda) against im->ref on the CPU, on
+ * each shape {B, H, Hkv, T, S, D, causal} of shapes (scale 1/sqrt(D); shape i's data from seeds
+ * seed + i, + 1, + 2), through attn_run_host (on the GPU: inputs uploaded, an output of NaN,
+ * downloaded). Every version must compute in fp32. NULL when every run is within atol and rtol,
+ * else how many were not (each said on stderr). */
+const char *testing_attn_shapes(const AttnImpls *im, Device dev, const int shapes[][7], size_t n_shapes,
+                                uint64_t seed, double atol, double rtol);
+
+/* The same on the CPU against the float64 oracle (attention_f64) instead of im->ref. */
+const char *testing_attn_oracle(const AttnImpls *im, const int shapes[][7], size_t n_shapes, uint64_t seed,
+                                double atol, double rtol);
+
+/* How testing_attn_program runs a chapter's `attn` command. */
+typedef struct {
+    const char *name;        /* the program: 01_mha .. 05_paged */
+    const char *device;      /* --device: "cpu" or "cuda" */
+    int n_kernels;           /* --kernel 1..n_kernels, each */
+    uint64_t seed;           /* shape i's q, k, v ~ N(0, 1) from seeds seed + i, + 1, + 2 */
+    float scale;             /* 0: the program's default, 1/sqrt(D); else given as --scale */
+    const char *extra[4];    /* more arguments, NULL-terminated (chapter 05: --block-size N) */
+    int (*fp16)(int kernel); /* NULL, or 1 for a version that computes in fp16 */
+} TestingAttnRun;
+
+/* The `attn` program end to end (docs/contracts.md §1.3): for every shape {B, H, Hkv, T, S, D, causal} of
+ * shapes, q (B, H, T, D), k and v (B, Hkv, S, D) written into dir as .npy files, then `<name> attn
+ * --device <device> --kernel k [--causal] [--scale s] [extra...]` for every version k, its output
+ * read back and held to atol and rtol against the float64 oracle (compare_f32_f64 prints the first
+ * mismatches); a version for which run->fp16 says 1 is held to FlashAttention's rule instead
  * (attn_check_fp16, against the harness's naive fp16 run). NULL when every run passed; otherwise
- * what failed first (static text, valid until the next call). */
-const char *testing_attn_on_gpu(const char *name, const char *dir, const int shapes[][7], size_t n_shapes,
-                                int n_kernels, double atol, double rtol, int (*fp16)(int kernel));
+ * what failed first (static text, valid until the next call). Dies when a file cannot be written
+ * or the output cannot be read. */
+const char *testing_attn_program(const TestingAttnRun *run, const char *dir, const int shapes[][7], size_t n_shapes,
+                                 double atol, double rtol);
 
 #ifdef __cplusplus
 }

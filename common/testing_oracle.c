@@ -1,8 +1,8 @@
 /*
  * testing_oracle.c: the tests' independent references (see testing.h). Nothing here calls the
  * code it checks: attention and the llama2.c model are written again in float64 from their
- * definitions, the tiny tokenizer is made from a list of merges, and the `attn` program is run
- * end to end against the float64 attention.
+ * definitions, the checkpoints are written byte by byte, and the tiny tokenizer is made from a
+ * list of merges (testing_attn.c runs the `attn` programs against the float64 attention).
  *
  * Shapes: q (B, H, T, D), k and v (B, Hkv, S, D); the model's vectors as in common/model.h.
  */
@@ -214,6 +214,12 @@ void testing_write_wrapping_checkpoint(const char *path)
     write_bytes(path, file, sizeof file);
 }
 
+void testing_fill_tokens(int *tok, int n, int mul, int add, int vocab)
+{
+    for (int i = 0; i < n; i++)
+        tok[i] = (int)(((long long)i * mul + add) % vocab);
+}
+
 /* ==== a tiny tokenizer fixture ====================================================================== */
 
 static const char *const TINY_MERGES[] = { /* in merge order: each is two earlier tokens */
@@ -255,6 +261,14 @@ int testing_tiny_id(const char *piece)
     return -1;
 }
 
+int testing_load_tiny_tokenizer(const char *path, Tokenizer *t)
+{
+    const int vocab = testing_write_tiny_tokenizer(path);
+    if (tokenizer_load(path, vocab, t) != 0)
+        die_with_error();
+    return vocab;
+}
+
 int testing_write_tiny_tokenizer(const char *path)
 {
     tiny_build();
@@ -267,106 +281,4 @@ int testing_write_tiny_tokenizer(const char *path)
     if (tokenizer_save(path, TINY_VOCAB, pieces, scores) != 0)
         die_with_error();
     return TINY_VOCAB;
-}
-
-/* ==== the `attn` program against the float64 attention =================================================== */
-
-int testing_attn_command(const char *program, const char *dir, const char *device, int kernel, int B, int H, int Hkv,
-                         int T, int S, int D, int causal, uint64_t seed, float *out, double *want, char *err,
-                         size_t err_len)
-{
-    const size_t nq = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
-    float *q = xmalloc(nq * sizeof(float), "attn's q"); /* (B, H, T, D) */
-    float *k = xmalloc(nk * sizeof(float), "attn's k"); /* (B, Hkv, S, D) */
-    float *v = xmalloc(nk * sizeof(float), "attn's v"); /* (B, Hkv, S, D) */
-    fill_normal(q, nq, seed), fill_normal(k, nk, seed + 1), fill_normal(v, nk, seed + 2);
-    char qp[4200], kp[4200], vp[4200], op[4200], kern[16];
-    snprintf(qp, sizeof qp, "%s/q.npy", dir), snprintf(kp, sizeof kp, "%s/k.npy", dir);
-    snprintf(vp, sizeof vp, "%s/v.npy", dir), snprintf(op, sizeof op, "%s/o.npy", dir);
-    snprintf(kern, sizeof kern, "%d", kernel);
-    if (npy_write(qp, NPY_F32, 4, (size_t[]){(size_t)B, (size_t)H, (size_t)T, (size_t)D}, q) != 0 ||
-        npy_write(kp, NPY_F32, 4, (size_t[]){(size_t)B, (size_t)Hkv, (size_t)S, (size_t)D}, k) != 0 ||
-        npy_write(vp, NPY_F32, 4, (size_t[]){(size_t)B, (size_t)Hkv, (size_t)S, (size_t)D}, v) != 0)
-        die_with_error();
-    remove(op);
-    const char *argv[] = {program, "attn", "--q", qp, "--k", kp, "--v", vp, "--out", op, "--device", device,
-                          "--kernel", kern, causal ? "--causal" : NULL, NULL};
-    ProcResult *r = xmalloc(sizeof *r, "a program's output");
-    if (run_program(r, argv) != 0)
-        die("cannot run %s", program);
-    const int status = r->status;
-    snprintf(err, err_len, "%s", r->err);
-    free(r);
-    attention_f64(B, H, Hkv, T, S, D, causal, 1.0 / sqrt((double)D), q, k, v, want);
-    if (status == 0) {
-        Tensor o;
-        if (npy_read_tensor(op, 4, &o) != 0)
-            die_with_error();
-        if (o.numel != nq)
-            die("%s attn wrote %zu elements, expected %zu", program, o.numel, nq);
-        memcpy(out, o.data, nq * sizeof(float));
-        tensor_free(&o);
-    }
-    free(q), free(k), free(v);
-    return status;
-}
-
-/* ==== `attn --device cuda`, end to end ================================================================ */
-
-/* An fp16 version's output (B*H*T*D) for shape x and seed, held to FlashAttention's rule:
- * error within 2x the naive fp16 run's against the float64 truth want. 0 if it holds, else -1
- * and what failed in why. */
-static int check_fp16_output(const int x[7], uint64_t seed, const float *out, const double *want, size_t si,
-                             char *why, size_t len)
-{
-    const int B = x[0], H = x[1], Hkv = x[2], T = x[3], S = x[4], D = x[5];
-    const size_t n = (size_t)B * H * T * D, nk = (size_t)B * Hkv * S * D;
-    float *q = xmalloc(n * sizeof(float), "q");       /* (B, H, T, D): the data attn was given */
-    float *k = xmalloc(nk * sizeof(float), "k");      /* (B, Hkv, S, D) */
-    float *v = xmalloc(nk * sizeof(float), "v");      /* (B, Hkv, S, D) */
-    float *ref = xmalloc(n * sizeof(float), "ref");   /* (B, H, T, D): the truth, rounded to fp32 */
-    float *naive = xmalloc(n * sizeof(float), "naive"); /* (B, H, T, D): the naive fp16 run */
-    fill_normal(q, n, seed), fill_normal(k, nk, seed + 1), fill_normal(v, nk, seed + 2);
-    const AttnDims d = {.B = B, .H = H, .Hkv = Hkv, .T = T, .S = S, .D = D, .causal = x[6],
-                        .scale = 1.0f / sqrtf((float)D)};
-    attn_naive_fp16(&d, q, k, v, naive);
-    for (size_t i = 0; i < n; i++)
-        ref[i] = (float)want[i];
-    const AttnFp16Check c = attn_check_fp16(out, ref, naive, n);
-    if (!c.ok)
-        snprintf(why, len, "shape %zu tc: error %g (2x naive fp16's %g), NMSE %g", si, c.err, c.err_naive, c.nmse);
-    free(q), free(k), free(v), free(ref), free(naive);
-    return c.ok ? 0 : -1;
-}
-
-const char *testing_attn_on_gpu(const char *name, const char *dir, const int shapes[][7], size_t n_shapes,
-                                int n_kernels, double atol, double rtol, int (*fp16)(int kernel))
-{
-    static char why[8192];
-    char prog[4200], err[4096];
-    program_path(prog, sizeof prog, name);
-    int failed = 0;
-    for (size_t si = 0; si < n_shapes && !failed; si++) {
-        const int *x = shapes[si]; /* B H Hkv T S D causal */
-        const size_t n = (size_t)x[0] * x[1] * x[3] * x[5];
-        const uint64_t seed = 700 + si;
-        float *out = xmalloc(n * sizeof(float), "attn's output");                /* (B, H, T, D) */
-        double *want = xmalloc(n * sizeof(double), "the float64 attention"); /* (B, H, T, D) */
-        for (int kern = 1; kern <= n_kernels && !failed; kern++) {
-            const int status = testing_attn_command(prog, dir, "cuda", kern, x[0], x[1], x[2], x[3], x[4], x[5], x[6],
-                                                    seed, out, want, err, sizeof err);
-            if (status != 0) {
-                snprintf(why, sizeof why, "shape %zu: attn --device cuda --kernel %d: status %d: %s", si, kern,
-                         status, err);
-                failed = 1;
-            } else if (fp16 && fp16(kern)) {
-                failed = check_fp16_output(x, seed, out, want, si, why, sizeof why) != 0;
-            } else if (compare_f32_f64("attn --device cuda", out, want, n, atol, rtol, 5).n_bad != 0) {
-                snprintf(why, sizeof why, "shape %zu kernel %d", si, kern);
-                failed = 1;
-            }
-        }
-        free(out), free(want);
-    }
-    return failed ? why : NULL;
 }

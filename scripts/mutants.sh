@@ -175,7 +175,7 @@ for i in "${sel[@]}"; do
         case $num in [1-6] | common) ;; *) list_error "$where: suite '$num' is not a chapter number 1..6 or common"; continue ;; esac
         [ -n "$cs" ] || continue
         tf=$(ls "$(suite_dir "$num")"/test_*.c 2>/dev/null)
-        grep -qF "tcase_create(\"$cs\")" $tf ||
+        grep -qF -e "tcase_create(\"$cs\")" -e ".name = \"$cs\"" $tf || # a case of a TestingCase table
             list_error "$where: suite $num has no case '$cs'"
     done < <(entries_of "$i")
 done

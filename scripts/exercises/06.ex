@@ -1,4 +1,4 @@
-# Exercise 06 (make exercise-6): the admission step of continuous batching, in schedule().
+# Exercise 06 (make exercise-6): the admission step of continuous batching, in engine_schedule (scheduler.c).
 # What scripts/exercise.sh cuts out of the lesson code and what it puts there (format: its header).
 file: 06_batching/scheduler.c
 begin: while (e->o.policy == ENGINE_CONTINUOUS && e->n_waiting > 0 && e->n_running < e->o.max_batch && budget > 0) {
@@ -10,7 +10,7 @@ chunk of min(its tokens, budget) -- if the pool has the blocks for that chunk; o
 (nobody overtakes the head)
 stub:
 if (e->o.policy == ENGINE_CONTINUOUS && e->n_running == 0 && e->n_waiting > 0) {
-    exercise_todo("exercise 06, the admission step of schedule() in @FILE@");
+    exercise_todo("exercise 06, the admission step of engine_schedule in @FILE@");
     const int i = e->waiting[0];
     queue_remove(e->waiting, &e->n_waiting, i);
     admit(e, i);

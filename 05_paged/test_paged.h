@@ -1,0 +1,25 @@
+/*
+ * test_paged.h: what chapter 05's two test files share. test_paged.c checks the paged cache
+ * against chapter 04, the allocator and the lesson's measurements, and holds main();
+ * test_paged_program.c the program end to end, the CUDA kernels and hostile inputs, and gives
+ * those cases to main's table.
+ */
+#ifndef TEST_PAGED_H
+#define TEST_PAGED_H
+
+#include <check.h>
+
+#include "05_paged/paged.h"
+#include "common/testing.h"
+#include "common/testing_main.h"
+
+/* The block sizes every test of pages runs: one token, and the usual 8, 16 and 32. */
+#define N_BLOCK_SIZES 4
+extern const int BLOCK_SIZES[N_BLOCK_SIZES];
+
+/* test_paged_program.c's cases: "program", "hostile inputs" and "cuda". */
+TestingCase paged_program_case(void);
+TestingCase paged_hostile_case(void);
+TestingCase paged_cuda_case(void);
+
+#endif
