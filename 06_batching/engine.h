@@ -16,8 +16,8 @@
  * Every iteration is one model forward over all scheduled tokens of all sequences (prefill
  * chunks and decodes together): the matrix products see a [tokens, dim] batch, RoPE turns each
  * token by its own position, and attention reads each sequence's K/V through its block table
- * (chapter 05). Because every kernel on that path is batch-invariant (common/matmul's
- * matmul_nt_rows_ld, chapter 05's paged attention), a request gets bit for bit the tokens it
+ * (chapter 05). Because every kernel on that path is batch-invariant (common/matmul_packed's
+ * matmul_packed for the products, chapter 05's paged attention), a request gets bit for bit the tokens it
  * gets alone, whatever else runs with it, however its prompt is chunked, and after preemption.
  * The GPU forward (engine.cu, EngineOptions.cuda) is batch-invariant in its own arithmetic: a
  * request gets bit for bit the tokens it gets served alone on the GPU. The GPU does not add in
