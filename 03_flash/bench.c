@@ -30,7 +30,8 @@ static const BenchCommand BENCH = {
     .columns = "chapter\tdevice\tkernel\tB\tH\tHkv\tT\tS\tD\tcausal\ttime_ms\tgflops\tpct_peak\talloc_bytes",
     .summary =
         "Times chapter 02's grouped version (up to T = 8192) and this chapter's versions (the tiled\n"
-        "v1 up to T = 1024) for T = S = 256 .. max-t, B = 1, H = 8, D = 64, causal, fp32.\n"
+        "v1 up to T = 1024) for T = S = 256 .. max-t, B = 1, H = 8, D = 64, causal, fp32; then the fast\n"
+        "CPU version without a mask (causal 0) at T = S = 2048 and 4096.\n"
         "Columns: chapter device kernel B H Hkv T S D causal time_ms gflops pct_peak alloc_bytes.\n"
         "GFLOP/s counts 4*D per visible (query, key) pair; pct_peak is against the FMA peak measured by\n"
         "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). The\n"
@@ -114,6 +115,7 @@ typedef struct {
     double pct[16];                     /* % of the FMA peak of the fast version, entry i: T = 256 << i */
     double ms02_4096, ms03_4096;        /* chapter 02's and chapter 03's fast versions at T = 4096 */
     double alloc02_8192, alloc03_16384; /* memory held at each chapter's largest T */
+    double nomask_pct[2];               /* the fast version without a mask, T = 2048 and 4096 */
 } Targets;
 
 /* variant 0: chapter 02's grouped version (CPU only); 1 .. n: this chapter's kernel 1 .. n. */
@@ -140,6 +142,9 @@ static void targets_print(const Targets *tg)
         fprintf(stderr, "targets: at T = 4096 chapter 03 is x%.2f faster than chapter 02's fast version (target x5, "
                         "which would take %.0f%% of the FMA peak)\n",
                 tg->ms02_4096 / tg->ms03_4096, 5.0 * tg->pct[4] * tg->ms03_4096 / tg->ms02_4096);
+    if (!isnan(tg->nomask_pct[0]))
+        fprintf(stderr, "targets: fast CPU version without a mask at T = 2048, 4096: %.1f%%, %.1f%% of the FMA peak "
+                        "(target >= 50%%)\n", tg->nomask_pct[0], tg->nomask_pct[1]);
     if (!isnan(tg->alloc02_8192) && !isnan(tg->alloc03_16384))
         fprintf(stderr, "targets: extra memory at T = 16384: chapter 03 %.1f MiB = %.2f%% of chapter 02's %.0f MiB "
                         "(4x its measured T = 8192; target < 5%%)\n",
@@ -177,6 +182,30 @@ static void bench_variant(Tsv *tsv, Device dev, int variant, int max_t, int repe
     }
 }
 
+/* Prefill without a mask (T = S = 2048, 4096: the shape llama.cpp's CPU flash attention is
+ * measured on in docs/contracts.md §6), the fast CPU version: every tile is full, no diagonal. */
+static void bench_no_mask(Tsv *tsv, int max_t, int repeats, Targets *tg)
+{
+    for (int T = 2048, i = 0; T <= 4096 && T <= max_t; T *= 2, i++) {
+        AttnDims d = flash_lesson_dims(T);
+        d.causal = 0;
+        bench_progress("%s fast T=%d, no mask ...", FLASH_PROG, T);
+        Tensor q, k, v;
+        attn_random_inputs(&d, 6, &q, &k, &v);
+        AttnTiming t = attn_time(&FLASH_IMPLS, DEVICE_CPU, 2, &d, &q, &k, &v, repeats, 2.0, 0);
+        tensor_free(&q), tensor_free(&k), tensor_free(&v);
+        if (t.rc != 0) {
+            fprintf(stderr, "%s bench: %s\n", FLASH_PROG, error_message());
+            return;
+        }
+        const double gf = attn_flops(d.B, d.H, d.T, d.S, d.D, d.causal) / t.time.median_s / 1e9;
+        tg->nomask_pct[i] = 100.0 * gf / roofline_get()->fma_gflops;
+        tsv_row(tsv, "03\tcpu\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t0\t%.4f\t%.2f\t%.1f\t%zu",
+                attn_impl_name(&FLASH_IMPLS, DEVICE_CPU, 2), d.B, d.H, d.Hkv, d.T, d.S, d.D, t.time.median_s * 1e3, gf,
+                tg->nomask_pct[i], t.peak_bytes);
+    }
+}
+
 /* The shape of the PyTorch comparison (scripts/sdpa_bench.py): D = 128, T = S = 4096, on the GPU. */
 static void bench_sdpa_shape(Tsv *tsv, int repeats)
 {
@@ -198,7 +227,8 @@ int flash_cmd_bench(int argc, char **argv)
 {
     BenchSession b;
     bench_command_begin(&b, &BENCH, NULL, 0, argc, argv);
-    Targets tg = {.ms02_4096 = NAN, .ms03_4096 = NAN, .alloc02_8192 = NAN, .alloc03_16384 = NAN};
+    Targets tg = {.ms02_4096 = NAN, .ms03_4096 = NAN, .alloc02_8192 = NAN, .alloc03_16384 = NAN,
+                  .nomask_pct = {NAN, NAN}};
     Device devs[2];
     for (int i = 0, n = bench_devices(&b, devs); i < n; i++) {
         const Device dev = devs[i];
@@ -206,6 +236,8 @@ int flash_cmd_bench(int argc, char **argv)
         for (int variant = dev == DEVICE_CPU ? 0 : 1; variant <= attn_impl_count(&FLASH_IMPLS, dev); variant++)
             bench_variant(&b.tsv, dev, variant, b.limit, b.repeats, &tg);
     }
+    if (b.use_cpu)
+        bench_no_mask(&b.tsv, b.limit, b.repeats, &tg);
     if (b.use_gpu)
         bench_sdpa_shape(&b.tsv, b.repeats);
     bench_progress_done();

@@ -9,7 +9,7 @@
  *      row at a time in plain loops. Slow (under 3 GFLOP/s on the 2-core machine) but short.
  *   v2 flash_attention_fast: the same algorithm arranged for the machine. K and V of each kv
  *      head are packed once into 16-wide panels; per query block, QKᵀ and PV run through
- *      common/matmul's 6x16 register-blocked micro-kernel on those panels; exp is vectorised
+ *      common/matmul's MR x 16 register-blocked micro-kernel (12 x 16 with AVX-512, 6 x 16 with AVX2) on those panels; exp is vectorised
  *      (common/vmath.h); the G query heads of a GQA group are stacked position by position so
  *      each K/V tile is read once for the whole group; tiles past the causal diagonal are never
  *      visited; OpenMP hands out (batch, kv head, query block) tasks head by head, heaviest first.
@@ -248,7 +248,7 @@ static void tile_pv(const Plan *p, const Scratch *w, const float *Vp, const floa
         for (size_t db = 0; db < p->nDb; db++) {
             const float *panel = Vp + (db * p->Spad + j0) * NR;
             for (size_t r0 = 0; r0 < R; r0 += MR)
-                matmul_micro_6x16(w->o + r0 * Dp + db * NR, Dp, w->Sp + r0 * Bc, Bc, panel, common,
+                matmul_micro(w->o + r0 * Dp + db * NR, Dp, w->Sp + r0 * Bc, Bc, panel, common,
                                   R - r0 < MR ? R - r0 : MR, 1);
         }
     if (common < bc)
@@ -301,7 +301,7 @@ static void fast_block(const Plan *p, const Scratch *w, size_t g, size_t t0, siz
         for (size_t pi = 0; pi < panels; pi++) {
             const float *panel = Kp + (j0 / NR + pi) * D * NR;
             for (size_t r0 = 0; r0 < R; r0 += MR)
-                matmul_micro_6x16(w->Sp + r0 * Bc + pi * NR, Bc, w->q + r0 * D, D, panel, D,
+                matmul_micro(w->Sp + r0 * Bc + pi * NR, Bc, w->q + r0 * D, D, panel, D,
                                   R - r0 < MR ? R - r0 : MR, 0);
         }
         tile_softmax(p, w, R, j0, bc);

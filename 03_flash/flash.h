@@ -17,7 +17,7 @@
  *
  * Versions (--kernel N; 1 = the simplest, the default is the fastest):
  *   CPU  1  tiled: the algorithm in plain loops, a row at a time, written to be read
- *   CPU  2  fast: K and V packed once into 16-wide panels, QKᵀ and PV through the 6x16
+ *   CPU  2  fast: K and V packed once into 16-wide panels, QKᵀ and PV through the MR x 16
  *           register-blocked micro-kernel, vectorised exp, the query heads of a GQA group
  *           processed together, OpenMP over (batch, kv head, query block) heaviest first
  *   CUDA 1  fa1: one thread per query row, K/V tiles in shared memory (FlashAttention 1 style)

@@ -23,6 +23,7 @@
 #include "common/bench.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/matmul.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/roofline.h"
@@ -168,11 +169,11 @@ static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
     }
     tsv_close(&tsv);
     printf("\n   * the default (Br=%d, Bc=%d). Fastest in this run: Br=%d, Bc=%d at %.1f GFLOP/s (%.0f%% of peak).\n"
-           "   Short key tiles cost most: every tile, each 6x16 block of the output is loaded and stored once by\n"
+           "   Short key tiles cost most: every tile, each MR x 16 block of the output is loaded and stored once by\n"
            "   the micro-kernel and every row redoes its max, rescale and sums, so Bc = 32 spends a large share\n"
            "   on that bookkeeping; from Bc = 256 on the curve is flat within run-to-run noise (a few percent),\n"
-           "   and Br matters little once it fills the 6-row micro-kernel a few times.\n\n",
-           def.Br, def.Bc, best_br, best_bc, best, 100.0 * best / roof->fma_gflops);
+           "   and Br matters little once it fills the %d-row micro-kernel of this build a few times.\n\n",
+           def.Br, def.Bc, best_br, best_bc, best, 100.0 * best / roof->fma_gflops, MATMUL_MR);
     mem_free(out);
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
 }

@@ -37,15 +37,16 @@ if (which eq 'bench') {
         stats datafile using ((strcol(1).':'.strcol(2).':'.strcol(3)) eq v ? 1 : 0) name 'N' nooutput
         if (N_sum > 0) { present = present.' '.v }
     }
-    set multiplot layout 1,2 title 'Chapter 03 bench: B=1, H=8, D=64, causal, fp32'
+    set multiplot layout 1,2 title 'Chapter 03 bench: B=1, H=8, D=64, causal (dots: no mask), fp32'
     set logscale xy 2
     set xlabel 'T = S'
     set ylabel 'time per call (ms)'
     set key top left
-    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v && $9 == 64 ? $11 : NaN) with linespoints title v
+    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v && $9 == 64 && $10 == 1 ? $11 : NaN) with linespoints title v
     unset logscale y
     set yrange [0:*]
     set ylabel 'GFLOP/s (4*D per visible pair)'
-    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v && $9 == 64 ? $12 : NaN) with linespoints title v
+    plot for [v in present] datafile using 7:((strcol(1).':'.strcol(2).':'.strcol(3)) eq v && $9 == 64 && $10 == 1 ? $12 : NaN) with linespoints title v, \
+         datafile using 7:(strcol(1) eq '03' && strcol(2) eq 'cpu' && strcol(3) eq 'fast' && $10 == 0 ? $12 : NaN) with points pt 7 title '03:cpu:fast, no mask'
     unset multiplot
 }

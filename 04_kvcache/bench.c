@@ -30,13 +30,20 @@ static const BenchCommand BENCH = {
     .prog = KVCACHE_PROG,
     .device_help = "auto: CPU, and the GPU when present",
     .repeats_help = "timed runs per decode point, median reported (default 5)",
-    .columns = "mode\tdevice\tvariant\tdtype\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\ttokens_per_s",
+    .columns = "mode\tdevice\tvariant\tdtype\tB\tH\tHkv\tL\tD\ttime_ms\tgbs\tpct_dram\ttokens_per_s\tpeak_rss_mib",
     .summary =
         "Decode attention: one query per sequence against caches of L = 1024 .. max-l positions, B = 16\n"
         "sequences, H = 8, Hkv in {8, 2}, D = 128, caches flushed before each run. GB/s counts the bytes\n"
         "of K and V read once: 2*B*Hkv*L*D*bytes (+ int8 scales). Generation: the built-in model,\n"
-        "gen-tokens greedy tokens after a 16-token prompt, with and without the cache.\n"
-        "Columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s.",
+        "gen-tokens greedy tokens after a 16-token prompt, with and without the cache, run first; their\n"
+        "gbs is the model's matrices read once per token (packed bytes x tokens/s: a decode step at\n"
+        "batch 1 cannot go faster than DRAM delivers them), and pct_dram that against the bandwidth.\n"
+        "peak_rss_mib (generation rows): the most memory the process held resident while the row ran,\n"
+        "in MiB -- the model, loaded before, and the row's cache and buffers (host memory for a GPU\n"
+        "row); the high-water mark is reset before each row on Linux, elsewhere it is the process's\n"
+        "peak so far. A targets line compares the CPU cache row's with the model's checkpoint + its KV\n"
+        "cache.\n"
+        "Columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s peak_rss_mib.",
     .limit = {.name = "max-l", .value = 16384, .min = 256, .max = 1 << 22, .help =
                   "longest cache of the decode sweep (default 16384)"},
 };
@@ -207,7 +214,7 @@ static double bench_decode_cpu(Tsv *tsv, int Hkv, KvDtype dt, int kern, int L, i
     double bytes; /* the cache's: every position is read once */
     const double secs = kvcache_time_decode(kern, B, H, Hkv, L, D, dt, repeats, &bytes);
     const double gbs = bytes / secs / 1e9, pct = 100.0 * gbs / roofline_get()->dram_gbs;
-    tsv_row(tsv, "decode\tcpu\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\tnan", kvcache_cpu_kernel_name(kern),
+    tsv_row(tsv, "decode\tcpu\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\t%.1f\tnan\tnan", kvcache_cpu_kernel_name(kern),
             kv_dtype_name(dt), B, H, Hkv, L, D, secs * 1e3, gbs, pct);
     return pct;
 }
@@ -222,7 +229,7 @@ static void bench_decode_cuda(Tsv *tsv, int Hkv, int L, int repeats)
     attn_random_inputs(&d, 5, &q, &k, &v);
     AttnTiming t = attn_time(&KVCACHE_IMPLS, DEVICE_CUDA, 1, &d, &q, &k, &v, repeats, 2.0, 0);
     if (t.rc == 0)
-        tsv_row(tsv, "decode\tcuda\tsplit\tf32\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\tnan\tnan", B, H, Hkv, L, D,
+        tsv_row(tsv, "decode\tcuda\tsplit\tf32\t%d\t%d\t%d\t%d\t%d\t%.4f\t%.2f\tnan\tnan\tnan", B, H, Hkv, L, D,
                 t.time.median_s * 1e3, 2.0 * B * Hkv * L * D * 4 / t.time.median_s / 1e9);
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
 }
@@ -230,9 +237,16 @@ static void bench_decode_cuda(Tsv *tsv, int Hkv, int L, int repeats)
 
 /* ==== bench: generation =========================================================================== */
 
+/* What bench_generate measured on the CPU: seconds with and without the cache, and for the cache
+ * row its peak resident memory against the model's checkpoint + KV cache (the memory target). */
+typedef struct {
+    double with_s, without_s;
+    double peak, checkpoint, kv; /* bytes */
+} GenerateResult;
+
 /* gen_tokens greedy tokens of the built-in model after a 16-token prompt, with and without the
- * cache, on each device of the session; the CPU's seconds into with_s and without_s. */
-static void bench_generate(BenchSession *b, int gen_tokens, double *with_s, double *without_s)
+ * cache, on each device of the session; the CPU's measurements into r. */
+static void bench_generate(BenchSession *b, int gen_tokens, GenerateResult *r)
 {
     Model m;
     program_load_model(NULL, &m);
@@ -247,6 +261,7 @@ static void bench_generate(BenchSession *b, int gen_tokens, double *with_s, doub
             const GenOptions o = {.max_new = gen_tokens, .use_cache = cache, .dtype = KV_F32, .kernel = 2};
             bench_progress("generate %d tokens on %s %s the cache ...", gen_tokens, device_name(dev),
                            cache ? "with" : "without");
+            mem_reset_peak_rss(); /* this row's peak: the model, resident already, and what the row adds */
             const double t0 = timer_now();
             int rc;
 #if HAVE_CUDA
@@ -257,12 +272,21 @@ static void bench_generate(BenchSession *b, int gen_tokens, double *with_s, doub
                 rc = kvcache_generate(&m, prompt, 16, &o, toks, NULL);
             if (rc != 0)
                 die_with_error();
-            const double secs = timer_now() - t0;
+            const double secs = timer_now() - t0, peak = (double)mem_peak_rss_bytes();
             if (dev == DEVICE_CPU)
-                *(cache ? with_s : without_s) = secs;
-            tsv_row(&b->tsv, "generate\t%s\t%s\tf32\t1\t%d\t%d\t%d\t%d\t%.2f\tnan\tnan\t%.2f", device_name(dev),
-                    cache ? "cache" : "nocache", m.c.n_heads, m.c.n_kv_heads, 16 + gen_tokens, model_head_size(&m.c),
-                    secs * 1e3, gen_tokens / secs);
+                *(cache ? &r->with_s : &r->without_s) = secs;
+            if (dev == DEVICE_CPU && cache) {
+                r->peak = peak;
+                r->checkpoint = (double)model_checkpoint_bytes(&m.c);
+                r->kv = (double)(16 + gen_tokens) *
+                        (double)kvcache_bytes_per_token(m.c.n_layers, m.c.n_kv_heads, model_head_size(&m.c), KV_F32);
+            }
+            /* a decode step reads every matrix once: at batch 1 that is DRAM's limit on tokens/s */
+            const double gbs = (double)model_packed_floats(&m.c) * sizeof(float) * gen_tokens / secs / 1e9;
+            tsv_row(&b->tsv, "generate\t%s\t%s\tf32\t1\t%d\t%d\t%d\t%d\t%.2f\t%.2f\t%.1f\t%.2f\t%.1f",
+                    device_name(dev), cache ? "cache" : "nocache", m.c.n_heads, m.c.n_kv_heads, 16 + gen_tokens,
+                    model_head_size(&m.c), secs * 1e3, gbs, dev == DEVICE_CPU ? 100.0 * gbs / roofline_get()->dram_gbs : NAN,
+                    gen_tokens / secs, peak / 1048576.0);
         }
     }
     mem_free(toks);
@@ -280,11 +304,16 @@ int kvcache_cmd_bench(int argc, char **argv)
     };
     BenchSession b;
     bench_command_begin(&b, &BENCH, more, ARRAY_COUNT(more), argc, argv);
+    /* generation first: its peak_rss_mib then holds the model and the generation, not what the
+     * decode sweep's buffers leave behind in the heap */
+    GenerateResult gen = {.with_s = NAN, .without_s = NAN, .peak = NAN};
+    if (gen_tokens > 0)
+        bench_generate(&b, gen_tokens, &gen);
     const int hkvs[2] = {8, 2};
     int target_l = 1024; /* the target's shape: L = 16384, or the longest L of a shorter sweep */
     while (target_l * 4 <= (b.limit < 16384 ? b.limit : 16384))
         target_l *= 4;
-    double best_pct[2] = {0, 0};
+    double best_pct[2][3] = {{0}}; /* (Hkv 8 and 2, dtype) at L = target_l */
     /* one series after another (Hkv, dtype, kernel), so that the plot can join each one's points */
     for (int hi = 0; hi < 2; hi++) {
         for (int di = 0; di < 3 && b.use_cpu; di++)
@@ -293,25 +322,28 @@ int kvcache_cmd_bench(int argc, char **argv)
                     if (kern == 1 && L > 4096)
                         continue; /* the reference is far from the bandwidth; keep the run short */
                     const double pct = bench_decode_cpu(&b.tsv, hkvs[hi], (KvDtype)di, kern, L, b.repeats);
-                    if (kern == 2 && di == 0 && L == target_l)
-                        best_pct[hi] = pct;
+                    if (kern == 2 && L == target_l)
+                        best_pct[hi][di] = pct;
                 }
 #if HAVE_CUDA
         for (int L = 1024; L <= b.limit && b.use_gpu; L *= 4)
             bench_decode_cuda(&b.tsv, hkvs[hi], L, b.repeats);
 #endif
     }
-    double with_s = NAN, without_s = NAN;
-    if (gen_tokens > 0)
-        bench_generate(&b, gen_tokens, &with_s, &without_s);
     bench_progress_done();
     if (b.use_cpu) {
-        fprintf(stderr, "targets: decode attention, fp32, B=16, H=8, D=128, L=%d: %.1f%% (Hkv=8) and %.1f%% (Hkv=2) "
-                        "of the DRAM read bandwidth (target >= 80%%)\n",
-                target_l, best_pct[0], best_pct[1]);
-        if (!isnan(with_s) && !isnan(without_s))
+        for (int di = 0; di < 3; di++)
+            fprintf(stderr, "targets: decode attention, %s, B=16, H=8, D=128, L=%d: %.1f%% (Hkv=8) and %.1f%% (Hkv=2) "
+                            "of the DRAM read bandwidth, for the cache's own bytes (target >= 80%%)\n",
+                    kv_dtype_name((KvDtype)di), target_l, best_pct[0][di], best_pct[1][di]);
+        if (!isnan(gen.with_s) && !isnan(gen.without_s))
             fprintf(stderr, "targets: %d tokens: with the cache %.1f s, without %.1f s: x%.1f (target >= x10)\n",
-                    gen_tokens, with_s, without_s, without_s / with_s);
+                    gen_tokens, gen.with_s, gen.without_s, gen.without_s / gen.with_s);
+        if (!isnan(gen.peak))
+            fprintf(stderr, "targets: %d tokens with the cache: peak resident memory %.1f MiB = x%.2f the checkpoint "
+                            "(%.1f MiB) + the KV cache (%.1f MiB) (target <= x%.2f)\n",
+                    gen_tokens, gen.peak / 1048576.0, gen.peak / (gen.checkpoint + gen.kv), gen.checkpoint / 1048576.0,
+                    gen.kv / 1048576.0, MODEL_MEMORY_TARGET);
     }
     bench_end(&b);
     return 0;

@@ -10,7 +10,8 @@
  *   decode v2 kvcache_decode_split: tasks of (sequence, kv head, part of the sequence); a task
  *      scores the group's G query rows against chunks of 512 keys through common/matmul (each K
  *      and V row read once), keeps an online softmax across chunks (chapter 03's m, l, o), and
- *      the parts are merged with their log-sum-exp (chapter 03's flash_merge).
+ *      the parts are merged with their log-sum-exp (chapter 03's flash_merge). An fp16 or int8
+ *      cache goes through decode_quant.c's products, which widen the values in registers.
  *      `build/bin/04_kvcache bench` measures it in GB/s against the DRAM bandwidth.
  *
  * Shape key: q and out (n_seq, H, D) for decode, (n_seq, H, T, D) through kvcache_attention;
@@ -99,31 +100,27 @@ int kvcache_decode_ref(const KvCache *c, int layer, int H, float scale, int n_se
 
 /* One thread's scratch for its tasks. */
 typedef struct {
-    float *sc;      /* (G, CHUNK) scores, then probabilities */
-    float *pv;      /* (G, D) one chunk's P V */
-    float *kd, *vd; /* (CHUNK, D) dequantised rows (fp16 / int8 caches) */
-    float *m, *l;   /* (G) */
+    float *sc;    /* (G, CHUNK) scores, then probabilities */
+    float *pv;    /* (G, D) one chunk's P V */
+    float *m, *l; /* (G) */
 } DecodeScratch;
 
-/* 0 when every buffer was allocated (kd and vd only for a quantised cache); free it either way. */
+/* 0 when every buffer was allocated; free it either way. */
 static int scratch_alloc(DecodeScratch *w, const KvCache *c, int G)
 {
     const size_t D = (size_t)c->D;
     *w = (DecodeScratch){
         .sc = mem_alloc((size_t)G * DECODE_CHUNK * sizeof(float), "decode scores"),
         .pv = mem_alloc((size_t)G * D * sizeof(float), "decode P V"),
-        .kd = c->dtype == KV_F32 ? NULL : mem_alloc(DECODE_CHUNK * D * sizeof(float), "dequantised K chunk"),
-        .vd = c->dtype == KV_F32 ? NULL : mem_alloc(DECODE_CHUNK * D * sizeof(float), "dequantised V chunk"),
         .m = mem_alloc((size_t)G * sizeof(float), "m"),
         .l = mem_alloc((size_t)G * sizeof(float), "l"),
     };
-    const int ok = w->sc && w->pv && w->m && w->l && (c->dtype == KV_F32 || (w->kd && w->vd));
-    return ok ? 0 : -1;
+    return w->sc && w->pv && w->m && w->l ? 0 : -1;
 }
 
 static void scratch_free(DecodeScratch *w)
 {
-    mem_free(w->sc), mem_free(w->pv), mem_free(w->kd), mem_free(w->vd), mem_free(w->m), mem_free(w->l);
+    mem_free(w->sc), mem_free(w->pv), mem_free(w->m), mem_free(w->l);
 }
 
 /* One task: query rows q (G, D) against positions [s0, s1) of kv head `h` of slot b. Leaves the
@@ -139,12 +136,10 @@ static void decode_task(const KvCache *c, const DecodeScratch *w, int layer, int
         const size_t ch = (size_t)(s1 - j0 < DECODE_CHUNK ? s1 - j0 : DECODE_CHUNK);
         const float *kr = (const float *)c->k + (row0 + (size_t)j0) * D;
         const float *vr = (const float *)c->v + (row0 + (size_t)j0) * D;
-        if (c->dtype != KV_F32) { /* fp16 / int8: dequantise the chunk; the bytes read stay small */
-            kvcache_load_rows(c, c->k, c->k_scale, row0 + (size_t)j0, ch, w->kd);
-            kvcache_load_rows(c, c->v, c->v_scale, row0 + (size_t)j0, ch, w->vd);
-            kr = w->kd, vr = w->vd;
-        }
-        matmul_nt_ld(w->sc, DECODE_CHUNK, q, D, kr, D, (size_t)G, ch, D); /* scores (G, ch) */
+        if (c->dtype == KV_F32) /* scores (G, ch) */
+            matmul_nt_ld(w->sc, DECODE_CHUNK, q, D, kr, D, (size_t)G, ch, D);
+        else /* fp16 / int8: widened in registers (decode_quant.c) */
+            kvcache_scores_quant(c, row0 + (size_t)j0, ch, q, G, w->sc, DECODE_CHUNK);
         for (int r = 0; r < G; r++) { /* the online softmax of chapter 03, per query row */
             float *sr = w->sc + (size_t)r * DECODE_CHUNK, mt = -INFINITY;
 #pragma omp simd reduction(max : mt)
@@ -158,7 +153,10 @@ static void decode_task(const KvCache *c, const DecodeScratch *w, int layer, int
             for (size_t d = 0; d < D; d++)
                 orow[d] *= alpha;
         }
-        matmul_nn_ld(w->pv, D, w->sc, DECODE_CHUNK, vr, D, (size_t)G, D, ch); /* P V (G, D) */
+        if (c->dtype == KV_F32) /* P V (G, D) */
+            matmul_nn_ld(w->pv, D, w->sc, DECODE_CHUNK, vr, D, (size_t)G, D, ch);
+        else
+            kvcache_pv_quant(c, row0 + (size_t)j0, ch, w->sc, DECODE_CHUNK, G, w->pv);
         for (size_t i = 0; i < (size_t)G * D; i++)
             o[i] += w->pv[i];
     }

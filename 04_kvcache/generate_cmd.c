@@ -58,8 +58,9 @@ static void generate_parse(GenerateArgs *a, int argc, char **argv)
         .name = KVCACHE_PROG " generate",
         .usage = "[options]",
         .summary = "Generates token ids with a Llama-style model (llama2.c's run.c semantics) through the KV cache.\n"
-                   "Prints the generated ids (prompt excluded) on one line; timings go to stderr. With --tokenizer:\n"
-                   "prints the prompt and the generated text as run.c does, and stops at BOS or EOS.",
+                   "Prints the generated ids (prompt excluded) on one line; timings go to stderr, and on the CPU\n"
+                   "the peak resident memory against the checkpoint + the KV cache. With --tokenizer: prints the\n"
+                   "prompt and the generated text as run.c does, and stops at BOS or EOS.",
         .specs = specs,
         .n_specs = (int)(sizeof specs / sizeof specs[0]),
     };
@@ -80,6 +81,19 @@ static void print_generation(const Tokenizer *tok, int text, const int *prompt, 
         printf("\n");
     }
     stdout_flush_or_die(); /* the ids before the timing line (also when both go to one file), or exit 1 */
+}
+
+/* The memory target's line (docs/contracts.md §6.2): the process's peak resident memory, loading
+ * included, against the checkpoint's bytes and the KV cache the generation went through (none
+ * with --no-cache). For CPU runs: a GPU run's host memory holds the CUDA runtime, not the cache. */
+static void print_memory(const ModelConfig *c, int with_checkpoint, size_t kv_bytes)
+{
+    const double peak = (double)mem_peak_rss_bytes(), ckpt = (double)model_checkpoint_bytes(c);
+    fprintf(stderr,
+            "%s generate: peak resident memory %.1f MiB = x%.2f the checkpoint (%.1f MiB%s) + the KV cache (%.1f MiB) "
+            "(target <= x%.2f)\n",
+            KVCACHE_PROG, peak / 1048576.0, peak / (ckpt + (double)kv_bytes), ckpt / 1048576.0,
+            with_checkpoint ? "" : " as a file", (double)kv_bytes / 1048576.0, MODEL_MEMORY_TARGET);
 }
 
 int kvcache_cmd_generate(int argc, char **argv)
@@ -124,6 +138,11 @@ int kvcache_cmd_generate(int argc, char **argv)
     fprintf(stderr, "%s generate: %d prompt + %d new tokens on %s, %s, %s cache: %.2f s, %.1f tokens/s\n",
             KVCACHE_PROG, n_prompt, n_gen, device_name(dev), a.checkpoint ? a.checkpoint : "built-in random model",
             a.no_cache ? "no" : kv_dtype_name(o.dtype), secs, n_gen / (secs > 0 ? secs : 1e-9));
+    if (dev == DEVICE_CPU)
+        print_memory(&m.c, a.checkpoint != NULL,
+                     a.no_cache ? 0
+                                : kvcache_bytes_per_token(m.c.n_layers, m.c.n_kv_heads, model_head_size(&m.c), o.dtype) *
+                                      (size_t)(n_prompt + a.max_new));
     tokenizer_free(&tok);
     mem_free(out), free(prompt);
     model_free(&m);

@@ -25,14 +25,6 @@
 #include "common/error.h"
 #include "common/tensor.h"
 
-/* IEEE half precision as a storage type: C23's _Float16 (gcc, clang >= 15 on x86); clang 14
- * (the fuzzing build) has only its storage-only __fp16. Casts round to nearest even either way. */
-#if defined(__clang__) && !defined(__FLT16_MAX__)
-typedef __fp16 half_t;
-#else
-typedef _Float16 half_t;
-#endif
-
 /* ==== dtypes and sizes =============================================================================== */
 
 int kv_dtype_parse(const char *name, KvDtype *out)

@@ -14,7 +14,7 @@
  * against the cache:
  *   CPU  1  ref:   per query head, plain loops over the cache (dequantised element by element)
  *   CPU  2  split: per (sequence, kv head, part of the sequence) task, the G query heads of the
- *                  group read each key and value row once (a 6x16 micro-kernel or dot/axpy paths
+ *                  group read each key and value row once (an MR x 16 micro-kernel or dot/axpy paths
  *                  of common/matmul), an online softmax over chunks of 512 keys, and the parts
  *                  merged with their log-sum-exp (chapter 03's flash_merge); OpenMP over tasks
  *   CUDA 1  split: the same split over the sequence, a block per task, then a reduce kernel

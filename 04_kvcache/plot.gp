@@ -28,7 +28,7 @@ if (which eq 'memory') {
 }
 
 if (which eq 'bench') {
-    # columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s
+    # columns: mode device variant dtype B H Hkv L D time_ms gbs pct_dram tokens_per_s peak_rss_mib
     set title 'Chapter 04 bench: decode attention (B=16, H=8, D=128, cold caches): bytes of K and V read per second'
     set logscale x 2
     set xrange [800:20000]

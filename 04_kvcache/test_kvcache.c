@@ -379,6 +379,35 @@ START_TEST(test_quantisation_error_bounds)
 }
 END_TEST
 
+/* The split kernel reads an fp16 or int8 cache through decode_quant.c's products, which widen the
+ * values in registers; the reference dequantises element by element. Both see the same values,
+ * so they agree to float rounding, on shapes that take every path of those products: D with a
+ * tail past whole vectors (24, 40, 136) and past whole 16s (8, 24), groups of 1 to 5 query heads
+ * (rows of q four at a time, rows of P two at a time), lengths across 512-key chunks and parts. */
+START_TEST(test_quantised_decode_against_reference)
+{
+    const int shapes[][3] = {{4, 4, 128}, {8, 2, 64}, {6, 2, 24}, {5, 1, 136}, {3, 3, 8}, {10, 2, 40}};
+    int lens[3] = {1, 37, 700};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int dt = KV_F16; dt <= KV_INT8; dt++) {
+            const int H = shapes[si][0], Hkv = shapes[si][1], D = shapes[si][2];
+            KvCache kc;
+            random_cache(&kc, 3, Hkv, 700, D, (KvDtype)dt, lens, 40 + (uint64_t)si);
+            const size_t nq = (size_t)3 * H * D;
+            float *q = xmalloc(nq * 4, "q"), *ref = xmalloc(nq * 4, "ref"), *out = xmalloc(nq * 4, "out");
+            fill_normal(q, nq, 8);
+            const float scale = 1.0f / sqrtf((float)D);
+            ck_assert_int_eq(kvcache_decode_ref(&kc, 0, H, scale, 3, NULL, lens, q, ref), 0);
+            ck_assert_int_eq(kvcache_decode_split(&kc, 0, H, scale, 3, NULL, lens, q, out, 0), 0);
+            CompareResult r = compare_f32("quantised split vs ref", out, ref, nq, ATOL, RTOL, 3);
+            ck_assert_msg(r.n_bad == 0, "H %d Hkv %d D %d %s: %zu of %zu off", H, Hkv, D, kv_dtype_name((KvDtype)dt),
+                          r.n_bad, nq);
+            free(q), free(ref), free(out);
+            kvcache_free(&kc);
+        }
+}
+END_TEST
+
 START_TEST(test_requests_that_cannot_run)
 {
     ModelConfig c = small_config(0);
@@ -425,6 +454,7 @@ int main(void)
          .tests = {test_cached_logits_equal_recomputation, test_prefill_then_steps_equals_longer_prefill,
                    test_chunked_prefill, test_decode_kernels_against_chapter03,
                    test_nan_in_unused_slots_changes_nothing, test_quantisation_error_bounds,
+                   test_quantised_decode_against_reference,
                    test_requests_that_cannot_run, test_generation_with_and_without_cache}},
         kvcache_program_case(), kvcache_hostile_case(), kvcache_cuda_case(), /* test_kvcache_program.c */
     };

@@ -120,7 +120,19 @@ typedef struct {
     float *qt;    /* (R, D) the tile's query rows, pre-scaled */
     float *sc;    /* (R, chunk) scores, then probabilities */
     float *m, *l; /* (R) */
+    const float **kb, **vb; /* (chunk_blocks) the chunk's K and V blocks, looked up once */
 } PagedScratch;
+
+/* The chunk's blocks [lb0, lb0 + nb) through the table, once: pointers to their K and V rows of
+ * this layer and kv head (the inner loops then never touch the table). */
+static void lookup_blocks(const PagedPool *p, const PagedSeq *s, int layer, int h, int lb0, int nb, const float **kb,
+                          const float **vb)
+{
+    for (int i = 0; i < nb; i++) {
+        const int id = s->blocks[lb0 + i];
+        kb[i] = paged_k_block(p, id, layer, h), vb[i] = paged_v_block(p, id, layer, h);
+    }
+}
 
 /* Query rows of a group (tq positions x G heads) against the blocks [b0, b1) of its sequence:
  * the normalised partial output o (R, D) and its log-sum-exp lse (R). */
@@ -136,11 +148,11 @@ static void paged_task(const PagedPool *p, const PagedScratch *w, int layer, con
     int k_end = attn_visible_keys(g->t0 + g->tq - 1, T, s->len, causal);
     k_end = k_end < b1 * bs ? k_end : b1 * bs;
     for (int c0 = b0 * bs; c0 < k_end; c0 += (int)CH) {
-        const int ch = k_end - c0 < (int)CH ? k_end - c0 : (int)CH;
-        for (int j = 0; j < ch; j += bs) { /* scores (R, ch), one block at a time, K read in place */
-            const int nk = ch - j < bs ? ch - j : bs, lb = (c0 + j) / bs;
-            const float *kb = paged_k_block(p, s->blocks[lb], layer, g->h);
-            matmul_nt_rows_ld(w->sc + j, CH, w->qt, D, kb, D, (size_t)R, (size_t)nk, D); /* batch-invariant */
+        const int ch = k_end - c0 < (int)CH ? k_end - c0 : (int)CH, nb = (ch + bs - 1) / bs;
+        lookup_blocks(p, s, layer, g->h, c0 / bs, nb, w->kb, w->vb);
+        for (int i = 0; i < nb; i++) { /* scores (R, ch), one block at a time, K read in place */
+            const int j = i * bs, nk = ch - j < bs ? ch - j : bs;
+            matmul_nt_rows_ld(w->sc + j, CH, w->qt, D, w->kb[i], D, (size_t)R, (size_t)nk, D); /* batch-invariant */
         }
         for (int r = 0; r < R; r++) { /* chapter 03's online softmax, row by row */
             float *sr = w->sc + (size_t)r * CH;
@@ -164,10 +176,9 @@ static void paged_task(const PagedPool *p, const PagedScratch *w, int layer, con
             for (size_t d = 0; d < D; d++)
                 orow[d] *= alpha;
         }
-        for (int j = 0; j < ch; j += bs) { /* o += P V, one block at a time, V read in place */
-            const int nk = ch - j < bs ? ch - j : bs;
-            const float *vb = paged_v_block(p, s->blocks[(c0 + j) / bs], layer, g->h);
-            matmul_nn_acc_ld(o, D, w->sc + j, CH, vb, D, (size_t)R, D, (size_t)nk);
+        for (int i = 0; i < nb; i++) { /* o += P V, one block at a time, V read in place */
+            const int j = i * bs, nk = ch - j < bs ? ch - j : bs;
+            matmul_nn_acc_ld(o, D, w->sc + j, CH, w->vb[i], D, (size_t)R, D, (size_t)nk);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -264,8 +275,10 @@ static int run_tasks(const PagedPlan *pl, const PagedPool *p, int layer, int H, 
         PagedScratch w = {.qt = mem_alloc(R * D * sizeof(float), "query tile"),
                           .sc = mem_alloc(R * CH * sizeof(float), "scores"),
                           .m = mem_alloc(R * sizeof(float), "m"),
-                          .l = mem_alloc(R * sizeof(float), "l")};
-        const int ok = w.qt && w.sc && w.m && w.l;
+                          .l = mem_alloc(R * sizeof(float), "l"),
+                          .kb = mem_alloc((size_t)pl->chunk_blocks * sizeof(float *), "chunk K blocks"),
+                          .vb = mem_alloc((size_t)pl->chunk_blocks * sizeof(float *), "chunk V blocks")};
+        const int ok = w.qt && w.sc && w.m && w.l && w.kb && w.vb;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -284,7 +297,7 @@ static int run_tasks(const PagedPlan *pl, const PagedPool *p, int layer, int H, 
             paged_task(p, &w, layer, s, T, causal, g, G, b0, b1, pl->chunk_blocks,
                        pl->part_o + g->o_off + (size_t)pi * rows * D, pl->part_l + g->l_off + (size_t)pi * rows);
         }
-        mem_free(w.qt), mem_free(w.sc), mem_free(w.m), mem_free(w.l);
+        mem_free(w.qt), mem_free(w.sc), mem_free(w.m), mem_free(w.l), mem_free((void *)w.kb), mem_free((void *)w.vb);
     }
     return failed ? -1 : 0;
 }

@@ -19,6 +19,7 @@
 #include "common/args.h"
 #include "common/error.h"
 #include "common/program.h"
+#include "common/roofline.h"
 #include "common/tensor.h"
 #include "common/timer.h"
 
@@ -49,32 +50,53 @@ EngineMetrics engine_serve_once(const Model *m, const EngineRequest *reqs, int n
     return mt;
 }
 
-/* One row of the bench's table from a run's metrics. */
-static void metrics_row(Tsv *tsv, const char *policy, double rate, int n_req, int max_batch, const EngineMetrics *r,
-                        const char *model)
+/* The peak resident memory of one run, for the peak_rss_mib column: the high-water mark is reset
+ * before the run (peak_start) and read after it (peak_mib), on Linux; elsewhere the reset does
+ * nothing and the column holds the process's peak so far. */
+static void peak_start(void) { mem_reset_peak_rss(); }
+static double peak_mib(void) { return (double)mem_peak_rss_bytes() / 1048576.0; }
+
+/* The pct_dram column: a decode iteration reads every matrix of the model once, for the whole
+ * batch, so tokens/s / mean batch iterations a second move that many bytes; against the DRAM
+ * bandwidth this is how close the run comes to the memory's limit (CPU runs; nan on the GPU). */
+static double pct_dram(const Model *m, double tokens_per_s, double mean_batch, int on_gpu)
 {
-    tsv_row(tsv, "%s\t%.1f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d\t%s", policy, rate, n_req, max_batch,
-            r->throughput, r->ttft_p50, r->ttft_p99, r->tpot_p50 * 1e3, r->tpot_p99 * 1e3, r->mean_batch,
-            r->preemptions, model);
+    if (on_gpu || !(mean_batch > 0))
+        return NAN;
+    const double bytes = (double)model_packed_floats(&m->c) * sizeof(float);
+    return 100.0 * tokens_per_s / mean_batch * bytes / 1e9 / roofline_get()->dram_gbs;
+}
+
+/* One row of the bench's table from a run's metrics and its peak resident memory. */
+static void metrics_row(Tsv *tsv, const Model *m, const char *policy, double rate, int n_req, int max_batch,
+                        const EngineMetrics *r, const char *model, double peak, int on_gpu)
+{
+    tsv_row(tsv, "%s\t%.1f\t%d\t%d\t%.2f\t%.4f\t%.4f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%.1f\t%.1f", policy, rate, n_req,
+            max_batch, r->throughput, r->ttft_p50, r->ttft_p99, r->tpot_p50 * 1e3, r->tpot_p99 * 1e3, r->mean_batch,
+            r->preemptions, model, peak, pct_dram(m, r->throughput, r->mean_batch, on_gpu));
 }
 
 void engine_rate_sweep(const Model *m, Tsv *tsv, const double *rates, int n_rates, int n_req, int max_batch,
                        EngineMetrics *res)
 {
+    double *peak = xmalloc(2 * (size_t)n_rates * sizeof(double), "peak memory of each run"); /* (2, n_rates) */
     for (int ri = 0; ri < n_rates; ri++) {
         EngineRequest *reqs = engine_skewed_requests(m, n_req, rates[ri], 7);
         for (int p = 0; p < 2; p++) {
             bench_progress("rate %.0f/s, %s ...", rates[ri], p ? "continuous" : "static");
+            peak_start();
             res[p * n_rates + ri] =
                 engine_serve_once(m, reqs, n_req, p ? ENGINE_CONTINUOUS : ENGINE_STATIC, max_batch, 0, 0, 0);
+            peak[p * n_rates + ri] = peak_mib();
         }
         engine_free_requests(reqs, n_req);
     }
     bench_progress_done();
     for (int p = 0; p < 2 && tsv; p++)
         for (int ri = 0; ri < n_rates; ri++)
-            metrics_row(tsv, p ? "continuous" : "static", rates[ri], n_req, max_batch, &res[p * n_rates + ri],
-                        "builtin");
+            metrics_row(tsv, m, p ? "continuous" : "static", rates[ri], n_req, max_batch, &res[p * n_rates + ri],
+                        "builtin", peak[p * n_rates + ri], 0);
+    free(peak);
 }
 
 /* ==== bench ======================================================================================= */
@@ -101,47 +123,71 @@ static void bench_batch_scaling(const Model *m, Tsv *tsv, int on_gpu)
     for (int bi = 0; bi < 6; bi++) {
         EngineRequest *br = fixed_requests(bsz[bi], 64, m->c.vocab_size, 37, 11, 2);
         bench_progress("decode iterations of %d sequences on the %s ...", bsz[bi], on_gpu ? "GPU" : "CPU");
+        peak_start();
         EngineMetrics b = engine_serve_once(m, br, bsz[bi], ENGINE_CONTINUOUS, bsz[bi], 0, 0, on_gpu);
-        metrics_row(tsv, on_gpu ? "batch_scaling_cuda" : "batch_scaling", 0, bsz[bi], bsz[bi], &b, "builtin");
+        metrics_row(tsv, m, on_gpu ? "batch_scaling_cuda" : "batch_scaling", 0, bsz[bi], bsz[bi], &b, "builtin",
+                    peak_mib(), on_gpu);
         engine_free_metrics(&b);
         engine_free_requests(br, bsz[bi]);
     }
 }
 
+/* What bench_chapters measured on one model: tokens/s of chapter 05 and of the engine at batch
+ * 32, and chapter 04's peak resident memory against the checkpoint + its KV cache. */
+typedef struct {
+    double ch5, batch32;
+    double ch4_peak, checkpoint, kv; /* bytes */
+} ChapterResult;
+
 /* Tokens/s of one sequence of 16 + 128 tokens through chapters 04, 05 and 06, and of 32 of them
- * through the engine, on model mm (called `name`): rows into tsv, a summary on stderr. *ch5 and
- * *batch32: chapter 05's and the engine's at batch 32. */
-static void bench_chapters(const Model *mm, const char *name, Tsv *tsv, double *ch5_out, double *batch32_out)
+ * through the engine, on model mm (called `name`), each run's peak resident memory beside it:
+ * rows into tsv, a summary on stderr, the numbers of the targets into *out. */
+static void bench_chapters(const Model *mm, const char *name, Tsv *tsv, ChapterResult *out)
 {
     const int single_tokens = 128;
     const int new_tokens = single_tokens < mm->c.seq_len - 16 ? single_tokens : mm->c.seq_len - 16;
     EngineRequest *reqs = fixed_requests(32, new_tokens, mm->c.vocab_size, 131, 17, 1);
     int *toks = mem_alloc_or_die((size_t)new_tokens * sizeof(int), "generated tokens"); /* (new_tokens) */
+    double peak[4];                                                                      /* MiB, per run */
     bench_progress("%s: one sequence through chapter 04 ...", name);
     const GenOptions g4 = {.max_new = new_tokens, .temperature = 0.0f, .seed = 0, .use_cache = 1, .dtype = KV_F32,
                            .kernel = 2, .prefill_chunk = 0, .stop_at_bos_eos = 0};
+    peak_start();
     double t0 = timer_now();
     if (kvcache_generate(mm, reqs[0].prompt, 16, &g4, toks, NULL) != 0)
         die_with_error();
     const double ch4 = new_tokens / (timer_now() - t0);
+    peak[0] = peak_mib();
     bench_progress("%s: one sequence through chapter 05 ...", name);
     const PagedGenOptions g5 = {.max_new = new_tokens, .temperature = 0.0f, .seed = 0, .n_samples = 1,
                                 .block_size = 16, .num_blocks = 0, .kernel = 2, .shuffle = 0, .stop_at_bos_eos = 0};
+    peak_start();
     t0 = timer_now();
     if (paged_generate(mm, reqs[0].prompt, 16, &g5, toks, NULL) != 0)
         die_with_error();
     const double ch5 = new_tokens / (timer_now() - t0);
+    peak[1] = peak_mib();
     bench_progress("%s: one and 32 sequences through the engine ...", name);
+    peak_start();
     EngineMetrics one = engine_serve_once(mm, reqs, 1, ENGINE_CONTINUOUS, 1, 0, 0, 0);
+    peak[2] = peak_mib();
+    peak_start();
     EngineMetrics r = engine_serve_once(mm, reqs, 32, ENGINE_CONTINUOUS, 32, 0, 0, 0);
-    tsv_row(tsv, "ch04_generate\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0\t%s", ch4, 1e3 / ch4, name);
-    tsv_row(tsv, "ch05_generate\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0\t%s", ch5, 1e3 / ch5, name);
-    metrics_row(tsv, "ch06_engine", 0, 1, 1, &one, name);
-    metrics_row(tsv, "ch06_engine", 0, 32, 32, &r, name);
+    peak[3] = peak_mib();
+    tsv_row(tsv, "ch04_generate\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0\t%s\t%.1f\t%.1f", ch4, 1e3 / ch4, name,
+            peak[0], pct_dram(mm, ch4, 1.0, 0));
+    tsv_row(tsv, "ch05_generate\t0\t1\t1\t%.2f\tnan\tnan\t%.2f\tnan\t1\t0\t%s\t%.1f\t%.1f", ch5, 1e3 / ch5, name,
+            peak[1], pct_dram(mm, ch5, 1.0, 0));
+    metrics_row(tsv, mm, "ch06_engine", 0, 1, 1, &one, name, peak[2], 0);
+    metrics_row(tsv, mm, "ch06_engine", 0, 32, 32, &r, name, peak[3], 0);
     fprintf(stderr, "%s: tokens/s, one sequence: chapter 04 %.1f, chapter 05 %.1f, chapter 06 %.1f; the engine at "
                     "batch 32: %.1f (x%.2f chapter 05)\n",
             name, ch4, ch5, one.throughput, r.throughput, r.throughput / ch5);
-    *ch5_out = ch5, *batch32_out = r.throughput;
+    *out = (ChapterResult){
+        .ch5 = ch5, .batch32 = r.throughput, .ch4_peak = peak[0] * 1048576.0,
+        .checkpoint = (double)model_checkpoint_bytes(&mm->c),
+        .kv = (double)(16 + new_tokens) *
+              (double)kvcache_bytes_per_token(mm->c.n_layers, mm->c.n_kv_heads, model_head_size(&mm->c), KV_F32)};
     engine_free_metrics(&one), engine_free_metrics(&r);
     mem_free(toks);
     engine_free_requests(reqs, 32);
@@ -178,8 +224,17 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
             "(4) Tokens/s of one sequence through chapters 04, 05 and 06, and of 32 through the engine\n"
             "(ch04_generate, ch05_generate, ch06_engine), on the built-in model and on --checkpoint\n"
             "(default: the file named by the environment variable CHECKPOINT, when it is set and not empty).\n"
+            "peak_rss_mib: the most memory the process held resident during the row's run, in MiB (the\n"
+            "high-water mark is reset before each run on Linux; elsewhere it is the process's peak so far):\n"
+            "the models loaded then, what earlier runs left in the heap, and the run's cache and buffers.\n"
+            "--checkpoint's model is loaded first, so that a bad file fails before anything is timed, and\n"
+            "the built-in model is freed before the --checkpoint rows: those hold that model alone, and a\n"
+            "targets line compares their ch04_generate row's with the checkpoint + its KV cache.\n"
+            "pct_dram: each decode iteration reads the model's matrices once for the whole batch, so\n"
+            "tokens_per_s / mean_batch iterations a second move that many bytes: that traffic against the\n"
+            "DRAM bandwidth measured when the bench starts (CPU rows; nan on the GPU).\n"
             "Columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms\n"
-            "tpot_p99_ms mean_batch preemptions model.",
+            "tpot_p99_ms mean_batch preemptions model peak_rss_mib pct_dram.",
         .name = ENGINE_PROG " bench", .usage = "[options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
         argc, argv);
     if (strcmp(a->device, "cuda") == 0 && a->checkpoint) { /* --device cuda times the GPU rows only */
@@ -220,10 +275,11 @@ int engine_cmd_bench(int argc, char **argv)
         model_free(&m);
         return 0;
     }
-    double single = NAN, batch32 = NAN, ch5, b32;
-    bench_chapters(&m, "builtin", &b.tsv, &single, &batch32);
+    ChapterResult builtin, ck;
+    bench_chapters(&m, "builtin", &b.tsv, &builtin);
+    model_free(&m); /* the --checkpoint rows hold that model alone */
     if (a.checkpoint) {
-        bench_chapters(&cm, a.checkpoint, &b.tsv, &ch5, &b32);
+        bench_chapters(&cm, a.checkpoint, &b.tsv, &ck);
         model_free(&cm);
     }
     bench_progress_done();
@@ -233,8 +289,12 @@ int engine_cmd_bench(int argc, char **argv)
             rates[3], sweep[7].throughput / sweep[3].throughput);
     fprintf(stderr, "targets: the engine at batch 32: %.1f tokens/s, one sequence (chapter 05): %.1f tokens/s: x%.2f "
                     "(target >= x5)\n",
-            batch32, single, batch32 / single);
+            builtin.batch32, builtin.ch5, builtin.batch32 / builtin.ch5);
+    if (a.checkpoint)
+        fprintf(stderr, "targets: %s, one sequence through chapter 04: peak resident memory %.1f MiB = x%.2f the "
+                        "checkpoint (%.1f MiB) + the KV cache (%.1f MiB) (target <= x%.2f)\n",
+                a.checkpoint, ck.ch4_peak / 1048576.0, ck.ch4_peak / (ck.checkpoint + ck.kv), ck.checkpoint / 1048576.0,
+                ck.kv / 1048576.0, MODEL_MEMORY_TARGET);
     bench_end(&b);
-    model_free(&m);
     return 0;
 }

@@ -19,7 +19,7 @@ int engine_cmd_bench(int argc, char **argv);        /* bench: the rate sweep, ba
 /* The columns of the bench's rows, and of the lesson's rate sweep (engine_rate_sweep's rows). */
 #define ENGINE_BENCH_COLUMNS                                                                                           \
     "policy\trate\trequests\tmax_batch\ttokens_per_s\tttft_p50_s\tttft_p99_s\ttpot_p50_ms\ttpot_p99_ms\tmean_batch\t"  \
-    "preemptions\tmodel"
+    "preemptions\tmodel\tpeak_rss_mib\tpct_dram"
 
 /* The workload of the lesson and of the bench's rate sweep: n requests with skewed lengths
  * (lognormal, medians ENGINE_PROMPT_MEDIAN prompt and ENGINE_OUT_MEDIAN output tokens, clipped to

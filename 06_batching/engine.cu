@@ -175,7 +175,6 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
 {
     ModelCuda *mc = &g->mc;
     const ModelConfig *c = &mc->m->c;
-    const ModelWeights *w = &mc->m->w;
     const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = model_head_size(c), kvd = Hkv * D;
     if (n > g->max_rows || n_seq > g->max_seqs || n_out > g->max_seqs)
         return error_set("GPU forward: %d rows of %d sequences exceed the buffers (%d rows, %d sequences)", n, n_seq,
@@ -196,7 +195,7 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
     cuda_upload(g->out_rows, out_rows, (size_t)n_out * sizeof(int));
     mem_free(row_seq);
     const size_t layer_pool = (size_t)Hkv * g->num_blocks * g->bs * D;
-    model_cuda_embed(model_cuda_weight(mc, w->token_embedding), mc->tokens, mc->x, n, dim);
+    model_cuda_embed(mc->w.token_embedding, mc->tokens, mc->x, n, dim);
     int rc = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
         model_cuda_layer_qkv(mc, l, n, eng_linear); /* the model's layer, with this forward's product */
@@ -216,8 +215,8 @@ extern "C" int engine_gpu_forward(EngineGpu *g, int n, const int *tokens, const 
     if (rc != 0 || n_out == 0)
         return rc;
     LAUNCH(eng_gather_rows, (size_t)n_out * dim, mc->x, mc->att, g->out_rows, n_out, dim); /* att (rows, dim) is free */
-    model_cuda_rmsnorm(mc->xb, mc->att, model_cuda_weight(mc, w->rms_final), n_out, dim);
-    eng_linear(g->logits, mc->xb, model_cuda_weight(mc, w->wcls), n_out, c->vocab_size, dim);
+    model_cuda_rmsnorm(mc->xb, mc->att, mc->w.rms_final, n_out, dim);
+    eng_linear(g->logits, mc->xb, mc->w.wcls, n_out, c->vocab_size, dim);
     cuda_download(logits, g->logits, (size_t)n_out * c->vocab_size * sizeof(float));
     return 0;
 }

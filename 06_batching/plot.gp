@@ -14,7 +14,7 @@ if (which eq 'occupancy') {
 }
 
 if (which eq 'lesson' || which eq 'bench') {
-    # columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms tpot_p99_ms mean_batch preemptions
+    # columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms tpot_p99_ms mean_batch preemptions model peak_rss_mib pct_dram
     set title 'Chapter 06: throughput (left) and p99 time to first token (right) against the arrival rate'
     set logscale x 2
     set xlabel 'arrival rate (requests per second, Poisson)'

@@ -1,12 +1,13 @@
 /*
  * matmul.c: register-blocked fp32 matrix products (see matmul.h).
  *
- * The core is a 6x16 micro-kernel: six rows of `a` times a 16-column panel of `b`, with the
- * 6x16 block of `out` held in twelve 8-float vector registers while it walks down K.
- * Each step loads 16 floats of b and 6 of a for 96 multiply-adds, so it is limited by the FMA
+ * The core is a micro-kernel (matmul_kernel.h): MATMUL_MR rows of `a` times a 16-column panel of
+ * `b`, the MR x 16 block of `out` held in twelve vector registers (12 x 1 with AVX-512's 16
+ * lanes, 6 x 2 with AVX2's 8) while it walks down K.
+ * Each step loads 16 floats of b and MR of a for 16 MR multiply-adds, so it is limited by the FMA
  * units rather than by memory. The panel of b (K x 16 floats) is first copied to a contiguous
  * buffer: it then stays in L1/L2 while all rows of a pass over it, and rows of b that are a
- * power of two apart no longer collide in the same cache sets. Leftover rows (fewer than 6) run
+ * power of two apart no longer collide in the same cache sets. Leftover rows (fewer than MR) run
  * the same kernel with rows repeated; a partial last panel takes a plain loop. The chapter 01 lesson prints the
  * speed of a product of the layer's shape against the machine's measured FMA peak.
  * matmul_nt uses the same kernel; its panels are 16 rows of b copied transposed, so b is read
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "matmul_kernel.h"
 #include "tensor.h"
 #include "vmath.h"
 
@@ -30,41 +32,10 @@
 #define NR MATMUL_NR /* columns of out per micro-kernel call */
 
 
-/* out[0..rows) x [0..NR) = a[0..rows) x [0..K) · b[0..K) x [0..NR), rows <= MR, the 6 x 16 block
- * of out in twelve named accumulators so that they stay in registers (12 of AVX2's 16).
- * With fewer than 6 rows the missing ones recompute row 0 and are not stored: wasted
- * multiply-adds at full speed beat a narrower kernel that waits on FMA latency. */
-static void kernel_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t K,
-                        size_t rows, int accumulate)
+void matmul_micro(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
+                  int accumulate)
 {
-    f32x8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
-    f32x8 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-    const float *a0 = a, *a1 = rows > 1 ? a + lda : a, *a2 = rows > 2 ? a + 2 * lda : a;
-    const float *a3 = rows > 3 ? a + 3 * lda : a, *a4 = rows > 4 ? a + 4 * lda : a, *a5 = rows > 5 ? a + 5 * lda : a;
-    for (size_t k = 0; k < K; k++) {
-        const f32x8 b0 = *(const f32x8 *)(b + k * ldb);
-        const f32x8 b1 = *(const f32x8 *)(b + k * ldb + 8);
-        c00 += a0[k] * b0, c01 += a0[k] * b1;
-        c10 += a1[k] * b0, c11 += a1[k] * b1;
-        c20 += a2[k] * b0, c21 += a2[k] * b1;
-        c30 += a3[k] * b0, c31 += a3[k] * b1;
-        c40 += a4[k] * b0, c41 += a4[k] * b1;
-        c50 += a5[k] * b0, c51 += a5[k] * b1;
-    }
-    const f32x8 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    for (size_t r = 0; r < rows; r++) {
-        f32x8 *o = (f32x8 *)(out + r * ldo);
-        if (accumulate)
-            o[0] += c[r][0], o[1] += c[r][1];
-        else
-            o[0] = c[r][0], o[1] = c[r][1];
-    }
-}
-
-void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
-                       int accumulate)
-{
-    kernel_6x16(out, ldo, a, lda, panel, MATMUL_NR, K, rows, accumulate);
+    micro_kernel(MR, out, ldo, a, lda, panel, NR, K, rows, accumulate);
 }
 
 /* Any rows x cols block, one output row at a time (the last, partial panel); += with accumulate.
@@ -100,43 +71,145 @@ int matmul_use_threads(size_t M, size_t N, size_t K)
 #endif
 }
 
-/* One row: out += a[k] * (row k of b), k outer, so b is streamed once (a decode step's P V for
- * one query head). Threads split the columns. With 2-5 rows the panels and the micro-kernel
- * below are faster: the axpy would load and store every output row once per row of b. */
-static void nn_axpy_cols(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+/* ==== a few rows: b streamed row by row ============================================================== */
+
+/* With up to STREAM_ROWS rows of a (a decode step's P V: the G query heads of a group against V),
+ * out is a few rows of sums over b's rows, and the product is a pass over b: it goes at memory
+ * speed only if b is read in order, row after row. The panels of the micro-kernel would instead
+ * walk b in strips of 16 columns, K rows apart, from DRAM.
+ * So: b is taken STREAM_K rows at a time (16 KiB at N = 128: they stay in L1 while they are
+ * used), and within that step one or two rows of out at a time, STREAM_VECS vectors of columns
+ * (a whole row of 128 floats with AVX-512, 32 with AVX2), are held in registers
+ * across the STREAM_K rows of b: the first pair of rows reads b from memory in order, the next
+ * pairs from L1. Each output element is still one multiply-add chain over K in order (stored and
+ * reloaded between steps): the same bits as the micro-kernel. */
+#define STREAM_ROWS 8
+#define STREAM_K 32
+#if VL == 16 || defined(__aarch64__)
+#define STREAM_VECS 8 /* vectors of columns per block: 2 rows x 8 = 16 accumulators of 32 registers */
+#else
+#define STREAM_VECS 4 /* 2 x 4 = 8 of AVX2's 16 */
+#endif
+#define STREAM_RANGE 512 /* columns whose sums (STREAM_ROWS x 512 floats, 16 KiB) sit on the stack */
+
+/* sum (R, cols) += a (R, [k0, k1)) · b ([k0, k1), cols), R <= 2, sum's rows lds apart, in
+ * blocks of STREAM_VECS vectors of columns. */
+static inline __attribute__((always_inline)) void stream_step(const int R, float *sum, size_t lds, const float *a,
+                                                               size_t lda, const float *b, size_t ldb, size_t k0,
+                                                               size_t k1, size_t cols)
+{
+    const size_t block = (size_t)STREAM_VECS * VL;
+    size_t c0 = 0;
+    for (; c0 + block <= cols; c0 += block) {
+        fvec acc[2][STREAM_VECS];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 16
+            for (int v = 0; v < STREAM_VECS; v++)
+                acc[r][v] = fvec_load(sum + (size_t)r * lds + c0 + (size_t)v * VL);
+        for (size_t k = k0; k < k1; k++) {
+            const float *bk = b + k * ldb + c0;
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                const float ark = a[(size_t)r * lda + k];
+#pragma GCC unroll 16
+                for (int v = 0; v < STREAM_VECS; v++)
+                    acc[r][v] += ark * fvec_load(bk + (size_t)v * VL);
+            }
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 16
+            for (int v = 0; v < STREAM_VECS; v++)
+                fvec_store(sum + (size_t)r * lds + c0 + (size_t)v * VL, acc[r][v]);
+    }
+    for (; c0 < cols; c0++) /* the last columns: the same chain, one element at a time */
+        for (int r = 0; r < R; r++) {
+            float s = sum[(size_t)r * lds + c0];
+            for (size_t k = k0; k < k1; k++)
+                s += a[(size_t)r * lda + k] * b[k * ldb + c0];
+            sum[(size_t)r * lds + c0] = s;
+        }
+}
+
+/* Columns [j0, j0 + cols) of out, cols <= STREAM_RANGE, for M <= STREAM_ROWS rows: summed from
+ * zero over all of K, step by step, two rows at a time, then stored or added to out. */
+static void stream_range(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                          size_t j0, size_t cols, size_t K, int accumulate)
 {
-    float sum[256]; /* cols <= 256: summed from zero, then stored or added, as the micro-kernel does */
-    for (size_t i = 0; i < M; i++) {
-        float *o = out + i * ldo + j0;
-        memset(sum, 0, cols * sizeof(float));
-        for (size_t k = 0; k < K; k++) {
-            const float aik = a[i * lda + k];
-            const float *bk = b + k * ldb + j0;
-#pragma omp simd
-            for (size_t j = 0; j < cols; j++)
-                sum[j] += aik * bk[j];
+    float sum[STREAM_ROWS * STREAM_RANGE]; /* (M, cols), rows STREAM_RANGE apart */
+    for (size_t r = 0; r < M; r++)
+        memset(sum + r * STREAM_RANGE, 0, cols * sizeof(float));
+    for (size_t k0 = 0; k0 < K; k0 += STREAM_K) {
+        const size_t k1 = K - k0 < STREAM_K ? K : k0 + STREAM_K;
+        for (size_t r = 0; r < M; r += 2) {
+            float *sr = sum + r * STREAM_RANGE;
+            if (M - r >= 2)
+                stream_step(2, sr, STREAM_RANGE, a + r * lda, lda, b + j0, ldb, k0, k1, cols);
+            else
+                stream_step(1, sr, STREAM_RANGE, a + r * lda, lda, b + j0, ldb, k0, k1, cols);
         }
+    }
+    for (size_t r = 0; r < M; r++) {
+        float *o = out + r * ldo + j0;
+        const float *sr = sum + r * STREAM_RANGE;
         if (accumulate)
             for (size_t j = 0; j < cols; j++)
-                o[j] += sum[j];
+                o[j] += sr[j];
         else
-            memcpy(o, sum, cols * sizeof(float));
+            memcpy(o, sr, cols * sizeof(float));
     }
 }
 
-static void matmul_nn_axpy(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
-                           size_t N, size_t K, int accumulate)
+/* One row (M = 1): out += a[k] * (row k of b), k outer, b read once from start to end, the
+ * row's sums in L1 (a load and a store per FMA: nothing next to DRAM's speed). Measured faster
+ * for a lone row than stream_range's register blocks, whose 32-row steps read b in shorter
+ * runs. Each element is still one chain over k in order. */
+static void row_axpy(float *out, const float *a, const float *b, size_t ldb, size_t j0, size_t cols, size_t K,
+                     int accumulate)
 {
-    const size_t CB = 256; /* columns per thread chunk */
-    if (!matmul_use_threads(M, N, K)) { /* no parallel region at all: a small call stays cheap */
-        for (size_t j0 = 0; j0 < N; j0 += CB)
-            nn_axpy_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < CB ? N - j0 : CB, K, accumulate);
+    float sum[STREAM_RANGE]; /* (cols) */
+    memset(sum, 0, cols * sizeof(float));
+    for (size_t k = 0; k < K; k++) {
+        const float ak = a[k];
+        const float *bk = b + k * ldb + j0;
+#pragma omp simd
+        for (size_t j = 0; j < cols; j++)
+            sum[j] += ak * bk[j];
+    }
+    for (size_t j = 0; j < cols; j++)
+        out[j0 + j] = accumulate ? out[j0 + j] + sum[j] : sum[j];
+}
+
+/* Columns [j0, j0 + cols) of out for M <= STREAM_ROWS rows. */
+static void stream_cols(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                        size_t j0, size_t cols, size_t K, int accumulate)
+{
+    if (M == 1)
+        row_axpy(out, a, b, ldb, j0, cols, K, accumulate);
+    else
+        stream_range(out, ldo, a, lda, b, ldb, M, j0, cols, K, accumulate);
+}
+
+/* matmul_nn for M <= STREAM_ROWS: threads (when worth it) split the column ranges. A small call
+ * opens no parallel region at all: even a region of one thread costs about a microsecond, and
+ * chapter 05 calls this once per block of 16 keys. */
+static void matmul_nn_stream(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb,
+                             size_t M, size_t N, size_t K, int accumulate)
+{
+    const size_t ranges = (N + STREAM_RANGE - 1) / STREAM_RANGE;
+    if (!matmul_use_threads(M, N, K)) {
+        for (size_t q = 0; q < ranges; q++) {
+            const size_t j0 = q * STREAM_RANGE;
+            stream_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < STREAM_RANGE ? N - j0 : STREAM_RANGE, K, accumulate);
+        }
         return;
     }
 #pragma omp parallel for schedule(static)
-    for (size_t j0 = 0; j0 < N; j0 += CB)
-        nn_axpy_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < CB ? N - j0 : CB, K, accumulate);
+    for (size_t q = 0; q < ranges; q++) {
+        const size_t j0 = q * STREAM_RANGE;
+        stream_cols(out, ldo, a, lda, b, ldb, M, j0, N - j0 < STREAM_RANGE ? N - j0 : STREAM_RANGE, K, accumulate);
+    }
 }
 
 /* Columns j0 .. j0+15 of out (or fewer, the last panel): every block of MR rows against one
@@ -157,7 +230,7 @@ static void nn_panel(float *out, size_t ldo, const float *a, size_t lda, const f
         panel = packed, ldp = NR;
     }
     for (size_t i = 0; i < M; i += MR)
-        kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, panel, ldp, K, M - i < MR ? M - i : MR, accumulate);
+        micro_kernel(MR, out + i * ldo + j0, ldo, a + i * lda, lda, panel, ldp, K, M - i < MR ? M - i : MR, accumulate);
 }
 
 #define STACK_PANEL_K 256 /* panels of up to 256 x 16 floats live on the stack (16 KiB) */
@@ -165,8 +238,8 @@ static void nn_panel(float *out, size_t ldo, const float *a, size_t lda, const f
 static void matmul_nn_any(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                           size_t N, size_t K, int accumulate)
 {
-    if (M == 1) {
-        matmul_nn_axpy(out, ldo, a, lda, b, ldb, M, N, K, accumulate);
+    if (M <= STREAM_ROWS) {
+        matmul_nn_stream(out, ldo, a, lda, b, ldb, M, N, K, accumulate);
         return;
     }
     const size_t n_panels = (N + NR - 1) / NR;
@@ -221,111 +294,102 @@ void transpose(float *out, const float *in, size_t M, size_t N)
                     out[j * M + i] = in[i * N + j];
 }
 
-/* Fewer rows than the micro-kernel has: each output is a dot product along K, reading every
- * row of b once, in order (a decode step's few query rows against the keys or a weight matrix).
- * Up to four rows of a at once, two 8-float accumulators each: eight independent FMA chains,
- * so the loop is not stalled by FMA latency. Every row gets the same arithmetic whichever rows
- * share its group (and a lone row too): the result of a row does not depend on M. */
-/* The end of one output element: the two 8-lane partial sums of the K16 part, added lane by
- * lane, then across the lanes in a fixed tree, then the K % 16 tail in order. Every path below
- * ends each element through this function, so that all give it the same bits. */
-static inline float dot_finish(f32x8 s0, f32x8 s1, const float *ar, const float *bj, size_t K16, size_t K)
-{
-    const f32x8 v = s0 + s1;
-    float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-    for (size_t k = K16; k < K; k++)
-        sum += ar[k] * bj[k];
-    return sum;
-}
+/* ==== dot products: each output element one dot product along K ===================================== */
 
-/* Rows [i_begin, i_end) of column j, up to four rows at a time. */
-static void dots_rows(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t i_begin,
-                      size_t i_end, size_t K, size_t j)
+/* A block of DOT_R rows of a by DOT_C rows of b (output columns): DOT_R x DOT_C dot products at
+ * once, each row of a and of b loaded once per step for all of them, and as many independent
+ * FMA chains (DOT_R * DOT_C * ACC16), so that neither loads nor FMA latency limit the loop. Each
+ * element: its 16 partial sums over the K16 part, folded in vmath.h's fixed order (fsum16_x4
+ * does four at once), then the K % 16 tail in order -- the same bits on every vector width and
+ * whichever rows and columns share its block.
+ * AVX-512 4 x 4 x 1 zmm = 16 accumulators, AVX2 1 x 4 x 2 ymm = 8, NEON 1 x 4 x 4 q = 16. */
+#define DOT_C 4 /* vmath.h's fsum16_x4 finishes four at once */
+#if VL == 16
+#define DOT_R 4
+#else
+#define DOT_R 1
+#endif
+
+/* out[i0 .. i0+rows) x [j0 .. j0+cols) for rows <= R <= DOT_R, cols <= DOT_C; missing rows and
+ * columns repeat the first one and are not stored, as in the micro-kernel. R is a compile-time
+ * constant in each copy (always inlined), so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void dots_block(const int R, float *out, size_t ldo, const float *a,
+                                                              size_t lda, const float *b, size_t ldb, size_t i0,
+                                                              size_t rows, size_t j0, size_t cols, size_t K)
 {
     const size_t K16 = K / 16 * 16;
-    const float *bj = b + j * ldb;
-    if (i_end - i_begin == 1) { /* one row: the arithmetic of one row of the loop below, exactly */
-        const float *ar = a + i_begin * lda;
-        f32x8 s0 = {0}, s1 = {0};
-        for (size_t k = 0; k < K16; k += 16) {
-            s0 += *(const f32x8 *)(ar + k) * *(const f32x8 *)(bj + k);
-            s1 += *(const f32x8 *)(ar + k + 8) * *(const f32x8 *)(bj + k + 8);
+    const float *ar[DOT_R], *bc[DOT_C];
+    for (size_t r = 0; r < (size_t)R; r++)
+        ar[r] = a + (i0 + (r < rows ? r : 0)) * lda;
+    for (size_t c = 0; c < DOT_C; c++)
+        bc[c] = b + (j0 + (c < cols ? c : 0)) * ldb;
+    fvec s[DOT_R][DOT_C][ACC16];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < DOT_C; c++)
+#pragma GCC unroll 4
+            for (int u = 0; u < ACC16; u++)
+                s[r][c][u] = fvec_splat(0.0f);
+    /* each row of b read start to end in turn (the four rows interleaved, 64 bytes of each at a
+     * time, read from DRAM at half the speed); the chains of the four still overlap in the core */
+#pragma GCC unroll 4
+    for (int c = 0; c < DOT_C; c++)
+        for (size_t k = 0; k < K16; k += 16)
+#pragma GCC unroll 4
+            for (int u = 0; u < ACC16; u++) {
+                fvec bk = fvec_load(bc[c] + k + (size_t)u * VL);
+                fvec_in_register(&bk);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++)
+                    s[r][c][u] += fvec_load(ar[r] + k + (size_t)u * VL) * bk;
+            }
+    for (size_t r = 0; r < rows; r++) {
+        const f32x4 sum = fsum16_x4(s[r][0], s[r][1], s[r][2], s[r][3]); /* vmath.h's fixed order */
+        for (size_t c = 0; c < cols; c++) {
+            float v = sum[c];
+            for (size_t k = K16; k < K; k++) /* then the K % 16 tail, in order */
+                v += ar[r][k] * bc[c][k];
+            out[(i0 + r) * ldo + j0 + c] = v;
         }
-        out[i_begin * ldo + j] = dot_finish(s0, s1, ar, bj, K16, K);
-        return;
-    }
-    for (size_t i0 = i_begin; i0 < i_end; i0 += 4) {
-        const size_t rows = i_end - i0 < 4 ? i_end - i0 : 4;
-        /* missing rows repeat row i0 (not stored), as in the micro-kernel */
-        const float *a0 = a + i0 * lda, *a1 = rows > 1 ? a0 + lda : a0;
-        const float *a2 = rows > 2 ? a0 + 2 * lda : a0, *a3 = rows > 3 ? a0 + 3 * lda : a0;
-        f32x8 s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};
-        for (size_t k = 0; k < K16; k += 16) {
-            const f32x8 b0 = *(const f32x8 *)(bj + k), b1 = *(const f32x8 *)(bj + k + 8);
-            s00 += *(const f32x8 *)(a0 + k) * b0, s01 += *(const f32x8 *)(a0 + k + 8) * b1;
-            s10 += *(const f32x8 *)(a1 + k) * b0, s11 += *(const f32x8 *)(a1 + k + 8) * b1;
-            s20 += *(const f32x8 *)(a2 + k) * b0, s21 += *(const f32x8 *)(a2 + k + 8) * b1;
-            s30 += *(const f32x8 *)(a3 + k) * b0, s31 += *(const f32x8 *)(a3 + k + 8) * b1;
-        }
-        const f32x8 t0[4] = {s00, s10, s20, s30}, t1[4] = {s01, s11, s21, s31};
-        for (size_t r = 0; r < rows; r++)
-            out[(i0 + r) * ldo + j] = dot_finish(t0[r], t1[r], a + (i0 + r) * lda, bj, K16, K);
     }
 }
 
-/* Rows i0 .. i0+2 of columns j and j+1: twelve accumulators, each row of a loaded once for two
- * columns (fewer loads per multiply-add than dots_rows when there are many rows). */
-static void dots_3x2(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t i0,
-                     size_t K, size_t j)
+/* the block of DOT_R rows, and a lone row (fewer rows left than DOT_R) */
+static void dots_block_rows(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t i0,
+                            size_t j0, size_t cols, size_t K)
 {
-    const size_t K16 = K / 16 * 16;
-    const float *a0 = a + i0 * lda, *a1 = a0 + lda, *a2 = a1 + lda, *b0 = b + j * ldb, *b1 = b0 + ldb;
-    f32x8 p00 = {0}, p01 = {0}, p10 = {0}, p11 = {0}, p20 = {0}, p21 = {0}; /* column j */
-    f32x8 q00 = {0}, q01 = {0}, q10 = {0}, q11 = {0}, q20 = {0}, q21 = {0}; /* column j + 1 */
-    for (size_t k = 0; k < K16; k += 16) {
-        const f32x8 x0 = *(const f32x8 *)(b0 + k), x1 = *(const f32x8 *)(b0 + k + 8);
-        const f32x8 y0 = *(const f32x8 *)(b1 + k), y1 = *(const f32x8 *)(b1 + k + 8);
-        f32x8 r = *(const f32x8 *)(a0 + k);
-        p00 += r * x0, q00 += r * y0;
-        r = *(const f32x8 *)(a0 + k + 8);
-        p01 += r * x1, q01 += r * y1;
-        r = *(const f32x8 *)(a1 + k);
-        p10 += r * x0, q10 += r * y0;
-        r = *(const f32x8 *)(a1 + k + 8);
-        p11 += r * x1, q11 += r * y1;
-        r = *(const f32x8 *)(a2 + k);
-        p20 += r * x0, q20 += r * y0;
-        r = *(const f32x8 *)(a2 + k + 8);
-        p21 += r * x1, q21 += r * y1;
-    }
-    out[i0 * ldo + j] = dot_finish(p00, p01, a0, b0, K16, K);
-    out[(i0 + 1) * ldo + j] = dot_finish(p10, p11, a1, b0, K16, K);
-    out[(i0 + 2) * ldo + j] = dot_finish(p20, p21, a2, b0, K16, K);
-    out[i0 * ldo + j + 1] = dot_finish(q00, q01, a0, b1, K16, K);
-    out[(i0 + 1) * ldo + j + 1] = dot_finish(q10, q11, a1, b1, K16, K);
-    out[(i0 + 2) * ldo + j + 1] = dot_finish(q20, q21, a2, b1, K16, K);
+    dots_block(DOT_R, out, ldo, a, lda, b, ldb, i0, DOT_R, j0, cols, K);
+}
+
+static void dots_block_row(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t i0,
+                           size_t j0, size_t cols, size_t K)
+{
+    dots_block(1, out, ldo, a, lda, b, ldb, i0, 1, j0, cols, K);
 }
 
 #define DOT_COLS 16 /* columns of out per block: 16 rows of b (32 KiB at K = 512) stay in L1/L2 */
 
-/* Columns [j0, j0 + DOT_COLS) (fewer at the end) for every row: three rows of a at a time
- * against each pair of columns, so that both the three rows and the block of b are reused from
- * the cache; leftover rows and an odd last column one column at a time. */
+/* Columns [j0, j0 + DOT_COLS) (fewer at the end) for every row, in blocks of DOT_R x DOT_C: the
+ * rows of a and the block of b are reused from the cache. */
 static void dots_column_block(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                               size_t N, size_t K, size_t j0)
 {
-    const size_t j1 = j0 + DOT_COLS < N ? j0 + DOT_COLS : N, pairs_end = j0 + (j1 - j0) / 2 * 2;
-    const size_t M3 = M >= 6 ? M / 3 * 3 : 0; /* up to 5 rows: dots_rows takes four at a time */
-    for (size_t i0 = 0; i0 < M3; i0 += 3)
-        for (size_t j = j0; j < pairs_end; j += 2)
-            dots_3x2(out, ldo, a, lda, b, ldb, i0, K, j);
-    for (size_t j = j0; j < j1; j++)
-        dots_rows(out, ldo, a, lda, b, ldb, j < pairs_end ? M3 : 0, M, K, j);
+    const size_t j1 = j0 + DOT_COLS < N ? j0 + DOT_COLS : N;
+    const size_t full = M / DOT_R * DOT_R;
+    for (size_t j = j0; j < j1; j += DOT_C) {
+        const size_t cols = j1 - j < DOT_C ? j1 - j : DOT_C;
+        for (size_t i0 = 0; i0 < full; i0 += DOT_R)
+            dots_block_rows(out, ldo, a, lda, b, ldb, i0, j, cols, K);
+        for (size_t i = full; i < M; i++)
+            dots_block_row(out, ldo, a, lda, b, ldb, i, j, cols, K);
+    }
 }
 
 /* Every output is a dot product along K, reading every row of b once, in order (a decode
  * step's few query rows against the keys or a weight matrix; a batch's rows against a weight
- * matrix). Each element is two 8-lane multiply-add chains over K, then dot_finish: the same
+ * matrix). Each element is 16 partial sums over K (vmath.h's ACC16) folded by fsum16_x4, then the
+ * K % 16 tail: the same
  * arithmetic whichever rows and columns are computed together, so a row's result does not
  * depend on M. Threads split the columns. */
 static void matmul_nt_dots(float *out, size_t ldo, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
@@ -353,7 +417,7 @@ static void nt_panel(float *out, size_t ldo, const float *a, size_t lda, const f
             packed[k * NR + c] = c < cols ? b[(j0 + c) * ldb + k] : 0.0f;
     if (cols == NR) {
         for (size_t i = 0; i < M; i += MR)
-            kernel_6x16(out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
+            micro_kernel(MR, out + i * ldo + j0, ldo, a + i * lda, lda, packed, NR, K, M - i < MR ? M - i : MR, 0);
     } else {
         kernel_edge(out + j0, ldo, a, lda, packed, NR, M, cols, K, 0);
     }

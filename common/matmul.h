@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+#include "vmath.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -42,22 +44,35 @@ void matmul_nt_rows_ld(float *out, size_t ldo, const float *a, size_t lda, const
                        size_t N, size_t K);
 
 /* A linear layer y = x Wᵀ on weights packed once (W [out, in] = (N, K), row-major, as llama2.c
- * stores them): the 6x16 micro-kernel's speed for many rows, and batch-invariant -- every output
+ * stores them): the micro-kernel's speed for many rows, and batch-invariant -- every output
  * element is one multiply-add chain over K in order, for one row or many. packed holds
  * matmul_packed_floats(N, K) floats: panels of 16 output columns, (ceil(N/16), K, 16), the
  * columns past N zero. */
 size_t matmul_packed_floats(size_t N, size_t K);
 void matmul_pack_weights(float *packed, const float *w, size_t N, size_t K);
+/* The exact inverse, for whoever needs W as the checkpoint stores it (saving a model, uploading
+ * it to a GPU): w (N, K) from packed; matmul_unpack_row gives row j alone (K floats). A model
+ * keeps its matrices only packed, and reads an embedding row shared with its classifier this way. */
+void matmul_unpack_weights(float *w, const float *packed, size_t N, size_t K);
+void matmul_unpack_row(float *row, const float *packed, size_t K, size_t j);
 void matmul_packed(float *out, size_t ldo, const float *a, size_t lda, const float *packed, size_t M, size_t N,
                    size_t K);
 
 /* The register-blocked micro-kernel itself, for kernels that keep their operands packed
  * (chapter 03): out (rows, 16) = a (rows, K) · panel (K, 16), or += with accumulate, where
- * rows <= MATMUL_MR and panel is K x 16 contiguous floats. */
+ * rows <= MATMUL_MR and panel is K x 16 contiguous floats. MATMUL_MR is retuned for each vector
+ * width (common/matmul_kernel.h): 12 rows with AVX-512's 32 registers, 6 with AVX2 and NEON,
+ * 3 with SSE alone. */
+#if VL == 16
+#define MATMUL_MR 12
+#elif VL == 8 || defined(__aarch64__)
 #define MATMUL_MR 6
+#else
+#define MATMUL_MR 3
+#endif
 #define MATMUL_NR 16
-void matmul_micro_6x16(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
-                       int accumulate);
+void matmul_micro(float *out, size_t ldo, const float *a, size_t lda, const float *panel, size_t K, size_t rows,
+                  int accumulate);
 
 /* Whether a product of this size is worth OpenMP threads (about 2e5 multiply-adds or more, and not
  * already inside a parallel region): shared by matmul.c and matmul_packed.c. */

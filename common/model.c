@@ -1,4 +1,5 @@
-/* model.c: the Llama-style model of llama2.c's run.c -- config, checkpoints, forward pieces (see model.h). */
+/* model.c: the Llama-style model of llama2.c's run.c -- its config and a checkpoint's header, the
+ * forward pieces and the forward (see model.h). How a model holds its weights: model_weights.c. */
 #include "model.h"
 
 #include <float.h>
@@ -8,7 +9,6 @@
 #include <string.h>
 
 #include "error.h"
-#include "fileio.h"
 #include "matmul.h"
 #include "tensor.h"
 
@@ -26,8 +26,6 @@ ModelConfig model_default_config(void)
     return c;
 }
 
-static size_t packed_floats(const ModelConfig *c);
-
 int model_check_config(const ModelConfig *c)
 {
     if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
@@ -41,272 +39,43 @@ int model_check_config(const ModelConfig *c)
         return error_set("model config: n_kv_heads = %d does not divide n_heads = %d", c->n_kv_heads, c->n_heads);
     if ((c->dim / c->n_heads) % 2 != 0)
         return error_set("model config: head size %d is odd (RoPE turns pairs of dimensions)", c->dim / c->n_heads);
-    /* every size derived from these (the file's bytes, the packed copy's) must fit in size_t:
-     * checked before blocks_of and build_packed compute them without checks */
+    /* every size derived from these (the file's bytes, the packed matrices') must fit in size_t:
+     * checked before model_weights.c computes them without checks */
     const size_t limit = (SIZE_MAX - 64) / sizeof(float);
-    if (model_checkpoint_floats(c) >= limit || packed_floats(c) >= limit)
+    if (model_checkpoint_floats(c) >= limit || model_packed_floats(c) >= limit)
         return error_set("the model's size overflows (dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, "
                          "vocab_size %d, seq_len %d)",
                          c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len);
     return 0;
 }
 
-/* Sizes from a file's header are hostile: every product and sum below saturates at SIZE_MAX
- * instead of wrapping (a header of dim 2^30, heads 2^29, vocab 2^31-10 once declared 2^64 + 156
- * bytes, which wrapped to the 156 bytes of its file and passed the size check). No real size comes
- * near SIZE_MAX, so SIZE_MAX means "too large" and model_check_config refuses it. */
-static size_t sat_mul(size_t a, size_t b)
+/* ==== a checkpoint's header ============================================================================ */
+
+int model_read_header(FILE *f, const char *path, size_t file_bytes, ModelConfig *c)
 {
-    size_t r;
-    return size_mul(&r, a, b) == 0 ? r : SIZE_MAX;
-}
-
-static size_t sat_add(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
-
-static size_t sat_mul3(size_t a, size_t b, size_t c) { return sat_mul(sat_mul(a, b), c); }
-
-/* The checkpoint's float blocks in order, for counting, loading and saving alike. */
-typedef struct {
-    float **slot;
-    size_t n;
-} Block;
-
-static int blocks_of(const ModelConfig *c, ModelWeights *w, Block b[14])
-{
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
-    int i = 0;
-    b[i++] = (Block){.slot = &w->token_embedding, .n = sat_mul((size_t)c->vocab_size, dim)};
-    b[i++] = (Block){.slot = &w->rms_att, .n = sat_mul(L, dim)};
-    b[i++] = (Block){.slot = &w->wq, .n = sat_mul3(L, qd, dim)};
-    b[i++] = (Block){.slot = &w->wk, .n = sat_mul3(L, kvd, dim)};
-    b[i++] = (Block){.slot = &w->wv, .n = sat_mul3(L, kvd, dim)};
-    b[i++] = (Block){.slot = &w->wo, .n = sat_mul3(L, dim, qd)};
-    b[i++] = (Block){.slot = &w->rms_ffn, .n = sat_mul(L, dim)};
-    b[i++] = (Block){.slot = &w->w1, .n = sat_mul3(L, hid, dim)};
-    b[i++] = (Block){.slot = &w->w2, .n = sat_mul3(L, dim, hid)};
-    b[i++] = (Block){.slot = &w->w3, .n = sat_mul3(L, hid, dim)};
-    b[i++] = (Block){.slot = &w->rms_final, .n = dim};
-    b[i++] = (Block){.slot = NULL, .n = sat_mul((size_t)c->seq_len, D) / 2}; /* freq_cis_real, unused */
-    b[i++] = (Block){.slot = NULL, .n = sat_mul((size_t)c->seq_len, D) / 2}; /* freq_cis_imag, unused */
-    if (!c->shared_classifier)
-        b[i++] = (Block){.slot = &w->wcls, .n = sat_mul((size_t)c->vocab_size, dim)};
-    return i;
-}
-
-size_t model_checkpoint_floats(const ModelConfig *c)
-{
-    ModelWeights w;
-    Block b[14];
-    size_t total = 0;
-    int n = blocks_of(c, &w, b);
-    for (int i = 0; i < n; i++)
-        total = sat_add(total, b[i].n);
-    return total;
-}
-
-/* Floats of the packed matrices (build_packed), saturating like the rest. */
-static size_t packed_floats(const ModelConfig *c)
-{
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
-    /* matmul_packed_floats(N, K) rounds N up to a multiple of 16 rows: at most (N + 16) * K */
-    const size_t per_layer = sat_add(sat_add(sat_mul(qd + 16, dim), sat_mul(2, sat_mul(kvd + 16, dim))),
-                                     sat_add(sat_add(sat_mul(dim + 16, qd), sat_mul(2, sat_mul(hid + 16, dim))),
-                                             sat_mul(dim + 16, hid)));
-    return sat_add(sat_mul(L, per_layer), sat_mul((size_t)c->vocab_size + 16, dim));
-}
-
-size_t model_param_count(const ModelConfig *c)
-{
-    const size_t D = (size_t)(c->dim / c->n_heads);
-    return model_checkpoint_floats(c) - (size_t)c->seq_len * D;
-}
-
-/* Points every weight into m->data, in checkpoint order. */
-static void assign(Model *m)
-{
-    Block b[14];
-    int n = blocks_of(&m->c, &m->w, b);
-    float *p = m->data;
-    for (int i = 0; i < n; i++) {
-        if (b[i].slot)
-            *b[i].slot = p;
-        p += b[i].n;
-    }
-    if (m->c.shared_classifier)
-        m->w.wcls = m->w.token_embedding;
-}
-
-static int alloc_model(Model *m, const ModelConfig *c, const char *what)
-{
-    memset(m, 0, sizeof *m);
-    if (model_check_config(c) != 0)
-        return -1;
-    m->c = *c;
-    m->n_floats = model_checkpoint_floats(c);
-    m->data = mem_alloc(m->n_floats * sizeof(float), what);
-    if (!m->data)
-        return -1;
-    assign(m);
-    return 0;
-}
-
-/* m->p from m->w: every matrix packed into panels for matmul_packed. */
-static int build_packed(Model *m)
-{
-    const ModelConfig *c = &m->c;
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
-    ModelPacked *p = &m->p;
-    p->q = matmul_packed_floats(qd, dim), p->kv = matmul_packed_floats(kvd, dim);
-    p->o = matmul_packed_floats(dim, qd), p->up = matmul_packed_floats(hid, dim), p->down = matmul_packed_floats(dim, hid);
-    const size_t cls = matmul_packed_floats((size_t)c->vocab_size, dim);
-    m->p_data = mem_alloc((L * (p->q + 2 * p->kv + p->o + 2 * p->up + p->down) + cls) * sizeof(float),
-                          "packed model weights");
-    if (!m->p_data)
-        return -1;
-    float *x = m->p_data;
-    p->wq = x, x += L * p->q;
-    p->wk = x, x += L * p->kv;
-    p->wv = x, x += L * p->kv;
-    p->wo = x, x += L * p->o;
-    p->w1 = x, x += L * p->up;
-    p->w2 = x, x += L * p->down;
-    p->w3 = x, x += L * p->up;
-    p->wcls = x;
-    for (size_t l = 0; l < L; l++) {
-        matmul_pack_weights(p->wq + l * p->q, m->w.wq + l * qd * dim, qd, dim);
-        matmul_pack_weights(p->wk + l * p->kv, m->w.wk + l * kvd * dim, kvd, dim);
-        matmul_pack_weights(p->wv + l * p->kv, m->w.wv + l * kvd * dim, kvd, dim);
-        matmul_pack_weights(p->wo + l * p->o, m->w.wo + l * dim * qd, dim, qd);
-        matmul_pack_weights(p->w1 + l * p->up, m->w.w1 + l * hid * dim, hid, dim);
-        matmul_pack_weights(p->w2 + l * p->down, m->w.w2 + l * dim * hid, dim, hid);
-        matmul_pack_weights(p->w3 + l * p->up, m->w.w3 + l * hid * dim, hid, dim);
-    }
-    matmul_pack_weights(p->wcls, m->w.wcls, (size_t)c->vocab_size, dim);
-    return 0;
-}
-
-int model_init_random(Model *m, const ModelConfig *c, uint64_t seed)
-{
-    if (alloc_model(m, c, "model weights") != 0)
-        return -1;
-    Rng rng;
-    rng_seed(&rng, seed);
-    const size_t L = (size_t)c->n_layers, dim = (size_t)c->dim, D = (size_t)(c->dim / c->n_heads);
-    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D, hid = (size_t)c->hidden_dim;
-    const struct {
-        float *p;
-        size_t n;
-        float std;
-    } fill[] = {
-        {m->w.token_embedding, (size_t)c->vocab_size * dim, 1.0f},
-        {m->w.wq, L * qd * dim, 1.0f / sqrtf((float)dim)},
-        {m->w.wk, L * kvd * dim, 1.0f / sqrtf((float)dim)},
-        {m->w.wv, L * kvd * dim, 1.0f / sqrtf((float)dim)},
-        {m->w.wo, L * dim * qd, 1.0f / sqrtf((float)qd)},
-        {m->w.w1, L * hid * dim, 1.0f / sqrtf((float)dim)},
-        {m->w.w2, L * dim * hid, 1.0f / sqrtf((float)hid)},
-        {m->w.w3, L * hid * dim, 1.0f / sqrtf((float)dim)},
-        {c->shared_classifier ? NULL : m->w.wcls, (size_t)c->vocab_size * dim, 1.0f / sqrtf((float)dim)},
-    };
-    for (size_t i = 0; i < sizeof fill / sizeof fill[0]; i++)
-        for (size_t j = 0; fill[i].p && j < fill[i].n; j++)
-            fill[i].p[j] = fill[i].std * rng_normal(&rng);
-    for (size_t j = 0; j < L * dim; j++)
-        m->w.rms_att[j] = m->w.rms_ffn[j] = 1.0f;
-    for (size_t j = 0; j < dim; j++)
-        m->w.rms_final[j] = 1.0f;
-    if (build_packed(m) != 0) {
-        model_free(m);
-        return -1;
-    }
-    return 0;
-}
-
-int model_load(const char *path, Model *m)
-{
-    memset(m, 0, sizeof *m);
     int32_t h[7];
-    size_t have; /* the file's bytes */
-    FILE *f = file_open_input_size(path, &have); /* a regular file, or an error: never blocks on a FIFO */
-    if (!f)
-        return -1;
-    if (fread(h, sizeof(int32_t), 7, f) != 7) {
-        fclose(f);
+    if (fread(h, sizeof(int32_t), 7, f) != 7)
         return error_set("%s: truncated: a llama2.c checkpoint starts with a 28-byte header", path);
-    }
     /* a negative vocab_size means "unshared classifier"; 0 and INT32_MIN (no positive twin) are bad */
     const int vocab_bad = h[5] == 0 || h[5] == INT32_MIN;
-    ModelConfig c = {.dim = h[0], .hidden_dim = h[1], .n_layers = h[2], .n_heads = h[3], .n_kv_heads = h[4],
-                     .vocab_size = vocab_bad ? 0 : h[5] < 0 ? -h[5] : h[5], .seq_len = h[6],
-                     .shared_classifier = h[5] > 0};
-    if (vocab_bad || model_check_config(&c) != 0) {
+    *c = (ModelConfig){.dim = h[0], .hidden_dim = h[1], .n_layers = h[2], .n_heads = h[3], .n_kv_heads = h[4],
+                       .vocab_size = vocab_bad ? 0 : h[5] < 0 ? -h[5] : h[5], .seq_len = h[6],
+                       .shared_classifier = h[5] > 0};
+    if (vocab_bad || model_check_config(c) != 0) {
         char why[512];
         if (vocab_bad)
             snprintf(why, sizeof why, "vocab_size is %d", (int)h[5]);
         else
             snprintf(why, sizeof why, "%s", error_message());
-        fclose(f);
         return error_set("%s: bad header: %s", path, why);
     }
-    const size_t want = 28 + model_checkpoint_floats(&c) * sizeof(float);
-    if (have != want) {
-        fclose(f);
+    const size_t want = model_checkpoint_bytes(c);
+    if (file_bytes != want)
         return error_set("%s: %s: the header (dim %d, hidden %d, layers %d, heads %d, kv heads %d, vocab %d%s, seq_len %d) "
                          "needs %zu bytes, the file has %zu",
-                         path, have < want ? "truncated" : "too long", c.dim, c.hidden_dim, c.n_layers, c.n_heads,
-                         c.n_kv_heads, c.vocab_size, c.shared_classifier ? "" : " unshared", c.seq_len, want, have);
-    }
-    if (alloc_model(m, &c, path) != 0) {
-        fclose(f);
-        return -1;
-    }
-    if (fread(m->data, sizeof(float), m->n_floats, f) != m->n_floats) {
-        fclose(f);
-        model_free(m);
-        return error_set("%s: read error", path);
-    }
-    fclose(f);
-    for (size_t i = 0; i < m->n_floats; i++)
-        if (!isfinite(m->data[i])) {
-            model_free(m);
-            return error_set("%s: weight %zu is not finite", path, i);
-        }
-    if (build_packed(m) != 0) {
-        model_free(m);
-        return -1;
-    }
+                         path, file_bytes < want ? "truncated" : "too long", c->dim, c->hidden_dim, c->n_layers, c->n_heads,
+                         c->n_kv_heads, c->vocab_size, c->shared_classifier ? "" : " unshared", c->seq_len, want, file_bytes);
     return 0;
-}
-
-int model_load_or_builtin(const char *checkpoint, Model *m)
-{
-    if (checkpoint)
-        return model_load(checkpoint, m);
-    ModelConfig c = model_default_config();
-    return model_init_random(m, &c, MODEL_DEFAULT_SEED);
-}
-
-int model_save(const Model *m, const char *path)
-{
-    OutFile o; /* a temporary file renamed over path at the end: a failed write keeps the old one */
-    if (out_open(&o, path) != 0)
-        return -1;
-    const ModelConfig *c = &m->c;
-    int32_t h[7] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
-                    c->shared_classifier ? c->vocab_size : -c->vocab_size, c->seq_len};
-    out_write(&o, h, sizeof h);
-    out_write(&o, m->data, m->n_floats * sizeof(float));
-    return out_commit(&o);
-}
-
-void model_free(Model *m)
-{
-    mem_free(m->data);
-    mem_free(m->p_data);
-    memset(m, 0, sizeof *m);
 }
 
 /* ==== forward pieces ================================================================================= */
@@ -344,6 +113,15 @@ void model_rope(float *x, int rows, int n_heads, int D, int pos0)
         const int pos = pos0 + r;
         model_rope_at(x + (size_t)r * n_heads * D, 1, n_heads, D, &pos);
     }
+}
+
+void model_embed(const Model *m, int token, float *x)
+{
+    const size_t dim = (size_t)m->c.dim;
+    if (m->w.token_embedding)
+        memcpy(x, m->w.token_embedding + (size_t)token * dim, dim * sizeof(float));
+    else /* a shared classifier: the packed classifier is the embedding's only copy */
+        matmul_unpack_row(x, m->p.wcls, dim, (size_t)token);
 }
 
 void model_swiglu(float *h, const float *g, size_t n)
@@ -384,9 +162,10 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
         if (out_rows[i] < 0 || out_rows[i] >= n)
             return error_set("model_forward: logits asked for row %d of %d", out_rows[i], n);
     const size_t N = (size_t)n, per_row = (size_t)2 * dim + 2 * (size_t)qd + 2 * (size_t)kvd + 2 * (size_t)hid;
-    if (sat_mul3(N, per_row, sizeof(float)) == SIZE_MAX)
+    size_t floats;
+    if (size_mul(&floats, N, per_row) != 0 || floats > SIZE_MAX / sizeof(float))
         return error_set("model_forward: the activations of %d rows overflow size_t", n);
-    float *buf = mem_alloc(N * per_row * sizeof(float), "forward activations");
+    float *buf = mem_alloc(floats * sizeof(float), "forward activations");
     if (!buf)
         return -1;
     float *x = buf;           /* (n, dim) the residual stream */
@@ -398,7 +177,7 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     float *h1 = v + N * kvd;  /* (n, hidden) */
     float *h3 = h1 + N * hid; /* (n, hidden) */
     for (size_t i = 0; i < N; i++)
-        memcpy(x + i * dim, m->w.token_embedding + (size_t)tokens[i] * dim, (size_t)dim * sizeof(float));
+        model_embed(m, tokens[i], x + i * dim);
     int rc = 0;
     for (int l = 0; l < mc->n_layers && rc == 0; l++) {
         for (size_t i = 0; i < N; i++)

@@ -19,6 +19,11 @@
  * and wcls (vocab, dim) when not shared. The file size is checked against the header before any
  * weight is read.
  *
+ * In memory a model holds each weight of its checkpoint once (common/model_weights.c): the
+ * matrices packed for matmul_packed (ModelPacked), packed one at a time as they are read; the
+ * vectors as they are (ModelWeights). The checkpoint's own layout (ModelTensors) comes back
+ * through model_unpack, a matrix at a time, for whoever needs it: saving, the GPU, the tests.
+ *
  * The same model on the GPU: common/model_cuda.h.
  */
 #ifndef COMMON_MODEL_H
@@ -26,6 +31,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "rng.h"
 
@@ -44,6 +50,9 @@ typedef struct {
     int shared_classifier; /* wcls is the token embedding */
 } ModelConfig;
 
+/* Every weight as a checkpoint lays it out, matrices [out, in] row-major: the file, the GPU's
+ * copy (common/model_cuda.h) and the tests' float64 model (testing_oracle.c). The host's Model
+ * does not keep this layout; model_unpack gives it back. */
 typedef struct {
     float *token_embedding; /* (vocab, dim) */
     float *rms_att;         /* (L, dim) */
@@ -57,13 +66,24 @@ typedef struct {
     float *w3;              /* (L, hidden, dim) */
     float *rms_final;       /* (dim) */
     float *wcls;            /* (vocab, dim); = token_embedding when shared */
+} ModelTensors;
+
+/* The weights the forward reads as vectors, unpacked: the norms, and the embedding it looks
+ * token rows up in. */
+typedef struct {
+    float *token_embedding; /* (vocab, dim); NULL when the classifier is shared: its rows are then
+                               read out of p.wcls (model_embed), the only copy */
+    float *rms_att;         /* (L, dim) */
+    float *rms_ffn;         /* (L, dim) */
+    float *rms_final;       /* (dim) */
 } ModelWeights;
 
-/* The matrices again, packed for common/matmul's matmul_packed (panels of 16 output columns):
- * what model_forward multiplies by. Built from w by model_init_random and model_load. */
+/* The matrices, packed for common/matmul's matmul_packed (panels of MATMUL_NR output columns):
+ * what model_forward multiplies by, and the only copy the host keeps -- a loaded checkpoint is
+ * not held twice. Each is packed as it is read, one matrix at a time. */
 typedef struct {
     float *wq, *wk, *wv, *wo, *w1, *w2, *w3; /* per layer, layer after layer */
-    float *wcls;
+    float *wcls;                             /* the classifier; with a shared one, the embedding too */
     size_t q, kv, o, up, down;               /* floats per layer of wq, wk/wv, wo, w1/w3, w2 */
 } ModelPacked;
 
@@ -71,9 +91,8 @@ typedef struct {
     ModelConfig c;
     ModelWeights w;
     ModelPacked p;
-    float *data;     /* every weight, in checkpoint order, one allocation */
-    size_t n_floats; /* of data */
-    float *p_data;   /* the packed matrices, one allocation */
+    float *data;   /* the vectors of w, one allocation */
+    float *p_data; /* the packed matrices, one allocation */
 } Model;
 
 /* The built-in random model: dim 512, hidden 1376, 8 layers, 8 heads, 2 kv heads (GQA 4:1,
@@ -94,11 +113,22 @@ int model_check_config(const ModelConfig *c);
 /* Floats in a checkpoint after its header (RoPE tables included). */
 size_t model_checkpoint_floats(const ModelConfig *c);
 size_t model_param_count(const ModelConfig *c); /* weights used by the forward */
+/* Floats of the packed matrices a Model of c holds (each padded to whole panels). Both counts
+ * saturate at SIZE_MAX for sizes no model can have. */
+size_t model_packed_floats(const ModelConfig *c);
 
-/* Random weights from `seed`: matrices N(0, 1/in), embedding N(0, 1), norm weights 1. */
+/* Random weights from `seed`: matrices N(0, 1/in), embedding N(0, 1), norm weights 1; drawn and
+ * packed one matrix at a time, in checkpoint order. */
 int model_init_random(Model *m, const ModelConfig *c, uint64_t seed);
 
-/* Reads a llama2.c version-0 checkpoint; every problem is one error naming the file. */
+/* Reads a checkpoint's 28-byte header from f into c and checks it, and the file's size
+ * (file_bytes) against it: -1 with one error naming path otherwise. */
+int model_read_header(FILE *f, const char *path, size_t file_bytes, ModelConfig *c);
+
+/* Reads a llama2.c version-0 checkpoint one matrix at a time, packing each as it is read: the
+ * model holds each weight of the file once (the matrices packed, the vectors as they are), and
+ * loading needs one matrix more, never the file twice. Every problem is one error naming the
+ * file. */
 int model_load(const char *path, Model *m);
 
 /* model_load(checkpoint), or the built-in random model when checkpoint is NULL. */
@@ -108,6 +138,31 @@ int model_load_or_builtin(const char *checkpoint, Model *m);
 int model_save(const Model *m, const char *path);
 
 void model_free(Model *m);
+
+/* ---- the checkpoint's layout, given back ---------------------------------------------------- */
+
+/* A checkpoint file's bytes for config c: the 28-byte header and every float. */
+size_t model_checkpoint_bytes(const ModelConfig *c);
+
+/* The memory target (docs/contracts.md §6.2): a generation's peak resident memory is at most
+ * this many times its checkpoint's bytes and its KV cache's together -- the model held once. */
+#define MODEL_MEMORY_TARGET 1.15
+
+/* Points t at the weights of `base`, model_checkpoint_floats(c) floats in checkpoint order (host
+ * or device memory: only addresses are computed). */
+void model_tensors_at(const ModelConfig *c, float *base, ModelTensors *t);
+
+/* The checkpoint's floats after its header, in file order, handed to put(ctx, x, n) piece by
+ * piece: the vectors as m keeps them, every packed matrix unpacked (matmul_unpack_weights) into
+ * a scratch buffer of one matrix, the RoPE tables as zeros. model_save writes the pieces,
+ * model_cuda_create uploads them: neither holds a second copy of the model. 0, or -1 when the
+ * scratch buffer cannot be had or put returns -1 (with an error recorded). */
+typedef int (*ModelPut)(void *ctx, const float *x, size_t n);
+int model_unpack(const Model *m, ModelPut put, void *ctx);
+
+/* The same into one new buffer of model_checkpoint_floats floats (mem_free it), t pointing into
+ * it: the whole checkpoint in memory again, for tests on small models. NULL with an error. */
+float *model_unpack_all(const Model *m, ModelTensors *t);
 
 /* ---- the forward pieces (host) ------------------------------------------------------------ */
 
@@ -119,6 +174,10 @@ void model_rmsnorm(float *o, const float *x, const float *weight, int n);
 void model_rope(float *x, int rows, int n_heads, int D, int pos0);
 /* The same with any position per row: row r at pos[r] (rows of different sequences in one batch). */
 void model_rope_at(float *x, int rows, int n_heads, int D, const int *pos);
+
+/* x (dim) = the embedding of token: its row of w.token_embedding, or with a shared classifier
+ * its row read back out of the packed p.wcls (dim floats MATMUL_NR apart). */
+void model_embed(const Model *m, int token, float *x);
 
 /* h (n) = silu(h) * g, in place. */
 void model_swiglu(float *h, const float *g, size_t n);

@@ -5,6 +5,8 @@
  * Each kernel is the CPU function of common/model.c with a thread per output element (a block
  * per row for RMSNorm, whose sum of squares is a reduction): the arithmetic is the same, the
  * order of additions is not, so logits agree with the CPU's within fp32 rounding, not bit for bit.
+ * The weights go up unpacked, in checkpoint order (cuBLAS and chapter 06's product read [out, in]
+ * rows), one matrix at a time out of the host's packed model (model_unpack).
  */
 #include "model_cuda.h"
 
@@ -132,6 +134,15 @@ extern "C" void model_cuda_linear(float *d_y, const float *d_x, const float *d_w
 
 /* ==== the weights and buffers ============================================================================ */
 
+/* model_unpack's pieces, uploaded one after another: ctx is the device address of the next. */
+static int upload_piece(void *ctx, const float *x, size_t n)
+{
+    float **at = (float **)ctx;
+    cuda_upload(*at, x, n * sizeof(float));
+    *at += n;
+    return 0;
+}
+
 extern "C" int model_cuda_create(ModelCuda *g, const Model *m, int cap)
 {
     const ModelConfig *c = &m->c;
@@ -143,30 +154,31 @@ extern "C" int model_cuda_create(ModelCuda *g, const Model *m, int cap)
     float **bufs[] = {&g->x, &g->xb, &g->q, &g->att, &g->k, &g->v, &g->h1, &g->h3, &g->logits};
     const size_t floats[] = {R * c->dim, R * c->dim, R * qd, R * qd, R * kvd, R * kvd, R * c->hidden_dim,
                              R * c->hidden_dim, (size_t)c->vocab_size};
-    int rc = (g->w = (float *)cuda_try_alloc(m->n_floats * sizeof(float), "model weights")) ? 0 : -1;
+    int rc = (g->data = (float *)cuda_try_alloc(model_checkpoint_floats(c) * sizeof(float), "model weights")) ? 0 : -1;
     for (size_t i = 0; i < sizeof floats / sizeof floats[0] && rc == 0; i++)
         if (!(*bufs[i] = (float *)cuda_try_alloc(floats[i] * sizeof(float), "forward buffers")))
             rc = -1;
     if (rc == 0 && !(g->tokens = (int *)cuda_try_alloc(R * sizeof(int), "tokens")))
         rc = -1;
+    float *at = g->data; /* where the next piece of the checkpoint goes */
+    if (rc == 0 && model_unpack(m, upload_piece, &at) != 0)
+        rc = -1;
     if (rc != 0) {
         model_cuda_free(g);
         return -1;
     }
-    cuda_upload(g->w, m->data, m->n_floats * sizeof(float));
+    model_tensors_at(c, g->data, &g->w);
     return 0;
 }
 
 extern "C" void model_cuda_free(ModelCuda *g)
 {
-    float *bufs[] = {g->w, g->x, g->xb, g->q, g->att, g->k, g->v, g->h1, g->h3, g->logits};
+    float *bufs[] = {g->data, g->x, g->xb, g->q, g->att, g->k, g->v, g->h1, g->h3, g->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         cuda_free(bufs[i]);
     cuda_free(g->tokens);
     memset(g, 0, sizeof *g);
 }
-
-extern "C" const float *model_cuda_weight(const ModelCuda *g, const float *host) { return g->w + (host - g->m->data); }
 
 /* ==== the forward ======================================================================================= */
 
@@ -186,26 +198,26 @@ static int check_rows(const ModelCuda *g, const int *tokens, int n, int pos0)
 extern "C" void model_cuda_layer_qkv(ModelCuda *g, int l, int n, ModelCudaLinear linear)
 {
     const ModelConfig *c = &g->m->c;
-    const ModelWeights *w = &g->m->w;
+    const ModelTensors *w = &g->w;
     const int dim = c->dim, qd = c->n_heads * model_head_size(c), kvd = c->n_kv_heads * model_head_size(c);
-    model_cuda_rmsnorm(g->xb, g->x, model_cuda_weight(g, w->rms_att + (size_t)l * dim), n, dim);
-    linear(g->q, g->xb, model_cuda_weight(g, w->wq + (size_t)l * qd * dim), n, qd, dim);
-    linear(g->k, g->xb, model_cuda_weight(g, w->wk + (size_t)l * kvd * dim), n, kvd, dim);
-    linear(g->v, g->xb, model_cuda_weight(g, w->wv + (size_t)l * kvd * dim), n, kvd, dim);
+    model_cuda_rmsnorm(g->xb, g->x, w->rms_att + (size_t)l * dim, n, dim);
+    linear(g->q, g->xb, w->wq + (size_t)l * qd * dim, n, qd, dim);
+    linear(g->k, g->xb, w->wk + (size_t)l * kvd * dim, n, kvd, dim);
+    linear(g->v, g->xb, w->wv + (size_t)l * kvd * dim, n, kvd, dim);
 }
 
 extern "C" void model_cuda_layer_out(ModelCuda *g, int l, int n, ModelCudaLinear linear)
 {
     const ModelConfig *c = &g->m->c;
-    const ModelWeights *w = &g->m->w;
+    const ModelTensors *w = &g->w;
     const int dim = c->dim, qd = c->n_heads * model_head_size(c), hid = c->hidden_dim;
-    linear(g->xb, g->att, model_cuda_weight(g, w->wo + (size_t)l * dim * qd), n, dim, qd);
+    linear(g->xb, g->att, w->wo + (size_t)l * dim * qd, n, dim, qd);
     model_cuda_add(g->x, g->xb, (size_t)n * dim);
-    model_cuda_rmsnorm(g->xb, g->x, model_cuda_weight(g, w->rms_ffn + (size_t)l * dim), n, dim);
-    linear(g->h1, g->xb, model_cuda_weight(g, w->w1 + (size_t)l * hid * dim), n, hid, dim);
-    linear(g->h3, g->xb, model_cuda_weight(g, w->w3 + (size_t)l * hid * dim), n, hid, dim);
+    model_cuda_rmsnorm(g->xb, g->x, w->rms_ffn + (size_t)l * dim, n, dim);
+    linear(g->h1, g->xb, w->w1 + (size_t)l * hid * dim, n, hid, dim);
+    linear(g->h3, g->xb, w->w3 + (size_t)l * hid * dim, n, hid, dim);
     model_cuda_swiglu(g->h1, g->h3, (size_t)n * hid);
-    linear(g->xb, g->h1, model_cuda_weight(g, w->w2 + (size_t)l * dim * hid), n, dim, hid);
+    linear(g->xb, g->h1, w->w2 + (size_t)l * dim * hid, n, dim, hid);
     model_cuda_add(g->x, g->xb, (size_t)n * dim);
 }
 
@@ -215,10 +227,10 @@ extern "C" int model_cuda_forward(ModelCuda *g, const int *tokens, int n, int po
     if (check_rows(g, tokens, n, pos0) != 0)
         return -1;
     const ModelConfig *c = &g->m->c;
-    const ModelWeights *w = &g->m->w;
+    const ModelTensors *w = &g->w;
     const int dim = c->dim;
     cuda_upload(g->tokens, tokens, (size_t)n * sizeof(int));
-    model_cuda_embed(model_cuda_weight(g, w->token_embedding), g->tokens, g->x, n, dim);
+    model_cuda_embed(w->token_embedding, g->tokens, g->x, n, dim);
     for (int l = 0; l < c->n_layers; l++) {
         model_cuda_layer_qkv(g, l, n, model_cuda_linear);
         model_cuda_rope(g->q, n, c->n_heads, model_head_size(c), pos0);
@@ -228,8 +240,8 @@ extern "C" int model_cuda_forward(ModelCuda *g, const int *tokens, int n, int po
         model_cuda_layer_out(g, l, n, model_cuda_linear);
     }
     /* the final norm and the classifier, for the last row only */
-    model_cuda_rmsnorm(g->xb, g->x + (size_t)(n - 1) * dim, model_cuda_weight(g, w->rms_final), 1, dim);
-    model_cuda_linear(g->logits, g->xb, model_cuda_weight(g, w->wcls), 1, c->vocab_size, dim);
+    model_cuda_rmsnorm(g->xb, g->x + (size_t)(n - 1) * dim, w->rms_final, 1, dim);
+    model_cuda_linear(g->logits, g->xb, w->wcls, 1, c->vocab_size, dim);
     cuda_download(logits, g->logits, (size_t)c->vocab_size * sizeof(float));
     return 0;
 }

@@ -28,7 +28,8 @@ extern "C" {
 /* The weights on the device and the activations of one forward of up to cap rows. */
 typedef struct {
     const Model *m;
-    float *w;       /* every weight, at the same offsets as m->data */
+    float *data;    /* every weight, unpacked, in checkpoint order (the host keeps its matrices packed) */
+    ModelTensors w; /* device pointers into data, laid out as a checkpoint: w.wq + l * H*D * dim, ... */
     int cap;        /* the most rows one forward takes */
     float *x;       /* (cap, dim) the residual stream */
     float *xb;      /* (cap, dim) normalised, then each block's output */
@@ -39,13 +40,10 @@ typedef struct {
     int *tokens;    /* (cap) */
 } ModelCuda;
 
-/* Uploads m's weights and allocates the buffers: 0, or -1 with an error naming what did not fit
- * (nothing left allocated). */
+/* Uploads m's weights, unpacked one matrix at a time on the host (model_unpack), and allocates
+ * the buffers: 0, or -1 with an error naming what did not fit (nothing left allocated). */
 int model_cuda_create(ModelCuda *g, const Model *m, int cap);
 void model_cuda_free(ModelCuda *g);
-
-/* The device address of a host weight of g->m (m->w.wq + l * ..., say). */
-const float *model_cuda_weight(const ModelCuda *g, const float *host);
 
 /* A matrix product as the forward takes it: y (M, N) = x (M, K) Wᵀ with W (N, K) row-major.
  * model_cuda_linear (cuBLAS), or chapter 06's batch-invariant product. */

@@ -140,7 +140,7 @@ void bench_begin(BenchSession *b, const char *prog, const char *device, const ch
     paths_in_build(b->dat, sizeof b->dat, "bench", file);
     if (tsv_open(&b->tsv, out, b->dat) != 0)
         die_with_error();
-    const Roofline *roof = roofline_get();
+    const Roofline *roof = b->use_cpu ? roofline_refresh() : roofline_get(); /* the machine as it is now */
     fprintf(stderr, "%s bench on %s: FMA peak %.1f GFLOP/s (%s), DRAM %.1f GB/s%s%s\n", prog, roofline_machine(),
             roof->fma_gflops, roof->fma_what, roof->dram_gbs, b->use_gpu ? "; GPU: " : "",
             b->use_gpu ? device_description(DEVICE_CUDA) : "");

@@ -84,25 +84,19 @@ static void cpu_model(char *buf, size_t len)
  * keep every pipe busy. x86 has 16 (AVX2) or 32 (AVX-512) vector registers: 12 chains plus the
  * two constants fit either; aarch64 has 32 NEON registers and cores with 4 pipes, so 16.
  */
-#if defined(__AVX512F__)
-#define FMA_LANES 16
-#define FMA_CHAINS 12
-#define FMA_WHAT "16-lane AVX-512 FMA"
-#elif defined(__AVX2__) && defined(__FMA__)
-#define FMA_LANES 8
-#define FMA_CHAINS 12
-#define FMA_WHAT "8-lane AVX2 FMA"
-#elif defined(__aarch64__)
-#define FMA_LANES 4
+#define FMA_LANES VL /* vmath.h's vector: the width every kernel of this build computes with */
+#if defined(__aarch64__)
 #define FMA_CHAINS 16
-#define FMA_WHAT "4-lane NEON FMA"
-#else /* a target without a known vector FMA: whatever the compiler makes of a*b+c */
-#define FMA_LANES 4
+#else
 #define FMA_CHAINS 12
-#define FMA_WHAT "4-lane multiply-add (no vector FMA targeted)"
+#endif
+#if defined(__FMA__) || defined(__aarch64__)
+#define FMA_WHAT VEC_WHAT " FMA"
+#else /* no fused multiply-add targeted: whatever the compiler makes of a*b+c */
+#define FMA_WHAT VEC_WHAT " multiply-add (no FMA targeted)"
 #endif
 
-typedef float fma_vec __attribute__((vector_size(FMA_LANES * sizeof(float))));
+typedef fvec fma_vec;
 
 const char *roofline_fma_what(void) { return FMA_WHAT; }
 
@@ -160,11 +154,13 @@ static double probe_dram(void)
         double sum = 0.0;
         double t0 = timer_now();
 #pragma omp parallel for schedule(static) reduction(+ : sum)
-        for (size_t i = 0; i < n; i += 32) {
-            f32x8 s0 = *(const f32x8 *)(buf + i), s1 = *(const f32x8 *)(buf + i + 8);
-            f32x8 s2 = *(const f32x8 *)(buf + i + 16), s3 = *(const f32x8 *)(buf + i + 24);
-            f32x8 s = (s0 + s1) + (s2 + s3);
-            sum += s[0] + s[7];
+        for (size_t i = 0; i < n; i += 64) { /* four cache lines a step */
+            const float *x = buf + i;
+            fvec s = fvec_splat(0.0f);
+#pragma GCC unroll 16
+            for (int u = 0; u < VEC_PER(64); u++)
+                s += fvec_load(x + u * VL);
+            sum += s[0];
         }
         double dt = timer_now() - t0;
         if (sum == -1.0)
@@ -205,13 +201,13 @@ double roofline_scattered_read_gbs(size_t chunk_bytes)
 #pragma omp parallel for schedule(static) reduction(+ : sum)
         for (size_t c = 0; c < n_chunks; c++) {
             const float *x = buf + order[c] * per;
-            f32x8 acc = F32X8(0.0f);
+            fvec acc = fvec_splat(0.0f);
             for (size_t i = 0; i < per; i += 32) {
-                f32x8 s0 = *(const f32x8 *)(x + i), s1 = *(const f32x8 *)(x + i + 8);
-                f32x8 s2 = *(const f32x8 *)(x + i + 16), s3 = *(const f32x8 *)(x + i + 24);
-                acc += (s0 + s1) + (s2 + s3);
+#pragma GCC unroll 8
+                for (int u = 0; u < VEC_PER(32); u++)
+                    acc += fvec_load(x + i + u * VL);
             }
-            sum += acc[0] + acc[7];
+            sum += acc[0];
         }
         double dt = timer_now() - t0;
         if (sum == -1.0)
@@ -263,32 +259,49 @@ static int load_cache(const char *path, Roofline *r)
     return ok ? 0 : -1;
 }
 
-const Roofline *roofline_get(void)
+static Roofline g_roof; /* this process's roofline, once known */
+static int g_have_roof;
+
+/* Measures now, keeps the result for roofline_get and writes it to the cache file. */
+static void measure_and_store(const char *path)
 {
-    static Roofline cached;
-    static int have;
-    if (have)
-        return &cached;
-    char path[PATH_MAX], cpu[128];
-    snprintf(path, sizeof path, "%s/roofline.tsv", paths_build_dir());
-    cpu_model(cpu, sizeof cpu);
-    if (load_cache(path, &cached) == 0 && cached.threads == n_threads() && strcmp(cached.cpu, cpu) == 0 &&
-        strcmp(cached.fma_what, FMA_WHAT) == 0 && cached.fma_gflops > 0 && cached.dram_gbs > 0) {
-        have = 1;
-        return &cached;
-    }
-    fprintf(stderr, "measuring this machine's roofline once (FMA peak, DRAM bandwidth) ...\n");
-    cached = roofline_probe();
+    fprintf(stderr, "measuring this machine's roofline (FMA peak, DRAM bandwidth) ...\n");
+    g_roof = roofline_probe();
+    g_have_roof = 1;
     FILE *f = fopen(path, "w");
     if (f) {
-        fprintf(f, "%s%s\t%d\t%.2f\t%.2f\t%s\n", CACHE_HEADER, cached.cpu, cached.threads, cached.fma_gflops,
-                cached.dram_gbs, cached.fma_what);
+        fprintf(f, "%s%s\t%d\t%.2f\t%.2f\t%s\n", CACHE_HEADER, g_roof.cpu, g_roof.threads, g_roof.fma_gflops,
+                g_roof.dram_gbs, g_roof.fma_what);
         fclose(f);
     }
     fprintf(stderr, "roofline: %.1f GFLOP/s fp32 FMA peak (%s), %.1f GB/s DRAM read (%s, %d threads) -> %s\n",
-            cached.fma_gflops, cached.fma_what, cached.dram_gbs, cached.cpu, cached.threads, path);
-    have = 1;
-    return &cached;
+            g_roof.fma_gflops, g_roof.fma_what, g_roof.dram_gbs, g_roof.cpu, g_roof.threads, path);
+}
+
+static void cache_path(char *path, size_t len) { snprintf(path, len, "%s/roofline.tsv", paths_build_dir()); }
+
+const Roofline *roofline_get(void)
+{
+    if (g_have_roof)
+        return &g_roof;
+    char path[PATH_MAX], cpu[128];
+    cache_path(path, sizeof path);
+    cpu_model(cpu, sizeof cpu);
+    if (load_cache(path, &g_roof) == 0 && g_roof.threads == n_threads() && strcmp(g_roof.cpu, cpu) == 0 &&
+        strcmp(g_roof.fma_what, FMA_WHAT) == 0 && g_roof.fma_gflops > 0 && g_roof.dram_gbs > 0) {
+        g_have_roof = 1;
+        return &g_roof;
+    }
+    measure_and_store(path);
+    return &g_roof;
+}
+
+const Roofline *roofline_refresh(void)
+{
+    char path[PATH_MAX];
+    cache_path(path, sizeof path);
+    measure_and_store(path);
+    return &g_roof;
 }
 
 const char *roofline_machine(void)

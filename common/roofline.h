@@ -31,6 +31,11 @@ typedef struct {
 /* The cached result, measuring first if needed. Prints one line to stderr when it measures. */
 const Roofline *roofline_get(void);
 
+/* Measures now and replaces the cache: a benchmark calls it once before its rows, so that its
+ * ratios are against the machine as it is now (a cloud VM's bandwidth varies with its
+ * neighbours: a cache measured on a busy day would put later rows above 100%). */
+const Roofline *roofline_refresh(void);
+
 /* Measures now (no cache). */
 Roofline roofline_probe(void);
 
@@ -44,7 +49,7 @@ double roofline_scattered_read_gbs(size_t chunk_bytes);
  * /proc/cpuinfo has no model name, "aarch64 CPU implementer 0x41 part 0xd0c" or "aarch64". */
 const char *roofline_machine(void);
 
-/* The FMA this build's probe uses ("16-lane AVX-512 FMA", "8-lane AVX2 FMA", "4-lane NEON FMA"). */
+/* The FMA this build's probe uses ("16-lane AVX-512 FMA", "8-lane AVX2 FMA", "4-lane NEON FMA": vmath.h's VL). */
 const char *roofline_fma_what(void);
 
 #ifdef __cplusplus

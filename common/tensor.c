@@ -47,12 +47,41 @@ size_t mem_physical_bytes(void)
     return (size_t)pages * (size_t)page;
 }
 
+/* The number of the line "<key>: <n> kB" of a /proc file (meminfo, self/status), in bytes; 0 if absent. */
+static size_t proc_kib_bytes(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    char line[256];
+    unsigned long long kib = 0;
+    const size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, n) == 0 && line[n] == ':' && sscanf(line + n + 1, "%llu", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kib * 1024;
+}
+
 size_t mem_peak_rss_bytes(void)
 {
+    /* VmHWM is this process's own high-water mark, and follows mem_reset_peak_rss; getrusage also
+     * counts the process it was exec'ed from (a fork of a large parent) */
+    const size_t hwm = proc_kib_bytes("/proc/self/status", "VmHWM");
+    if (hwm)
+        return hwm;
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return 0;
     return (size_t)ru.ru_maxrss * 1024; /* Linux reports KiB */
+}
+
+int mem_reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* "5": the peak RSS := the RSS now (Linux >= 4.0) */
+    if (!f)
+        return -1;
+    const int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
 }
 
 size_t mem_rss_bytes(void)
@@ -65,21 +94,6 @@ size_t mem_rss_bytes(void)
     fclose(f);
     long page = sysconf(_SC_PAGESIZE);
     return ok && page > 0 ? (size_t)resident * (size_t)page : 0;
-}
-
-/* The first number of "<key> <n> kB" in /proc/meminfo, in bytes; 0 if absent. */
-static size_t meminfo_bytes(const char *key)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    unsigned long long kib = 0;
-    const size_t n = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, key, n) == 0 && line[n] == ':' && sscanf(line + n + 1, "%llu", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kib * 1024;
 }
 
 /* A number in a cgroup file ("max" and the huge "no limit" of cgroup v1 read as none): 0 if none. */
@@ -140,7 +154,7 @@ size_t mem_budget_bytes(void)
      * is known. With overcommit, calloc of more than that succeeds and the process is killed
      * later, while filling it: this number is the only warning there is. */
     const char *source = "MemAvailable";
-    b = meminfo_bytes("MemAvailable");
+    b = proc_kib_bytes("/proc/meminfo", "MemAvailable");
     const size_t cg = cgroup_limit();
     if (cg && (!b || cg < b))
         b = cg, source = "the cgroup's memory limit";

@@ -50,7 +50,13 @@ size_t mem_budget_bytes(void);
 void mem_set_budget(size_t bytes);
 
 size_t mem_physical_bytes(void); /* this machine's RAM, from sysconf */
-size_t mem_peak_rss_bytes(void); /* the process's peak resident set (getrusage), monotonic */
+/* The process's peak resident set: since it started, or since the last mem_reset_peak_rss
+ * (Linux's VmHWM; getrusage elsewhere). */
+size_t mem_peak_rss_bytes(void);
+/* Starts a new peak: the peak resident set becomes the resident set now (Linux's
+ * /proc/self/clear_refs), so that the next mem_peak_rss_bytes is the peak of what ran in between.
+ * 0, or -1 where that is not possible (the peak stays the process's). */
+int mem_reset_peak_rss(void);
 size_t mem_rss_bytes(void);      /* the process's resident set now (/proc/self/statm); 0 if unknown */
 
 /* n1 * n2 * ... with overflow detection: returns 0 and sets *out, or -1 on overflow. */

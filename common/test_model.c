@@ -1,9 +1,11 @@
 /*
- * test_model.c: common/'s model (model.c), tested where it lives: llama2.c checkpoints written
- * byte by byte by an independent writer (testing_oracle.c) load into the right tensors; every bad
- * file is one clear error naming it (bad headers, sizes that wrap past 2^64, a file too short or
- * too long); a save onto a full disk leaves the previous checkpoint or tokenizer whole; and the
- * forward pieces (rmsnorm, RoPE, SwiGLU, argmax) and the sampler do what llama2.c's run.c does.
+ * test_model.c: common/'s model (model.c, model_weights.c), tested where it lives: llama2.c
+ * checkpoints written byte by byte by an independent writer (testing_oracle.c) load into the
+ * right tensors, and the model keeps each matrix exactly as packing the file's matrix gives it;
+ * unpacking is the exact inverse of packing; every bad file is one clear error naming it (bad
+ * headers, sizes that wrap past 2^64, a file too short or too long); a save gives the file back
+ * and onto a full disk leaves the previous checkpoint or tokenizer whole; and the forward pieces
+ * (rmsnorm, RoPE, SwiGLU, argmax) and the sampler do what llama2.c's run.c does.
  * The whole model against a float64 model is chapter 04's test (it runs through the cache).
  */
 #include <check.h>
@@ -16,9 +18,11 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/matmul.h"
 #include "common/model.h"
 #include "common/rng.h"
 #include "common/test_common.h"
+#include "common/tensor.h"
 #include "common/testing.h"
 #include "common/tokenizer.h"
 
@@ -50,24 +54,121 @@ START_TEST(test_loader_reads_run_c_order)
         ck_assert_int_eq(m.c.vocab_size, 97);
         ck_assert_int_eq(m.c.shared_classifier, shared);
         const size_t dim = 64, D = 16, kvd = 32, hid = 48;
+        ModelTensors t; /* the matrices come back out of their panels */
+        float *all = model_unpack_all(&m, &t);
+        ck_assert_ptr_nonnull(all);
         /* block k, element i holds k + i * 1e-6 */
-        ck_assert_float_eq(m.w.token_embedding[5], 0.0f + 5e-6f);
+        ck_assert_float_eq(t.token_embedding[5], 0.0f + 5e-6f);
         ck_assert_float_eq(m.w.rms_att[dim + 3], 1.0f + (float)(dim + 3) * 1e-6f);
-        ck_assert_float_eq(m.w.wq[7], 2.0f + 7e-6f);
-        ck_assert_float_eq(m.w.wk[kvd * dim + 1], 3.0f + (float)(kvd * dim + 1) * 1e-6f); /* layer 1 */
-        ck_assert_float_eq(m.w.wv[0], 4.0f);
-        ck_assert_float_eq(m.w.wo[9], 5.0f + 9e-6f);
+        ck_assert_float_eq(t.wq[7], 2.0f + 7e-6f);
+        ck_assert_float_eq(t.wk[kvd * dim + 1], 3.0f + (float)(kvd * dim + 1) * 1e-6f); /* layer 1 */
+        ck_assert_float_eq(t.wv[0], 4.0f);
+        ck_assert_float_eq(t.wo[9], 5.0f + 9e-6f);
         ck_assert_float_eq(m.w.rms_ffn[2], 6.0f + 2e-6f);
-        ck_assert_float_eq(m.w.w1[hid * dim], 7.0f + (float)(hid * dim) * 1e-6f);
-        ck_assert_float_eq(m.w.w2[1], 8.0f + 1e-6f);
-        ck_assert_float_eq(m.w.w3[0], 9.0f);
+        ck_assert_float_eq(t.w1[hid * dim], 7.0f + (float)(hid * dim) * 1e-6f);
+        ck_assert_float_eq(t.w2[1], 8.0f + 1e-6f);
+        ck_assert_float_eq(t.w3[0], 9.0f);
         ck_assert_float_eq(m.w.rms_final[dim - 1], 10.0f + (float)(dim - 1) * 1e-6f);
-        if (shared)
-            ck_assert_ptr_eq(m.w.wcls, m.w.token_embedding);
-        else
-            ck_assert_float_eq(m.w.wcls[3], 13.0f + 3e-6f); /* after the two RoPE tables */
+        if (shared) { /* the embedding is kept once, packed as the classifier */
+            ck_assert_ptr_eq(t.wcls, t.token_embedding);
+            ck_assert_ptr_null(m.w.token_embedding);
+        } else {
+            ck_assert_float_eq(t.wcls[3], 13.0f + 3e-6f); /* after the two RoPE tables */
+            ck_assert_float_eq(m.w.token_embedding[5], 0.0f + 5e-6f);
+        }
         ck_assert_uint_eq(model_checkpoint_floats(&c) - model_param_count(&c), (size_t)c.seq_len * D);
+        mem_free(all);
         model_free(&m);
+    }
+}
+END_TEST
+
+/* The file's floats after the header (the fixture is small), read here without the loader. */
+static float *read_checkpoint_floats(const char *path, size_t n)
+{
+    float *x = xmalloc(n * sizeof(float), "the checkpoint's floats"); /* (n) */
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fseek(f, 28, SEEK_SET), 0);
+    ck_assert_uint_eq(fread(x, sizeof(float), n, f), n);
+    fclose(f);
+    return x;
+}
+
+/* What a loaded model holds is what packing the file's own matrices gives, bit for bit (the
+ * forward multiplies by exactly the checkpoint), and a token's embedding row is the file's --
+ * also when the classifier is shared and the embedding is kept only as its packed panels. */
+START_TEST(test_loader_packs_the_files_matrices)
+{
+    char path[4200];
+    for (int shared = 0; shared <= 1; shared++) {
+        ModelConfig c = small_config(shared);
+        testing_write_checkpoint(testing_tmp_path(path, sizeof path, "m.bin"), &c, 0);
+        Model m;
+        ck_assert_msg(model_load(path, &m) == 0, "%s", error_message());
+        const size_t L = 2, dim = 64, D = 16, qd = 64, kvd = 32, hid = 48, V = 97, rope = 160 * D / 2;
+        const size_t n = model_checkpoint_floats(&c);
+        float *file = read_checkpoint_floats(path, n);
+        /* run.c's order; 11, 12: the RoPE tables; 13: wcls when not shared */
+        const size_t sizes[14] = {V * dim, L * dim, L * qd * dim, L * kvd * dim, L * kvd * dim, L * dim * qd, L * dim,
+                                  L * hid * dim, L * dim * hid, L * hid * dim, dim, rope, rope, V * dim};
+        size_t start[14] = {0};
+        for (int k = 1; k < 14; k++)
+            start[k] = start[k - 1] + sizes[k - 1];
+        const struct {
+            int block;
+            const float *packed;
+            size_t count, rows, cols, stride;
+        } mats[] = {
+            {2, m.p.wq, L, qd, dim, m.p.q},    {3, m.p.wk, L, kvd, dim, m.p.kv}, {4, m.p.wv, L, kvd, dim, m.p.kv},
+            {5, m.p.wo, L, dim, qd, m.p.o},    {7, m.p.w1, L, hid, dim, m.p.up}, {8, m.p.w2, L, dim, hid, m.p.down},
+            {9, m.p.w3, L, hid, dim, m.p.up},  {shared ? 0 : 13, m.p.wcls, 1, V, dim, 0},
+        };
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+            const size_t floats = matmul_packed_floats(mats[i].rows, mats[i].cols);
+            ck_assert(mats[i].count == 1 || mats[i].stride == floats);
+            float *want = xmalloc(floats * sizeof(float), "a matrix, packed"); /* (floats) */
+            for (size_t l = 0; l < mats[i].count; l++) {
+                matmul_pack_weights(want, file + start[mats[i].block] + l * mats[i].rows * mats[i].cols, mats[i].rows,
+                                    mats[i].cols);
+                ck_assert_msg(memcmp(mats[i].packed + l * floats, want, floats * sizeof(float)) == 0,
+                              "block %d, layer %zu: not the file's matrix, packed", mats[i].block, l);
+            }
+            free(want);
+        }
+        const int tokens[3] = {0, 29, 96}; /* 29: column 13 of panel 1; 96: the one row of the last, partial panel */
+        for (int i = 0; i < 3; i++) {
+            float row[64];
+            model_embed(&m, tokens[i], row);
+            ck_assert_int_eq(memcmp(row, file + (size_t)tokens[i] * dim, sizeof row), 0);
+        }
+        free(file);
+        model_free(&m);
+    }
+}
+END_TEST
+
+/* matmul_unpack_weights undoes matmul_pack_weights exactly, row by row too, for widths that are
+ * not a whole number of panels. */
+START_TEST(test_unpack_inverts_pack)
+{
+    const size_t shapes[][2] = {{1, 3}, {16, 5}, {37, 7}, {97, 64}}; /* (N, K) */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const size_t N = shapes[s][0], K = shapes[s][1];
+        float *w = xmalloc(N * K * sizeof(float), "w (N, K)");
+        float *back = xmalloc(N * K * sizeof(float), "w again (N, K)");
+        float *packed = xmalloc(matmul_packed_floats(N, K) * sizeof(float), "w packed");
+        fill_normal(w, N * K, 7 + s);
+        matmul_pack_weights(packed, w, N, K);
+        memset(back, 0xff, N * K * sizeof(float)); /* NaN: an element not written shows */
+        matmul_unpack_weights(back, packed, N, K);
+        ck_assert_msg(memcmp(back, w, N * K * sizeof(float)) == 0, "(%zu, %zu): unpack(pack(w)) != w", N, K);
+        for (size_t j = 0; j < N; j++) {
+            float row[64];
+            matmul_unpack_row(row, packed, K, j);
+            ck_assert_msg(memcmp(row, w + j * K, K * sizeof(float)) == 0, "(%zu, %zu): row %zu", N, K, j);
+        }
+        free(w), free(back), free(packed);
     }
 }
 END_TEST
@@ -152,18 +253,43 @@ START_TEST(test_loader_refuses_wrapping_sizes)
 }
 END_TEST
 
+/* Two models hold the same weights: their checkpoints, unpacked, are equal bit for bit. */
+static void assert_same_weights(const Model *a, const Model *b)
+{
+    ck_assert_int_eq(memcmp(&a->c, &b->c, sizeof a->c), 0);
+    ModelTensors ta, tb;
+    float *wa = model_unpack_all(a, &ta), *wb = model_unpack_all(b, &tb);
+    ck_assert(wa && wb);
+    ck_assert_int_eq(memcmp(wa, wb, model_checkpoint_floats(&a->c) * sizeof(float)), 0);
+    mem_free(wa), mem_free(wb);
+}
+
 START_TEST(test_save_load_round_trip)
 {
-    char path[4200];
+    char path[4200], src[4200];
     ModelConfig c = small_config(1);
     Model a, b;
     ck_assert_int_eq(model_init_random(&a, &c, 3), 0);
     ck_assert_int_eq(model_save(&a, testing_tmp_path(path, sizeof path, "rt.bin")), 0);
     ck_assert_msg(model_load(path, &b) == 0, "%s", error_message());
-    ck_assert_uint_eq(a.n_floats, b.n_floats);
-    ck_assert_int_eq(memcmp(a.data, b.data, a.n_floats * sizeof(float)), 0);
-    ck_assert_int_eq(memcmp(&a.c, &b.c, sizeof a.c), 0);
+    assert_same_weights(&a, &b);
     model_free(&a), model_free(&b);
+    /* a file saved again is the same file, but for the unused RoPE tables, saved as zeros */
+    for (int shared = 0; shared <= 1; shared++) {
+        c = small_config(shared);
+        testing_write_checkpoint(testing_tmp_path(src, sizeof src, "src.bin"), &c, 0);
+        ck_assert_int_eq(model_load(src, &a), 0);
+        ck_assert_int_eq(model_save(&a, path), 0);
+        const size_t n = model_checkpoint_floats(&c), rope = (size_t)c.seq_len * 16; /* both tables */
+        const size_t rope_at = n - rope - (shared ? 0 : (size_t)c.vocab_size * c.dim);
+        float *want = read_checkpoint_floats(src, n), *got = read_checkpoint_floats(path, n);
+        for (size_t i = rope_at; i < rope_at + rope; i++)
+            ck_assert_msg(got[i] == 0.0f, "RoPE table float %zu saved as %g", i - rope_at, got[i]);
+        memset(want + rope_at, 0, rope * sizeof(float));
+        ck_assert_int_eq(memcmp(got, want, n * sizeof(float)), 0);
+        free(want), free(got);
+        model_free(&a);
+    }
 }
 END_TEST
 
@@ -215,7 +341,7 @@ START_TEST(test_failed_saves_keep_the_previous_files)
     }
     Model b;
     ck_assert_int_eq(model_load(testing_tmp_path(path, sizeof path, "model.bin"), &b), 0);
-    ck_assert_int_eq(memcmp(m.data, b.data, m.n_floats * sizeof(float)), 0);
+    assert_same_weights(&m, &b);
     model_free(&m), model_free(&b);
 }
 END_TEST
@@ -322,7 +448,8 @@ END_TEST
 TestingCase common_model_case(void)
 {
     return (TestingCase){.name = "model", .timeout_s = 60, .temp_dir = 1,
-                         .tests = {test_loader_reads_run_c_order, test_loader_rejects_bad_files,
+                         .tests = {test_loader_reads_run_c_order, test_loader_packs_the_files_matrices,
+                                   test_unpack_inverts_pack, test_loader_rejects_bad_files,
                                    test_loader_refuses_wrapping_sizes, test_save_load_round_trip,
                                    test_failed_saves_keep_the_previous_files, test_forward_pieces,
                                    test_sampler_is_llama2c}};

@@ -2,7 +2,9 @@
  * testing_oracle.c: the tests' independent references (see testing.h). Nothing here calls the
  * code it checks: attention and the llama2.c model are written again in float64 from their
  * definitions, the checkpoints are written byte by byte, and the tiny tokenizer is made from a
- * list of merges (testing_attn.c runs the `attn` programs against the float64 attention).
+ * list of merges (testing_attn.c runs the `attn` programs against the float64 attention). The
+ * float64 model reads the weights as a checkpoint lays them out, taken back out of the packed
+ * model by model_unpack (the exact inverse of the packing: common/test_model.c checks it).
  *
  * Shapes: q (B, H, T, D), k and v (B, Hkv, S, D); the model's vectors as in common/model.h.
  */
@@ -134,7 +136,11 @@ static void attend_f64(double *att, const double *q, const double *kc, const dou
 void model_forward_f64(const Model *m, const int *tokens, int n, double *logits)
 {
     const ModelConfig *c = &m->c;
-    const ModelWeights *w = &m->w;
+    ModelTensors tensors;
+    float *unpacked = model_unpack_all(m, &tensors); /* every weight in checkpoint order */
+    if (!unpacked)
+        die_with_error();
+    const ModelTensors *w = &tensors;
     const int dim = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = dim / H, hid = c->hidden_dim;
     const int qd = H * D, kvd = Hkv * D, L = c->n_layers, V = c->vocab_size;
     const char *what = "the float64 model";
@@ -173,10 +179,11 @@ void model_forward_f64(const Model *m, const int *tokens, int n, double *logits)
                 x[j] += proj[j];
         }
         rmsnorm_f64(xb, x, w->rms_final, dim);
-        /* the classifier: wcls, which is the token embedding when shared (model_load points it there) */
+        /* the classifier: wcls, which is the token embedding when shared */
         matvec_f64(logits + (size_t)t * V, c->shared_classifier ? w->token_embedding : w->wcls, xb, V, dim);
     }
     free(x), free(xb), free(q), free(att), free(proj), free(h1), free(h3), free(score), free(kc), free(vc);
+    mem_free(unpacked);
 }
 
 /* ==== a llama2.c checkpoint, written by hand ========================================================= */

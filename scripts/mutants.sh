@@ -44,15 +44,15 @@ only=${MUTANTS:-}
 chapter=${CHAPTER:-}
 jobs=${MUTANTS_JOBS:-2}
 check_only=0
+say() { printf 'mutants: %s\n' "$*"; }
+die() { printf 'mutants: error: %s\n' "$*" >&2; exit 2; }
+
 case ${1:-} in
 --check) check_only=1 ;;
 '') ;;
 *) die "unknown argument '$1' (the only one is --check: check the list, run nothing)" ;;
 esac
 CHAPTERS=(01_mha 02_mqa_gqa 03_flash 04_kvcache 05_paged 06_batching)
-
-say() { printf 'mutants: %s\n' "$*"; }
-die() { printf 'mutants: error: %s\n' "$*" >&2; exit 2; }
 
 [ -f "$list" ] || die "no list '$list'"
 case $chapter in '' | [1-6] | common) ;; *) die "CHAPTER must be 1..6 or common, got '$chapter'" ;; esac

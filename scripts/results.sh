@@ -46,11 +46,19 @@ p02=$(value 03_flash_bench '$1 == "02" && $3 == "grouped" && $7 == 8192' 13)
 p03=$(value 03_flash_bench '$1 == "03" && $3 == "fast" && $7 == 8192' 13)
 m02=$(value 03_flash_bench '$1 == "02" && $3 == "grouped" && $7 == 8192' 14)
 m03=$(value 03_flash_bench '$1 == "03" && $3 == "fast" && $7 == 8192' 14)
+nm03=$(value 03_flash_bench '$1 == "03" && $2 == "cpu" && $3 == "fast" && $7 == 4096 && $10 == 0' 13)
 # 04: generation with and without the cache; decode % of DRAM at L = 16384
 nocache=$(value 04_kvcache_bench '$1 == "generate" && $2 == "cpu" && $3 == "nocache"' 10)
 cache=$(value 04_kvcache_bench '$1 == "generate" && $2 == "cpu" && $3 == "cache"' 10)
 dram8=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "f32" && $7 == 8 && $8 == 16384' 12)
 dram2=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "f32" && $7 == 2 && $8 == 16384' 12)
+f16_8=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "f16" && $7 == 8 && $8 == 16384' 12)
+i8_8=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "int8" && $7 == 8 && $8 == 16384' 12)
+f16_2=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "f16" && $7 == 2 && $8 == 16384' 12)
+i8_2=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "int8" && $7 == 2 && $8 == 16384' 12)
+f32ms8=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "f32" && $7 == 8 && $8 == 16384' 10)
+f16ms8=$(value 04_kvcache_bench '$1 == "decode" && $3 == "split" && $4 == "f16" && $7 == 8 && $8 == 16384' 10)
+rss04=$(value 04_kvcache_bench '$1 == "generate" && $2 == "cpu" && $3 == "cache"' 14)
 # 05: waste (skewed), paged decode against contiguous (MHA, block size 16)
 used_max=$(value 05_paged_waste '$1 == "skewed" && $2 == "max_seq"' 4)
 used_16=$(value 05_paged_waste '$1 == "skewed" && $2 == "paged" && $3 == 16' 4)
@@ -81,8 +89,13 @@ Measured on: $machine; no GPU. Regenerate with \`make bench && make chapter-5 &&
 | 03 Flash | attention, T = 8192 (B = 1, H = 8, D = 64, causal): chapter 02 → flash | $(ms "$t02") | $(ms "$t03") | $(ratio "$t02" "$t03") faster |
 | 03 Flash | the same, % of the FMA peak | ${p02}% | ${p03}% | |
 | 03 Flash | memory one call allocates at T = 8192 | $(mib "$m02") | $(mib "$m03") | $(ratio "$m02" "$m03") less |
+| 03 Flash | no mask, T = 4096, % of the FMA peak | | ${nm03}% | |
 | 04 KV cache | 512 generated tokens, built-in model: no cache → cache | $(ms "$nocache") | $(ms "$cache") | $(ratio "$nocache" "$cache") faster |
 | 04 KV cache | decode attention, B = 16, L = 16384, D = 128, % of DRAM bandwidth: MHA / GQA 4:1 | | ${dram8}% / ${dram2}% | |
+| 04 KV cache | the same over an fp16 / int8 cache, for its own bytes: MHA | | ${f16_8}% / ${i8_8}% | |
+| 04 KV cache | the same, GQA 4:1 | | ${f16_2}% / ${i8_2}% | |
+| 04 KV cache | decode, MHA: fp32 → fp16 cache | $(ms "$f32ms8") | $(ms "$f16ms8") | $(ratio "$f32ms8" "$f16ms8") faster |
+| 04 KV cache | peak resident memory of the cached generation (built-in model, weights held once) | | ${rss04} MiB | |
 | 05 Paged | KV memory holding tokens (skewed lengths): reserve max_seq → pages of 16 | ${used_max}% | ${used_16}% | |
 | 05 Paged | requests that fit in the memory of 64 max_seq reservations | $fit_max | $fit_16 | $(ratio "$fit_16" "$fit_max") more |
 | 05 Paged | decode, B = 16, L = 16384, MHA: contiguous (ch04) → pages of 16, blocks in order | $(ms "$c05") | $(ms "$io05") | $(ratio "$c05" "$io05") |
