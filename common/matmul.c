@@ -92,38 +92,51 @@ int matmul_use_threads(size_t M, size_t N, size_t K)
 #endif
 #define STREAM_RANGE 512 /* columns whose sums (STREAM_ROWS x 512 floats, 16 KiB) sit on the stack */
 
-/* sum (R, cols) += a (R, [k0, k1)) · b ([k0, k1), cols), R <= 2, sum's rows lds apart, in
- * blocks of STREAM_VECS vectors of columns. */
+/* sum (R, NV VL columns at c0) += a (R, [k0, k1)) · b ([k0, k1), those columns), R <= 2, sum's
+ * rows lds apart: the block's sums held in R x NV registers across the step's rows of b. */
+static inline __attribute__((always_inline)) void stream_block(const int R, const int NV, float *sum, size_t lds,
+                                                                const float *a, size_t lda, const float *b, size_t ldb,
+                                                                size_t k0, size_t k1, size_t c0)
+{
+    fvec acc[2][STREAM_VECS];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = fvec_load(sum + (size_t)r * lds + c0 + (size_t)v * VL);
+    for (size_t k = k0; k < k1; k++) {
+        const float *bk = b + k * ldb + c0;
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++) {
+            const float ark = a[(size_t)r * lda + k];
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                acc[r][v] += ark * fvec_load(bk + (size_t)v * VL);
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++)
+            fvec_store(sum + (size_t)r * lds + c0 + (size_t)v * VL, acc[r][v]);
+}
+
+/* sum (R, cols) += a (R, [k0, k1)) · b ([k0, k1), cols), R <= 2: blocks of STREAM_VECS vectors of
+ * columns (then of 4 with AVX-512), then single vectors, then the last cols % VL columns one
+ * element at a time. */
 static inline __attribute__((always_inline)) void stream_step(const int R, float *sum, size_t lds, const float *a,
                                                                size_t lda, const float *b, size_t ldb, size_t k0,
                                                                size_t k1, size_t cols)
 {
     const size_t block = (size_t)STREAM_VECS * VL;
     size_t c0 = 0;
-    for (; c0 + block <= cols; c0 += block) {
-        fvec acc[2][STREAM_VECS];
-#pragma GCC unroll 2
-        for (int r = 0; r < R; r++)
-#pragma GCC unroll 16
-            for (int v = 0; v < STREAM_VECS; v++)
-                acc[r][v] = fvec_load(sum + (size_t)r * lds + c0 + (size_t)v * VL);
-        for (size_t k = k0; k < k1; k++) {
-            const float *bk = b + k * ldb + c0;
-#pragma GCC unroll 2
-            for (int r = 0; r < R; r++) {
-                const float ark = a[(size_t)r * lda + k];
-#pragma GCC unroll 16
-                for (int v = 0; v < STREAM_VECS; v++)
-                    acc[r][v] += ark * fvec_load(bk + (size_t)v * VL);
-            }
-        }
-#pragma GCC unroll 2
-        for (int r = 0; r < R; r++)
-#pragma GCC unroll 16
-            for (int v = 0; v < STREAM_VECS; v++)
-                fvec_store(sum + (size_t)r * lds + c0 + (size_t)v * VL, acc[r][v]);
-    }
-    for (; c0 < cols; c0++) /* the last columns: the same chain, one element at a time */
+    for (; c0 + block <= cols; c0 += block)
+        stream_block(R, STREAM_VECS, sum, lds, a, lda, b, ldb, k0, k1, c0);
+    for (; STREAM_VECS > 4 && c0 + 4 * VL <= cols; c0 += 4 * VL) /* a head of 64 floats: one block */
+        stream_block(R, 4, sum, lds, a, lda, b, ldb, k0, k1, c0);
+    for (; c0 + VL <= cols; c0 += VL)
+        stream_block(R, 1, sum, lds, a, lda, b, ldb, k0, k1, c0);
+    for (; c0 < cols; c0++) /* the same chain, one element at a time */
         for (int r = 0; r < R; r++) {
             float s = sum[(size_t)r * lds + c0];
             for (size_t k = k0; k < k1; k++)

@@ -17,6 +17,15 @@
 #endif
 
 
+static int omp_thread(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 static int n_threads(void)
 {
 #ifdef _OPENMP
@@ -149,24 +158,30 @@ static double probe_dram(void)
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) /* first touch by the threads that will read it */
         buf[i] = (float)(i & 7);
+    const size_t per = n / (size_t)n_threads() / 64 * 64; /* floats per thread */
+    const double read = (double)(per * (size_t)n_threads() * sizeof(float));
     double best = 0.0;
     for (int pass = 0; pass < 5; pass++) {
         double sum = 0.0;
         double t0 = timer_now();
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-        for (size_t i = 0; i < n; i += 64) { /* four cache lines a step */
-            const float *x = buf + i;
+        /* each thread reads the two halves of its share side by side, two streams, as a decode
+         * task reads K and V (one stream per thread measured about 10% less on the 2-core EPYC) */
+#pragma omp parallel reduction(+ : sum)
+        {
+            const size_t half = per / 2;
+            const float *x0 = buf + (size_t)omp_thread() * per, *x1 = x0 + half;
             fvec s = fvec_splat(0.0f);
-#pragma GCC unroll 16
-            for (int u = 0; u < VEC_PER(64); u++)
-                s += fvec_load(x + u * VL);
+            for (size_t i = 0; i < half; i += 32) /* two cache lines of each a step */
+#pragma GCC unroll 8
+                for (int u = 0; u < VEC_PER(32); u++)
+                    s += fvec_load(x0 + i + u * VL) + fvec_load(x1 + i + u * VL);
             sum += s[0];
         }
         double dt = timer_now() - t0;
         if (sum == -1.0)
             printf(" ");
-        if (bytes / dt > best)
-            best = bytes / dt;
+        if (read / dt > best)
+            best = read / dt;
     }
     mem_free(buf);
     return best / 1e9;

@@ -4,7 +4,9 @@
  *   fma_gflops: fp32 multiply-add throughput of all OpenMP threads, from independent chains of
  *               the widest vector FMA the build targets (2 FLOPs per lane per FMA): 16 lanes
  *               with AVX-512, 8 with AVX2, 4 with NEON on aarch64. fma_what names it.
- *   dram_gbs:   read bandwidth from a 256 MiB buffer (8x a typical L3), best of 5 passes.
+ *   dram_gbs:   read bandwidth from a 256 MiB buffer (8x a typical L3), best of 5 passes, each
+ *               thread reading two streams (the halves of its share), as a decode task reads
+ *               K and V.
  *
  * A kernel whose FLOPs per byte read is below fma_gflops / dram_gbs is bound by memory.
  * The probe takes about a second; its result is cached in <build>/roofline.tsv together with

@@ -115,10 +115,11 @@ static float dot_in_documented_order(const float *a, const float *b, size_t K)
 
 START_TEST(test_products_have_the_documented_bits)
 {
-    const size_t Ms[] = {1, 3, 4, 7, 13}, Ks[] = {16, 83, 128, 200}, N = 37;
-    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+    /* N = 200: every block width of the few-rows path (128 + 64 + 8 with AVX-512) */
+    const size_t Ms[] = {1, 3, 4, 7, 13}, Ks[] = {16, 83, 128, 200}, Ns[] = {37, 200};
+    for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0] * 2; ki++)
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
-            const size_t M = Ms[mi], K = Ks[ki];
+            const size_t M = Ms[mi], K = Ks[ki / 2], N = Ns[ki % 2];
             float *a = xmalloc(M * K * 4, "a"), *b = xmalloc(N * K * 4, "b"), *bt = xmalloc(N * K * 4, "bt");
             float *out = xmalloc(M * N * 4, "out"), *packed = xmalloc(matmul_packed_floats(N, K) * 4, "packed");
             fill_normal(a, M * K, 60 + ki), fill_normal(b, N * K, 70 + mi);

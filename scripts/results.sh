@@ -78,7 +78,7 @@ b3206=$(value 06_batching_bench '$1 == "ch06_engine" && $3 == 32 && $12 == "buil
 
 table=$(
     cat <<EOF
-Measured on: $machine; no GPU. Regenerate with \`make bench && make chapter-5 && make results\`.
+Measured on: $machine (the ceilings the last bench measured at its start; each bench's % columns are against its own measurement); no GPU. Regenerate with \`make bench && make chapter-5 && make results\`.
 
 | chapter | headline measurement | before | after | ratio |
 |---|---|---:|---:|---:|
