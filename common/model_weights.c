@@ -79,7 +79,9 @@ static size_t block_floats(const Block *b) { return sat_mul3(b->count, b->rows, 
  * matmul_packed_floats(rows, cols), below (2^31 + MATMUL_NR) * 2^31, cannot wrap a 64-bit size_t. */
 static size_t block_packed_floats(const Block *b) { return sat_mul(b->count, matmul_packed_floats(b->rows, b->cols)); }
 
-size_t model_checkpoint_floats(const ModelConfig *c)
+/* The floats of c's blocks as the checkpoint stores them (packed = 0), or of its matrices
+ * packed (packed = 1), saturating. */
+static size_t blocks_total(const ModelConfig *c, int packed)
 {
     ModelTensors t;
     ModelWeights w;
@@ -87,24 +89,18 @@ size_t model_checkpoint_floats(const ModelConfig *c)
     Block b[14];
     size_t total = 0;
     for (int i = 0, n = blocks_of(c, &t, &w, &p, b); i < n; i++)
-        total = sat_add(total, block_floats(&b[i]));
-    return total;
-}
-
-size_t model_checkpoint_bytes(const ModelConfig *c) { return 28 + model_checkpoint_floats(c) * sizeof(float); }
-
-size_t model_packed_floats(const ModelConfig *c)
-{
-    ModelTensors t;
-    ModelWeights w;
-    ModelPacked p;
-    Block b[14];
-    size_t total = 0;
-    for (int i = 0, n = blocks_of(c, &t, &w, &p, b); i < n; i++)
-        if (b[i].mat)
+        if (!packed)
+            total = sat_add(total, block_floats(&b[i]));
+        else if (b[i].mat)
             total = sat_add(total, block_packed_floats(&b[i]));
     return total;
 }
+
+size_t model_checkpoint_floats(const ModelConfig *c) { return blocks_total(c, 0); }
+
+size_t model_checkpoint_bytes(const ModelConfig *c) { return 28 + model_checkpoint_floats(c) * sizeof(float); }
+
+size_t model_packed_floats(const ModelConfig *c) { return blocks_total(c, 1); }
 
 size_t model_param_count(const ModelConfig *c)
 {
