@@ -25,6 +25,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/matmul.h"
+#include "common/npy.h"
 #include "common/plot.h"
 #include "common/program.h"
 #include "common/rng.h"
@@ -48,6 +49,60 @@ static void lesson_intro(void)
            "independently; their outputs are concatenated and mixed by Wo. This chapter computes it the\n"
            "obvious way: the whole (B, H, T, S) score matrix is built in memory, so time and memory grow\n"
            "with T*S. We measure that growth.\n\n");
+}
+
+/* The worked example: one head, T = 2 queries, S = 3 keys, D = 4 (so the scale 1/sqrt(D) is 0.5),
+ * causal. V's rows are unit vectors, so each output row shows its probabilities. */
+enum { HAND_T = 2, HAND_S = 3, HAND_D = 4 };
+static const float HAND_Q[HAND_T * HAND_D] = {1, 0, 1, 0, 0, 2, 0, 0};
+static const float HAND_K[HAND_S * HAND_D] = {2, 0, 0, 0, 0, 0, 2, 0, 0, 1, 0, 1};
+static const float HAND_V[HAND_S * HAND_D] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0};
+
+static void print_rows(const char *name, const float *x, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        printf("   %-7s", r == 0 ? name : "");
+        for (int c = 0; c < cols; c++)
+            printf(" %7.4f", x[r * cols + c]);
+        printf("\n");
+    }
+}
+
+/* The 2 x 3 case worked in the open: each step by the formula, then the reference kernel on the
+ * same input (the numbers a reader can check on paper; `example` writes them as .npy files). */
+static void lesson_by_hand(void)
+{
+    float sc[HAND_T * HAND_S], p[HAND_T * HAND_S], o[HAND_T * HAND_D] = {0}, ref[HAND_T * HAND_D];
+    for (int t = 0; t < HAND_T; t++) {
+        const int last = t + HAND_S - HAND_T; /* the causal rule: query t sees keys 0 .. t + S - T */
+        double m = -INFINITY, z = 0.0;
+        for (int j = 0; j < HAND_S; j++) {
+            float dot = 0.0f;
+            for (int d = 0; d < HAND_D; d++)
+                dot += HAND_Q[t * HAND_D + d] * HAND_K[j * HAND_D + d];
+            sc[t * HAND_S + j] = j <= last ? 0.5f * dot : -INFINITY;
+            m = fmax(m, sc[t * HAND_S + j]);
+        }
+        for (int j = 0; j < HAND_S; j++)
+            z += exp(sc[t * HAND_S + j] - m);
+        for (int j = 0; j < HAND_S; j++) {
+            p[t * HAND_S + j] = (float)(exp(sc[t * HAND_S + j] - m) / z);
+            for (int d = 0; d < HAND_D; d++)
+                o[t * HAND_D + d] += p[t * HAND_S + j] * HAND_V[j * HAND_D + d];
+        }
+    }
+    const MhaShape shape = {.B = 1, .H = 1, .T = HAND_T, .S = HAND_S, .D = HAND_D, .causal = 1, .scale = 0.5f};
+    if (mha_attention_ref(&shape, HAND_Q, HAND_K, HAND_V, ref) != 0)
+        die_with_error();
+    printf("By hand: one head, T = 2 queries, S = 3 keys, D = 4 (scale 1/sqrt(4) = 0.5), causal: query 0\n"
+           "sees keys 0 and 1, query 1 all three. V's rows are unit vectors, so O shows the probabilities.\n\n");
+    print_rows("Q", HAND_Q, HAND_T, HAND_D), print_rows("K", HAND_K, HAND_S, HAND_D);
+    print_rows("V", HAND_V, HAND_S, HAND_D), print_rows("scores", sc, HAND_T, HAND_S);
+    print_rows("P", p, HAND_T, HAND_S), print_rows("O = P V", o, HAND_T, HAND_D);
+    print_rows("ref", ref, HAND_T, HAND_D);
+    printf("\n   scores = Q Kᵀ x 0.5 (-inf: masked); P = softmax of each row, e.g. row 1 = (e^0, e^0, e^1) /\n"
+           "   (2 + e); 'ref' is mha_attention_ref on the same input. '%s example --out DIR' writes\n"
+           "   these Q, K, V as .npy files for 'attn'.\n\n", PROG);
 }
 
 typedef struct {
@@ -247,6 +302,7 @@ static int cmd_lesson(int argc, char **argv)
                                     &max_t_option, 1, argc, argv);
     const Roofline *roof = roofline_get();
     lesson_intro();
+    lesson_by_hand();
     lesson_machine(dev, 1);
     lesson_layer(dev, roof);
     lesson_sweep(dev, max_t, roof);
@@ -302,6 +358,42 @@ static int cmd_init_weights(int argc, char **argv)
     return 0;
 }
 
+/* ==== example: small inputs for attn =============================================================== */
+
+static int cmd_example(int argc, char **argv)
+{
+    const char *out = NULL;
+    ArgSpec specs[] = {
+        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "DIR", .help = "folder to write into",
+         .required = 1},
+    };
+    const ArgCommand cmd = {
+        .name = PROG " example",
+        .usage = "--out DIR",
+        .summary = "Writes the lesson's worked example as q.npy (1, 1, 2, 4), k.npy and v.npy (1, 1, 3, 4) into DIR, so\n"
+                   "that 'attn' runs without Python: attn --q DIR/q.npy --k DIR/k.npy --v DIR/v.npy --out DIR/o.npy\n"
+                   "--causal writes the O the lesson shows.",
+        .specs = specs,
+        .n_specs = ARRAY_COUNT(specs),
+    };
+    args_parse_or_exit(&cmd, argc, argv);
+    const size_t qs[4] = {1, 1, HAND_T, HAND_D}, ks[4] = {1, 1, HAND_S, HAND_D};
+    const struct {
+        const char *name;
+        const size_t *shape;
+        const float *data;
+    } files[3] = {{"q.npy", qs, HAND_Q}, {"k.npy", ks, HAND_K}, {"v.npy", ks, HAND_V}};
+    for (int i = 0; i < 3; i++) {
+        char path[4096];
+        if (snprintf(path, sizeof path, "%s/%s", out, files[i].name) >= (int)sizeof path)
+            die("--out %s: the path is too long", out);
+        if (npy_write(path, NPY_F32, 4, files[i].shape, files[i].data) != 0)
+            die_with_error();
+    }
+    printf("%s: wrote the worked example (T=2, S=3, D=4) to %s/{q,k,v}.npy\n", PROG, out);
+    return 0;
+}
+
 /* ==== main ====================================================================================== */
 
 static const Subcommand COMMANDS[] = {
@@ -310,6 +402,7 @@ static const Subcommand COMMANDS[] = {
     {.name = "bench", .run = mha_cmd_bench, .summary = "timing rows (TSV) and a plot, T = 128 .. 8192"},
     {.name = "init-weights", .run = cmd_init_weights,
      .summary = "random layer weights as .npy files (for chapter 02's convert)"},
+    {.name = "example", .run = cmd_example, .summary = "the lesson's worked example as q, k, v .npy files for attn"},
     {.name = NULL},
 };
 

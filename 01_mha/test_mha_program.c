@@ -314,12 +314,40 @@ START_TEST(test_verify_command_quick)
 }
 END_TEST
 
+/* `example` writes the lesson's worked example, and attn on it gives what one works out on paper:
+ * query 0 sees keys 0 and 1 with equal scores (P = 1/2, 1/2), query 1 sees all three with scores
+ * (0, 0, 1) (P = (1, 1, e) / (2 + e)); V's rows are unit vectors, so O's rows are P. */
+START_TEST(test_example_then_attn_gives_the_hand_result)
+{
+    char prog[4200], q[4200], k[4200], v[4200], o[4200];
+    program_path(prog, sizeof prog, "01_mha");
+    testing_tmp_path(q, sizeof q, "q.npy"), testing_tmp_path(k, sizeof k, "k.npy");
+    testing_tmp_path(v, sizeof v, "v.npy"), testing_tmp_path(o, sizeof o, "o_hand.npy");
+    const char *ex[] = {prog, "example", "--out", testing_tmp, NULL};
+    ProcResult r;
+    ck_assert_int_eq(run_program(&r, ex), 0);
+    ck_assert_msg(r.status == 0, "example: %s", r.err);
+    const char *at[] = {prog, "attn", "--q", q, "--k", k, "--v", v, "--out", o, "--causal", NULL};
+    ck_assert_int_eq(run_program(&r, at), 0);
+    ck_assert_msg(r.status == 0, "attn: %s", r.err);
+    Tensor out;
+    ck_assert_msg(npy_read_tensor(o, 4, &out) == 0, "%s", error_message());
+    ck_assert_uint_eq(out.numel, 8);
+    const double e = exp(1.0);
+    const double want[8] = {0.5, 0.5, 0, 0, 1 / (2 + e), 1 / (2 + e), e / (2 + e), 0};
+    for (int i = 0; i < 8; i++)
+        ck_assert_msg(fabs(out.data[i] - want[i]) < 1e-6, "O[%d] = %g, by hand %g", i, out.data[i], want[i]);
+    tensor_free(&out);
+}
+END_TEST
+
 /* The case "program": the tests above. */
 TestingCase mha_program_case(void)
 {
     return (TestingCase){.name = "program", .timeout_s = 300, .temp_dir = 1,
                          .tests = {/* attn */ test_attn_command_matches_float64, test_attn_command_bad_input,
                                    test_attn_refuses_overflowing_scores, test_attn_refuses_a_fifo,
+                                   test_example_then_attn_gives_the_hand_result,
                                    /* any subcommand */ test_help_everywhere, test_lost_standard_output_is_an_error,
                                    test_cpu_run_maps_no_gpu_library, test_verify_command_quick}};
 }

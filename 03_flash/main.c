@@ -47,6 +47,42 @@ static void lesson_intro(const Roofline *roof)
            roof->dram_gbs, roof->fma_gflops);
 }
 
+/* The online softmax by hand: one query, four keys in two tiles of two, scalar values, every
+ * step printed -- then the same through flash_attention_tiled, and softmax(s) v directly. */
+static void lesson_trace(void)
+{
+    const float s[4] = {1.0f, 3.0f, 2.0f, 5.0f}, v[4] = {10.0f, 20.0f, 30.0f, 40.0f};
+    printf("By hand: one query, scores s = (1, 3, 2, 5) against four keys, values v = (10, 20, 30, 40),\n"
+           "tiles of 2 keys. The trick is the online normaliser of Milakov & Gimelshein (2018, 'Online\n"
+           "normalizer calculation for softmax'), which FlashAttention (Dao et al. 2022) extends to o.\n\n");
+    double m = -INFINITY, l = 0.0, o = 0.0;
+    for (int t = 0; t < 2; t++) {
+        const double s0 = s[2 * t], s1 = s[2 * t + 1], m_new = fmax(m, fmax(s0, s1)), alpha = exp(m - m_new);
+        const double e0 = exp(s0 - m_new), e1 = exp(s1 - m_new);
+        l = l * alpha + e0 + e1;
+        o = o * alpha + e0 * v[2 * t] + e1 * v[2 * t + 1];
+        if (t == 0)
+            printf("   tile 1, s = (%g, %g): m = %g, nothing to rescale yet, l = %.4f, o = %.4f\n", s0, s1, m_new, l, o);
+        else
+            printf("   tile %d, s = (%g, %g): m = %g, the past rescaled by e^(%g - %g) = %.4f, l = %.4f, o = %.4f\n",
+                   t + 1, s0, s1, m_new, m, m_new, alpha, l, o);
+        m = m_new;
+    }
+    double direct = 0.0, z = 0.0;
+    for (int j = 0; j < 4; j++)
+        z += exp(s[j] - m);
+    for (int j = 0; j < 4; j++)
+        direct += exp(s[j] - m) / z * v[j];
+    /* the kernel: D = 1, q = 1, k = s, scale 1, so its scores are s */
+    const GqaShape shape = {.B = 1, .H = 1, .Hkv = 1, .T = 1, .S = 4, .D = 1, .causal = 0, .scale = 1.0f};
+    const float q = 1.0f;
+    float out = NAN;
+    if (flash_attention_tiled(&shape, (FlashTiles){.Br = 1, .Bc = 2}, &q, s, v, &out, NULL) != 0)
+        die_with_error();
+    printf("   out = o / l = %.4f; softmax(s) v in one pass: %.4f; flash_attention_tiled (Bc = 2): %.4f\n\n",
+           o / l, direct, out);
+}
+
 #define LESSON_NT 5
 static const int LESSON_T[LESSON_NT] = {1024, 2048, 4096, 8192, 16384};
 
@@ -186,6 +222,7 @@ static int cmd_lesson(int argc, char **argv)
         &PROGRAM, "where to run (the lesson measures the CPU versions; a GPU adds nothing yet)", NULL, 0, argc, argv);
     const Roofline *roof = roofline_get();
     lesson_intro(roof);
+    lesson_trace();
     lesson_machine(dev, 0);
     printf("Device for this lesson: cpu%s.\n\n",
            dev == DEVICE_CUDA ? " (the GPU versions: 03_flash bench --device cuda)" : "");

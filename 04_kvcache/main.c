@@ -32,6 +32,22 @@
 
 /* ==== the lesson ================================================================================ */
 
+/* (0) one token through the model, with this model's shapes (docs/model.md draws it in full) */
+static void lesson_model(const ModelConfig *c)
+{
+    const int D = model_head_size(c), kvd = model_kv_dim(c);
+    printf("0. One token through the model (docs/model.md), shapes for this model and n new tokens:\n\n"
+           "   token ids (n) -> embedding rows x (n, %d)\n"
+           "   %d x [ RMSNorm -> q (n, %d) = %d heads x %d, k and v (n, %d) = %d kv heads x %d\n"
+           "          -> RoPE on q and k -> k, v written to the cache at their positions\n"
+           "          -> attention of q against every cached k, v -> Wo (n, %d) -> x += it (the residual)\n"
+           "          -> RMSNorm -> SwiGLU MLP %d -> %d -> %d -> x += it ]\n"
+           "   -> RMSNorm -> classifier: logits (n, %d) -> the last row picks the next token (argmax, or a\n"
+           "      sample at temperature T) -> fed back as the next step's one token.\n\n",
+           c->dim, c->n_layers, c->n_heads * D, c->n_heads, D, kvd, c->n_kv_heads, D, c->dim, c->dim,
+           c->hidden_dim, c->dim, c->vocab_size);
+}
+
 /* (a) the same greedy generation with and without the cache, step by step */
 static void lesson_steps(const Model *m)
 {
@@ -41,7 +57,15 @@ static void lesson_steps(const Model *m)
     double with[N_NEW], without[N_NEW];
     for (int i = 0; i < N_PROMPT; i++)
         prompt[i] = (i * 37 + 1) % m->c.vocab_size;
-    GenOptions o = {.max_new = N_NEW, .use_cache = 1, .dtype = KV_F32, .kernel = 2};
+    /* an untimed warm-up of both, so that neither timed run pays for first touches (the OpenMP
+     * threads' start, pages of buffers and weights) that the other then gets for free */
+    GenOptions o = {.max_new = 4, .use_cache = 1, .dtype = KV_F32, .kernel = 2};
+    for (int cache = 1; cache >= 0; cache--) {
+        o.use_cache = cache;
+        if (kvcache_generate(m, prompt, N_PROMPT, &o, a, NULL) != 0)
+            die_with_error();
+    }
+    o.max_new = N_NEW, o.use_cache = 1;
     if (kvcache_generate(m, prompt, N_PROMPT, &o, a, with) != 0)
         die_with_error();
     o.use_cache = 0;
@@ -239,6 +263,7 @@ static int cmd_lesson(int argc, char **argv)
            "(head size %d), vocab %d, seq_len %d: %zu parameters (%s).\n\n",
            m.c.dim, m.c.hidden_dim, m.c.n_layers, m.c.n_heads, m.c.n_kv_heads, model_head_size(&m.c), m.c.vocab_size,
            m.c.seq_len, model_param_count(&m.c), format_bytes(4.0 * model_param_count(&m.c), b1, sizeof b1));
+    lesson_model(&m.c);
     lesson_steps(&m);
     lesson_memory(&m.c);
     lesson_quant(&m);
