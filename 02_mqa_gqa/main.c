@@ -127,7 +127,7 @@ static void lesson_measure(Device dev, LessonRow rows[GQA_N_HKV], double *diff_v
         const int hkv = GQA_HKV[i];
         *r = (LessonRow){.hkv = hkv, .params = gqa_weights_count(C, H, hkv, D),
                          .kv_token = 2 * (size_t)hkv * D * sizeof(float)};
-        bench_progress("Hkv=%d: expressiveness ...", hkv);
+        bench_progress("Hkv=%d: conversion error ...", hkv);
         r->err_random = pooled_error(&mha, hkv, x.data, 1, Te, y_mha.data, y.data, hkv == H ? diff_vs_ch01 : NULL);
         r->err_corr = pooled_error(&corr, hkv, x.data, 1, Te, y_corr.data, y.data, NULL);
 
@@ -189,7 +189,7 @@ static void lesson_print(Device dev, const LessonRow rows[GQA_N_HKV], double dif
     const LessonRow *mha = &rows[0], *gqa = &rows[2], *mqa = &rows[GQA_N_HKV - 1];
     printf("The summary table, measured (GQA here: Hkv = %d):\n\n", gqa->hkv);
     printf("  %-4s %-34s %-36s %s\n", "", "query / key-value sharing", "parameters, speed vs MHA",
-           "expressiveness: error vs MHA");
+           "conversion error before uptraining");
     const LessonRow *pick[3] = {mha, mqa, gqa};
     const char *label[3] = {"MHA", "MQA", "GQA"};
     for (int i = 0; i < 3; i++) {
@@ -203,7 +203,9 @@ static void lesson_print(Device dev, const LessonRow rows[GQA_N_HKV], double dif
         snprintf(expr, sizeof expr, "%.3f random, %.3f correlated", pick[i]->err_random, pick[i]->err_corr);
         printf("  %-4s %-34s %-36s %s\n", label[i], share, speed, expr);
     }
-    printf("  (speed: MHA's time / this row's time on this machine; error 0 = identical outputs)\n\n");
+    printf("  (speed: MHA's time / this row's time on this machine. Error: the layer's output after mean-pooling\n"
+           "  its K/V heads, relative to MHA's, 0 = identical; it is where uptraining would start, not how well a\n"
+           "  trained model works after it: a random layer's heads are unrelated, a trained model's lie between.)\n\n");
 }
 
 static void lesson_plot(const LessonRow rows[GQA_N_HKV])
