@@ -46,6 +46,16 @@ static void lesson_model(const ModelConfig *c)
            "      sample at temperature T) -> fed back as the next step's one token.\n\n",
            c->dim, c->n_layers, c->n_heads * D, c->n_heads, D, kvd, c->n_kv_heads, D, c->dim, c->dim,
            c->hidden_dim, c->dim, c->vocab_size);
+    /* what bounds a decode step: the weights, read once per step, against each sequence's cache */
+    const double weights = (double)model_packed_floats(c) * sizeof(float);
+    const double per_token = (double)kvcache_bytes_per_token(c->n_layers, c->n_kv_heads, D, KV_F32);
+    char b1[32], b2[32];
+    printf("   A decode step reads every weight once (%s, shared by the batch) and each sequence's cache\n"
+           "   (%s per token, fp32): one sequence's cache outweighs the weights past %.0f tokens, a batch of\n"
+           "   32 past %.0f tokens each. Short contexts at batch 1: the weights bound decode; long contexts or\n"
+           "   large batches: the KV cache does (docs/model.md, 'What bounds a decode step').\n\n",
+           format_bytes(weights, b1, sizeof b1), format_bytes(per_token, b2, sizeof b2), weights / per_token,
+           weights / per_token / 32);
 }
 
 /* (a) the same greedy generation with and without the cache, step by step */
