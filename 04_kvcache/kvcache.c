@@ -17,13 +17,11 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef __F16C__
-#include <immintrin.h>
-#endif
 
 #include "04_kvcache/kvcache_layout.h"
 #include "common/error.h"
 #include "common/tensor.h"
+#include "common/vmath.h"
 
 /* ==== dtypes and sizes =============================================================================== */
 
@@ -127,10 +125,8 @@ void kvcache_load_rows(const KvCache *c, const void *base, const float *scales, 
     } else if (c->dtype == KV_F16) {
         const half_t *src = (const half_t *)base + row * D;
         size_t i = 0;
-#ifdef __F16C__ /* eight at a time with vcvtph2ps; gcc converts half_t one by one */
-        for (; i + 8 <= n * D; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-#endif
+        for (; i + VL <= n * D; i += VL) /* a vector at a time (vmath.h: vcvtph2ps, fcvtl) */
+            fvec_store(dst + i, fvec_from_f16((const uint16_t *)(src + i)));
         for (; i < n * D; i++)
             dst[i] = (float)src[i];
     } else {
