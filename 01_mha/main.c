@@ -235,6 +235,9 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
     printf("   %6s %13s %14s %11s %7s %7s %9s %7s %11s%s\n", "T", "score matrix", "measured peak", "time", "x time",
            "x mem", "GFLOP/s", "% peak", "ref time", dev == DEVICE_CUDA ? "    GPU cublas" : "");
     double prev_t = 0, prev_m = 0;
+    /* the growth per doubling over the sweep: first and last time and memory, the reference's */
+    double first_t = 0, first_m = 0, step_lo = 1e30, step_hi = 0, ref_first = NAN, ref_last = NAN;
+    int n_points = 0, ref_points = 0;
     int T;
     for (T = 256; T <= max_t; T *= 2) {
         AttnDims d = {.B = 1, .H = H, .Hkv = H, .T = T, .S = T, .D = D, .causal = 1, .scale = 0.125f};
@@ -258,6 +261,14 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
         if (prev_t > 0) {
             snprintf(xt, sizeof xt, "x%.1f", t.median_s / prev_t);
             snprintf(xm, sizeof xm, "x%.1f", (double)peak / prev_m);
+            step_lo = fmin(step_lo, t.median_s / prev_t), step_hi = fmax(step_hi, t.median_s / prev_t);
+        } else {
+            first_t = t.median_s, first_m = (double)peak;
+        }
+        n_points++;
+        if (!isnan(ref_ms)) {
+            ref_first = ref_points ? ref_first : ref_ms, ref_last = ref_ms;
+            ref_points++;
         }
         if (!isnan(ref_ms))
             snprintf(refs, sizeof refs, "%.1f ms", ref_ms);
@@ -272,8 +283,15 @@ static void lesson_sweep(Device dev, int max_t, const Roofline *roof)
         tensor_free(&q), tensor_free(&k), tensor_free(&v);
     }
     tsv_close(&tsv);
+    if (n_points > 1)
+        printf("\n   Per doubling of T in this run (geometric mean over the sweep): the omp kernel's time x%.1f (single\n"
+               "   steps between x%.1f and x%.1f), its memory x%.1f%s",
+               pow(prev_t / first_t, 1.0 / (n_points - 1)), step_lo, step_hi, pow(prev_m / first_m, 1.0 / (n_points - 1)),
+               ref_points > 1 ? "" : ".\n");
+    if (n_points > 1 && ref_points > 1)
+        printf(", the reference's time x%.1f.\n", pow(ref_last / ref_first, 1.0 / (ref_points - 1)));
     MhaShape next = {.B = 1, .H = H, .T = T, .S = T, .D = D, .causal = 1, .scale = 0.125f};
-    printf("\n   The sweep stops at T=%d (--max-t): T=%d would need %s for the score matrix alone. Peak resident\n"
+    printf("   The sweep stops at T=%d (--max-t): T=%d would need %s for the score matrix alone. Peak resident\n"
            "   memory of this process so far: %s. `01_mha bench` goes to T=8192; chapter 03 never builds it.\n",
            T / 2, T, format_bytes((double)mha_scores_bytes(&next), b1, sizeof b1),
            format_bytes((double)mem_peak_rss_bytes(), b2, sizeof b2));
@@ -308,7 +326,8 @@ static int cmd_lesson(int argc, char **argv)
     lesson_sweep(dev, max_t, roof);
     return lesson_end(
         "doubling T doubles the work of every query row and doubles the rows, so time and\n"
-        "the score matrix both grow x4, and the memory runs out while the time is still affordable.\n"
+        "the score matrix both grow about x4 per doubling, and the memory runs out while the time is\n"
+        "still affordable.\n"
         "Next: chapter 02 shrinks K and V (fewer key/value heads); chapter 03 removes the score matrix.\n");
 }
 

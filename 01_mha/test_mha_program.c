@@ -289,10 +289,13 @@ START_TEST(test_cpu_run_maps_no_gpu_library)
     problem_free(&p);
 
 #if !defined(__SANITIZE_ADDRESS__) /* ASan's shadow memory alone is larger than the bound */
+    /* every program `make test` built; `make exercise-1` builds only 01_mha, which is always checked */
     const char *programs[] = {"01_mha", "02_mqa_gqa", "03_flash", "04_kvcache", "05_paged", "06_batching"};
     for (int i = 0; i < 6; i++) {
         char prog[4200];
         program_path(prog, sizeof prog, programs[i]);
+        if (i > 0 && access(prog, X_OK) != 0)
+            continue;
         const char *argv[] = {prog, "--help", NULL};
         ProcResult r;
         ck_assert_int_eq(run_program(&r, argv), 0);

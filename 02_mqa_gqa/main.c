@@ -208,6 +208,45 @@ static void lesson_print(Device dev, const LessonRow rows[GQA_N_HKV], double dif
            "  trained model works after it: a random layer's heads are unrelated, a trained model's lie between.)\n\n");
 }
 
+/* What this run's rows say, worded from them: how much each halving of Hkv sped the decode step
+ * up, where its FLOPs per byte pass the machine's balance, what prefill gained, and whether the
+ * correlated heads lost less than the random ones. */
+static void lesson_reading(const LessonRow rows[GQA_N_HKV])
+{
+    const Roofline *roof = roofline_get();
+    const double balance = roof->fma_gflops / roof->dram_gbs;
+    printf("In this run, each halving of Hkv changed the decode step's speed by (the old time / the new):\n  ");
+    int shrinking = 1;
+    double prev = 0;
+    for (int i = 1; i < GQA_N_HKV; i++) {
+        const double gain = rows[i - 1].decode_ms / rows[i].decode_ms;
+        printf("%s x%.2f (%d -> %d)", i == 1 ? "" : ",", gain, rows[i - 1].hkv, rows[i].hkv);
+        shrinking &= i == 1 || gain <= prev * 1.05; /* 5%: the noise of one timing */
+        prev = gain;
+    }
+    printf(";\nx2 each if the step only waited on bytes, below x1 a slowdown; %s.\n",
+           shrinking ? "the gain shrinks as Hkv falls" : "the gains do not shrink steadily here (a noisy run?)");
+    int first_above = -1; /* the first Hkv whose FLOP/B passes the balance */
+    for (int i = 0; i < GQA_N_HKV && first_above < 0; i++)
+        if (16.0 / (2.0 * rows[i].hkv) >= balance)
+            first_above = i;
+    const LessonRow *mha = &rows[0], *mqa = &rows[GQA_N_HKV - 1];
+    if (first_above >= 0)
+        printf("%s Hkv = %d (%.1f FLOP/B) a decode step does more arithmetic per byte than this machine's\n"
+               "balance (%.1f FLOP/B): arithmetic, not memory, limits it there.",
+               first_above == GQA_N_HKV - 1 ? "At" : "From", rows[first_above].hkv, 16.0 / (2.0 * rows[first_above].hkv),
+               balance);
+    else
+        printf("Every Hkv stays below this machine's balance (%.1f FLOP/B): memory limits every row.", balance);
+    printf(" MQA is x%.1f faster than\nMHA; the bytes alone would allow x16. Prefill gains x%.2f: only the K/V projections shrink.\n",
+           mha->decode_ms / mqa->decode_ms, mha->prefill_ms / mqa->prefill_ms);
+    int corr_less = 1;
+    for (int i = 1; i < GQA_N_HKV; i++)
+        corr_less &= rows[i].err_corr < rows[i].err_random;
+    printf("%s\n\n", corr_less ? "At every Hkv the correlated heads lose less than the random ones when pooled."
+                               : "The correlated heads do not lose less than the random ones at every Hkv in this run.");
+}
+
 static void lesson_plot(const LessonRow rows[GQA_N_HKV])
 {
     char dat[4096];
@@ -237,13 +276,15 @@ static int cmd_lesson(int argc, char **argv)
     double diff = NAN;
     lesson_measure(dev, rows, &diff);
     lesson_print(dev, rows, diff);
+    lesson_reading(rows);
     lesson_plot(rows);
     return lesson_end(
-        "K/V sharing divides the KV cache and the bytes a decode step reads by H/Hkv; the decode\n"
-        "step speeds up with it until its FLOPs per byte pass the machine's balance. Prefill gains only\n"
-        "the K/V projections it no longer computes: the attention arithmetic of all H query heads stays.\n"
-        "Mean-pooling a trained MHA layer costs accuracy, less the more alike its heads are; the GQA paper\n"
-        "recovers most of it with a short uptraining. Next: chapter 03 removes the (B, H, T, S) score matrix.\n");
+        "K/V sharing divides the KV cache and the bytes a decode step reads by H/Hkv; a decode step that\n"
+        "waits on memory speeds up with it, one whose FLOPs per byte pass the machine's balance does not.\n"
+        "Prefill gains only the K/V projections it no longer computes: the attention arithmetic of all H\n"
+        "query heads stays. Mean-pooling a trained MHA layer is only a starting point; the GQA paper\n"
+        "recovers most of the quality with a short uptraining. Next: chapter 03 removes the (B, H, T, S)\n"
+        "score matrix.\n");
 }
 
 /* ==== convert =================================================================================== */

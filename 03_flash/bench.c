@@ -5,8 +5,8 @@
  *   03_flash attn        attention on .npy files (Q, K, V -> O)
  *   03_flash verify      every version against chapter 02's reference on the grid
  *   03_flash bench       chapter 02 and 03 on the same shapes: TSV rows +
- *                        build/bench/03_flash_bench.dat + build/plots/03_flash_bench.png, and the
- *                        issue's targets on stderr
+ *                        build/bench/03_flash_bench.dat + build/plots/03_flash_bench.png, and a
+ *                        summary on stderr (what was expected, what was measured)
  *   03_flash _peak-rss   (not listed) one call in a fresh process, its RSS growth on stdout
  */
 #include <limits.h>
@@ -34,8 +34,8 @@ static const BenchCommand BENCH = {
         "CPU version without a mask (causal 0) at T = S = 2048 and 4096.\n"
         "Columns: chapter device kernel B H Hkv T S D causal time_ms gflops pct_peak alloc_bytes.\n"
         "GFLOP/s counts 4*D per visible (query, key) pair; pct_peak is against the FMA peak measured by\n"
-        "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). The\n"
-        "issue's targets are checked on stderr at the end.",
+        "the roofline probe (CPU rows); alloc_bytes is the most memory a call held (CPU rows). At the\n"
+        "end, summary lines on stderr compare what was measured with what docs/03_flash.md expects.",
     .limit = {.name = "max-t", .value = 16384, .min = 256, .max = 1 << 20, .help =
                   "longest sequence (default 16384)"},
 };
@@ -110,16 +110,16 @@ double flash_peak_rss(int chapter, int kernel, int T)
 
 /* ==== bench ===================================================================================== */
 
-/* What the targets printed at the end read from the CPU rows. */
+/* What the summary printed at the end reads from the CPU rows. */
 typedef struct {
     double pct[16];                     /* % of the FMA peak of the fast version, entry i: T = 256 << i */
     double ms02_4096, ms03_4096;        /* chapter 02's and chapter 03's fast versions at T = 4096 */
     double alloc02_8192, alloc03_16384; /* memory held at each chapter's largest T */
     double nomask_pct[2];               /* the fast version without a mask, T = 2048 and 4096 */
-} Targets;
+} Summary;
 
 /* variant 0: chapter 02's grouped version (CPU only); 1 .. n: this chapter's kernel 1 .. n. */
-static void targets_note(Targets *tg, int variant, int i, int T, double pct, const AttnTiming *t)
+static void summary_note(Summary *tg, int variant, int i, int T, double pct, const AttnTiming *t)
 {
     if (variant == 2 && i < 16)
         tg->pct[i] = pct;
@@ -133,27 +133,30 @@ static void targets_note(Targets *tg, int variant, int i, int T, double pct, con
         tg->alloc03_16384 = (double)t->peak_bytes;
 }
 
-/* The targets, from the rows (T = 1024, 2048, 4096 are entries 2, 3, 4). */
-static void targets_print(const Targets *tg)
+/* The summary, from the rows (T = 1024, 2048, 4096 are entries 2, 3, 4): what docs/03_flash.md
+ * expects of a tiled kernel whose scores stay in cache, against what this run measured. */
+static void summary_print(const Summary *tg)
 {
-    fprintf(stderr, "targets: fast CPU version at T = 1024, 2048, 4096: %.1f%%, %.1f%%, %.1f%% of the FMA peak "
-                    "(target >= 50%%)\n", tg->pct[2], tg->pct[3], tg->pct[4]);
+    const double low = fmin(tg->pct[2], fmin(tg->pct[3], tg->pct[4]));
+    bench_summary(low >= 50.0, ">= 50% each", "fast CPU version at T = 1024, 2048, 4096: %.1f%%, %.1f%%, %.1f%% of the "
+                  "FMA peak", tg->pct[2], tg->pct[3], tg->pct[4]);
     if (!isnan(tg->ms02_4096) && !isnan(tg->ms03_4096))
-        fprintf(stderr, "targets: at T = 4096 chapter 03 is x%.2f faster than chapter 02's fast version (target x5, "
-                        "which would take %.0f%% of the FMA peak)\n",
-                tg->ms02_4096 / tg->ms03_4096, 5.0 * tg->pct[4] * tg->ms03_4096 / tg->ms02_4096);
+        bench_summary(tg->ms02_4096 / tg->ms03_4096 >= 5.0, ">= x5",
+                      "at T = 4096 chapter 03 is x%.2f faster than chapter 02's fast version (x5 would be %.0f%% of the "
+                      "FMA peak)", tg->ms02_4096 / tg->ms03_4096, 5.0 * tg->pct[4] * tg->ms03_4096 / tg->ms02_4096);
     if (!isnan(tg->nomask_pct[0]))
-        fprintf(stderr, "targets: fast CPU version without a mask at T = 2048, 4096: %.1f%%, %.1f%% of the FMA peak "
-                        "(target >= 50%%)\n", tg->nomask_pct[0], tg->nomask_pct[1]);
+        bench_summary(fmin(tg->nomask_pct[0], tg->nomask_pct[1]) >= 50.0, ">= 50% each",
+                      "fast CPU version without a mask at T = 2048, 4096: %.1f%%, %.1f%% of the FMA peak",
+                      tg->nomask_pct[0], tg->nomask_pct[1]);
     if (!isnan(tg->alloc02_8192) && !isnan(tg->alloc03_16384))
-        fprintf(stderr, "targets: extra memory at T = 16384: chapter 03 %.1f MiB = %.2f%% of chapter 02's %.0f MiB "
-                        "(4x its measured T = 8192; target < 5%%)\n",
-                tg->alloc03_16384 / 1048576, 100.0 * tg->alloc03_16384 / (4 * tg->alloc02_8192),
-                4 * tg->alloc02_8192 / 1048576);
+        bench_summary(tg->alloc03_16384 < 0.05 * 4 * tg->alloc02_8192, "< 5%",
+                      "extra memory at T = 16384: chapter 03 %.1f MiB = %.2f%% of chapter 02's %.0f MiB (4x its "
+                      "measured T = 8192)", tg->alloc03_16384 / 1048576, 100.0 * tg->alloc03_16384 / (4 * tg->alloc02_8192),
+                      4 * tg->alloc02_8192 / 1048576);
 }
 
 /* One version for T = S = 256 .. max_t on the lesson's shape, a row per T. */
-static void bench_variant(Tsv *tsv, Device dev, int variant, int max_t, int repeats, Targets *tg)
+static void bench_variant(Tsv *tsv, Device dev, int variant, int max_t, int repeats, Summary *tg)
 {
     const AttnImpls *im = variant == 0 ? &GQA_IMPLS : &FLASH_IMPLS;
     const int kern = variant == 0 ? 2 : variant;
@@ -178,13 +181,13 @@ static void bench_variant(Tsv *tsv, Device dev, int variant, int max_t, int repe
                 device_name(dev), attn_impl_name(im, dev, kern), d.B, d.H, d.Hkv, d.T, d.S, d.D, d.causal,
                 t.time.median_s * 1e3, gf, p, t.peak_bytes);
         if (dev == DEVICE_CPU)
-            targets_note(tg, variant, i, T, p, &t);
+            summary_note(tg, variant, i, T, p, &t);
     }
 }
 
 /* Prefill without a mask (T = S = 2048, 4096: the shape llama.cpp's CPU flash attention is
  * measured on in docs/contracts.md §6), the fast CPU version: every tile is full, no diagonal. */
-static void bench_no_mask(Tsv *tsv, int max_t, int repeats, Targets *tg)
+static void bench_no_mask(Tsv *tsv, int max_t, int repeats, Summary *tg)
 {
     for (int T = 2048, i = 0; T <= 4096 && T <= max_t; T *= 2, i++) {
         AttnDims d = flash_lesson_dims(T);
@@ -227,7 +230,7 @@ int flash_cmd_bench(int argc, char **argv)
 {
     BenchSession b;
     bench_command_begin(&b, &BENCH, NULL, 0, argc, argv);
-    Targets tg = {.ms02_4096 = NAN, .ms03_4096 = NAN, .alloc02_8192 = NAN, .alloc03_16384 = NAN,
+    Summary tg = {.ms02_4096 = NAN, .ms03_4096 = NAN, .alloc02_8192 = NAN, .alloc03_16384 = NAN,
                   .nomask_pct = {NAN, NAN}};
     Device devs[2];
     for (int i = 0, n = bench_devices(&b, devs); i < n; i++) {
@@ -242,7 +245,7 @@ int flash_cmd_bench(int argc, char **argv)
         bench_sdpa_shape(&b.tsv, b.repeats);
     bench_progress_done();
     if (b.use_cpu)
-        targets_print(&tg);
+        summary_print(&tg);
     bench_end(&b);
     return 0;
 }

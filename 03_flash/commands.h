@@ -28,7 +28,7 @@ double flash_peak_rss(int chapter, int kernel, int T);
 
 int flash_cmd_attn(int argc, char **argv);     /* attn: attention on .npy files */
 int flash_cmd_verify(int argc, char **argv);   /* verify: every version against chapter 02's reference */
-int flash_cmd_bench(int argc, char **argv);    /* bench: chapter 02 and 03 side by side, and the targets */
+int flash_cmd_bench(int argc, char **argv);    /* bench: chapter 02 and 03 side by side, and a summary */
 int flash_cmd_peak_rss(int argc, char **argv); /* _peak-rss CHAPTER KERNEL T: the child of flash_peak_rss */
 
 #endif

@@ -7,12 +7,13 @@
  *                           the sweep of tile sizes (Br, Bc) behind the defaults; two plots
  *   03_flash attn ...       attention on .npy files (docs/contracts.md §1.3)
  *   03_flash verify ...     every version against chapter 02's reference on the grid (bench.c)
- *   03_flash bench ...      chapter 02 and 03 on the same shapes: TSV + plot, and the targets (bench.c)
+ *   03_flash bench ...      chapter 02 and 03 on the same shapes: TSV + plot, and a summary of what it measured (bench.c)
  *
  * Every subcommand takes --help.
  */
 #include <math.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "02_mqa_gqa/commands.h"
 #include "02_mqa_gqa/gqa.h"
@@ -163,6 +164,70 @@ static void tile_run(void *ctx)
     r->rc = flash_attention_fast(r->s, r->tiles, r->q, r->k, r->v, r->out, NULL);
 }
 
+/* The bytes one thread's block holds while it walks the keys: Br x D queries, Br x Bc scores and
+ * Br x D outputs, fp32. */
+static double tile_kib(int Br, int Bc, int D)
+{
+    return (2.0 * Br * D + (double)Br * Bc) * sizeof(float) / 1024.0;
+}
+
+/* The size in KiB of a core's level-1 data cache or level-2 cache, as the C library reads it from
+ * the system (0 where it does not say: other C libraries, some virtual machines). */
+static long cache_kib(int level)
+{
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+    const long bytes = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
+    return bytes > 0 ? bytes / 1024 : 0;
+#else
+    (void)level;
+    return 0;
+#endif
+}
+
+/* What the sweep's grid (GFLOP/s, [N_BR][N_BC]) says, worded from its numbers: how much short key
+ * tiles cost, from which Bc on every row stays within 10% of its best, and how much Br matters. */
+static void tiles_reading(const double gf[N_BR][N_BC])
+{
+    double row_best[N_BR], worst_short = 1e30, best_short = 0, br_spread = 1.0;
+    for (int i = 0; i < N_BR; i++) {
+        row_best[i] = 0;
+        for (int j = 0; j < N_BC; j++)
+            row_best[i] = gf[i][j] > row_best[i] ? gf[i][j] : row_best[i];
+        const double f = gf[i][0] / row_best[i];
+        worst_short = f < worst_short ? f : worst_short, best_short = f > best_short ? f : best_short;
+    }
+    int flat_from = -1; /* the first column from which every cell is >= 90% of its row's best */
+    for (int j0 = N_BC - 1; j0 >= 0; j0--) {
+        int ok = 1;
+        for (int i = 0; i < N_BR; i++)
+            ok &= gf[i][j0] >= 0.9 * row_best[i];
+        if (!ok)
+            break;
+        flat_from = j0;
+    }
+    for (int j = 0; j < N_BC; j++) { /* Br's effect: each column's fastest over its slowest */
+        double lo = 1e30, hi = 0;
+        for (int i = 0; i < N_BR; i++)
+            lo = gf[i][j] < lo ? gf[i][j] : lo, hi = gf[i][j] > hi ? gf[i][j] : hi;
+        br_spread = hi / lo > br_spread ? hi / lo : br_spread;
+    }
+    printf("   Short key tiles cost most: at Bc = %d the rows run at %.0f-%.0f%% of their best. Every tile, each\n"
+           "   MR x 16 block of the output is loaded and stored once by the micro-kernel and every row redoes its\n"
+           "   max, rescale and sums, so short tiles spend a large share on that bookkeeping.\n",
+           SWEEP_BC[0], 100.0 * worst_short, 100.0 * best_short);
+    if (flat_from == N_BC - 1)
+        printf("   Only the largest tiles (Bc = %d) keep every row within 10%% of its best in this run.\n",
+               SWEEP_BC[flat_from]);
+    else if (flat_from >= 0)
+        printf("   From Bc = %d on, every row stays within 10%% of its best: past that the size barely matters.\n",
+               SWEEP_BC[flat_from]);
+    else
+        printf("   No Bc keeps every row within 10%% of its best in this run: the largest tiles lose again.\n");
+    printf("   Across Br, a column's fastest cell is at most x%.2f its slowest: Br matters %s Bc here (the\n"
+           "   micro-kernel of this build takes %d rows at a time).\n\n",
+           br_spread, br_spread < 1.0 / worst_short ? "less than" : "as much as", MATMUL_MR);
+}
+
 static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
 {
     const int T = 2048;
@@ -175,14 +240,18 @@ static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
     Tsv tsv;
     lesson_data_open(&tsv, dat, dat_len, PROG, "tiles", "Br\tBc\ttime_ms\tgflops\tpct_peak\ttile_kib");
     FlashTiles def = flash_default_tiles(2);
-    printf("2. Tile sizes: GFLOP/s of the fast version at T=S=%d (B=1, H=8, D=64, causal) for Br query rows by\n"
+    printf("2. Tile sizes: GFLOP/s of the fast version at T=S=%d (B=1, H=8, D=%d, causal) for Br query rows by\n"
            "   Bc keys. Per thread a block holds Br x D queries, Br x Bc scores and Br x D outputs: (2*Br*D +\n"
-           "   Br*Bc)*4 bytes, 48 KiB for Br=24, Bc=512; a core's L1 holds 32 KiB, its L2 512 KiB.\n\n   %8s",
-           T, "Br \\ Bc");
+           "   Br*Bc)*4 bytes, %.0f KiB for the default Br=%d, Bc=%d",
+           T, d.D, tile_kib(def.Br, def.Bc, d.D), def.Br, def.Bc);
+    if (cache_kib(1) > 0 && cache_kib(2) > 0)
+        printf(";\n   a core of this machine has %ld KiB of level-1 data cache and %ld KiB of level-2 cache", cache_kib(1),
+               cache_kib(2));
+    printf(".\n\n   %8s", "Br \\ Bc");
     for (int j = 0; j < N_BC; j++)
         printf(" %8d", SWEEP_BC[j]);
     printf("\n");
-    double best = 0;
+    double best = 0, gf[N_BR][N_BC];
     int best_br = 0, best_bc = 0;
     for (int i = 0; i < N_BR; i++) {
         printf("   %8d", SWEEP_BR[i]);
@@ -192,24 +261,21 @@ static void lesson_tiles(const Roofline *roof, char *dat, size_t dat_len)
             BenchTiming t = bench_time(tile_run, &run, 1, 3, 0.5);
             if (run.rc != 0)
                 die_with_error();
-            double gf = flops / t.median_s / 1e9;
+            gf[i][j] = flops / t.median_s / 1e9;
             int is_def = SWEEP_BR[i] == def.Br && SWEEP_BC[j] == def.Bc;
-            printf(" %7.1f%s", gf, is_def ? "*" : " ");
+            printf(" %7.1f%s", gf[i][j], is_def ? "*" : " ");
             fflush(stdout);
-            tsv_row(&tsv, "%d\t%d\t%.3f\t%.2f\t%.1f\t%.1f", SWEEP_BR[i], SWEEP_BC[j], t.median_s * 1e3, gf,
-                    100.0 * gf / roof->fma_gflops, (2.0 * SWEEP_BR[i] * 64 + (double)SWEEP_BR[i] * SWEEP_BC[j]) * 4 / 1024);
-            if (gf > best)
-                best = gf, best_br = SWEEP_BR[i], best_bc = SWEEP_BC[j];
+            tsv_row(&tsv, "%d\t%d\t%.3f\t%.2f\t%.1f\t%.1f", SWEEP_BR[i], SWEEP_BC[j], t.median_s * 1e3, gf[i][j],
+                    100.0 * gf[i][j] / roof->fma_gflops, tile_kib(SWEEP_BR[i], SWEEP_BC[j], d.D));
+            if (gf[i][j] > best)
+                best = gf[i][j], best_br = SWEEP_BR[i], best_bc = SWEEP_BC[j];
         }
         printf("\n");
     }
     tsv_close(&tsv);
-    printf("\n   * the default (Br=%d, Bc=%d). Fastest in this run: Br=%d, Bc=%d at %.1f GFLOP/s (%.0f%% of peak).\n"
-           "   Short key tiles cost most: every tile, each MR x 16 block of the output is loaded and stored once by\n"
-           "   the micro-kernel and every row redoes its max, rescale and sums, so Bc = 32 spends a large share\n"
-           "   on that bookkeeping; from Bc = 256 on the curve is flat within run-to-run noise (a few percent),\n"
-           "   and Br matters little once it fills the %d-row micro-kernel of this build a few times.\n\n",
-           def.Br, def.Bc, best_br, best_bc, best, 100.0 * best / roof->fma_gflops, MATMUL_MR);
+    printf("\n   * the default (Br=%d, Bc=%d). Fastest in this run: Br=%d, Bc=%d at %.1f GFLOP/s (%.0f%% of peak).\n",
+           def.Br, def.Bc, best_br, best_bc, best, 100.0 * best / roof->fma_gflops);
+    tiles_reading((const double(*)[N_BC])gf);
     mem_free(out);
     tensor_free(&q), tensor_free(&k), tensor_free(&v);
 }

@@ -83,7 +83,7 @@ static void print_generation(const Tokenizer *tok, int text, const int *prompt, 
     stdout_flush_or_die(); /* the ids before the timing line (also when both go to one file), or exit 1 */
 }
 
-/* The memory target's line (docs/contracts.md §6.2): the process's peak resident memory, loading
+/* The memory line (docs/contracts.md §6.2): the process's peak resident memory, loading
  * included, against the checkpoint's bytes and the KV cache the generation went through (none
  * with --no-cache). For CPU runs: a GPU run's host memory holds the CUDA runtime, not the cache. */
 static void print_memory(const ModelConfig *c, int with_checkpoint, size_t kv_bytes)
@@ -91,7 +91,7 @@ static void print_memory(const ModelConfig *c, int with_checkpoint, size_t kv_by
     const double peak = (double)mem_peak_rss_bytes(), ckpt = (double)model_checkpoint_bytes(c);
     fprintf(stderr,
             "%s generate: peak resident memory %.1f MiB = x%.2f the checkpoint (%.1f MiB%s) + the KV cache (%.1f MiB) "
-            "(target <= x%.2f)\n",
+            "(expected <= x%.2f)\n",
             KVCACHE_PROG, peak / 1048576.0, peak / (ckpt + (double)kv_bytes), ckpt / 1048576.0,
             with_checkpoint ? "" : " as a file", (double)kv_bytes / 1048576.0, MODEL_MEMORY_TARGET);
 }

@@ -43,7 +43,7 @@ START_TEST(test_generate_refuses_a_wrapping_checkpoint)
 }
 END_TEST
 
-/* Generated ids that cannot be written are an error (the issue: `generate > /dev/full` exited 0),
+/* Generated ids that cannot be written are an error (`generate > /dev/full` once exited 0),
  * and the timing line that would say they were generated is not printed. */
 START_TEST(test_generate_to_a_full_disk)
 {

@@ -3,8 +3,9 @@
  *
  *   05_paged [--device D]   the lesson: block tables drawn over the pool, the memory a contiguous
  *                           cache wastes against paging (measured with the allocators' own
- *                           counters, waste.c), what fork/copy-on-write saves, paged vs contiguous
- *                           decode speed by block size, and the same tokens as chapter 04
+ *                           counters, waste.c), fragmentation as requests come and go (frag.c),
+ *                           what fork/copy-on-write saves, paged vs contiguous decode speed by
+ *                           block size, and the same tokens as chapter 04
  *   05_paged generate ...   token ids in, token ids out, through a paged cache (docs/contracts.md
  *                           §4), with --n-samples K forked samples of one prompt (generate.c)
  *   05_paged attn ...       attention on .npy files: K, V scattered into a shuffled block table
@@ -21,6 +22,7 @@
 
 #include "04_kvcache/kvcache.h"
 #include "05_paged/commands.h"
+#include "05_paged/frag.h"
 #include "05_paged/paged.h"
 #include "05_paged/waste.h"
 #include "common/bench.h"
@@ -175,7 +177,112 @@ static void lesson_waste(int max_seq)
     plot_show(PROG, "waste", dat, 1, stdout, "   ", "\n\n");
 }
 
-/* ==== 3. what fork and copy-on-write save for n samples of one prompt ================================= */
+/* ==== 3. fragmentation: requests arriving and leaving one arena over time ============================= */
+
+enum { FRAG_REQUESTS = 2000, FRAG_SCHEMES = 5 };
+#define FRAG_RATE 1.0 /* arrivals per step */
+static const int FRAG_SCHEME[FRAG_SCHEMES] = {PAGED_RESERVE_MAX_SEQ, PAGED_RESERVE_OWN, 1, 16, 64};
+
+static const char *frag_name(int scheme, char *buf, size_t len)
+{
+    if (scheme == PAGED_RESERVE_MAX_SEQ)
+        snprintf(buf, len, "contiguous, max_seq");
+    else if (scheme == PAGED_RESERVE_OWN)
+        snprintf(buf, len, "contiguous, own length");
+    else
+        snprintf(buf, len, "paged, block size %d", scheme);
+    return buf;
+}
+
+static double frag_waste(const PagedFrag *f) { return f->reserved_pct + f->internal_pct + f->external_pct; }
+
+/* The sentences under the table, from one workload's rows (r[FRAG_SCHEMES], in FRAG_SCHEME's order). */
+static void frag_say(const char *workload, const PagedFrag *r)
+{
+    int worst = 0;
+    for (int i = 1; i < FRAG_SCHEMES; i++)
+        worst = frag_waste(&r[i]) > frag_waste(&r[worst]) ? i : worst;
+    char b[40];
+    const PagedFrag *mx = &r[0], *own = &r[1], *p16 = &r[3];
+    const int faster_mx = p16->steps < mx->steps, faster_own = p16->steps < own->steps;
+    printf("   %s: %s wastes most, %.1f%% of the arena (reserved %.1f%%, internal\n"
+           "   %.1f%%, external %.1f%%). Ranges of one size (max_seq) leave %s external fragmentation\n"
+           "   (%.1f%%); ranges of each request's own length leave no internal fragmentation %s:\n"
+           "   %.1f%% external. Paged, block size 16 wastes %.1f%% and finishes in %ld steps, %.1fx %s\n"
+           "   than contiguous max_seq and %.1fx %s than own-length ranges; its tokens fill %.1f%% of the\n"
+           "   arena (max_seq ranges %.1f%%, own-length %.1f%%).\n",
+           workload, frag_name(FRAG_SCHEME[worst], b, sizeof b), frag_waste(&r[worst]), r[worst].reserved_pct,
+           r[worst].internal_pct, r[worst].external_pct, mx->external_pct > 0 ? "some" : "no", mx->external_pct,
+           own->external_pct > 0 ? "but holes" : "and no holes", own->external_pct, frag_waste(p16), p16->steps,
+           faster_mx ? (double)mx->steps / p16->steps : (double)p16->steps / mx->steps, faster_mx ? "faster" : "slower",
+           faster_own ? (double)own->steps / p16->steps : (double)p16->steps / own->steps,
+           faster_own ? "faster" : "slower", p16->used_pct, mx->used_pct, own->used_pct);
+}
+
+static void lesson_frag(int max_seq)
+{
+    const int arena = 16 * max_seq;
+    char dat[4096], b[40];
+    Tsv tsv;
+    lesson_data_open(&tsv, dat, sizeof dat, PROG, "frag",
+                     "workload\tscheme\tused_pct\treserved_pct\tinternal_pct\texternal_pct\tfree_pct\tsteps\t"
+                     "completed\tpreemptions\tmean_running\twaiting_pct\tlabel");
+    printf("3. Fragmentation. The same %d requests per workload as in 2 arrive at %.0f per step at an arena of\n"
+           "   %d token slots (16 x max_seq). Each step every running request generates a token; the head of\n"
+           "   the queue is admitted when it fits (contiguous: the first hole big enough for its range; paged:\n"
+           "   blocks for its prompt and first token; a paged request that finds no free block preempts the\n"
+           "   newest one, which starts over). Each step's slots, as %% of the arena averaged over the steps:\n"
+           "   used (tokens held), reserved (for tokens the request will still generate), internal (reserved\n"
+           "   past its final length), external (free, while the head of the queue waits for a hole although\n"
+           "   enough slots are free), free. Counts, not timings: the same on every machine.\n\n"
+           "   %-24s %6s %9s %9s %9s %6s %7s %8s %8s\n",
+           FRAG_REQUESTS, FRAG_RATE, arena, "scheme", "used", "reserved", "internal", "external", "free", "steps",
+           "running", "preempt");
+    static const char *const WL[2] = {"skewed", "uniform"};
+    PagedFrag r[2][FRAG_SCHEMES];
+    for (int k = 0; k < 2; k++) {
+        WorkloadItem *w;
+        if (paged_frag_workload(k == 0 ? WORKLOAD_SKEWED : WORKLOAD_UNIFORM, FRAG_REQUESTS, max_seq, FRAG_RATE,
+                                k == 0 ? 2023 : 2024, &w) != 0)
+            die_with_error();
+        printf("   %s\n", WL[k]);
+        for (int i = 0; i < FRAG_SCHEMES; i++) {
+            const PagedFrag *f = &r[k][i];
+            if (paged_frag_simulate(w, FRAG_REQUESTS, FRAG_SCHEME[i], arena, max_seq, NULL, 0, &r[k][i]) != 0)
+                die_with_error();
+            printf("   %-24s %5.1f%% %8.1f%% %8.1f%% %8.1f%% %5.1f%% %7ld %8.1f %8ld\n", frag_name(FRAG_SCHEME[i], b, sizeof b),
+                   f->used_pct, f->reserved_pct, f->internal_pct, f->external_pct, f->free_pct, f->steps,
+                   f->mean_running, f->preemptions);
+            tsv_row(&tsv, "%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%ld\t%d\t%ld\t%.2f\t%.1f\t%s", WL[k], FRAG_SCHEME[i],
+                    f->used_pct, f->reserved_pct, f->internal_pct, f->external_pct, f->free_pct, f->steps,
+                    f->completed, f->preemptions, f->mean_running, f->waiting_pct,
+                    FRAG_SCHEME[i] < 0 ? "max_seq" : FRAG_SCHEME[i] == 0 ? "own" : FRAG_SCHEME[i] == 1 ? "bs1"
+                                                   : FRAG_SCHEME[i] == 16 ? "bs16" : "bs64");
+        }
+        workload_free(w, FRAG_REQUESTS);
+    }
+    tsv_close(&tsv);
+    double least_waiting = 100.0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < FRAG_SCHEMES; i++)
+            least_waiting = r[k][i].waiting_pct < least_waiting ? r[k][i].waiting_pct : least_waiting;
+    printf("\n   'running' = requests generating a token per step, the mean. A request was waiting at the end of\n"
+           "   at least %.0f%% of the steps under every scheme: the arena was the limit, as in a busy server.\n"
+           "   'free' = slots nobody holds: while the request at the head needs more than is free in all, and\n"
+           "   as the arena drains after the last arrival.\n",
+           least_waiting);
+    frag_say("Skewed", r[0]);
+    frag_say("Uniform", r[1]);
+    double lo = 100.0, hi = 0.0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 2; i++) /* the contiguous schemes */
+            lo = r[k][i].used_pct < lo ? r[k][i].used_pct : lo, hi = r[k][i].used_pct > hi ? r[k][i].used_pct : hi;
+    printf("   The vLLM paper (Fig. 2) measured 20.4%% - 38.2%% of KV memory holding tokens in earlier systems;\n"
+           "   here tokens fill %.1f%% - %.1f%% of the arena under contiguous ranges.\n", lo, hi);
+    plot_show(PROG, "frag", dat, 0, stdout, "   ", "\n\n");
+}
+
+/* ==== 4. what fork and copy-on-write save for n samples of one prompt ================================= */
 
 static void lesson_fork(const Model *m)
 {
@@ -186,7 +293,8 @@ static void lesson_fork(const Model *m)
     const size_t block_bytes = paged_block_bytes(&real);
     paged_pool_free(&real);
     char b1[32], b2[32];
-    printf("3. n samples of one prompt (parallel sampling), %d new tokens each, block size %d. Without sharing,\n"
+    int cow_each = 1; /* every row copies the partial prompt block once per other sample */
+    printf("4. n samples of one prompt (parallel sampling), %d new tokens each, block size %d. Without sharing,\n"
            "   every sample holds its own copy of the prompt's K/V; forked, they share its blocks and copy only a\n"
            "   partly filled last block on its first write. Blocks counted by the pool at its peak; bytes for\n"
            "   this chapter's model (%s per block).\n\n   %7s %4s %16s %16s %8s %6s %12s\n",
@@ -197,15 +305,18 @@ static void lesson_fork(const Model *m)
             PagedForkCost f;
             if (paged_fork_measure(prompts[pi], new_tokens, ns[ni], bs, &f) != 0)
                 die_with_error();
+            cow_each = cow_each && f.cow_copies == (size_t)(prompts[pi] % bs ? ns[ni] - 1 : 0);
             printf("   %7d %4d %16d %16d %7.1f%% %6zu %12s\n", prompts[pi], ns[ni], f.peak_unshared, f.peak_forked,
                    100.0 * (f.peak_unshared - f.peak_forked) / f.peak_unshared, f.cow_copies,
                    format_bytes((double)f.peak_forked * block_bytes, b2, sizeof b2));
         }
-    printf("\n   A 100-token prompt ends inside a block (100 = 6 x 16 + 4): each of the other n - 1 samples copies\n"
-           "   that block once (COW). 'generate --n-samples K' runs exactly this through the model.\n\n");
+    printf("\n   A 100-token prompt ends inside a block (100 = 6 x 16 + 4): %s\n"
+           "   'generate --n-samples K' runs exactly this through the model.\n\n",
+           cow_each ? "each of the other n - 1\n   samples copies that block once (COW = n - 1 in every row)."
+                    : "the COW column counts the\n   samples that copied that block.");
 }
 
-/* ==== 4. decode speed: paged by block size against chapter 04's contiguous cache ====================== */
+/* ==== 5. decode speed: paged by block size against chapter 04's contiguous cache ====================== */
 
 static void lesson_speed(void)
 {
@@ -213,36 +324,46 @@ static void lesson_speed(void)
     const Roofline *roof = roofline_get();
     char b1[32];
     PagedDecodeTiming c = paged_time_decode(B, H, Hkv, L, D, 0, 5, 1, 0);
-    printf("4. Decode attention through the tables against chapter 04's contiguous cache: B = %d sequences of\n"
+    printf("5. Decode attention through the tables against chapter 04's contiguous cache: B = %d sequences of\n"
            "   L = %d tokens, H = %d, Hkv = %d, D = %d (%s of K and V, caches flushed before each run).\n"
            "   'in order': each sequence's blocks consecutive in the pool; 'shuffled': every block anywhere.\n\n"
            "   %-26s %10s %8s %12s\n   %-26s %7.2f ms %8.1f %11s\n",
            B, L, H, Hkv, D, format_bytes(c.bytes, b1, sizeof b1), "cache", "time", "GB/s", "vs contig.",
            "contiguous (ch04 split)", c.contig_s * 1e3, c.bytes / c.contig_s / 1e9, "1.00");
+    double ratio[2][3], gbs[2][3]; /* [in order, shuffled][sizes] */
     for (int shuffled = 0; shuffled <= 1; shuffled++)
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
             PagedDecodeTiming t = paged_time_decode(B, H, Hkv, L, D, sizes[i], 5, 0, shuffled);
             char name[40];
             snprintf(name, sizeof name, "paged, bs %d, %s", sizes[i], shuffled ? "shuffled" : "in order");
-            printf("   %-26s %7.2f ms %8.1f %11.2f\n", name, t.paged_s * 1e3, t.bytes / t.paged_s / 1e9,
-                   c.contig_s / t.paged_s);
+            ratio[shuffled][i] = c.contig_s / t.paged_s, gbs[shuffled][i] = t.bytes / t.paged_s / 1e9;
+            printf("   %-26s %7.2f ms %8.1f %11.2f\n", name, t.paged_s * 1e3, gbs[shuffled][i], ratio[shuffled][i]);
         }
     const double scattered = roofline_scattered_read_gbs((size_t)16 * D * sizeof(float));
+    const double shuffle_cost = 100.0 * (1.0 - ratio[1][1] / ratio[0][1]);
     printf("\n   'vs contig.' > 1 is faster. This machine reads DRAM at %.1f GB/s as one stream, and at %.1f GB/s in\n"
            "   8 KiB pieces taken in random order (one block of 16 tokens of one kv head), with no arithmetic\n"
-           "   at all: that is the ceiling for shuffled blocks, and the kernel reaches about it. The hardware\n"
-           "   prefetcher follows a stream within a page; each jump to another block restarts it cold.\n"
-           "   Asking for the next block's rows ahead (software prefetch) was measured against not asking and\n"
-           "   lost: in order by 10-20%%, shuffled by nothing (the prefetches take load slots, and a core keeps\n"
-           "   only so many misses in flight). A GPU hides the same latency without help: thousands of warps\n"
-           "   each have loads outstanding, and while some wait for DRAM the others compute, so where a block\n"
-           "   lives hardly matters ('bench --device cuda' measures it). The kernel looks each chunk's blocks\n"
-           "   up in the table once, before its loops. Tiny blocks also cost a small matrix product every\n"
-           "   few keys. 'bench' sweeps more.\n\n",
-           roof->dram_gbs, scattered);
+           "   at all: the ceiling for shuffled blocks of 16. The kernel reads them at %.1f GB/s, %.0f%% of it.\n",
+           roof->dram_gbs, scattered, gbs[1][1], 100.0 * gbs[1][1] / scattered);
+    if (shuffle_cost > 5.0)
+        printf("   Shuffled, block size 16 takes %.0f%% longer than in order: the hardware prefetcher follows a\n"
+               "   stream within a page, and each jump to another block restarts it cold.\n",
+               100.0 * (ratio[0][1] / ratio[1][1] - 1.0));
+    else
+        printf("   Shuffled and in order, block size 16 runs within 5%% here (%.2fx and %.2fx): this run's\n"
+               "   prefetcher did not lose much at each jump to another block.\n",
+               ratio[1][1], ratio[0][1]);
+    printf("   Block size 1, in order, runs at %.2fx against %.2fx at 16: %s.\n"
+           "   A GPU is expected to hide scattered blocks: thousands of warps each keep loads outstanding, and\n"
+           "   while some wait for DRAM the others compute ('bench --device cuda' measures it). The kernel looks\n"
+           "   each chunk's blocks up in the table once, before its loops (docs/05_paged.md says why it does\n"
+           "   not also prefetch the next block in software). 'bench' sweeps more.\n\n",
+           ratio[0][0], ratio[0][1],
+           ratio[0][0] < ratio[0][1] ? "a table lookup and a 1-column matrix\n   product for every key cost more"
+                                     : "tiny blocks cost nothing more here");
 }
 
-/* ==== 5. the same tokens as chapter 04 ================================================================= */
+/* ==== 6. the same tokens as chapter 04 ================================================================= */
 
 static void lesson_tokens(const Model *m)
 {
@@ -254,7 +375,7 @@ static void lesson_tokens(const Model *m)
                            .kernel = 2, .prefill_chunk = 0, .stop_at_bos_eos = 0};
     if (kvcache_generate(m, prompt, N_PROMPT, &o4, ref, NULL) != 0)
         die_with_error();
-    printf("5. Greedy generation, %d tokens after a %d-token prompt, against chapter 04 (contiguous cache):\n\n",
+    printf("6. Greedy generation, %d tokens after a %d-token prompt, against chapter 04 (contiguous cache):\n\n",
            N_NEW, N_PROMPT);
     const int sizes[] = {1, 8, 16, 32};
     for (int i = 0; i < 4; i++) {
@@ -285,6 +406,7 @@ static int cmd_lesson(int argc, char **argv)
     lesson_machine(dev, 0);
     lesson_picture();
     lesson_waste(m.c.seq_len);
+    lesson_frag(m.c.seq_len);
     lesson_fork(&m);
     lesson_speed();
     lesson_tokens(&m);

@@ -31,6 +31,9 @@
  *              samples of one prompt
  *   waste.c    the lesson's measurements (waste.h): the memory contiguous reservations waste
  *              against paging, and what fork saves
+ *   frag.c     the lesson's fragmentation measurement (frag.h): requests arriving and leaving a
+ *              fixed arena held as contiguous ranges (first fit) or in the pool, every step's slots
+ *              counted as used, reserved, internal and external fragmentation, and free
  */
 #ifndef PAGED_H
 #define PAGED_H

@@ -39,3 +39,31 @@ if (which eq 'bench') {
              title 'reading blocks of one kv head in random order (no compute)', \
          100 with lines dashtype 2 lc rgb 'gray' title 'DRAM read bandwidth (one stream)'
 }
+
+if (which eq 'frag') {
+    # columns: workload scheme used_pct reserved_pct internal_pct external_pct free_pct steps completed
+    #          preemptions mean_running waiting_pct label
+    # rows: the 5 schemes of the skewed workload, then the same 5 of the uniform one
+    set title "Chapter 05: where a KV arena's slots go, requests arriving and leaving (mean over the steps)\n(the vLLM paper's Fig. 2 categories)"
+    set style data histograms
+    set style histogram rowstacked title offset 0,-1
+    set style fill solid 0.7 border -1
+    set boxwidth 0.75
+    set ylabel '% of the arena'
+    set yrange [0:105]
+    set key below horizontal
+    set xlabel ' '
+    set bmargin 6
+    plot newhistogram 'skewed lengths' lt 1, \
+             datafile every ::0::4 using 3:xtic(13) title 'used (tokens held)', \
+             '' every ::0::4 using 4 title 'reserved (tokens to come)', \
+             '' every ::0::4 using 5 title 'internal fragmentation', \
+             '' every ::0::4 using 6 title 'external fragmentation', \
+             '' every ::0::4 using 7 title 'free', \
+         newhistogram 'uniform lengths' lt 1, \
+             datafile every ::5::9 using 3:xtic(13) notitle, \
+             '' every ::5::9 using 4 notitle, \
+             '' every ::5::9 using 5 notitle, \
+             '' every ::5::9 using 6 notitle, \
+             '' every ::5::9 using 7 notitle
+}

@@ -9,7 +9,8 @@
  * operations and returns the pool to full; misuse is detected. The attention kernels agree with
  * chapter 04 and a float64 oracle on batches of sequences of different lengths. The lesson's
  * measurements (waste.c) give what small workloads give counted by hand. This file holds those
- * and main(); test_paged_program.c the program, the CUDA kernels and hostile inputs.
+ * and main(); test_paged_program.c the program, the CUDA kernels and hostile inputs; test_frag.c
+ * the fragmentation measurement (frag.c).
  */
 #include <check.h>
 #include <math.h>
@@ -675,6 +676,7 @@ int main(void)
         {.name = "measurements",
          .tests = {test_waste_of_a_workload_counted_by_hand, test_fork_savings_counted_by_hand,
                    test_lesson_workload_is_pinned}},
+        paged_frag_case(),                                             /* test_frag.c */
         paged_program_case(), paged_hostile_case(), paged_cuda_case(), /* test_paged_program.c */
     };
     return testing_main_cases("05_paged", cases, sizeof cases / sizeof cases[0]);

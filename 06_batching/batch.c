@@ -9,6 +9,14 @@
  * attention, which takes exactly this ragged batch). Logits are computed only for the rows that
  * end a sequence's known tokens: only those sequences sample a next token.
  *
+ * This is Orca's selective batching (Yu et al. 2022): the token-wise operations -- every matrix
+ * product, RMSNorm, SwiGLU -- run once over all rows of all sequences as one [tokens, dim]
+ * matrix, while attention runs per sequence (batch_attention), because each sequence has its own
+ * length and its own cache. Under static-padded batching the padding and the finished members'
+ * slots are rows too (after every sequence's rows): they go through every product, as a padded
+ * [batch, width] tensor would, then are thrown away (their attention output is zero, their K/V
+ * written nowhere, their logits never asked for).
+ *
  * Every kernel on the CPU path is batch-invariant (common/matmul's row products, chapter 05's
  * paged attention), so a row's bits do not depend on the other rows: a request gets the tokens it
  * gets alone. The GPU path (engine.cu) is batch-invariant in its own arithmetic.
@@ -34,6 +42,8 @@ static int batch_alloc(const Engine *e, Batch *b)
     for (int k = 0; k < e->n_running; k++)
         if (e->s[e->running[k]].chunk > 0)
             b->n_sched++, b->rows += e->s[e->running[k]].chunk;
+    b->padded_tokens = e->pad_rows; /* 0 but under static-padded */
+    b->rows += b->padded_tokens;
     const size_t n = (size_t)b->n_sched, rows = (size_t)b->rows, V = (size_t)e->m->c.vocab_size;
     b->sched = mem_alloc(n * sizeof(int), "scheduled sequences");
     b->q_start = mem_alloc((n + 1) * sizeof(int), "query rows");
@@ -73,6 +83,8 @@ static void batch_fill(const Engine *e, Batch *b)
             b->prefill_tokens += s->chunk;
         j++;
     }
+    for (; r < b->rows; r++) /* static-padded's thrown-away slots: a pad id at position 0 */
+        tokens[r] = 0, pos[r] = 0;
     b->n_out = n_out;
 }
 
@@ -84,15 +96,16 @@ typedef struct {
 } BatchCtx;
 
 /* The model's attention for one layer: each sequence's new K/V into the pool through its table,
- * then chapter 05's paged attention over the whole ragged batch. q, att (rows, H, D); k, v
- * (rows, Hkv, D). */
+ * then chapter 05's paged attention over the whole ragged batch, one sequence's rows against its
+ * own keys. q, att (rows, H, D); k, v (rows, Hkv, D); rows past the sequences' (padding) get 0. */
 static int batch_attention(void *ctx, int layer, int n, const float *q, const float *k, const float *v, float *att)
 {
     const BatchCtx *c = ctx;
     Engine *e = c->e;
     const Batch *b = c->b;
     const int D = model_head_size(&e->m->c), kvd = model_kv_dim(&e->m->c);
-    (void)n;
+    const size_t real = (size_t)b->q_start[b->n_sched], H = (size_t)e->m->c.n_heads;
+    memset(att + real * H * (size_t)D, 0, ((size_t)n - real) * H * (size_t)D * sizeof(float)); /* padding rows */
     for (int j = 0; j < b->n_sched; j++) {
         const Seq *s = &e->s[b->sched[j]];
         const size_t r0 = (size_t)b->q_start[j];

@@ -2,7 +2,7 @@
  * bench.c: chapter 06's bench subcommand, and the serving runs the lesson shares with it.
  *
  *   06_batching bench   (1) the rate sweep: throughput and latency against the arrival rate,
- *                       static and continuous batching; (2) batch scaling: decode iterations of
+ *                       static, static-padded and continuous batching; (2) batch scaling: decode iterations of
  *                       b = 1 .. 32 sequences (and on the GPU); (3) tokens/s of one sequence
  *                       through chapters 04, 05 and 06 and of 32 through the engine, on the
  *                       built-in model and on --checkpoint (default: $CHECKPOINT).
@@ -77,24 +77,23 @@ static void metrics_row(Tsv *tsv, const Model *m, const char *policy, double rat
 }
 
 void engine_rate_sweep(const Model *m, Tsv *tsv, const double *rates, int n_rates, int n_req, int max_batch,
-                       EngineMetrics *res)
+                       const EnginePolicy *policies, int n_pol, EngineMetrics *res)
 {
-    double *peak = xmalloc(2 * (size_t)n_rates * sizeof(double), "peak memory of each run"); /* (2, n_rates) */
+    double *peak = xmalloc((size_t)n_pol * (size_t)n_rates * sizeof(double), "peak memory of each run"); /* (n_pol, n_rates) */
     for (int ri = 0; ri < n_rates; ri++) {
         EngineRequest *reqs = engine_skewed_requests(m, n_req, rates[ri], 7);
-        for (int p = 0; p < 2; p++) {
-            bench_progress("rate %.0f/s, %s ...", rates[ri], p ? "continuous" : "static");
+        for (int p = 0; p < n_pol; p++) {
+            bench_progress("rate %.0f/s, %s ...", rates[ri], engine_policy_name(policies[p]));
             peak_start();
-            res[p * n_rates + ri] =
-                engine_serve_once(m, reqs, n_req, p ? ENGINE_CONTINUOUS : ENGINE_STATIC, max_batch, 0, 0, 0);
+            res[p * n_rates + ri] = engine_serve_once(m, reqs, n_req, policies[p], max_batch, 0, 0, 0);
             peak[p * n_rates + ri] = peak_mib();
         }
         engine_free_requests(reqs, n_req);
     }
     bench_progress_done();
-    for (int p = 0; p < 2 && tsv; p++)
+    for (int p = 0; p < n_pol && tsv; p++)
         for (int ri = 0; ri < n_rates; ri++)
-            metrics_row(tsv, m, p ? "continuous" : "static", rates[ri], n_req, max_batch, &res[p * n_rates + ri],
+            metrics_row(tsv, m, engine_policy_name(policies[p]), rates[ri], n_req, max_batch, &res[p * n_rates + ri],
                         "builtin", peak[p * n_rates + ri], 0);
     free(peak);
 }
@@ -193,6 +192,8 @@ static void bench_chapters(const Model *mm, const char *name, Tsv *tsv, ChapterR
     engine_free_requests(reqs, 32);
 }
 
+static const char *reached(int yes) { return yes ? "reached" : "not reached"; }
+
 typedef struct {
     const char *out, *device, *checkpoint;
     int n_req;
@@ -216,7 +217,8 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
     args_parse_or_exit(&(const ArgCommand){
         .summary =
             "(1) The rate sweep: skewed workloads (lognormal lengths, medians 24 prompt and 48 output\n"
-            "tokens) at 4, 16, 64 and 256 requests per second, static and continuous batching, max-batch 32.\n"
+            "tokens) at 4, 16, 64 and 256 requests per second, static, static-padded and continuous\n"
+            "batching, max-batch 32.\n"
             "(2) Batch 32 against one sequence: 32 requests of 16 prompt tokens and 128 new tokens, all at\n"
             "once, through the engine, against chapter 05's generate on one of them. (3) Batch scaling\n"
             "(policy 'batch_scaling', and 'batch_scaling_cuda' with the forward on a GPU when there is one):\n"
@@ -229,7 +231,7 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
             "the models loaded then, what earlier runs left in the heap, and the run's cache and buffers.\n"
             "--checkpoint's model is loaded first, so that a bad file fails before anything is timed, and\n"
             "the built-in model is freed before the --checkpoint rows: those hold that model alone, and a\n"
-            "targets line compares their ch04_generate row's with the checkpoint + its KV cache.\n"
+            "summary line compares their ch04_generate row's with the checkpoint + its KV cache.\n"
             "pct_dram: each decode iteration reads the model's matrices once for the whole batch, so\n"
             "tokens_per_s / mean_batch iterations a second move that many bytes: that traffic against the\n"
             "DRAM bandwidth measured when the bench starts (CPU rows; nan on the GPU).\n"
@@ -244,6 +246,33 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
         die("--checkpoint (here the environment's CHECKPOINT=%s) is timed on the CPU, and --device cuda runs the GPU "
             "rows only: give --device auto to time both, or unset CHECKPOINT",
             error_quote(a->checkpoint));
+    }
+}
+
+/* The summary lines on stderr: what was measured against what was expected, reached or not.
+ * sweep (3 policies, 4 rates): static, static-padded, continuous; rate: the last rate. */
+static void bench_summaries(const BenchArgs *a, double rate, const EngineMetrics *sweep, const ChapterResult *builtin,
+                            const ChapterResult *ck)
+{
+    const EngineMetrics *st = &sweep[3], *sp = &sweep[7], *ct = &sweep[11];
+    const double x_static = ct->throughput / st->throughput;
+    fprintf(stderr,
+            "summary: skewed workload at %.0f requests/s, max-batch 32: continuous batching x%.2f the throughput of "
+            "static batching, x%.2f of static-padded (expected >= x2 against static; %s)\n",
+            rate, x_static, ct->throughput / sp->throughput, reached(x_static >= 2.0));
+    fprintf(stderr, "static-padded at %.0f requests/s: %ld of its %ld token slots (%.0f%%) were padding or finished "
+                    "members, computed and thrown away\n",
+            rate, sp->padded, sp->computed, sp->computed ? 100.0 * (double)sp->padded / (double)sp->computed : 0.0);
+    const double x_batch = builtin->batch32 / builtin->ch5;
+    fprintf(stderr, "summary: the engine at batch 32: %.1f tokens/s, one sequence (chapter 05): %.1f tokens/s: x%.2f "
+                    "(expected >= x5; %s)\n",
+            builtin->batch32, builtin->ch5, x_batch, reached(x_batch >= 5.0));
+    if (a->checkpoint) {
+        const double x_mem = ck->ch4_peak / (ck->checkpoint + ck->kv);
+        fprintf(stderr, "summary: %s, one sequence through chapter 04: peak resident memory %.1f MiB = x%.2f the "
+                        "checkpoint (%.1f MiB) + the KV cache (%.1f MiB) (expected <= x%.2f; %s)\n",
+                a->checkpoint, ck->ch4_peak / 1048576.0, x_mem, ck->checkpoint / 1048576.0, ck->kv / 1048576.0,
+                MODEL_MEMORY_TARGET, reached(x_mem <= MODEL_MEMORY_TARGET));
     }
 }
 
@@ -264,9 +293,10 @@ int engine_cmd_bench(int argc, char **argv)
     BenchSession b; /* rows go to temporary files renamed into place at the end: --out and the .dat */
     bench_begin(&b, ENGINE_PROG, a.device, a.out, ENGINE_BENCH_COLUMNS);
     const double rates[] = {4, 16, 64, 256};
-    EngineMetrics sweep[8];
+    const EnginePolicy policies[3] = {ENGINE_STATIC, ENGINE_STATIC_PADDED, ENGINE_CONTINUOUS};
+    EngineMetrics sweep[12]; /* (3 policies, 4 rates) */
     if (b.use_cpu)
-        engine_rate_sweep(&m, &b.tsv, rates, 4, a.n_req, 32, sweep);
+        engine_rate_sweep(&m, &b.tsv, rates, 4, a.n_req, 32, policies, 3, sweep);
     for (int on_gpu = b.use_cpu ? 0 : 1; on_gpu <= b.use_gpu; on_gpu++)
         bench_batch_scaling(&m, &b.tsv, on_gpu);
     if (!b.use_cpu) { /* --device cuda: the GPU rows only */
@@ -283,18 +313,7 @@ int engine_cmd_bench(int argc, char **argv)
         model_free(&cm);
     }
     bench_progress_done();
-    fprintf(stderr,
-            "targets: skewed workload at %.0f requests/s, max-batch 32: continuous batching x%.2f the throughput of "
-            "static (target >= x2)\n",
-            rates[3], sweep[7].throughput / sweep[3].throughput);
-    fprintf(stderr, "targets: the engine at batch 32: %.1f tokens/s, one sequence (chapter 05): %.1f tokens/s: x%.2f "
-                    "(target >= x5)\n",
-            builtin.batch32, builtin.ch5, builtin.batch32 / builtin.ch5);
-    if (a.checkpoint)
-        fprintf(stderr, "targets: %s, one sequence through chapter 04: peak resident memory %.1f MiB = x%.2f the "
-                        "checkpoint (%.1f MiB) + the KV cache (%.1f MiB) (target <= x%.2f)\n",
-                a.checkpoint, ck.ch4_peak / 1048576.0, ck.ch4_peak / (ck.checkpoint + ck.kv), ck.checkpoint / 1048576.0,
-                ck.kv / 1048576.0, MODEL_MEMORY_TARGET);
+    bench_summaries(&a, rates[3], sweep, &builtin, &ck);
     bench_end(&b);
     return 0;
 }

@@ -34,11 +34,11 @@ EngineRequest *engine_skewed_requests(const Model *m, int n, double rate, uint64
 EngineMetrics engine_serve_once(const Model *m, const EngineRequest *reqs, int n, EnginePolicy policy, int max_batch,
                                 int num_blocks, int keep_log, int cuda);
 
-/* Throughput and latency against the arrival rate, both policies: engine_skewed_requests of n_req
- * requests (seed 7) at each of the n_rates rates.
- * res (2 * n_rates): static at res[ri], continuous at res[n_rates + ri]. With a tsv, one row per
- * point, all static rows first (so that a plot joins each policy's points). */
+/* Throughput and latency against the arrival rate under n_pol policies: engine_skewed_requests of
+ * n_req requests (seed 7) at each of the n_rates rates.
+ * res (n_pol * n_rates): policy p at rate ri in res[p * n_rates + ri]. With a tsv, one row per
+ * point, policy by policy (so that a plot joins each policy's points). */
 void engine_rate_sweep(const Model *m, Tsv *tsv, const double *rates, int n_rates, int n_req, int max_batch,
-                       EngineMetrics *res);
+                       const EnginePolicy *policies, int n_pol, EngineMetrics *res);
 
 #endif

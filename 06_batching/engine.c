@@ -13,7 +13,9 @@
  * Around the loop: the options and the block pool at the start; each request's result (its
  * tokens, TTFT, TPOT) and the run's metrics (throughput, percentiles) at the end. The clock is
  * the engine's own (engine.h): it advances by each iteration's measured time, or by
- * fixed_step_s, and jumps over idle gaps to the next arrival.
+ * fixed_step_s, and jumps over idle gaps to the next arrival. With o.trace, every iteration's
+ * decisions also go out as one column of the iteration x sequence grid (grid.h), recorded right
+ * after the schedule (engine_record_cells); without it nothing is recorded.
  */
 #include "06_batching/engine.h"
 
@@ -36,18 +38,24 @@ int engine_policy_parse(const char *name, EnginePolicy *out)
         *out = ENGINE_CONTINUOUS;
     else if (strcmp(name, "static") == 0)
         *out = ENGINE_STATIC;
+    else if (strcmp(name, "static-padded") == 0)
+        *out = ENGINE_STATIC_PADDED;
     else
         return error_set("--policy must be one of " ENGINE_POLICY_CHOICES ", got '%s'", name);
     return 0;
 }
 
-const char *engine_policy_name(EnginePolicy p) { return p == ENGINE_STATIC ? "static" : "continuous"; }
+const char *engine_policy_name(EnginePolicy p)
+{
+    return p == ENGINE_STATIC_PADDED ? "static-padded" : p == ENGINE_STATIC ? "static" : "continuous";
+}
 
 EngineOptions engine_default_options(void)
 {
     return (EngineOptions){.policy = ENGINE_CONTINUOUS, .max_batch = 32, .max_tokens = 256, .block_size = 16,
                            .num_blocks = 0, .temperature = 0.0f, .seed = 42, .kernel = 0, .fixed_step_s = 0.0,
-                           .shuffle = 0, .keep_log = 0, .cuda = 0, .stop_at_bos_eos = 0, .check_invariants = 0};
+                           .shuffle = 0, .keep_log = 0, .cuda = 0, .stop_at_bos_eos = 0, .check_invariants = 0,
+                           .trace = NULL, .trace_ctx = NULL};
 }
 
 static int check_options(const EngineOptions *o)
@@ -56,6 +64,8 @@ static int check_options(const EngineOptions *o)
         return error_set("--max-batch (%d), --max-tokens-per-step (%d) and --block-size (%d) must be at least 1, "
                          "--num-blocks (%d) not negative",
                          o->max_batch, o->max_tokens, o->block_size, o->num_blocks);
+    if (o->policy == ENGINE_STATIC_PADDED && o->cuda) /* its padding rows have no place in engine.cu's batch */
+        return error_set("--policy static-padded runs on the CPU only: give --device cpu");
     return model_check_temperature(o->temperature);
 }
 
@@ -120,7 +130,9 @@ static int engine_open_seqs(Engine *e)
     e->waiting = mem_alloc(n * sizeof(int), "waiting queue");
     e->running = mem_alloc(n * sizeof(int), "running list");
     e->order = mem_alloc(n * sizeof(int), "arrival order");
-    if (!e->s || !e->waiting || !e->running || !e->order)
+    e->members = mem_alloc(n * sizeof(int), "padded batch");
+    e->cells = e->o.trace ? mem_alloc(n * sizeof(EngineCell), "grid column") : NULL;
+    if (!e->s || !e->waiting || !e->running || !e->order || !e->members || (e->o.trace && !e->cells))
         return -1;
     for (int i = 0; i < e->n; i++) {
         const EngineRequest *r = &e->reqs[i];
@@ -130,7 +142,8 @@ static int engine_open_seqs(Engine *e)
         const int never = r->rejected || (long)r->n_prompt + r->max_new > e->m->c.seq_len;
         const size_t room = never ? 0 : (size_t)r->n_prompt + (size_t)r->max_new;
         *s = (Seq){.tokens = mem_alloc(room * sizeof(int), "request tokens"), .n_tokens = never ? 0 : r->n_prompt,
-                   .admitted = -1, .phase = PH_PENDING, .first_s = NAN, .finish_s = NAN};
+                   .admitted = -1, .phase = PH_PENDING, .first_s = NAN, .finish_s = NAN, .pad = 0,
+                   .preempted_at = -1};
         if (!s->tokens)
             return -1;
         if (!never)
@@ -153,6 +166,7 @@ static void engine_close(Engine *e)
     engine_gpu_free(e->gpu);
 #endif
     mem_free(e->s), mem_free(e->waiting), mem_free(e->running), mem_free(e->order);
+    mem_free(e->members), mem_free(e->cells);
 }
 
 /* ==== postprocess ================================================================================= */
@@ -210,12 +224,13 @@ static int log_iteration(Engine *e, const Batch *b)
                                                      .waiting = e->n_waiting, .scheduled = b->n_sched,
                                                      .prefill_tokens = b->prefill_tokens,
                                                      .decode_tokens = b->decode_tokens,
+                                                     .padded_tokens = b->padded_tokens,
                                                      .blocks_used = paged_pool_used(&e->pool)};
     return 0;
 }
 
 /* After the clock has moved: first tokens get their time, finished sequences leave and free their
- * blocks, the iteration is counted (and logged). */
+ * blocks, the iteration is counted (and logged, and its grid column handed to o.trace). */
 static int finish_iteration(Engine *e, const Batch *b)
 {
     for (int k = 0; k < e->n_running; k++) { /* a first token is stamped with the end of its iteration */
@@ -228,7 +243,10 @@ static int finish_iteration(Engine *e, const Batch *b)
         return -1;
     e->met->iterations++;
     e->met->mean_batch += b->n_sched;
-    return e->o.keep_log ? log_iteration(e, b) : 0;
+    e->met->computed += b->rows, e->met->padded += b->padded_tokens;
+    if (e->o.keep_log && log_iteration(e, b) != 0)
+        return -1;
+    return e->o.trace ? e->o.trace(e->o.trace_ctx, e->met->iterations - 1, e->cells, e->n) : 0;
 }
 
 /* ==== one iteration =============================================================================== */
@@ -250,6 +268,8 @@ static int engine_step(Engine *e)
     if (scheduled == 0) /* the watchdog: the design guarantees progress; say so loudly if not */
         return error_set("the scheduler stalled at iteration %d: %d running, %d waiting, %d of %d blocks free",
                          e->met->iterations, e->n_running, e->n_waiting, e->pool.n_free, e->pool.num_blocks);
+    if (e->o.trace) /* the decisions just taken, as a column of the grid */
+        engine_record_cells(e);
     Batch b;
     int rc = engine_run_batch(e, &b);
     if (rc == 0)
@@ -371,7 +391,7 @@ int engine_serve_alone(const Model *m, const EngineRequest *reqs, int n, const E
         return -1;
     for (int i = 0; i < n; i++) {
         EngineOptions oi = *o;
-        oi.seed = o->seed + (uint64_t)i, oi.keep_log = 0;
+        oi.seed = o->seed + (uint64_t)i, oi.keep_log = 0, oi.trace = NULL;
         EngineResult res;
         EngineMetrics mt;
         if (engine_serve(m, &reqs[i], 1, &oi, &res, &mt) != 0) {

@@ -88,10 +88,42 @@ void engine_free_requests(EngineRequest *reqs, int n);
  * 200k requests in descending order). order receives the n indices. 0, or -1 out of memory. */
 int engine_arrival_order(const EngineRequest *reqs, int n, int *order);
 
-typedef enum { ENGINE_CONTINUOUS = 0, ENGINE_STATIC = 1 } EnginePolicy;
-#define ENGINE_POLICY_CHOICES "continuous|static"
+/* continuous: Orca's iteration-level scheduling. static: a batch admitted when nothing runs and
+ * run until its last member finishes; members that finish drop out of the forward. static-padded:
+ * request-level batching as FasterTransformer-era servers ran it -- a batch is a rectangle, every
+ * member's prompt padded to the longest (left: all prompts end in the same iteration) and every
+ * member computed in every iteration until the longest finishes; the slots of padding and of
+ * finished members are computed and thrown away (engine_schedule in scheduler.c; the CPU only). */
+typedef enum { ENGINE_CONTINUOUS = 0, ENGINE_STATIC = 1, ENGINE_STATIC_PADDED = 2 } EnginePolicy;
+#define ENGINE_POLICY_CHOICES "continuous|static|static-padded"
 int engine_policy_parse(const char *name, EnginePolicy *out);
 const char *engine_policy_name(EnginePolicy p);
+
+/* What one sequence did in one iteration: a cell of the iteration x sequence grid (Orca's
+ * picture), recorded by the engine from its own decisions (EngineOptions.trace). */
+typedef enum {
+    ENGINE_CELL_NONE = 0,  /* not arrived yet, finished, rejected or aborted: not in the engine */
+    ENGINE_CELL_WAITING,   /* arrived, in the queue */
+    ENGINE_CELL_STALLED,   /* running (holds blocks), but the token budget gave it nothing this time */
+    ENGINE_CELL_PREFILL,   /* a chunk of its prompt (the chunk that ends it gives the first token) */
+    ENGINE_CELL_DECODE,    /* one token: the last one it generated, which gives the next */
+    ENGINE_CELL_RECOMPUTE, /* a chunk of its prompt and generated tokens again, after a preemption */
+    ENGINE_CELL_PREEMPTED, /* preempted in this iteration: blocks given back, front of the queue
+                            * (when admitted again at once, tokens counts its recompute chunk) */
+    ENGINE_CELL_PADDING,   /* static-padded: only slots computed and thrown away (padding, or finished) */
+    ENGINE_CELL_STATES
+} EngineCellState;
+
+typedef struct {
+    EngineCellState state;
+    int tokens; /* its own tokens in the forward (a chunk, or 1 for a decode) */
+    int padded; /* slots computed for it and thrown away (static-padded; else 0) */
+} EngineCell;
+
+/* Called after every iteration with one cell per request (cells[i] for reqs[i], n of them),
+ * iteration counting from 0; a non-zero return stops engine_serve with that error (-1 and an
+ * error recorded). engine_grid_record (grid.h) is one. */
+typedef int (*EngineTraceFn)(void *ctx, int iteration, const EngineCell *cells, int n);
 
 typedef struct {
     EnginePolicy policy;
@@ -108,6 +140,8 @@ typedef struct {
     int cuda;            /* 1: the forward on the GPU (the scheduler stays on the host) */
     int stop_at_bos_eos; /* 1: a request ends at a sampled BOS or EOS, which is not part of its output */
     int check_invariants; /* 1: after every iteration, the pool's invariants (paged_check) or an error */
+    EngineTraceFn trace;  /* NULL (the default: nothing recorded), or called after every iteration */
+    void *trace_ctx;      /* trace's first argument */
 } EngineOptions;
 
 /* Defaults: continuous, max_batch 32, max_tokens 256, block size 16, num_blocks 0 (enough for
@@ -132,12 +166,15 @@ typedef struct {
     int scheduled;      /* sequences in this iteration's forward */
     int prefill_tokens; /* tokens of prompt (or recompute) chunks */
     int decode_tokens;
+    int padded_tokens;  /* static-padded: slots computed and thrown away (padding, finished members) */
     int blocks_used;
 } EngineIteration;
 
 typedef struct {
     int completed, rejected, aborted, preemptions, iterations, peak_blocks, num_blocks;
     long generated;           /* output tokens of completed requests */
+    long computed, padded;    /* token slots of every forward: computed in all, and of them thrown away
+                               * (static-padded's padding and finished members) */
     double makespan_s;        /* first arrival to last finish */
     double throughput;        /* generated / makespan_s */
     double ttft_p50, ttft_p99, tpot_p50, tpot_p99;

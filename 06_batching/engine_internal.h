@@ -36,6 +36,8 @@ typedef struct {
     double first_s, finish_s;
     int preemptions;
     int chunk;      /* tokens scheduled in the current iteration */
+    int pad;        /* static-padded: slots computed for it and thrown away in the current iteration */
+    int preempted_at; /* the iteration that last preempted it (-1: never) */
     int stopped;    /* sampled BOS or EOS (with stop_at_bos_eos) */
 } Seq;
 
@@ -54,6 +56,10 @@ typedef struct {
     int settled;             /* requests done, rejected or aborted: the loop ends at n */
     double clock;            /* seconds since the start (engine.h: the engine's clock) */
     double last_finish;
+    int *members, n_members; /* (n) static-padded: the current batch, finished members included */
+    int pad_col, pad_width;  /* static-padded: the next column of the padded prompts, and their width */
+    int pad_rows;            /* static-padded: slots of padding in the current iteration */
+    EngineCell *cells;       /* (n) the current iteration's grid column, when o.trace */
     int cap_log;             /* entries allocated in met->log */
     EngineResult *res;       /* (n) */
     EngineMetrics *met;
@@ -74,6 +80,14 @@ void engine_take_aborts(Engine *e);
 int engine_schedule(Engine *e);
 /* Sequences that generated all their tokens (or stopped) leave and give their blocks back. */
 void engine_retire_finished(Engine *e);
+/* This iteration's decisions as one grid column: e->cells[i], what request i does now. */
+void engine_record_cells(Engine *e);
+
+/* A scheduled chunk of one token after the prompt is a decode; any other chunk is (re)prefill. */
+static inline int engine_chunk_is_decode(const Engine *e, int i)
+{
+    return e->s[i].chunk == 1 && e->s[i].n_computed >= e->reqs[i].n_prompt;
+}
 
 /* ---- batch.c -------------------------------------------------------------------------------- */
 
@@ -89,6 +103,7 @@ typedef struct {
     float *logits;      /* (n_sched, vocab) the first n_out rows filled */
     int prefill_tokens; /* tokens of prompt (or recompute) chunks */
     int decode_tokens;
+    int padded_tokens;  /* static-padded: rows computed and thrown away, after every sequence's rows */
 } Batch;
 
 /* Gathers the scheduled tokens into *b and runs the model over them once (on the GPU when e has

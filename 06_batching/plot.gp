@@ -1,6 +1,32 @@
 # plot.gp: chapter 06's plots. Called by the programs and `make plots` with
-#   which='occupancy' | 'lesson' | 'bench', datafile, outfile, term ('png' | 'dumb'), setup (common.gp).
+#   which='grid' | 'occupancy' | 'lesson' | 'bench', datafile, outfile, term ('png' | 'dumb'), setup (common.gp).
 load setup
+
+if (which eq 'grid') {
+    # columns: policy iteration request state name tokens padded; one panel per policy, a cell
+    # per (iteration, request) coloured by its state (EngineCellState: 0 none is left blank)
+    stats datafile using 2:3 nooutput
+    last_it = STATS_max_x
+    last_req = STATS_max_y
+    names = 'waiting stalled prefill decode recompute preempted padding'
+    colors = '#d0d0d0 #909090 #1f77b4 #2ca02c #ff7f0e #d62728 #9467bd'
+    unset grid
+    set multiplot layout 3,1 title 'Chapter 06: what each request does in each iteration'
+    set xrange [-0.5:last_it + 0.5]
+    set yrange [last_req + 0.5:-0.5]
+    set ytics 1
+    set ylabel 'request'
+    set key outside right top
+    do for [panel = 1:3] {
+        pol = word('continuous static static-padded', panel)
+        set title pol
+        if (panel == 3) { set xlabel 'iteration' }
+        if (panel == 2) { unset key }
+        plot for [k = 1:7] datafile using ((strcol(1) eq pol && $4 == k) ? $2 : NaN):3:(0.5):(0.45) \
+             with boxxyerror fill solid 1.0 noborder lc rgb word(colors, k) title word(names, k)
+    }
+    unset multiplot
+}
 
 if (which eq 'occupancy') {
     # columns: policy clock_s scheduled blocks_used (one block of rows per policy)
@@ -25,8 +51,8 @@ if (which eq 'lesson' || which eq 'bench') {
     set yrange [0:*]
     set y2range [0:*]
     set key top left
-    plot datafile using 2:((strcol(1) eq 'continuous' && $2 > 0) ? $5 : NaN) with linespoints lw 2 title 'continuous: tokens/s', \
-         datafile using 2:((strcol(1) eq 'static' && $2 > 0) ? $5 : NaN) with linespoints lw 2 title 'static: tokens/s', \
-         datafile using 2:((strcol(1) eq 'continuous' && $2 > 0) ? $7 : NaN) axes x1y2 with linespoints dashtype 2 title 'continuous: p99 TTFT', \
-         datafile using 2:((strcol(1) eq 'static' && $2 > 0) ? $7 : NaN) axes x1y2 with linespoints dashtype 2 title 'static: p99 TTFT'
+    plot for [pol in 'continuous static static-padded'] datafile using 2:((strcol(1) eq pol && $2 > 0) ? $5 : NaN) \
+             with linespoints lw 2 title pol.': tokens/s', \
+         for [pol in 'continuous static static-padded'] datafile using 2:((strcol(1) eq pol && $2 > 0) ? $7 : NaN) \
+             axes x1y2 with linespoints dashtype 2 title pol.': p99 TTFT'
 }

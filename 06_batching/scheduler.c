@@ -13,6 +13,8 @@
  *   (3) waiting requests are admitted first come, first served while the batch size, the
  *       budget and the free blocks allow; nobody overtakes the head of the queue.
  * Static batching is the same loop with (3) only when nothing runs, the whole queue at once.
+ * Static-padded batching is request-level batching: a batch is a rectangle that moves in lockstep
+ * (schedule_padded), and the slots of padding and of finished members are computed all the same.
  * After the forward, finished sequences leave and give their blocks back.
  * This is vLLM's scheduler in miniature (vllm/v1/core/sched/scheduler.py).
  */
@@ -46,7 +48,7 @@ static void preempt(Engine *e, int i)
     Seq *s = &e->s[i];
     paged_seq_free(&e->pool, &s->seq); /* recompute later: the K/V are given back */
     s->n_computed = 0, s->chunk = 0, s->admitted = -1, s->phase = PH_WAITING;
-    s->preemptions++;
+    s->preemptions++, s->preempted_at = e->met->iterations;
     e->met->preemptions++;
     queue_remove(e->running, &e->n_running, i);
     memmove(e->waiting + 1, e->waiting, (size_t)e->n_waiting * sizeof(int)); /* front of the queue */
@@ -137,7 +139,7 @@ void engine_take_aborts(Engine *e)
     }
 }
 
-/* ==== the decision ================================================================================ */
+/* ==== continuous and static ====================================================================== */
 
 /* Step (2): running sequences, oldest first, get their next chunk while *budget lasts; blocks
  * are appended here, so each decision sees the pool as the earlier ones left it. The tokens
@@ -167,8 +169,76 @@ static int schedule_running(Engine *e, int *budget)
     return total;
 }
 
+/* ==== static-padded: request-level batching ====================================================== */
+
+/* A new padded batch, when the last one is over: requests from the queue's head while the batch
+ * has room (max_batch, and a decode slot per member within the budget) and the pool can hold every
+ * member at its longest -- reserved now, as request-level servers did, so such a batch never
+ * preempts. The width of the padded prompts is the longest prompt. */
+static void padded_admit(Engine *e)
+{
+    for (int k = 0; k < e->n_members; k++)
+        e->s[e->members[k]].pad = 0;
+    e->n_members = 0, e->pad_col = 0, e->pad_width = 0;
+    const int room = e->o.max_batch < e->o.max_tokens ? e->o.max_batch : e->o.max_tokens;
+    int blocks = 0;
+    while (e->n_waiting > 0 && e->n_members < room) {
+        const int i = e->waiting[0];
+        const EngineRequest *r = &e->reqs[i];
+        const int need = paged_blocks_for_request(r->n_prompt, r->max_new, 1, e->o.block_size);
+        if (e->n_members > 0 && blocks + need > e->pool.n_free)
+            break; /* the first always fits: one that cannot fit alone was rejected on arrival */
+        blocks += need;
+        queue_remove(e->waiting, &e->n_waiting, i);
+        admit(e, i);
+        e->members[e->n_members++] = i;
+        e->pad_width = r->n_prompt > e->pad_width ? r->n_prompt : e->pad_width;
+    }
+}
+
+/* Step (2) for static-padded: the batch moves in lockstep. While the padded prompts are computed,
+ * every member gets the same window of columns [c0, c0 + W), the budget shared out (W = budget /
+ * members, at least 1); a prompt is right-aligned in the rectangle (left padding), so a member's
+ * columns before its first prompt token are padding and every member gets its first token in the
+ * same iteration. Then every member decodes one token per iteration, and a member that has
+ * finished (or left) fills its slot with padding until the last one is done. Sets each member's
+ * chunk (its own tokens) and pad (slots thrown away); the slots scheduled in all, or -1. */
+static int schedule_padded(Engine *e)
+{
+    if (e->n_running == 0)
+        padded_admit(e);
+    const int c0 = e->pad_col, prefill = c0 < e->pad_width;
+    int W = 1, total = 0;
+    if (prefill) {
+        W = e->o.max_tokens / e->n_members;
+        W = W < 1 ? 1 : W > e->pad_width - c0 ? e->pad_width - c0 : W;
+        e->pad_col += W;
+    }
+    e->pad_rows = 0;
+    for (int k = 0; k < e->n_members; k++) {
+        const int i = e->members[k];
+        Seq *s = &e->s[i];
+        int chunk = 0;
+        if (s->phase == PH_RUNNING && prefill) { /* its prompt's columns inside the window */
+            const int first = e->pad_width - e->reqs[i].n_prompt, from = c0 > first ? c0 : first;
+            chunk = c0 + W > from ? c0 + W - from : 0;
+        } else if (s->phase == PH_RUNNING) {
+            chunk = s->n_tokens - s->n_computed; /* 1: its decode */
+        }
+        if (chunk > 0 && paged_seq_append(&e->pool, &s->seq, chunk) != 0)
+            return -1;
+        s->chunk = chunk, s->pad = W - chunk;
+        e->pad_rows += s->pad, total += W;
+    }
+    return total;
+}
+
+/* ==== the decision ================================================================================ */
+
 int engine_schedule(Engine *e)
 {
+    if (e->o.policy == ENGINE_STATIC_PADDED)
+        return schedule_padded(e);
     int budget = e->o.max_tokens, total = 0;
     if (e->o.policy == ENGINE_STATIC && e->n_running == 0) /* a new static batch */
         while (e->n_waiting > 0 && e->n_running < e->o.max_batch) {
@@ -210,5 +280,26 @@ void engine_retire_finished(Engine *e)
         s->phase = PH_DONE, s->finish_s = e->clock, e->settled++;
         e->last_finish = e->clock > e->last_finish ? e->clock : e->last_finish;
         queue_remove(e->running, &e->n_running, i);
+    }
+}
+
+void engine_record_cells(Engine *e)
+{
+    for (int i = 0; i < e->n; i++) {
+        const Seq *s = &e->s[i];
+        EngineCellState st = ENGINE_CELL_NONE;
+        if (s->preempted_at == e->met->iterations) /* even when it was admitted again at once */
+            st = ENGINE_CELL_PREEMPTED;
+        else if (s->chunk > 0)
+            st = engine_chunk_is_decode(e, i) ? ENGINE_CELL_DECODE
+                 : s->preemptions > 0         ? ENGINE_CELL_RECOMPUTE
+                                              : ENGINE_CELL_PREFILL;
+        else if (s->pad > 0)
+            st = ENGINE_CELL_PADDING;
+        else if (s->phase == PH_WAITING)
+            st = ENGINE_CELL_WAITING;
+        else if (s->phase == PH_RUNNING)
+            st = ENGINE_CELL_STALLED;
+        e->cells[i] = (EngineCell){.state = st, .tokens = s->chunk, .padded = s->pad};
     }
 }

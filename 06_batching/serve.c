@@ -46,7 +46,8 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
         {.name = "tokenizer", .kind = ARG_STRING, .dest = &a->tokenizer, .metavar = "T.bin",
          .help = "text mode: prompts in the file are text, outputs are text, requests stop at BOS/EOS"},
         {.name = "policy", .kind = ARG_CHOICE, .dest = &a->policy, .choices = ENGINE_POLICY_CHOICES,
-         .help = "continuous (default): decide at every iteration; static: run each batch to its end"},
+         .help = "continuous (default): decide at every iteration; static: run each batch to its end; "
+                 "static-padded: also compute the padding and the finished members (the CPU only)"},
         {.name = "max-batch", .kind = ARG_INT, .dest = &o->max_batch, .metavar = "N",
          .help = "sequences running at once (default 32)", .min = 1, .max = 1 << 20},
         {.name = "max-tokens-per-step", .kind = ARG_INT, .dest = &o->max_tokens, .metavar = "N",

@@ -486,6 +486,7 @@ int main(void)
                    test_overflowing_logits_stop_the_engine}},
         {.name = "metrics and sampled preemption", .timeout_s = 120, .setup = model_setup, .teardown = model_teardown,
          .tests = {test_metrics_on_a_fixed_clock, test_sampled_preemption_matches_chapter05}},
+        engine_grid_case(), /* test_engine_grid.c */
         testing_case_join(engine_requests_case(), engine_program_case()), /* "requests and program" */
         engine_hostile_case(), engine_cuda_case(), /* test_engine_program.c */
     };

@@ -7,6 +7,7 @@
  *   test_engine_requests.c  the requests file: parsing, its rules, bounded memory
  *   test_engine_program.c   the program (serve, gen-requests, verify, bench), text through
  *                           chapters 04-06, the GPU engine and hostile inputs
+ *   test_engine_grid.c      the iteration x sequence grid, worked out by hand, and static-padded
  */
 #ifndef TEST_ENGINE_H
 #define TEST_ENGINE_H
@@ -63,5 +64,6 @@ TestingCase engine_requests_case(void);
 TestingCase engine_program_case(void);
 TestingCase engine_hostile_case(void);
 TestingCase engine_cuda_case(void);
+TestingCase engine_grid_case(void); /* test_engine_grid.c: the grid and static-padded batching */
 
 #endif

@@ -160,3 +160,13 @@ void bench_progress_done(void)
         fputs("\r\033[K", stderr);
     progress_shown = 0;
 }
+
+void bench_summary(int reached, const char *expected, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("summary: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (expected %s; %s)\n", expected, reached ? "reached" : "not reached");
+}

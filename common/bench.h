@@ -56,6 +56,12 @@ void tsv_close(Tsv *t);
 void bench_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void bench_progress_done(void);
 
+/* One line of a benchmark's summary on stderr, after its rows: what the run measured, what the
+ * chapter's reasoning expects, and whether this run got there:
+ *   summary: <what, formatted> (expected <expected>; reached | not reached)
+ * The chapter's doc says where each expectation comes from and why a CPU may fall short of it. */
+void bench_summary(int reached, const char *expected, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #ifdef __cplusplus
 }
 #endif

@@ -144,7 +144,7 @@ void model_free(Model *m);
 /* A checkpoint file's bytes for config c: the 28-byte header and every float. */
 size_t model_checkpoint_bytes(const ModelConfig *c);
 
-/* The memory target (docs/contracts.md §6.2): a generation's peak resident memory is at most
+/* The memory bound a generation is expected to keep (docs/contracts.md §6.2): a generation's peak resident memory is at most
  * this many times its checkpoint's bytes and its KV cache's together -- the model held once. */
 #define MODEL_MEMORY_TARGET 1.15
 

@@ -4,9 +4,9 @@
  * Even first byte: a sequence of allocator operations (append, fork, free, truncate, shuffle)
  * on a pool and six tables, paged_check after every one; a refused append (PAGED_EXHAUSTED) must
  * change nothing; at the end everything is freed and the pool is full again.
- * Odd first byte: the engine's options (policy, batch, token budget, block size, pool size) and
- * up to ten requests (arrival, prompt, max_new, abort time) from the input, served on a tiny
- * model with check_invariants on (the pool's invariants after every step): it must finish (no
+ * Odd first byte: the engine's options (any of the three policies, batch, token budget, block
+ * size, pool size) and up to ten requests (arrival, prompt, max_new, abort time) from the
+ * input, served on a tiny model with check_invariants on (the pool's invariants after every step): it must finish (no
  * stall), give every completed request max_new tokens, reject or abort only with a reason, and
  * give every block back (engine_serve checks that itself). Arrivals, steps, finishes, aborts
  * and preemptions all happen inside; fork is the allocator's (the engine does not fork).
@@ -84,7 +84,8 @@ static void scheduler(Bytes *b)
             fuzz_fail("model: %s", error_message());
     }
     EngineOptions o = engine_default_options();
-    o.policy = next(b) % 2 ? ENGINE_STATIC : ENGINE_CONTINUOUS;
+    const EnginePolicy policies[3] = {ENGINE_CONTINUOUS, ENGINE_STATIC, ENGINE_STATIC_PADDED};
+    o.policy = policies[next(b) % 3];
     o.max_batch = 1 + next(b) % 8, o.max_tokens = 1 + next(b) % 32, o.block_size = 1 + next(b) % 8;
     o.num_blocks = 1 + next(b) % 48, o.temperature = next(b) % 2 ? 0.8f : 0.0f, o.seed = (uint64_t)next(b);
     o.fixed_step_s = 0.01, o.check_invariants = 1, o.shuffle = (uint64_t)next(b);

@@ -4,11 +4,38 @@
 #
 #   scripts/deps.sh test   check + pkg-config   (required: stops with the command to run)
 #   scripts/deps.sh plot   gnuplot-nox          (optional: without it, plots are skipped)
+#   scripts/deps.sh check-prefix DIR
+#                          unpacks Check's Debian packages (check, libsubunit0, libsubunit-dev)
+#                          into DIR without installing them, for a machine that has no package
+#                          registry (the GPU machine: scripts/gpu-check.sh); run it where apt works
+#                          and copy DIR along
 #
-# CHECK_PREFIX=DIR (unpacked Debian packages, see scripts/gpu-check.sh) counts as having Check.
+# CHECK_PREFIX=DIR (such an unpacked folder) counts as having Check.
 # NO_APT=1 never calls apt-get (a machine without a package registry): it only reports.
 set -u
-what=${1:?usage: deps.sh test|plot}
+what=${1:?usage: deps.sh test|plot|check-prefix DIR}
+
+# check-prefix DIR: apt-get download (no root needed) and dpkg -x, then check the two files the
+# Makefile links against are there.
+if [ "$what" = check-prefix ]; then
+    dir=${2:?usage: deps.sh check-prefix DIR}
+    mkdir -p "$dir" || exit 1
+    debs=$(mktemp -d)
+    trap 'rm -rf "$debs"' EXIT
+    if ! (cd "$debs" && apt-get download check libsubunit0 libsubunit-dev >/dev/null 2>&1); then
+        timeout 300 apt-get update -qq >/dev/null 2>&1
+        (cd "$debs" && apt-get download check libsubunit0 libsubunit-dev >/dev/null) || {
+            echo "deps.sh: apt-get download of check, libsubunit0 and libsubunit-dev failed" >&2
+            exit 1
+        }
+    fi
+    for f in "$debs"/*.deb; do dpkg -x "$f" "$dir" || exit 1; done
+    for f in "$dir/usr/include/check.h" "$dir/usr/lib/$(gcc -dumpmachine)/libcheck_pic.a"; do
+        [ -f "$f" ] || { echo "deps.sh: $f is missing after unpacking" >&2; exit 1; }
+    done
+    echo "Check unpacked under $dir (use it with CHECK_PREFIX=$dir)"
+    exit 0
+fi
 
 missing=()
 case $what in
@@ -24,7 +51,7 @@ plot)
     command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
     ;;
 *)
-    echo "deps.sh: unknown target '$what' (expected test or plot)" >&2
+    echo "deps.sh: unknown argument '$what' (expected test, plot or check-prefix DIR)" >&2
     exit 2
     ;;
 esac

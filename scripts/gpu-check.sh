@@ -40,7 +40,7 @@
 #
 # Check comes from Debian packages unpacked where apt works and carried along; the Makefile's
 # CHECK_PREFIX links it statically, so nothing of it is needed at run time:
-#   here:    ../shared/tools/check-prefix.sh .deps/check      (.deps/ is ignored by git)
+#   here:    scripts/deps.sh check-prefix .deps/check      (.deps/ is ignored by git)
 #   there:   scripts/gpu-check.sh "$OUT"                      (with .deps/check carried along)
 set -u
 
@@ -87,7 +87,7 @@ if [ "${1:-}" = _check-prefix ]; then
     for f in "$p/usr/include/check.h" "$lib/libcheck_pic.a" "$lib/libsubunit.a"; do
         if [ ! -f "$f" ]; then
             echo "the Check prefix lacks $f: make it where apt works with" \
-                "'../shared/tools/check-prefix.sh .deps/check' and carry .deps/check along (no test binary is built without it)"
+                "'scripts/deps.sh check-prefix .deps/check' and carry .deps/check along (no test binary is built without it)"
             exit 1
         fi
     done
