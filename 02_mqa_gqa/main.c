@@ -93,6 +93,63 @@ static void lesson_intro(void)
            "This lesson replaces every word of it with a measurement.\n\n");
 }
 
+/* ==== by hand: 4 query heads sharing 2 K/V heads ============================================== */
+
+enum { HAND_H = 4, HAND_HKV = 2, HAND_S = 2, HAND_D = 2 };
+static const float HAND_Q[HAND_H * HAND_D] = {0, 0, 1, 0, 0, 0, 1, 0};        /* (H, T = 1, D) */
+static const float HAND_K[HAND_HKV * HAND_S * HAND_D] = {1, 0, 0, 1, 2, 0, 0, 0}; /* (Hkv, S, D) */
+static const float HAND_V[HAND_HKV * HAND_S * HAND_D] = {1, 0, 0, 1, 1, 0, 0, 1}; /* (Hkv, S, D) */
+
+/* One query per head, worked by the formula with query head h reading kv head h / G; then the
+ * grouped reference, and chapter 01's MHA on K and V with each kv head repeated G times: all three
+ * agree, which is all GQA is. */
+static void lesson_by_hand(void)
+{
+    const int G = HAND_H / HAND_HKV;
+    float o[HAND_H * HAND_D], ref[HAND_H * HAND_D], mha[HAND_H * HAND_D];
+    float k_rep[HAND_H * HAND_S * HAND_D], v_rep[HAND_H * HAND_S * HAND_D]; /* (H, S, D) */
+    printf("By hand: H = 4 query heads share Hkv = 2 K/V heads (G = 2), one query each, S = 2 keys, D = 2,\n"
+           "scale 1. Query head h reads kv head h / G. V's rows are unit vectors, so O shows the probabilities.\n\n");
+    printf("   kv head 0: K = (1 0; 0 1), V = (1 0; 0 1)    kv head 1: K = (2 0; 0 0), V = (1 0; 0 1)\n\n");
+    printf("   head  kv = h/G      q       scores q Kᵀ       P = softmax        O = P V\n");
+    for (int h = 0; h < HAND_H; h++) {
+        const int g = h / G;
+        const float *q = HAND_Q + h * HAND_D, *k = HAND_K + g * HAND_S * HAND_D, *v = HAND_V + g * HAND_S * HAND_D;
+        double sc[HAND_S], z = 0.0, m = -INFINITY;
+        for (int j = 0; j < HAND_S; j++) {
+            sc[j] = (double)q[0] * k[j * HAND_D] + (double)q[1] * k[j * HAND_D + 1];
+            m = fmax(m, sc[j]);
+        }
+        for (int j = 0; j < HAND_S; j++)
+            z += exp(sc[j] - m);
+        double p[HAND_S];
+        for (int d = 0; d < HAND_D; d++)
+            o[h * HAND_D + d] = 0.0f;
+        for (int j = 0; j < HAND_S; j++) {
+            p[j] = exp(sc[j] - m) / z;
+            for (int d = 0; d < HAND_D; d++)
+                o[h * HAND_D + d] += (float)p[j] * v[j * HAND_D + d];
+        }
+        printf("   %4d  %8d   (%g %g)   (%6.4f %6.4f)   (%6.4f %6.4f)   (%6.4f %6.4f)\n", h, g, q[0], q[1], sc[0],
+               sc[1], p[0], p[1], o[h * HAND_D], o[h * HAND_D + 1]);
+        memcpy(k_rep + h * HAND_S * HAND_D, k, sizeof(float) * HAND_S * HAND_D); /* repeat kv head g for h */
+        memcpy(v_rep + h * HAND_S * HAND_D, v, sizeof(float) * HAND_S * HAND_D);
+    }
+    const GqaShape gs = {.B = 1, .H = HAND_H, .Hkv = HAND_HKV, .T = 1, .S = HAND_S, .D = HAND_D, .causal = 0,
+                         .scale = 1.0f};
+    const MhaShape ms = {.B = 1, .H = HAND_H, .T = 1, .S = HAND_S, .D = HAND_D, .causal = 0, .scale = 1.0f};
+    if (gqa_attention_ref(&gs, HAND_Q, HAND_K, HAND_V, ref) != 0 || mha_attention_ref(&ms, HAND_Q, k_rep, v_rep, mha) != 0)
+        die_with_error();
+    double d_ref = 0.0, d_mha = 0.0;
+    for (int i = 0; i < HAND_H * HAND_D; i++)
+        d_ref = fmax(d_ref, fabs((double)ref[i] - o[i])), d_mha = fmax(d_mha, fabs((double)mha[i] - ref[i]));
+    printf("\n   e.g. head 3: scores (2, 0), P = (e^2, 1) / (e^2 + 1). gqa_attention_ref on the same input: max\n"
+           "   |O - by hand| = %.1e; chapter 01's mha_attention_ref with each kv head repeated for its G query\n"
+           "   heads: max |difference| = %g. Heads 1 and 3 have the same query but read different K/V heads,\n"
+           "   so their outputs differ.\n\n",
+           d_ref, d_mha);
+}
+
 #define LESSON_SIGMA 0.25f /* correlated heads: rho = 1 / (1 + sigma^2) = 0.94 */
 
 typedef struct {
@@ -271,6 +328,7 @@ static int cmd_lesson(int argc, char **argv)
     const Device dev =
         lesson_begin(&PROGRAM, "where to run (default auto: the GPU too if there is one)", NULL, 0, argc, argv);
     lesson_intro();
+    lesson_by_hand();
     lesson_machine(dev, 1);
     LessonRow rows[GQA_N_HKV];
     double diff = NAN;

@@ -256,6 +256,26 @@ START_TEST(test_parameter_counts)
 }
 END_TEST
 
+/* The lesson's worked example (main.c, lesson_by_hand): 4 query heads, 2 kv heads, one query each,
+ * keys kv0 = (1 0; 0 1), kv1 = (2 0; 0 0), unit-vector values, scale 1. By hand: head h reads kv
+ * head h / 2; q = (0 0) scores (0, 0) -> P = (1/2, 1/2); q = (1 0) scores (1, 0) against kv0 ->
+ * P = (e, 1) / (e + 1), and (2, 0) against kv1 -> P = (e^2, 1) / (e^2 + 1); O = P (V = I). */
+START_TEST(test_hand_example_of_the_lesson)
+{
+    const float q[8] = {0, 0, 1, 0, 0, 0, 1, 0}, k[8] = {1, 0, 0, 1, 2, 0, 0, 0}, v[8] = {1, 0, 0, 1, 1, 0, 0, 1};
+    const double e = exp(1.0), e2 = exp(2.0);
+    const double want[8] = {0.5, 0.5, e / (e + 1), 1 / (e + 1), 0.5, 0.5, e2 / (e2 + 1), 1 / (e2 + 1)};
+    const GqaShape s = {.B = 1, .H = 4, .Hkv = 2, .T = 1, .S = 2, .D = 2, .causal = 0, .scale = 1.0f};
+    for (int kernel = 1; kernel <= GQA_CPU_KERNELS; kernel++) {
+        float out[8];
+        ck_assert_int_eq(gqa_attention_cpu(kernel, &s, q, k, v, out), 0);
+        for (int i = 0; i < 8; i++)
+            ck_assert_msg(fabs(out[i] - want[i]) < 1e-6, "kernel %d: O[%d] = %g, by hand %g", kernel, i, out[i],
+                          want[i]);
+    }
+}
+END_TEST
+
 /* ==== the suite ================================================================================= */
 
 int main(void)
@@ -263,7 +283,7 @@ int main(void)
     const TestingCase cases[] = {
         {.name = "against chapter 01", .timeout_s = 120,
          .tests = {test_equal_heads_are_chapter01_bitwise, test_groups_equal_chapter01_on_repeated_kv,
-                   test_repeat_kv_layout, test_grouped_reads_kv_once_per_group}},
+                   test_repeat_kv_layout, test_grouped_reads_kv_once_per_group, test_hand_example_of_the_lesson}},
         {.name = "grid", .timeout_s = 300, .tests = {test_grid_against_reference, test_versions_match_float64}},
         {.name = "conversion", .timeout_s = 60,
          .tests = {test_non_dividing_heads_are_errors, test_pooling_group_size_one_is_identity,

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "01_mha/mha.h"
 #include "04_kvcache/commands.h"
 #include "04_kvcache/kvcache.h"
 #include "common/bench.h"
@@ -255,6 +256,60 @@ static void lesson_quant(const Model *m)
     mem_free(ref);
 }
 
+/* ==== by hand: a prefill and one decode step through a tiny cache ================================ */
+
+enum { HAND_N = 3, HAND_D = 2, HAND_MAX = 4 };
+static const float HAND_QS[HAND_N * HAND_D] = {0, 0, 0, 1, 1, 0}; /* (tokens, D): q of tokens 0, 1, 2 */
+static const float HAND_KS[HAND_N * HAND_D] = {1, 0, 0, 1, 1, 1}; /* (tokens, D) */
+static const float HAND_VS[HAND_N * HAND_D] = {1, 0, 0, 1, 1, 1}; /* (tokens, D) */
+
+/* One layer, one head, D = 2, scale 1: the prompt's two tokens go into the cache at positions 0
+ * and 1; the decode step writes token 2 at position 2 and its query reads positions 0..2. The same
+ * numbers by the formula, through kvcache_decode_ref, and through chapter 01's attention over all
+ * three tokens (its last row): the cache changes where K and V come from, not the answer. */
+static void lesson_by_hand(void)
+{
+    KvCache c;
+    if (kvcache_create(&c, 1, 1, 1, HAND_MAX, HAND_D, KV_F32) != 0)
+        die_with_error();
+    kvcache_write(&c, 0, 0, 0, 2, HAND_KS, HAND_VS);                               /* prefill: positions 0, 1 */
+    kvcache_write(&c, 0, 0, 2, 1, HAND_KS + 2 * HAND_D, HAND_VS + 2 * HAND_D); /* decode: position 2 */
+    const float *q = HAND_QS + 2 * HAND_D;
+    double sc[HAND_N], z = 0.0, by_hand[HAND_D] = {0, 0};
+    for (int j = 0; j < HAND_N; j++)
+        sc[j] = (double)q[0] * HAND_KS[j * HAND_D] + (double)q[1] * HAND_KS[j * HAND_D + 1], z += exp(sc[j]);
+    for (int j = 0; j < HAND_N; j++)
+        for (int d = 0; d < HAND_D; d++)
+            by_hand[d] += exp(sc[j]) / z * HAND_VS[j * HAND_D + d];
+    float dec[HAND_D], full[HAND_N * HAND_D];
+    const int len = HAND_N;
+    const MhaShape all = {.B = 1, .H = 1, .T = HAND_N, .S = HAND_N, .D = HAND_D, .causal = 1, .scale = 1.0f};
+    if (kvcache_decode_ref(&c, 0, 1, 1.0f, 1, NULL, &len, q, dec) != 0 ||
+        mha_attention_ref(&all, HAND_QS, HAND_KS, HAND_VS, full) != 0)
+        die_with_error();
+    kvcache_free(&c);
+    printf("By hand: one layer, one head, D = 2, scale 1, a cache of max_seq 4 positions. Prefill writes the\n"
+           "prompt's tokens 0 and 1; the decode step writes token 2 and attends its query to positions 0..2:\n\n"
+           "   position   ");
+    for (int p = 0; p < HAND_MAX; p++)
+        printf(" %8d", p);
+    for (int row = 0; row < 2; row++) {
+        const float *x = row == 0 ? HAND_KS : HAND_VS;
+        printf("\n   %-10s", row == 0 ? "k" : "v");
+        for (int p = 0; p < HAND_MAX; p++)
+            if (p < HAND_N)
+                printf("    (%g %g)", x[p * HAND_D], x[p * HAND_D + 1]);
+            else
+                printf(" %8s", ".");
+    }
+    printf("     (position 3: reserved, not filled; length 3)\n\n"
+           "   q of token 2 = (%g %g): scores (%g, %g, %g), P = (e, 1, e) / (2e + 1), out = P V = (%.4f %.4f)\n"
+           "   kvcache_decode_ref: (%.4f %.4f); chapter 01's attention over all 3 tokens, its last row:\n"
+           "   (%.4f %.4f). Only token 2's k and v were computed in this step; 0 and 1 came from the cache.\n\n",
+           q[0], q[1], sc[0], sc[1], sc[2], by_hand[0], by_hand[1], dec[0], dec[1], full[2 * HAND_D],
+           full[2 * HAND_D + 1]);
+}
+
 static const Program PROGRAM;
 
 static int cmd_lesson(int argc, char **argv)
@@ -268,6 +323,7 @@ static int cmd_lesson(int argc, char **argv)
            "tokens never change once computed, so a decoder keeps them: per layer, a cache laid out\n"
            "[batch, kv_heads, max_seq, head_dim] for K and for V. The prompt goes through the model once\n"
            "(prefill); then each step runs one token and attends one query against the cache (decode).\n\n");
+    lesson_by_hand();
     lesson_machine(dev, 0); /* the lesson measures the CPU */
     printf("Model: the built-in random one, llama2.c semantics: dim %d, hidden %d, %d layers, %d heads, %d kv heads\n"
            "(head size %d), vocab %d, seq_len %d: %zu parameters (%s).\n\n",

@@ -443,6 +443,31 @@ START_TEST(test_generation_with_and_without_cache)
 }
 END_TEST
 
+/* The lesson's worked example (main.c, lesson_by_hand): keys and values (1 0), (0 1), (1 1) at
+ * positions 0..2 of a 4-position cache (prefill of 2, then one decode write), query (1 0), scale 1.
+ * By hand: scores (1, 0, 1), P = (e, 1, e) / (2e + 1), out = P V = (2e, 1 + e) / (2e + 1). Every
+ * CPU decode kernel, with the unused position 3 full of NaN. */
+START_TEST(test_hand_example_of_the_lesson)
+{
+    const float k[6] = {1, 0, 0, 1, 1, 1}, q[2] = {1, 0}, nan_row[2] = {NAN, NAN};
+    const double e = exp(1.0), want[2] = {2 * e / (2 * e + 1), (1 + e) / (2 * e + 1)};
+    KvCache c;
+    ck_assert_int_eq(kvcache_create(&c, 1, 1, 1, 4, 2, KV_F32), 0);
+    kvcache_write(&c, 0, 0, 3, 1, nan_row, nan_row); /* the unused slot: never read */
+    kvcache_write(&c, 0, 0, 0, 2, k, k);             /* prefill: positions 0, 1 (v = k here) */
+    kvcache_write(&c, 0, 0, 2, 1, k + 4, k + 4);     /* decode: position 2 */
+    const int len = 3;
+    for (int kernel = 1; kernel <= KVCACHE_CPU_KERNELS; kernel++) {
+        float out[2];
+        ck_assert_int_eq(kvcache_decode_cpu(kernel, &c, 0, 1, 1.0f, 1, NULL, &len, q, out), 0);
+        for (int d = 0; d < 2; d++)
+            ck_assert_msg(fabs(out[d] - want[d]) < 1e-6, "kernel %d: out[%d] = %g, by hand %g", kernel, d, out[d],
+                          want[d]);
+    }
+    kvcache_free(&c);
+}
+END_TEST
+
 /* ==== the suite ================================================================================= */
 
 int main(void)
@@ -451,7 +476,7 @@ int main(void)
         {.name = "sampling", .timeout_s = 60, .tests = {test_same_seed_same_samples}},
         {.name = "model against float64", .timeout_s = 120, .tests = {test_model_matches_float64_reference}},
         {.name = "cache against chapter 03", .timeout_s = 300,
-         .tests = {test_cached_logits_equal_recomputation, test_prefill_then_steps_equals_longer_prefill,
+         .tests = {test_hand_example_of_the_lesson, test_cached_logits_equal_recomputation, test_prefill_then_steps_equals_longer_prefill,
                    test_chunked_prefill, test_decode_kernels_against_chapter03,
                    test_nan_in_unused_slots_changes_nothing, test_quantisation_error_bounds,
                    test_quantised_decode_against_reference,
