@@ -140,9 +140,7 @@ static void lesson_by_hand(void)
     const MhaShape ms = {.B = 1, .H = HAND_H, .T = 1, .S = HAND_S, .D = HAND_D, .causal = 0, .scale = 1.0f};
     if (gqa_attention_ref(&gs, HAND_Q, HAND_K, HAND_V, ref) != 0 || mha_attention_ref(&ms, HAND_Q, k_rep, v_rep, mha) != 0)
         die_with_error();
-    double d_ref = 0.0, d_mha = 0.0;
-    for (int i = 0; i < HAND_H * HAND_D; i++)
-        d_ref = fmax(d_ref, fabs((double)ref[i] - o[i])), d_mha = fmax(d_mha, fabs((double)mha[i] - ref[i]));
+    const double d_ref = max_abs_diff(ref, o, HAND_H * HAND_D), d_mha = max_abs_diff(mha, ref, HAND_H * HAND_D);
     printf("\n   e.g. head 3: scores (2, 0), P = (e^2, 1) / (e^2 + 1). gqa_attention_ref on the same input: max\n"
            "   |O - by hand| = %.1e; chapter 01's mha_attention_ref with each kv head repeated for its G query\n"
            "   heads: max |difference| = %g. Heads 1 and 3 have the same query but read different K/V heads,\n"
