@@ -5,6 +5,7 @@
  *   generate.c   generate: token ids in, token ids out, through a paged cache
  *   harness.c    attn and verify: the chapter's versions as the common harness sees them
  *   bench.c      bench: decode GB/s by block size against chapter 04's contiguous cache
+ *   lesson_prefix.c  the lesson's prefix-caching section (its pictures print the pool's state)
  */
 #ifndef PAGED_COMMANDS_H
 #define PAGED_COMMANDS_H
@@ -15,6 +16,9 @@ int paged_cmd_generate(int argc, char **argv); /* generate: ids in, ids out, --n
 int paged_cmd_attn(int argc, char **argv);     /* attn: .npy files through a shuffled block table */
 int paged_cmd_verify(int argc, char **argv);   /* verify: every kernel against chapter 04 */
 int paged_cmd_bench(int argc, char **argv);    /* bench: TSV rows, .dat and plot */
+
+/* The lesson's section 5: requests sharing a system prompt's blocks, then the cache under pressure. */
+void paged_lesson_prefix(void);
 
 typedef struct {
     double contig_s, paged_s; /* median seconds of one decode call; NAN when not timed */

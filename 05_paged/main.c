@@ -4,8 +4,8 @@
  *   05_paged [--device D]   the lesson: block tables drawn over the pool, the memory a contiguous
  *                           cache wastes against paging (measured with the allocators' own
  *                           counters, waste.c), fragmentation as requests come and go (frag.c),
- *                           what fork/copy-on-write saves, paged vs contiguous decode speed by
- *                           block size, and the same tokens as chapter 04
+ *                           what fork/copy-on-write saves, prefix caching (lesson_prefix.c),
+ *                           decode speed by block size, and the same tokens as chapter 04
  *   05_paged generate ...   token ids in, token ids out, through a paged cache (docs/contracts.md
  *                           §4), with --n-samples K forked samples of one prompt (generate.c)
  *   05_paged attn ...       attention on .npy files: K, V scattered into a shuffled block table
@@ -324,7 +324,7 @@ static void lesson_speed(void)
     const Roofline *roof = roofline_get();
     char b1[32];
     PagedDecodeTiming c = paged_time_decode(B, H, Hkv, L, D, 0, 5, 1, 0);
-    printf("5. Decode attention through the tables against chapter 04's contiguous cache: B = %d sequences of\n"
+    printf("6. Decode attention through the tables against chapter 04's contiguous cache: B = %d sequences of\n"
            "   L = %d tokens, H = %d, Hkv = %d, D = %d (%s of K and V, caches flushed before each run).\n"
            "   'in order': each sequence's blocks consecutive in the pool; 'shuffled': every block anywhere.\n\n"
            "   %-26s %10s %8s %12s\n   %-26s %7.2f ms %8.1f %11s\n",
@@ -375,7 +375,7 @@ static void lesson_tokens(const Model *m)
                            .kernel = 2, .prefill_chunk = 0, .stop_at_bos_eos = 0};
     if (kvcache_generate(m, prompt, N_PROMPT, &o4, ref, NULL) != 0)
         die_with_error();
-    printf("6. Greedy generation, %d tokens after a %d-token prompt, against chapter 04 (contiguous cache):\n\n",
+    printf("7. Greedy generation, %d tokens after a %d-token prompt, against chapter 04 (contiguous cache):\n\n",
            N_NEW, N_PROMPT);
     const int sizes[] = {1, 8, 16, 32};
     for (int i = 0; i < 4; i++) {
@@ -408,12 +408,14 @@ static int cmd_lesson(int argc, char **argv)
     lesson_waste(m.c.seq_len);
     lesson_frag(m.c.seq_len);
     lesson_fork(&m);
+    paged_lesson_prefix(); /* lesson_prefix.c */
     lesson_speed();
     lesson_tokens(&m);
     model_free(&m);
     return lesson_end(
         "paging turns the cache into a pool of small blocks: a sequence wastes at most one block's\n"
-        "empty slots, requests of any length share one pool, and samples of one prompt share its blocks.\n"
+        "empty slots, requests of any length share one pool, samples of one prompt share its blocks, and\n"
+        "requests that start alike share the blocks of their common prefix, cached after they finish.\n"
         "The attention kernel pays one table lookup per block. Chapter 06 schedules many requests over this\n"
         "pool at every step (continuous batching).\n");
 }

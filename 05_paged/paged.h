@@ -31,6 +31,10 @@
  *              samples of one prompt
  *   waste.c    the lesson's measurements (waste.h): the memory contiguous reservations waste
  *              against paging, and what fork saves
+ *   prefix.c   prefix caching: full blocks named by a hash of their tokens chained with their
+ *              parent's, found again by a later sequence whose tokens start the same way; freed
+ *              named blocks stay cached (ref 0) until the pool needs them, least recently used
+ *              first
  *   frag.c     the lesson's fragmentation measurement (frag.h): requests arriving and leaving a
  *              fixed arena held as contiguous ranges (first fit) or in the pool, every step's slots
  *              counted as used, reserved, internal and external fragmentation, and free
@@ -50,16 +54,29 @@ extern "C" {
 /* Returned (with an error recorded) when the pool has too few free blocks; nothing changed. */
 #define PAGED_EXHAUSTED (-2)
 
+typedef struct PagedPrefix PagedPrefix; /* prefix caching's state (prefix.c); NULL = off */
+
 typedef struct {
     int n_layers, n_kv_heads, D, block_size, num_blocks; /* D: the head dimension */
     unsigned serial;  /* tags the tables this pool serves */
     float *k, *v;     /* (L, Hkv, num_blocks, bs, D) */
-    int *ref;         /* (num_blocks) how many tables hold each block; 0 = free */
-    int *free_ids;    /* (num_blocks) a stack: free_ids[0 .. n_free) are the free blocks */
-    int n_free;
+    int *ref;         /* (num_blocks) how many tables hold each block; 0 = free (or cached) */
+    int *free_ids;    /* (num_blocks) a stack: free_ids[0 .. n_free - n_cached) are the empty blocks */
+    int n_free;       /* blocks with ref 0, the ones an allocation can take: the empty ones and,
+                         with prefix caching, the cached ones (named, evicted when needed) */
     int peak_used;    /* most blocks in use at once */
     size_t n_allocs, n_releases, n_cow_copies; /* counters since creation */
+    PagedPrefix *prefix; /* NULL: prefix caching off (the default) */
+    int n_cached;        /* ref-0 blocks kept for their name (0 when off) */
+    size_t n_prefix_hits, n_evictions; /* blocks shared by name; cached blocks given to another use */
 } PagedPool;
+
+/* Prefix caching: a full block's name, and the serial of the naming under which the pool holds a
+ * block with exactly this prefix (the table's own block or another with the same tokens; 0: none,
+ * and then no later block of the table can be shared by name). */
+typedef struct {
+    uint64_t name, serial;
+} PagedName;
 
 typedef struct {
     unsigned pool; /* serial of the pool it draws from; 0 = holds nothing yet */
@@ -67,6 +84,8 @@ typedef struct {
     int n_blocks;  /* ceil(len / bs) */
     int cap;       /* entries allocated in blocks */
     int *blocks;   /* (cap) logical block -> physical block */
+    int n_named;      /* prefix caching: logical blocks [0, n_named) have their names in names */
+    PagedName *names; /* (cap) with prefix caching on; NULL when off */
 } PagedSeq;
 
 /* ---- the pool (pool.c) ---------------------------------------------------------------------- */
@@ -83,10 +102,11 @@ void paged_pool_shuffle(PagedPool *p, uint64_t seed);
 size_t paged_block_bytes(const PagedPool *p);
 static inline int paged_pool_used(const PagedPool *p) { return p->num_blocks - p->n_free; }
 
-/* One block off the free stack with ref count 1, or PAGED_EXHAUSTED. */
+/* One block with ref count 1: off the stack of empty blocks, or, when none is empty, the least
+ * recently used cached block (prefix caching: its name forgotten); PAGED_EXHAUSTED when n_free is 0. */
 int paged_block_alloc(PagedPool *p);
-/* Ref count -1, back on the free stack at 0. Errors: id out of range, or a block already free
- * (double free). */
+/* Ref count -1; at 0 back on the free stack, or, holding a name, onto the cached list. Errors: id
+ * out of range, or a block already free (double free). */
 int paged_block_release(PagedPool *p, int id);
 
 /* (bs, D) rows of K / V of block `id`, layer `layer`, kv head h. */
@@ -138,9 +158,47 @@ void paged_gather(const PagedPool *p, const PagedSeq *s, int layer, int len, flo
 
 /* The allocator's invariants over a pool and every table drawn from it: free + used = total,
  * ref counts >= 0, each block's ref count = the number of tables holding it (a block is in two
- * tables only when shared), the free stack holds exactly the blocks with ref 0, once each, and
- * every table has ceil(len / bs) valid ids. 0, or -1 naming the first broken one. */
+ * tables only when shared), the free stack holds exactly the unnamed blocks with ref 0, once each,
+ * and every table has ceil(len / bs) valid ids; with prefix caching also the cached list (exactly
+ * the named blocks of ref 0), the name table and each table's names (prefix.c). 0, or -1 naming
+ * the first broken one. */
 int paged_check(const PagedPool *p, PagedSeq *const *seqs, int n_seqs);
+
+/* ---- prefix caching (prefix.c) --------------------------------------------------------------
+ * A full block of sequence s (its positions [j*bs, (j+1)*bs), K/V written) can be named:
+ *   name(j) = hash(name(j - 1), the bs tokens of block j)      (name(-1) = a fixed seed)
+ * so a name means "these tokens after exactly that prefix". The pool keeps a table name -> block;
+ * a lookup compares the block's stored tokens too (and its parent's name), so a hash collision
+ * can never share wrong K/V. A named block whose ref count drops to 0 is not emptied: it stays
+ * cached (counted in n_free and n_cached) until an allocation finds no empty block, which evicts
+ * the least recently used cached block (its name forgotten). Partly filled blocks are never
+ * named (copy-on-write covers forks). With prefix caching off every function below does nothing
+ * and returns 0, and the pool behaves exactly as before. */
+
+/* Turns prefix caching on for a pool that holds no blocks yet. 0, or -1 (out of memory; a pool in
+ * use). */
+int paged_prefix_enable(PagedPool *p);
+
+/* For an empty s about to hold tokens[0 .. n): shares the longest run of cached blocks that hold
+ * tokens[0 .. k*bs) with k*bs <= n - 1 (the last token is always computed, so that it has logits):
+ * ref counts +1 (a cached block leaves the cache), s->len = k*bs, n_prefix_hits += k. Returns
+ * k*bs, the tokens whose K/V need no computing; 0 when off or nothing matches; -1 on a bad s. */
+int paged_prefix_match(PagedPool *p, PagedSeq *s, const int *tokens, int n);
+
+/* Names the full blocks of s that lie inside [0, n_written) and have no name yet -- their K/V are
+ * written -- and enters them in the table; tokens are s's tokens (at least n_written of them).
+ * A block whose name the table already holds for another block keeps no name (the first stays
+ * the one found). Call after each forward that wrote K/V. 0, or -1 on a bad s. */
+int paged_prefix_publish(PagedPool *p, PagedSeq *s, const int *tokens, int n_written);
+
+/* Test hook: keeps only the low `bits` bits of every name (1..64; 64 = the full hash), so that
+ * tests can force collisions. Call it right after paged_prefix_enable, before any name exists. */
+void paged_prefix_set_hash_bits(PagedPool *p, int bits);
+
+/* Read-only views for pictures and tests: 1 when block id holds a name; the cached blocks (ref 0,
+ * named) from the least to the most recently used into ids (at most max), their count returned. */
+int paged_prefix_named(const PagedPool *p, int id);
+int paged_prefix_lru(const PagedPool *p, int *ids, int max);
 
 /* ---- attention through the tables (paged.c) -------------------------------------------------
  * A batch of n_seq sequences: sequence i owns query rows q_start[i] .. q_start[i+1]-1 of

@@ -5,15 +5,18 @@
  * What it teaches: a block table is one indirection per block of tokens. The pool hands out
  * block ids from a stack of free ids (alloc and release are O(1)) and keeps a reference count
  * per block: fork shares a table's blocks (+1 each, nothing copied), and the first write into a
- * shared, partly filled last block copies it (copy-on-write). paged_check recounts everything
- * from the tables and names the first invariant that does not hold; the tests run it after each
- * of 10^5 random operations.
+ * shared, partly filled last block copies it (copy-on-write). With prefix caching (prefix.c) a
+ * released block that holds a name goes to a list of cached blocks instead of the stack, and an
+ * allocation that finds the stack empty evicts the least recently used of them. paged_check
+ * recounts everything from the tables and names the first invariant that does not hold; the tests
+ * run it after each of 10^5 random operations.
  */
 #include "05_paged/paged.h"
 
 #include <stdio.h>
 #include <string.h>
 
+#include "05_paged/prefix_internal.h"
 #include "common/error.h"
 #include "common/rng.h"
 #include "common/tensor.h"
@@ -62,6 +65,7 @@ int paged_pool_create(PagedPool *p, int n_layers, int n_kv_heads, int D, int blo
 
 void paged_pool_free(PagedPool *p)
 {
+    paged_prefix_free(p);
     mem_free(p->k), mem_free(p->v), mem_free(p->ref), mem_free(p->free_ids);
     memset(p, 0, sizeof *p);
 }
@@ -70,7 +74,7 @@ void paged_pool_shuffle(PagedPool *p, uint64_t seed)
 {
     Rng rng;
     rng_seed(&rng, seed);
-    for (int i = p->n_free - 1; i > 0; i--) { /* Fisher-Yates */
+    for (int i = p->n_free - p->n_cached - 1; i > 0; i--) { /* Fisher-Yates, over the empty blocks */
         const int j = (int)rng_below(&rng, (uint32_t)(i + 1)), t = p->free_ids[i];
         p->free_ids[i] = p->free_ids[j], p->free_ids[j] = t;
     }
@@ -87,7 +91,9 @@ int paged_block_alloc(PagedPool *p)
         error_set("the block pool is exhausted: all %d blocks of %d tokens are in use", p->num_blocks, p->block_size);
         return PAGED_EXHAUSTED;
     }
-    const int id = p->free_ids[--p->n_free];
+    /* an empty block first; with prefix caching, else the least recently used cached one */
+    const int n_empty = p->n_free - p->n_cached, id = n_empty > 0 ? p->free_ids[n_empty - 1] : paged_prefix_evict(p);
+    p->n_free--;
     p->ref[id] = 1;
     p->n_allocs++;
     const int used = paged_pool_used(p);
@@ -101,8 +107,11 @@ int paged_block_release(PagedPool *p, int id)
         return error_set("release of block %d: the pool's ids are 0..%d", id, p->num_blocks - 1);
     if (p->ref[id] <= 0)
         return error_set("release of block %d, which is already free (double free)", id);
-    if (--p->ref[id] == 0)
-        p->free_ids[p->n_free++] = id;
+    if (--p->ref[id] == 0) {
+        if (!paged_prefix_cache(p, id)) /* a named block stays cached; others go back on the stack */
+            p->free_ids[p->n_free - p->n_cached] = id;
+        p->n_free++;
+    }
     p->n_releases++;
     return 0;
 }
@@ -139,6 +148,31 @@ static void copy_block_rows(PagedPool *p, int from, int to, int rows)
         }
 }
 
+int paged_seq_reserve(PagedPool *p, PagedSeq *s, int n_total)
+{
+    const int names = p->prefix != NULL;
+    if (n_total <= s->cap && (!names || s->names || s->cap == 0))
+        return 0;
+    int cap = s->cap ? s->cap : 4;
+    while (cap < n_total)
+        cap *= 2;
+    int *grown = mem_alloc((size_t)cap * sizeof(int), "block table");
+    PagedName *grown_names = grown && names ? mem_alloc((size_t)cap * sizeof(PagedName), "block names") : NULL;
+    if (!grown || (names && !grown_names)) {
+        mem_free(grown);
+        return -1;
+    }
+    if (s->n_blocks)
+        memcpy(grown, s->blocks, (size_t)s->n_blocks * sizeof(int));
+    if (s->n_named && s->names && grown_names)
+        memcpy(grown_names, s->names, (size_t)s->n_named * sizeof(PagedName));
+    mem_free(s->blocks), mem_free(s->names);
+    s->blocks = grown, s->names = grown_names, s->cap = cap;
+    if (!grown_names)
+        s->n_named = 0;
+    return 0;
+}
+
 int paged_seq_append(PagedPool *p, PagedSeq *s, int n)
 {
     if (paged_seq_check_pool(p, s) != 0)
@@ -152,19 +186,11 @@ int paged_seq_append(PagedPool *p, PagedSeq *s, int n)
         return PAGED_EXHAUSTED;
     }
     const int n_total = ceil_div(s->len + n, bs);
-    if (n_total > s->cap) {
-        int cap = s->cap ? s->cap : 4;
-        while (cap < n_total)
-            cap *= 2;
-        int *grown = mem_alloc((size_t)cap * sizeof(int), "block table");
-        if (!grown)
-            return -1;
-        if (s->n_blocks)
-            memcpy(grown, s->blocks, (size_t)s->n_blocks * sizeof(int));
-        mem_free(s->blocks);
-        s->blocks = grown, s->cap = cap;
-    }
+    if (paged_seq_reserve(p, s, n_total) != 0)
+        return -1;
     s->pool = p->serial;
+    if (n > 0 && s->len % bs != 0) /* a cached name must not outlive a write into its block */
+        paged_prefix_before_write(p, s->blocks[s->n_blocks - 1]);
     if (n > 0 && s->len % bs != 0 && p->ref[s->blocks[s->n_blocks - 1]] > 1) { /* copy-on-write */
         const int old = s->blocks[s->n_blocks - 1], fresh = paged_block_alloc(p);
         copy_block_rows(p, old, fresh, s->len % bs);
@@ -189,6 +215,8 @@ int paged_seq_truncate(PagedPool *p, PagedSeq *s, int len)
         if (paged_block_release(p, s->blocks[--s->n_blocks]) != 0)
             return -1;
     s->len = len;
+    if (s->n_named > len / p->block_size) /* names only for the blocks still full */
+        s->n_named = len / p->block_size;
     return 0;
 }
 
@@ -196,7 +224,7 @@ int paged_seq_free(PagedPool *p, PagedSeq *s)
 {
     if (paged_seq_truncate(p, s, 0) != 0)
         return -1;
-    mem_free(s->blocks);
+    mem_free(s->blocks), mem_free(s->names);
     paged_seq_init(s);
     return 0;
 }
@@ -212,13 +240,19 @@ int paged_seq_fork(PagedPool *p, const PagedSeq *src, PagedSeq *dst)
         if (id < 0 || id >= p->num_blocks || p->ref[id] <= 0)
             return error_set("fork: block %d of the source table is not an allocated block", id);
     }
-    mem_free(dst->blocks);
+    mem_free(dst->blocks), mem_free(dst->names);
     paged_seq_init(dst);
     if (src->n_blocks > 0) {
         dst->blocks = mem_alloc((size_t)src->n_blocks * sizeof(int), "block table");
         if (!dst->blocks)
             return -1;
+        if (p->prefix && !(dst->names = mem_alloc((size_t)src->n_blocks * sizeof(PagedName), "block names"))) {
+            mem_free(dst->blocks), dst->blocks = NULL;
+            return -1;
+        }
         memcpy(dst->blocks, src->blocks, (size_t)src->n_blocks * sizeof(int));
+        if (dst->names && src->names) /* the same blocks, the same names */
+            memcpy(dst->names, src->names, (size_t)src->n_named * sizeof(PagedName)), dst->n_named = src->n_named;
         for (int i = 0; i < src->n_blocks; i++)
             p->ref[src->blocks[i]]++; /* shared now: nothing is copied until someone writes */
     }
@@ -277,7 +311,9 @@ int paged_check(const PagedPool *p, PagedSeq *const *seqs, int n_seqs)
                 holders[id]++;
         }
     }
-    for (int f = 0; f < p->n_free && rc == 0; f++) {
+    if (rc == 0 && (p->n_cached < 0 || p->n_cached > p->n_free))
+        rc = error_set("cached count %d outside 0..%d (the free count)", p->n_cached, p->n_free);
+    for (int f = 0; f < p->n_free - p->n_cached && rc == 0; f++) { /* the empty blocks */
         const int id = p->free_ids[f];
         if (id < 0 || id >= N || on_stack[id]++)
             rc = error_set("free list entry %d: id %d is invalid or listed twice", f, id);
@@ -288,13 +324,16 @@ int paged_check(const PagedPool *p, PagedSeq *const *seqs, int n_seqs)
             rc = error_set("block %d has a negative reference count %d", id, p->ref[id]);
         else if (p->ref[id] != holders[id])
             rc = error_set("block %d: reference count %d but %d tables hold it", id, p->ref[id], holders[id]);
-        else if ((p->ref[id] == 0) != (on_stack[id] == 1))
-            rc = error_set("block %d: reference count %d but %s the free list", id, p->ref[id],
-                           on_stack[id] ? "on" : "not on");
+        else if (p->ref[id] > 0 ? on_stack[id] != 0 : on_stack[id] + paged_prefix_named(p, id) != 1)
+            /* a ref-0 block is on the free list (empty) or named (cached), never both */
+            rc = error_set("block %d: reference count %d but %s the free list%s", id, p->ref[id],
+                           on_stack[id] ? "on" : "not on", paged_prefix_named(p, id) ? " and named" : "");
         used += p->ref[id] > 0;
     }
     if (rc == 0 && used + p->n_free != N)
         rc = error_set("%d used + %d free != %d blocks", used, p->n_free, N);
+    if (rc == 0)
+        rc = paged_prefix_check(p, seqs, n_seqs);
     mem_free(holders), mem_free(on_stack);
     return rc;
 }

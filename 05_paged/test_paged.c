@@ -10,7 +10,7 @@
  * chapter 04 and a float64 oracle on batches of sequences of different lengths. The lesson's
  * measurements (waste.c) give what small workloads give counted by hand. This file holds those
  * and main(); test_paged_program.c the program, the CUDA kernels and hostile inputs; test_frag.c
- * the fragmentation measurement (frag.c).
+ * the fragmentation measurement (frag.c); test_prefix.c prefix caching (prefix.c).
  */
 #include <check.h>
 #include <math.h>
@@ -677,6 +677,7 @@ int main(void)
          .tests = {test_waste_of_a_workload_counted_by_hand, test_fork_savings_counted_by_hand,
                    test_lesson_workload_is_pinned}},
         paged_frag_case(),                                             /* test_frag.c */
+        paged_prefix_case(),                                           /* test_prefix.c */
         paged_program_case(), paged_hostile_case(), paged_cuda_case(), /* test_paged_program.c */
     };
     return testing_main_cases("05_paged", cases, sizeof cases / sizeof cases[0]);

@@ -5,7 +5,8 @@
  *                       static, static-padded and continuous batching; (2) batch scaling: decode iterations of
  *                       b = 1 .. 32 sequences (and on the GPU); (3) tokens/s of one sequence
  *                       through chapters 04, 05 and 06 and of 32 through the engine, on the
- *                       built-in model and on --checkpoint (default: $CHECKPOINT).
+ *                       built-in model and on --checkpoint (default: $CHECKPOINT); (5) prefix
+ *                       caching off and on: requests sharing a system prompt, and nothing shared.
  *                       TSV rows + build/bench/06_batching_bench.dat + build/plots/06_batching_bench.png
  */
 #include <math.h>
@@ -36,18 +37,26 @@ EngineRequest *engine_skewed_requests(const Model *m, int n, double rate, uint64
     return reqs;
 }
 
+int engine_bench_prefix_caching = 1;
+
+EngineMetrics engine_serve_options(const Model *m, const EngineRequest *reqs, int n, const EngineOptions *o)
+{
+    EngineResult *res = mem_alloc_or_die((size_t)n * sizeof(EngineResult), "results"); /* (n) */
+    EngineMetrics mt;
+    if (engine_serve(m, reqs, n, o, res, &mt) != 0)
+        die_with_error();
+    engine_free_results(res, n);
+    mem_free(res);
+    return mt;
+}
+
 EngineMetrics engine_serve_once(const Model *m, const EngineRequest *reqs, int n, EnginePolicy policy, int max_batch,
                                 int num_blocks, int keep_log, int cuda)
 {
     EngineOptions o = engine_default_options();
     o.policy = policy, o.max_batch = max_batch, o.num_blocks = num_blocks, o.keep_log = keep_log, o.cuda = cuda;
-    EngineResult *res = mem_alloc_or_die((size_t)n * sizeof(EngineResult), "results"); /* (n) */
-    EngineMetrics mt;
-    if (engine_serve(m, reqs, n, &o, res, &mt) != 0)
-        die_with_error();
-    engine_free_results(res, n);
-    mem_free(res);
-    return mt;
+    o.prefix_caching = engine_bench_prefix_caching;
+    return engine_serve_options(m, reqs, n, &o);
 }
 
 /* The peak resident memory of one run, for the peak_rss_mib column: the high-water mark is reset
@@ -192,10 +201,84 @@ static void bench_chapters(const Model *mm, const char *name, Tsv *tsv, ChapterR
     engine_free_requests(reqs, 32);
 }
 
+/* ==== prefix caching ============================================================================== */
+
+/* What bench_prefix measured: res[0] off, res[1] on. */
+typedef struct {
+    EngineMetrics system[2]; /* the shared-system-prompt workload */
+    double none_off, none_on; /* tokens/s on the skewed workload (nothing shared), the best of the repeats */
+    int none_iterations[2];   /* its iterations off and on (the same schedule when nothing is found) */
+    long none_prefill[2];     /* its prefill tokens computed off and on */
+} PrefixResult;
+
+#define PREFIX_REQUESTS 64
+#define PREFIX_SHARED 512
+#define PREFIX_REPEATS 3
+
+/* (5) prefix caching off and on: PREFIX_REQUESTS requests at once, each a PREFIX_SHARED-token
+ * system prompt + a question of 16..64 tokens; and PREFIX_REQUESTS of the skewed workload (nothing
+ * shared, all at once), off and on in turn PREFIX_REPEATS times, for the cost of the bookkeeping alone (the
+ * fastest of each: the least disturbed by the machine's other work). */
+static void bench_prefix(const Model *m, Tsv *tsv, PrefixResult *out)
+{
+    bench_progress("prefix caching: a %d-token system prompt, off and on ...", PREFIX_SHARED);
+    EngineRequest *reqs = engine_prefix_requests(m, ENGINE_SHARED_PREFIX, PREFIX_REQUESTS, PREFIX_SHARED, 0.0, 11);
+    peak_start();
+    engine_prefix_compare(m, reqs, PREFIX_REQUESTS, 32, out->system);
+    for (int on = 0; on <= 1; on++)
+        metrics_row(tsv, m, on ? "prefix_system_prompt_on" : "prefix_system_prompt_off", 0, PREFIX_REQUESTS, 32,
+                    &out->system[on], "builtin", peak_mib(), 0);
+    engine_free_requests(reqs, PREFIX_REQUESTS);
+    const int n_req = PREFIX_REQUESTS;
+    reqs = engine_skewed_requests(m, n_req, 0.0, 7);
+    EngineMetrics best[2] = {{.throughput = 0.0}, {.throughput = 0.0}}; /* no logs kept: plain copies */
+    for (int rep = 0; rep < PREFIX_REPEATS; rep++) {
+        bench_progress("prefix caching: nothing shared, off and on (%d of %d) ...", rep + 1, PREFIX_REPEATS);
+        EngineMetrics r[2];
+        engine_prefix_compare(m, reqs, n_req, 32, r);
+        for (int on = 0; on <= 1; on++)
+            if (r[on].throughput > best[on].throughput)
+                best[on] = r[on];
+    }
+    for (int on = 0; on <= 1; on++)
+        metrics_row(tsv, m, on ? "prefix_none_on" : "prefix_none_off", 0, n_req, 32, &best[on], "builtin", peak_mib(),
+                    0);
+    out->none_off = best[0].throughput, out->none_on = best[1].throughput;
+    for (int on = 0; on <= 1; on++)
+        out->none_iterations[on] = best[on].iterations, out->none_prefill[on] = best[on].prefill_computed;
+    engine_free_requests(reqs, n_req);
+}
+
 static const char *reached(int yes) { return yes ? "reached" : "not reached"; }
 
+static void prefix_summaries(const PrefixResult *p)
+{
+    const EngineMetrics *off = &p->system[0], *on = &p->system[1];
+    const double x_ttft = off->ttft_p50 / on->ttft_p50, x_tput = on->throughput / off->throughput;
+    fprintf(stderr, "prefix caching, %d requests sharing a %d-token system prompt: %ld prefill tokens computed with "
+                    "it, %ld without (hit rate %.1f%%); %d blocks cached at the end, %ld evictions\n",
+            PREFIX_REQUESTS, PREFIX_SHARED, on->prefill_computed, off->prefill_computed, 100.0 * on->prefix_hit_rate,
+            on->cached_blocks, on->evictions);
+    bench_summary(x_ttft >= 3.0, ">= x3",
+                  "prefix caching, %d requests sharing a %d-token system prompt: p50 TTFT %.3f s with it, %.3f s "
+                  "without: x%.2f lower",
+                  PREFIX_REQUESTS, PREFIX_SHARED, on->ttft_p50, off->ttft_p50, x_ttft);
+    bench_summary(x_tput >= 1.5, ">= x1.5",
+                  "prefix caching, %d requests sharing a %d-token system prompt: %.1f tokens/s with it, %.1f without: "
+                  "x%.2f the throughput",
+                  PREFIX_REQUESTS, PREFIX_SHARED, on->throughput, off->throughput, x_tput);
+    const double change = 100.0 * (p->none_on / p->none_off - 1.0);
+    fprintf(stderr, "prefix caching on the skewed workload: %d iterations and %ld prefill tokens with it, %d and %ld "
+                    "without\n",
+            p->none_iterations[1], p->none_prefill[1], p->none_iterations[0], p->none_prefill[0]);
+    bench_summary(fabs(change) <= 3.0, "within 3%",
+                  "prefix caching on the skewed workload (%d requests at once, nothing shared): %.1f tokens/s with "
+                  "it, %.1f without: %+.1f%%",
+                  PREFIX_REQUESTS, p->none_on, p->none_off, change);
+}
+
 typedef struct {
-    const char *out, *device, *checkpoint;
+    const char *out, *device, *checkpoint, *prefix;
     int n_req;
     int checkpoint_given; /* --checkpoint on the command line, not from $CHECKPOINT */
 } BenchArgs;
@@ -203,7 +286,8 @@ typedef struct {
 static void bench_parse(BenchArgs *a, int argc, char **argv)
 {
     const char *env = getenv("CHECKPOINT"); /* make bench CHECKPOINT=M.bin passes it this way */
-    *a = (BenchArgs){.out = NULL, .device = "auto", .checkpoint = env && *env ? env : NULL, .n_req = 96};
+    *a = (BenchArgs){.out = NULL, .device = "auto", .checkpoint = env && *env ? env : NULL, .n_req = 96,
+                     .prefix = "on"};
     ArgSpec specs[] = {
         OPTION_OUT(&a->out),
         {.name = "checkpoint", .kind = ARG_STRING, .dest = &a->checkpoint, .metavar = "M.bin",
@@ -213,6 +297,7 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
         {.name = "requests", .kind = ARG_INT, .dest = &a->n_req, .metavar = "N",
          .help = "requests per point of the rate sweep (default 96)", .min = 4, .max = 1 << 20},
         OPTION_DEVICE(&a->device, "auto: the CPU, and batch scaling on the GPU too when there is one"),
+        ENGINE_OPTION_PREFIX_CACHING(&a->prefix),
     };
     args_parse_or_exit(&(const ArgCommand){
         .summary =
@@ -235,10 +320,16 @@ static void bench_parse(BenchArgs *a, int argc, char **argv)
             "pct_dram: each decode iteration reads the model's matrices once for the whole batch, so\n"
             "tokens_per_s / mean_batch iterations a second move that many bytes: that traffic against the\n"
             "DRAM bandwidth measured when the bench starts (CPU rows; nan on the GPU).\n"
+            "--prefix-caching sets it for (1)-(4). (5) Prefix caching off and on, whatever that says\n"
+            "(continuous, max-batch 32): 64 requests at once sharing a 512-token system prompt, each with its\n"
+            "own question of 16..64 tokens and 8..24 output tokens (prefix_system_prompt_off, _on); the\n"
+            "skewed workload (64 requests at once), where nothing is shared (prefix_none_off, _on: the\n"
+            "fastest of 3 runs each, the runs alternating).\n"
             "Columns: policy rate requests max_batch tokens_per_s ttft_p50_s ttft_p99_s tpot_p50_ms\n"
             "tpot_p99_ms mean_batch preemptions model peak_rss_mib pct_dram.",
         .name = ENGINE_PROG " bench", .usage = "[options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
         argc, argv);
+    engine_bench_prefix_caching = strcmp(a->prefix, "on") == 0;
     if (strcmp(a->device, "cuda") == 0 && a->checkpoint) { /* --device cuda times the GPU rows only */
         if (a->checkpoint_given)
             die("--checkpoint is timed on the CPU, and --device cuda runs the GPU rows only: give --device auto to "
@@ -305,6 +396,8 @@ int engine_cmd_bench(int argc, char **argv)
         model_free(&m);
         return 0;
     }
+    PrefixResult pr;
+    bench_prefix(&m, &b.tsv, &pr);
     ChapterResult builtin, ck;
     bench_chapters(&m, "builtin", &b.tsv, &builtin);
     model_free(&m); /* the --checkpoint rows hold that model alone */
@@ -314,6 +407,8 @@ int engine_cmd_bench(int argc, char **argv)
     }
     bench_progress_done();
     bench_summaries(&a, rates[3], sweep, &builtin, &ck);
+    prefix_summaries(&pr);
+    engine_free_metrics(&pr.system[0]), engine_free_metrics(&pr.system[1]);
     bench_end(&b);
     return 0;
 }

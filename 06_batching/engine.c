@@ -7,8 +7,9 @@
  *   arrivals, aborts   requests that arrived join the queue; clients that left leave  scheduler.c
  *   schedule           who runs now and with how many tokens (budget, preemption)   scheduler.c
  *   run the batch      one forward over every scheduled token of every sequence     batch.c
- *   postprocess        sample each next token; stamp first tokens; finished         below
- *                      sequences leave and free their blocks; record the iteration
+ *   postprocess        name the blocks just filled (prefix caching); sample each    below
+ *                      next token; stamp first tokens; finished sequences leave and
+ *                      free their blocks; record the iteration
  *
  * Around the loop: the options and the block pool at the start; each request's result (its
  * tokens, TTFT, TPOT) and the run's metrics (throughput, percentiles) at the end. The clock is
@@ -55,7 +56,7 @@ EngineOptions engine_default_options(void)
     return (EngineOptions){.policy = ENGINE_CONTINUOUS, .max_batch = 32, .max_tokens = 256, .block_size = 16,
                            .num_blocks = 0, .temperature = 0.0f, .seed = 42, .kernel = 0, .fixed_step_s = 0.0,
                            .shuffle = 0, .keep_log = 0, .cuda = 0, .stop_at_bos_eos = 0, .check_invariants = 0,
-                           .trace = NULL, .trace_ctx = NULL};
+                           .trace = NULL, .trace_ctx = NULL, .prefix_caching = 1};
 }
 
 static int check_options(const EngineOptions *o)
@@ -111,6 +112,9 @@ static int engine_open_pool(Engine *e)
     }
     if (e->o.shuffle)
         paged_pool_shuffle(&e->pool, e->o.shuffle);
+    /* prefix caching: never under static-padded (request-level servers had none) */
+    if (e->o.prefix_caching && e->o.policy != ENGINE_STATIC_PADDED && paged_prefix_enable(&e->pool) != 0)
+        return -1;
     if (!e->o.cuda)
         return 0;
 #if HAVE_CUDA
@@ -171,8 +175,9 @@ static void engine_close(Engine *e)
 
 /* ==== postprocess ================================================================================= */
 
-/* The scheduled chunks are computed now; each sequence with logits samples its next token (with
- * stop_at_bos_eos a sampled BOS or EOS ends the text and is not part of it). */
+/* The scheduled chunks are computed now (and, with prefix caching, the blocks they filled named);
+ * each sequence with logits samples its next token (with stop_at_bos_eos a sampled BOS or EOS
+ * ends the text and is not part of it). */
 static int sample_next_tokens(Engine *e, const Batch *b)
 {
     const int V = e->m->c.vocab_size;
@@ -180,6 +185,10 @@ static int sample_next_tokens(Engine *e, const Batch *b)
         Seq *s = &e->s[b->sched[k]];
         s->n_computed += s->chunk;
         s->chunk = 0;
+        /* prefix caching: the full blocks whose K/V are now written get their names, so that later
+         * sequences find them (nothing when caching is off) */
+        if (paged_prefix_publish(&e->pool, &s->seq, s->tokens, s->n_computed) != 0)
+            return -1;
     }
     for (int k = 0; k < b->n_out; k++) {
         Seq *s = &e->s[b->out_seq[k]];
@@ -225,7 +234,9 @@ static int log_iteration(Engine *e, const Batch *b)
                                                      .prefill_tokens = b->prefill_tokens,
                                                      .decode_tokens = b->decode_tokens,
                                                      .padded_tokens = b->padded_tokens,
-                                                     .blocks_used = paged_pool_used(&e->pool)};
+                                                     .blocks_used = paged_pool_used(&e->pool),
+                                                     .cached_blocks = e->pool.n_cached,
+                                                     .reused_tokens = e->it_reused};
     return 0;
 }
 
@@ -244,6 +255,9 @@ static int finish_iteration(Engine *e, const Batch *b)
     e->met->iterations++;
     e->met->mean_batch += b->n_sched;
     e->met->computed += b->rows, e->met->padded += b->padded_tokens;
+    e->met->prefill_computed += b->prefill_tokens;
+    if (e->pool.n_cached > e->met->peak_cached_blocks)
+        e->met->peak_cached_blocks = e->pool.n_cached;
     if (e->o.keep_log && log_iteration(e, b) != 0)
         return -1;
     return e->o.trace ? e->o.trace(e->o.trace_ctx, e->met->iterations - 1, e->cells, e->n) : 0;
@@ -327,7 +341,7 @@ static double percentile(double *v, int n, double p)
 }
 
 /* Throughput over the makespan (first arrival to last finish), TTFT and TPOT percentiles over
- * the completed requests, the pool's peak. */
+ * the completed requests, the pool's peak, prefix caching's hit rate, cached blocks and evictions. */
 static int finish_metrics(Engine *e)
 {
     EngineMetrics *m = e->met;
@@ -354,6 +368,8 @@ static int finish_metrics(Engine *e)
     m->ttft_p50 = percentile(ttft, n_ttft, 50), m->ttft_p99 = percentile(ttft, n_ttft, 99);
     m->tpot_p50 = percentile(tpot, n_tpot, 50), m->tpot_p99 = percentile(tpot, n_tpot, 99);
     m->peak_blocks = e->pool.peak_used, m->num_blocks = e->pool.num_blocks;
+    m->prefix_hit_rate = m->prefix_looked_up > 0 ? (double)m->prefix_reused / (double)m->prefix_looked_up : 0.0;
+    m->cached_blocks = e->pool.n_cached, m->evictions = (long)e->pool.n_evictions;
     mem_free(ttft), mem_free(tpot);
     return 0;
 }

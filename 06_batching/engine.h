@@ -12,6 +12,10 @@
  * When a decode needs a block and none is free, the most recently admitted sequence is
  * preempted: its blocks go back to the pool and it waits at the front of the queue, keeping the
  * tokens it generated, to be recomputed when there is room (preemption by recompute).
+ * With prefix caching (on by default, as in vLLM), a request whose tokens start with full blocks
+ * some earlier sequence computed shares those blocks (chapter 05's prefix.c) and computes only the
+ * rest: many requests after one system prompt, a conversation's next turn after its last prompt,
+ * and a preempted sequence whose blocks were not reused yet.
  *
  * Every iteration is one model forward over all scheduled tokens of all sequences (prefill
  * chunks and decodes together): the matrix products see a [tokens, dim] batch, RoPE turns each
@@ -142,10 +146,14 @@ typedef struct {
     int check_invariants; /* 1: after every iteration, the pool's invariants (paged_check) or an error */
     EngineTraceFn trace;  /* NULL (the default: nothing recorded), or called after every iteration */
     void *trace_ctx;      /* trace's first argument */
+    int prefix_caching;   /* 1 (the default): on admission a sequence shares the cached blocks of its
+                           * longest computed prefix (paged_prefix_match) and computes the rest; the
+                           * pool keeps freed full blocks by name. Off under static-padded (request-level
+                           * servers had none), whatever this says */
 } EngineOptions;
 
 /* Defaults: continuous, max_batch 32, max_tokens 256, block size 16, num_blocks 0 (enough for
- * max_batch sequences of seq_len tokens), greedy, seed 42. */
+ * max_batch sequences of seq_len tokens), greedy, seed 42, prefix caching on. */
 EngineOptions engine_default_options(void);
 
 typedef enum { ENGINE_DONE = 0, ENGINE_REJECTED = 1, ENGINE_ABORTED = 2 } EngineStatus;
@@ -168,6 +176,8 @@ typedef struct {
     int decode_tokens;
     int padded_tokens;  /* static-padded: slots computed and thrown away (padding, finished members) */
     int blocks_used;
+    int cached_blocks;  /* prefix caching: ref-0 blocks kept for their name, after the iteration */
+    int reused_tokens;  /* prefix caching: tokens admissions found cached in this iteration */
 } EngineIteration;
 
 typedef struct {
@@ -179,6 +189,14 @@ typedef struct {
     double throughput;        /* generated / makespan_s */
     double ttft_p50, ttft_p99, tpot_p50, tpot_p99;
     double mean_batch;        /* sequences per iteration, averaged */
+    long prefill_computed;    /* tokens of prompt (and recompute) chunks computed: computed - decodes - padded */
+    /* prefix caching (all 0 when off). At every admission (a re-admission after preemption too) the
+     * sequence's known tokens are looked up: prefix_looked_up counts them, prefix_reused the tokens
+     * found cached, which are not computed again (the prefill tokens saved) */
+    long prefix_looked_up, prefix_reused;
+    double prefix_hit_rate;   /* prefix_reused / prefix_looked_up (0 when nothing was looked up) */
+    int cached_blocks, peak_cached_blocks; /* cached blocks at the end, and the most after any iteration */
+    long evictions;           /* cached blocks given to another use (the pool's n_evictions) */
     EngineIteration *log;     /* (iterations) when keep_log */
 } EngineMetrics;
 
@@ -216,6 +234,35 @@ void engine_gpu_free(EngineGpu *g);
 /* common/workload.h's stream (its draws, in its order) as requests: spec->n of them, prompt ids
  * uniform in 0..vocab-1 (vocab must be at least 1). 0, or -1 with the error recorded. */
 int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs);
+/* Workloads where requests share prefixes (prefix caching's lesson and bench; gen-requests):
+ *   shared-prefix  n requests, each one system prompt of `shared` tokens (the same ids in every
+ *                  request) + its own question of question_min..question_max tokens, arriving
+ *                  at `rate` per second (Poisson; 0: all at once)
+ *   multi-turn     conversations of `turns` turns, starting at `rate` per second, turn t arriving
+ *                  turn_gap seconds after turn t-1; turn 0's prompt is the system prompt (`shared`
+ *                  tokens, 0 for none) + a message, turn t's is turn t-1's prompt + turn t-1's
+ *                  answer + a new message. The answer is a placeholder: max_new ids drawn from
+ *                  the seed, not what the engine will generate (unknown when the file is written,
+ *                  and different for every model and temperature), so a turn shares with the
+ *                  previous one exactly the previous prompt's full blocks. A conversation ends
+ *                  early when its next turn would not fit seq_len. n requests in all.
+ * Output lengths are uniform in out_min..out_max, message ids uniform over the vocabulary; the
+ * draws come in a fixed order, so a seed names a workload. 0, or -1 with the error recorded. */
+typedef enum { ENGINE_SHARED_PREFIX = 0, ENGINE_MULTI_TURN = 1 } EnginePrefixKind;
+typedef struct {
+    EnginePrefixKind kind;
+    int n;                          /* requests */
+    double rate;                    /* arrivals (shared-prefix) or conversations (multi-turn) per second */
+    int shared;                     /* tokens of the system prompt every request starts with */
+    int question_min, question_max; /* tokens of each question or new message */
+    int out_min, out_max;           /* tokens to generate */
+    int turns;                      /* multi-turn: turns per conversation */
+    double turn_gap;                /* multi-turn: seconds from one turn's arrival to the next's */
+    int seq_len, vocab;
+    uint64_t seed;
+} PrefixWorkloadSpec;
+int engine_make_prefix_workload(const PrefixWorkloadSpec *w, EngineRequest **reqs);
+
 /* A requests file that engine_read_requests reads back: a temporary file renamed over path. */
 int engine_write_requests(const char *path, const EngineRequest *reqs, int n);
 

@@ -12,7 +12,10 @@
  *                finish, free), and the results and metrics at the end
  *
  * A request's life: PENDING (not arrived yet) -> WAITING (in the queue) -> RUNNING (holds blocks,
- * is given tokens) -> DONE. A preempted sequence goes back to WAITING, at the front of the queue;
+ * is given tokens) -> DONE. With prefix caching, admission may find the first n_computed tokens
+ * already in the pool (shared blocks), and after every forward the blocks a sequence filled are
+ * named (published) so that later sequences can find them. A preempted sequence goes back to
+ * WAITING, at the front of the queue;
  * a request that can never run is REJECTED on arrival; one whose client went away is ABORTED.
  */
 #ifndef ENGINE_INTERNAL_H
@@ -59,6 +62,7 @@ typedef struct {
     int *members, n_members; /* (n) static-padded: the current batch, finished members included */
     int pad_col, pad_width;  /* static-padded: the next column of the padded prompts, and their width */
     int pad_rows;            /* static-padded: slots of padding in the current iteration */
+    int it_reused;           /* prefix caching: tokens the current iteration's admissions found cached */
     EngineCell *cells;       /* (n) the current iteration's grid column, when o.trace */
     int cap_log;             /* entries allocated in met->log */
     EngineResult *res;       /* (n) */

@@ -5,7 +5,8 @@
  *                                grid) under continuous, static and static-padded batching; static
  *                                against continuous batching on one workload, side by side;
  *                                throughput and p99 TTFT against the arrival rate; batch occupancy
- *                                over time; preemption under a small pool
+ *                                over time; preemption under a small pool; prefix caching on two
+ *                                workloads that share prefixes (lesson_prefix.c)
  *   06_batching serve ...        a requests file in, every request's tokens out (docs/contracts.md §1.7) (serve.c)
  *   06_batching gen-requests ... a seeded workload file (Poisson arrivals, skewed or uniform) (serve.c)
  *   06_batching verify ...       the engine against chapter 05 run alone, request by request, under
@@ -269,7 +270,9 @@ static int cmd_lesson(int argc, char **argv)
            "every iteration: finished sequences leave, waiting ones join while the batch size, the token\n"
            "budget and the free blocks allow, long prompts go in chunks, and when blocks run out the newest\n"
            "sequence is preempted and recomputed later. Each iteration is one forward over every scheduled\n"
-           "token of every sequence, with attention through chapter 05's block tables.\n\n"
+           "token of every sequence, with attention through chapter 05's block tables. Prompts that start the\n"
+           "same way share the K/V blocks of that start (prefix caching, on by default; part 4 turns it off\n"
+           "to compare).\n\n"
            "Machine: %s.\n"
            "Model: the built-in one (chapter 04). The engine's clock advances by each iteration's measured\n"
            "time and skips idle gaps (except in part 0, where each iteration is one unit of it).\n\n",
@@ -278,11 +281,12 @@ static int cmd_lesson(int argc, char **argv)
     lesson_compare(&m);
     lesson_sweep(&m);
     lesson_preemption(&m);
+    engine_lesson_prefix(&m); /* lesson_prefix.c */
     model_free(&m);
     return lesson_end(
         "the engine's work per iteration is one batched forward; continuous batching keeps that\n"
         "batch full, chunked prefill bounds each iteration's work, and paging plus preemption lets the pool\n"
-        "run full without ever failing a request that fits.\n");
+        "run full without ever failing a request that fits; prefix caching computes a shared prompt prefix once.\n");
 }
 
 /* ==== main ======================================================================================== */

@@ -1,5 +1,5 @@
 # plot.gp: chapter 06's plots. Called by the programs and `make plots` with
-#   which='grid' | 'occupancy' | 'lesson' | 'bench', datafile, outfile, term ('png' | 'dumb'), setup (common.gp).
+#   which='grid' | 'occupancy' | 'lesson' | 'bench' | 'prefix', datafile, outfile, term ('png' | 'dumb'), setup (common.gp).
 load setup
 
 if (which eq 'grid') {
@@ -55,4 +55,24 @@ if (which eq 'lesson' || which eq 'bench') {
              with linespoints lw 2 title pol.': tokens/s', \
          for [pol in 'continuous static static-padded'] datafile using 2:((strcol(1) eq pol && $2 > 0) ? $7 : NaN) \
              axes x1y2 with linespoints dashtype 2 title pol.': p99 TTFT'
+}
+
+if (which eq 'prefix') {
+    # columns: workload caching prefill_tokens ttft_p50_s ttft_p99_s tokens_per_s hit_rate; one row per
+    # (workload, caching off | on), off first
+    unset grid
+    set style fill solid 0.8 noborder
+    set boxwidth 0.7
+    set xtics rotate by -30 nomirror
+    set yrange [0:*]
+    unset key
+    set multiplot layout 1,3 title 'Chapter 06: prefix caching off and on (continuous batching)'
+    array panels[3] = ['prefill tokens computed', 'p50 time to first token (s)', 'output tokens/s']
+    cols = '3 4 6'
+    do for [k = 1:3] {
+        set title panels[k] noenhanced
+        c = int(word(cols, k))
+        plot datafile using 0:c:((strcol(2) eq 'on') ? 2 : 1):xtic(strcol(1).' '.strcol(2)) with boxes lc variable noenhanced
+    }
+    unset multiplot
 }

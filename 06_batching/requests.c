@@ -7,7 +7,9 @@
  * that does not say a request rejects the file, a request the model cannot serve is rejected on
  * its own later), or from common/workload.h's synthetic streams. The engine takes them in
  * arrival order (engine_arrival_order), and the file format is written back by
- * engine_write_requests, so a generated workload can be served again and again.
+ * engine_write_requests, so a generated workload can be served again and again. The workloads
+ * of prefix caching (engine_make_prefix_workload) share prefixes on purpose: one system prompt
+ * before every question, or each turn of a conversation after the previous turn.
  *
  * Ownership: an EngineRequest array and its prompts and reasons come from malloc (callers build
  * and grow them too) and go back through engine_free_requests.
@@ -23,6 +25,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/rng.h"
 #include "common/tensor.h"
 
 void engine_free_requests(EngineRequest *reqs, int n)
@@ -274,6 +277,88 @@ int engine_make_workload(const WorkloadSpec *w, EngineRequest **reqs)
                                  .prompt = prompt, .abort_at = 0.0, .rejected = NULL};
     }
     workload_free(items, w->n);
+    if (rc != 0) {
+        engine_free_requests(out, out ? w->n : 0); /* calloc'd: the prompts not made yet are NULL */
+        return -1;
+    }
+    *reqs = out;
+    return 0;
+}
+
+/* ==== workloads that share prefixes =============================================================== */
+
+static int uniform_in(Rng *rng, int lo, int hi) { return lo + (int)rng_below(rng, (uint32_t)(hi - lo + 1)); }
+
+static void random_ids(Rng *rng, int *ids, int n, int vocab)
+{
+    for (int t = 0; t < n; t++)
+        ids[t] = (int)rng_below(rng, (uint32_t)vocab);
+}
+
+static int check_prefix_spec(const PrefixWorkloadSpec *w)
+{
+    if (w->n < 1 || w->vocab < 1 || w->shared < 0 || w->question_min < 1 || w->question_max < w->question_min ||
+        w->out_min < 1 || w->out_max < w->out_min || (w->kind == ENGINE_MULTI_TURN && w->turns < 1) ||
+        !(w->turn_gap >= 0) || !(w->rate >= 0))
+        return error_set("workload: n, vocab, the question and output lengths (min <= max) and the turns must be "
+                         "positive, the shared prefix, the rate and the gap between turns not negative");
+    if ((long)w->shared + w->question_max + w->out_max > w->seq_len)
+        return error_set("workload: the shared prefix (%d tokens) + the longest question (%d) + the longest output "
+                         "(%d) exceed seq_len %d",
+                         w->shared, w->question_max, w->out_max, w->seq_len);
+    return 0;
+}
+
+/* Request i of a prefix workload: the conversation so far (conv, *len tokens; for shared-prefix
+ * every request is a conversation of one turn) grows by the previous turn's placeholder answer
+ * and a new message, or starts again from the system prompt; *start is the conversation's
+ * arrival, *turn its turn. The draws, in order: message length, output length, the gap to a new
+ * conversation's start, the answer's ids, the message's ids. */
+static EngineRequest next_prefix_request(const PrefixWorkloadSpec *w, Rng *rng, const int *system, int *conv,
+                                         int *len, int *turn, int *prev_out, double *start)
+{
+    const int q = uniform_in(rng, w->question_min, w->question_max), o = uniform_in(rng, w->out_min, w->out_max);
+    const int fresh = w->kind == ENGINE_SHARED_PREFIX || *turn >= w->turns || *len + *prev_out + q + o > w->seq_len;
+    if (fresh) {
+        if (w->rate > 0) /* exponential gaps: a Poisson process of `rate` starts per second */
+            *start += -log(1.0 - (double)rng_uniform(rng)) / w->rate;
+        memcpy(conv, system, (size_t)w->shared * sizeof(int));
+        *len = w->shared, *turn = 0;
+    } else { /* the previous turn's answer (a placeholder), then the new message */
+        random_ids(rng, conv + *len, *prev_out, w->vocab);
+        *len += *prev_out;
+    }
+    random_ids(rng, conv + *len, q, w->vocab);
+    *len += q;
+    *prev_out = o;
+    return (EngineRequest){.arrival = *start + (*turn)++ * w->turn_gap, .max_new = o, .n_prompt = *len,
+                           .prompt = NULL, .abort_at = 0.0, .rejected = NULL};
+}
+
+int engine_make_prefix_workload(const PrefixWorkloadSpec *w, EngineRequest **reqs)
+{
+    *reqs = NULL;
+    if (check_prefix_spec(w) != 0)
+        return -1;
+    int *system = malloc(((size_t)w->shared + 1) * sizeof(int)); /* (shared) the system prompt */
+    int *conv = malloc((size_t)w->seq_len * sizeof(int));        /* (seq_len) the conversation so far */
+    EngineRequest *out = calloc((size_t)w->n, sizeof(EngineRequest));
+    int rc = system && conv && out ? 0 : error_set("out of memory for a workload of %d requests", w->n);
+    Rng rng;
+    rng_seed(&rng, w->seed);
+    if (rc == 0)
+        random_ids(&rng, system, w->shared, w->vocab);
+    int len = 0, turn = w->turns, prev_out = 0;
+    double start = 0.0;
+    for (int i = 0; i < w->n && rc == 0; i++) {
+        out[i] = next_prefix_request(w, &rng, system, conv, &len, &turn, &prev_out, &start);
+        out[i].prompt = malloc((size_t)len * sizeof(int));
+        if (!out[i].prompt)
+            rc = error_set("out of memory for the prompt of request %d (%d tokens)", i, len);
+        else
+            memcpy(out[i].prompt, conv, (size_t)len * sizeof(int));
+    }
+    free(system), free(conv);
     if (rc != 0) {
         engine_free_requests(out, out ? w->n : 0); /* calloc'd: the prompts not made yet are NULL */
         return -1;

@@ -11,7 +11,10 @@
  *       its blocks go back and it waits at the front of the queue, keeping its tokens, to be
  *       recomputed later (preemption by recompute);
  *   (3) waiting requests are admitted first come, first served while the batch size, the
- *       budget and the free blocks allow; nobody overtakes the head of the queue.
+ *       budget and the free blocks allow; nobody overtakes the head of the queue. With prefix
+ *       caching, an admitted sequence first shares the cached blocks of its longest computed
+ *       prefix (chapter 05's paged_prefix_match): only the rest is prefilled and counted against
+ *       the budget, and a preempted sequence whose blocks are still cached resumes from them.
  * Static batching is the same loop with (3) only when nothing runs, the whole queue at once.
  * Static-padded batching is request-level batching: a batch is a rectangle that moves in lockstep
  * (schedule_padded), and the slots of padding and of finished members are computed all the same.
@@ -36,11 +39,39 @@ static void queue_remove(int *q, int *n, int idx)
         }
 }
 
+/* Prefix caching: request i, about to be admitted, shares the cached blocks of its longest
+ * computed prefix (paged_prefix_match over its known tokens: the prompt, or after a preemption the
+ * prompt and the tokens it generated); those tokens count as computed and only the rest is
+ * prefilled. Nothing happens when caching is off. 0, or -1 with an error recorded. */
+static int prefix_match(Engine *e, int i)
+{
+    Seq *s = &e->s[i];
+    if (!e->pool.prefix)
+        return 0;
+    const int reused = paged_prefix_match(&e->pool, &s->seq, s->tokens, s->n_tokens);
+    if (reused < 0)
+        return -1;
+    s->n_computed = reused;
+    return 0;
+}
+
+/* The head of the queue matched, then found no blocks for its chunk: the shared blocks go back
+ * (to the cache, when nobody else holds them) and it waits as before. */
+static void prefix_unmatch(Engine *e, int i)
+{
+    paged_seq_free(&e->pool, &e->s[i].seq);
+    e->s[i].n_computed = 0;
+}
+
 static void admit(Engine *e, int i)
 {
     Seq *s = &e->s[i];
     s->phase = PH_RUNNING, s->admitted = e->admissions++;
     e->running[e->n_running++] = i;
+    if (e->pool.prefix) { /* the lookup counted once per admission, re-admissions included */
+        e->met->prefix_looked_up += s->n_tokens, e->met->prefix_reused += s->n_computed;
+        e->it_reused += s->n_computed;
+    }
 }
 
 static void preempt(Engine *e, int i)
@@ -240,9 +271,12 @@ int engine_schedule(Engine *e)
     if (e->o.policy == ENGINE_STATIC_PADDED)
         return schedule_padded(e);
     int budget = e->o.max_tokens, total = 0;
+    e->it_reused = 0;
     if (e->o.policy == ENGINE_STATIC && e->n_running == 0) /* a new static batch */
         while (e->n_waiting > 0 && e->n_running < e->o.max_batch) {
             const int i = e->waiting[0];
+            if (prefix_match(e, i) != 0)
+                return -1;
             queue_remove(e->waiting, &e->n_waiting, i);
             admit(e, i);
         }
@@ -254,9 +288,14 @@ int engine_schedule(Engine *e)
     while (e->o.policy == ENGINE_CONTINUOUS && e->n_waiting > 0 && e->n_running < e->o.max_batch && budget > 0) {
         const int i = e->waiting[0];
         Seq *s = &e->s[i];
-        const int chunk = s->n_tokens < budget ? s->n_tokens : budget;
-        if (paged_seq_blocks_needed(&e->pool, &s->seq, chunk) > e->pool.n_free)
+        if (prefix_match(e, i) != 0) /* s->n_computed: its tokens found cached (0 without caching) */
+            return -1;
+        /* the budget counts only the tokens computed: those past the cached prefix */
+        const int rest = s->n_tokens - s->n_computed, chunk = rest < budget ? rest : budget;
+        if (paged_seq_blocks_needed(&e->pool, &s->seq, chunk) > e->pool.n_free) {
+            prefix_unmatch(e, i);
             break; /* the queue's head waits for blocks; nobody overtakes it */
+        }
         queue_remove(e->waiting, &e->n_waiting, i);
         admit(e, i);
         if (paged_seq_append(&e->pool, &s->seq, chunk) != 0)

@@ -27,14 +27,14 @@
 /* ==== serve ======================================================================================= */
 
 typedef struct {
-    const char *checkpoint, *requests, *tokenizer, *policy, *metrics_path, *iter_path, *device;
+    const char *checkpoint, *requests, *tokenizer, *policy, *metrics_path, *iter_path, *device, *prefix;
     EngineOptions o;
     Device dev;
 } ServeArgs;
 
 static void serve_parse(ServeArgs *a, int argc, char **argv)
 {
-    *a = (ServeArgs){.policy = "continuous", .device = "auto", .o = engine_default_options()};
+    *a = (ServeArgs){.policy = "continuous", .device = "auto", .prefix = "on", .o = engine_default_options()};
     int seed = 42, shuffle = 0;
     double temperature = 0.0;
     EngineOptions *o = &a->o;
@@ -59,6 +59,7 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
         OPTION_TEMPERATURE(&temperature, "0 = greedy (default); >= 1.2e-38 samples, request i with seed S + i"),
         OPTION_SEED(&seed),
         OPTION_SHUFFLE(&shuffle, "hand out blocks in an order shuffled with seed S (default 0: in order)"),
+        ENGINE_OPTION_PREFIX_CACHING(&a->prefix),
         {.name = "kernel", .kind = ARG_INT, .dest = &o->kernel, .metavar = "N",
          .help = "chapter 05's CPU attention kernel: 1 = ref, 2 = fast (default)", .min = 1, .max = PAGED_CPU_KERNELS},
         {.name = "metrics", .kind = ARG_STRING, .dest = &a->metrics_path, .metavar = "FILE",
@@ -86,6 +87,7 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
     if (device_resolve(a->device, &a->dev) != 0 || engine_policy_parse(a->policy, &o->policy) != 0 ||
         model_check_temperature(temperature) != 0)
         die_with_error();
+    o->prefix_caching = strcmp(a->prefix, "on") == 0;
     if (o->kernel != 0 && a->dev == DEVICE_CUDA) /* chapter 05's CPU kernels: the GPU forward has its own */
         die("--kernel %d picks chapter 05's CPU attention kernel, and this run is on the GPU (%s): add --device cpu, "
             "or leave --kernel out",
@@ -117,7 +119,7 @@ static void print_results(const EngineRequest *reqs, const EngineResult *res, in
 }
 
 /* The metrics as (metric, value) rows into t (opened by the caller), and t closed. */
-static void write_metrics(Tsv *tsv, EnginePolicy policy, const EngineMetrics *mt)
+static void write_metrics(Tsv *tsv, EnginePolicy policy, int prefix_on, const EngineMetrics *mt)
 {
     Tsv t = *tsv;
     tsv_header(&t, "metric\tvalue");
@@ -136,6 +138,14 @@ static void write_metrics(Tsv *tsv, EnginePolicy policy, const EngineMetrics *mt
     tsv_row(&t, "peak_blocks\t%d", mt->peak_blocks);
     tsv_row(&t, "num_blocks\t%d", mt->num_blocks);
     tsv_row(&t, "preemptions\t%d", mt->preemptions);
+    tsv_row(&t, "prefix_caching\t%s", prefix_on ? "on" : "off");
+    tsv_row(&t, "prefill_tokens_computed\t%ld", mt->prefill_computed);
+    tsv_row(&t, "prefix_tokens_looked_up\t%ld", mt->prefix_looked_up);
+    tsv_row(&t, "prefix_tokens_reused\t%ld", mt->prefix_reused);
+    tsv_row(&t, "prefix_hit_rate\t%.6f", mt->prefix_hit_rate);
+    tsv_row(&t, "cached_blocks_end\t%d", mt->cached_blocks);
+    tsv_row(&t, "cached_blocks_peak\t%d", mt->peak_cached_blocks);
+    tsv_row(&t, "evictions\t%ld", mt->evictions);
     tsv_close(&t);
 }
 
@@ -143,24 +153,32 @@ static void write_metrics(Tsv *tsv, EnginePolicy policy, const EngineMetrics *mt
 static void write_iterations(Tsv *tsv, const EngineMetrics *mt)
 {
     Tsv t = *tsv;
-    tsv_header(&t, "iteration\tclock_s\trunning\twaiting\tscheduled\tprefill_tokens\tdecode_tokens\tblocks_used");
+    tsv_header(&t, "iteration\tclock_s\trunning\twaiting\tscheduled\tprefill_tokens\tdecode_tokens\tblocks_used\t"
+                   "cached_blocks\treused_tokens");
     for (int i = 0; i < mt->iterations && mt->log; i++) {
         const EngineIteration *it = &mt->log[i];
-        tsv_row(&t, "%d\t%.6f\t%d\t%d\t%d\t%d\t%d\t%d", i, it->clock_s, it->running, it->waiting, it->scheduled,
-                it->prefill_tokens, it->decode_tokens, it->blocks_used);
+        tsv_row(&t, "%d\t%.6f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d", i, it->clock_s, it->running, it->waiting,
+                it->scheduled, it->prefill_tokens, it->decode_tokens, it->blocks_used, it->cached_blocks,
+                it->reused_tokens);
     }
     tsv_close(&t);
 }
 
-static void print_summary(FILE *f, const char *label, const EngineMetrics *mt)
+static void print_summary(FILE *f, const char *label, int prefix_on, const EngineMetrics *mt)
 {
     fprintf(f,
             "%s: %d served, %d rejected, %ld tokens in %.2f s: %.1f tokens/s; TTFT p50 %.3f s p99 %.3f s; "
             "TPOT p50 %.1f ms p99 %.1f ms; %d iterations, %.1f sequences per iteration; peak %d of %d blocks; %d "
-            "preemptions\n",
+            "preemptions; %ld prefill tokens computed",
             label, mt->completed, mt->rejected, mt->generated, mt->makespan_s, mt->throughput, mt->ttft_p50,
             mt->ttft_p99, mt->tpot_p50 * 1e3, mt->tpot_p99 * 1e3, mt->iterations, mt->mean_batch, mt->peak_blocks,
-            mt->num_blocks, mt->preemptions);
+            mt->num_blocks, mt->preemptions, mt->prefill_computed);
+    if (prefix_on)
+        fprintf(f, "; prefix cache: %ld of %ld tokens looked up reused (hit rate %.1f%%, prefill tokens saved), %d "
+                   "blocks cached at the end (peak %d), %ld evictions",
+                mt->prefix_reused, mt->prefix_looked_up, 100.0 * mt->prefix_hit_rate, mt->cached_blocks,
+                mt->peak_cached_blocks, mt->evictions);
+    fprintf(f, "\n");
 }
 
 int engine_cmd_serve(int argc, char **argv)
@@ -191,17 +209,19 @@ int engine_cmd_serve(int argc, char **argv)
     EngineMetrics mt;
     if (engine_serve(&m, reqs, n, &a.o, res, &mt) != 0)
         die_with_error();
+    const int prefix_on = a.o.prefix_caching && a.o.policy != ENGINE_STATIC_PADDED; /* off under static-padded */
     print_results(reqs, res, n, text ? &tok : NULL);
     stdout_flush_or_die(); /* the results are out, or the run fails here: never "N served" for lost lines */
     if (a.metrics_path)
-        write_metrics(&met_tsv, a.o.policy, &mt);
+        write_metrics(&met_tsv, a.o.policy, prefix_on, &mt);
     if (a.iter_path)
         write_iterations(&iter_tsv, &mt);
     /* the summary last: it is printed only when every output was written */
     char label[128];
-    snprintf(label, sizeof label, "%s serve (%s, max-batch %d, %d tokens per step, %s)", ENGINE_PROG,
-             engine_policy_name(a.o.policy), a.o.max_batch, a.o.max_tokens, device_name(a.dev));
-    print_summary(stderr, label, &mt);
+    snprintf(label, sizeof label, "%s serve (%s, max-batch %d, %d tokens per step, prefix caching %s, %s)",
+             ENGINE_PROG, engine_policy_name(a.o.policy), a.o.max_batch, a.o.max_tokens, prefix_on ? "on" : "off",
+             device_name(a.dev));
+    print_summary(stderr, label, prefix_on, &mt);
     engine_free_results(res, n);
     engine_free_metrics(&mt);
     mem_free(res);
@@ -213,46 +233,96 @@ int engine_cmd_serve(int argc, char **argv)
 
 /* ==== gen-requests ================================================================================ */
 
-int engine_cmd_gen_requests(int argc, char **argv)
+#define GEN_WORKLOADS "skewed|uniform|shared-prefix|multi-turn"
+
+typedef struct {
+    const char *out, *kind;
+    WorkloadSpec w;         /* skewed and uniform */
+    PrefixWorkloadSpec pw;  /* shared-prefix and multi-turn */
+    int prefix_kind;        /* 1: --workload shared-prefix or multi-turn */
+    int shared_given;
+} GenArgs;
+
+static void gen_parse(GenArgs *a, int argc, char **argv)
 {
-    const char *out = NULL, *kind = "skewed";
     const ModelConfig c = model_default_config();
-    WorkloadSpec w = {.n = 200, .rate = 8.0, .kind = WORKLOAD_SKEWED, .prompt_median = 32, .out_median = 64,
-                      .seq_len = c.seq_len, .vocab = c.vocab_size, .seed = 1};
+    *a = (GenArgs){.kind = "skewed",
+                   .w = {.n = 200, .rate = 8.0, .kind = WORKLOAD_SKEWED, .prompt_median = 32, .out_median = 64,
+                         .seq_len = c.seq_len, .vocab = c.vocab_size, .seed = 1},
+                   .pw = {.shared = 512, .question_min = 16, .question_max = 64, .turns = 4, .turn_gap = 2.0,
+                          .seq_len = c.seq_len, .vocab = c.vocab_size}};
     int seed = 1;
     ArgSpec specs[] = {
-        {.name = "out", .kind = ARG_STRING, .dest = &out, .metavar = "R.txt", .required = 1,
+        {.name = "out", .kind = ARG_STRING, .dest = &a->out, .metavar = "R.txt", .required = 1,
          .help = "the file to write"},
-        {.name = "n", .kind = ARG_INT, .dest = &w.n, .metavar = "N", .help = "requests (default 200)", .min = 1,
+        {.name = "n", .kind = ARG_INT, .dest = &a->w.n, .metavar = "N", .help = "requests (default 200)", .min = 1,
          .max = 1 << 24},
-        {.name = "rate", .kind = ARG_DOUBLE, .dest = &w.rate, .metavar = "R",
-         .help = "Poisson arrivals per second (default 8; 0: all at time 0)", .min = 0, .max = 1e9},
-        {.name = "workload", .kind = ARG_CHOICE, .dest = &kind, .choices = WORKLOAD_CHOICES,
-         .help = "skewed (default): lognormal lengths, sigma 1; uniform: 1 .. 2 x the median"},
-        {.name = "prompt-median", .kind = ARG_INT, .dest = &w.prompt_median, .metavar = "N",
-         .help = "median prompt length (default 32)", .min = 1, .max = 1 << 20},
-        {.name = "output-median", .kind = ARG_INT, .dest = &w.out_median, .metavar = "N",
-         .help = "median output length (default 64)", .min = 1, .max = 1 << 20},
+        {.name = "rate", .kind = ARG_DOUBLE, .dest = &a->w.rate, .metavar = "R",
+         .help = "Poisson arrivals per second, of requests or (multi-turn) of conversations (default 8; 0: all at "
+                 "time 0)",
+         .min = 0, .max = 1e9},
+        {.name = "workload", .kind = ARG_CHOICE, .dest = &a->kind, .choices = GEN_WORKLOADS,
+         .help = "skewed (default): lognormal lengths, sigma 1; uniform: 1 .. 2 x the median; shared-prefix: one "
+                 "system prompt + a question per request; multi-turn: conversations, each turn after the last"},
+        {.name = "prompt-median", .kind = ARG_INT, .dest = &a->w.prompt_median, .metavar = "N",
+         .help = "median prompt length (default 32; skewed and uniform)", .min = 1, .max = 1 << 20},
+        {.name = "output-median", .kind = ARG_INT, .dest = &a->w.out_median, .metavar = "N",
+         .help = "median output length (default 64; shared-prefix and multi-turn: uniform in 1 .. 2 x this)",
+         .min = 1, .max = 1 << 20},
+        {.name = "shared-prefix", .kind = ARG_INT, .dest = &a->pw.shared, .metavar = "N",
+         .help = "tokens of the system prompt every request (conversation) starts with (default 512 for "
+                 "shared-prefix, 0 for multi-turn)",
+         .min = 0, .max = 1 << 20, .given = &a->shared_given},
+        {.name = "question-min", .kind = ARG_INT, .dest = &a->pw.question_min, .metavar = "N",
+         .help = "shortest question or new message (default 16)", .min = 1, .max = 1 << 20},
+        {.name = "question-max", .kind = ARG_INT, .dest = &a->pw.question_max, .metavar = "N",
+         .help = "longest question or new message (default 64)", .min = 1, .max = 1 << 20},
+        {.name = "turns", .kind = ARG_INT, .dest = &a->pw.turns, .metavar = "T",
+         .help = "multi-turn: turns per conversation (default 4)", .min = 1, .max = 1 << 20},
+        {.name = "turn-gap", .kind = ARG_DOUBLE, .dest = &a->pw.turn_gap, .metavar = "S",
+         .help = "multi-turn: seconds from one turn's arrival to the next's (default 2)", .min = 0, .max = 1e9},
         {.name = "seed", .kind = ARG_INT, .dest = &seed, .metavar = "S", .help = "(default 1)", .min = 0,
          .max = 2147483647},
     };
     args_parse_or_exit(&(const ArgCommand){
-        .summary = "Writes a seeded workload for 'serve': Poisson arrivals, prompt and output lengths from the\n"
-                   "chosen distribution (clipped so that prompt + output fits the built-in model's seq_len 2048),\n"
-                   "prompt ids uniform over its vocabulary of 1024.",
-        .name = ENGINE_PROG " gen-requests", .usage = "--out R.txt [options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
+        .summary = "Writes a seeded workload for 'serve': Poisson arrivals, prompt ids uniform over the built-in\n"
+                   "model's vocabulary of 1024, lengths clipped so that prompt + output fits its seq_len 2048.\n"
+                   "skewed, uniform: prompt and output lengths from the distribution. shared-prefix: every prompt is\n"
+                   "one system prompt (--shared-prefix tokens) + its own question (--question-min .. --question-max\n"
+                   "tokens). multi-turn: conversations of --turns turns; each turn's prompt is the previous turn's\n"
+                   "prompt + a placeholder answer (as many ids as that turn's max_new, drawn from the seed: the\n"
+                   "engine's real answer is not known when the file is written) + a new message, so a turn shares\n"
+                   "exactly the previous prompt with the one before; a conversation ends early when its next turn\n"
+                   "would not fit seq_len.",
+        .name = ENGINE_PROG " gen-requests", .usage = "--out R.txt [options]", .specs = specs,
+        .n_specs = ARRAY_COUNT(specs)},
         argc, argv);
-    w.kind = strcmp(kind, "uniform") == 0 ? WORKLOAD_UNIFORM : WORKLOAD_SKEWED;
-    w.seed = (uint64_t)seed;
+    a->w.kind = strcmp(a->kind, "uniform") == 0 ? WORKLOAD_UNIFORM : WORKLOAD_SKEWED;
+    a->w.seed = (uint64_t)seed;
+    a->prefix_kind = strcmp(a->kind, "shared-prefix") == 0 || strcmp(a->kind, "multi-turn") == 0;
+    PrefixWorkloadSpec *pw = &a->pw;
+    pw->kind = strcmp(a->kind, "multi-turn") == 0 ? ENGINE_MULTI_TURN : ENGINE_SHARED_PREFIX;
+    pw->n = a->w.n, pw->rate = a->w.rate, pw->seed = a->w.seed, pw->out_min = 1, pw->out_max = 2 * a->w.out_median;
+    if (pw->kind == ENGINE_MULTI_TURN && !a->shared_given)
+        pw->shared = 0;
+}
+
+int engine_cmd_gen_requests(int argc, char **argv)
+{
+    GenArgs a;
+    gen_parse(&a, argc, argv);
     EngineRequest *reqs;
-    if (file_check_output(out) != 0 || engine_make_workload(&w, &reqs) != 0 ||
-        engine_write_requests(out, reqs, w.n) != 0)
+    const int n = a.w.n;
+    if (file_check_output(a.out) != 0 ||
+        (a.prefix_kind ? engine_make_prefix_workload(&a.pw, &reqs) : engine_make_workload(&a.w, &reqs)) != 0 ||
+        engine_write_requests(a.out, reqs, n) != 0)
         die_with_error();
     long prompt = 0, output = 0;
-    for (int i = 0; i < w.n; i++)
-        prompt += reqs[i].n_prompt, output += reqs[i].max_new;
+    double last = 0.0;
+    for (int i = 0; i < n; i++)
+        prompt += reqs[i].n_prompt, output += reqs[i].max_new, last = reqs[i].arrival > last ? reqs[i].arrival : last;
     fprintf(stderr, "%s gen-requests: %d %s requests over %.1f s into %s: mean prompt %.1f, mean output %.1f tokens\n",
-            ENGINE_PROG, w.n, kind, reqs[w.n - 1].arrival, out, (double)prompt / w.n, (double)output / w.n);
-    engine_free_requests(reqs, w.n);
+            ENGINE_PROG, n, a.kind, last, a.out, (double)prompt / n, (double)output / n);
+    engine_free_requests(reqs, n);
     return 0;
 }

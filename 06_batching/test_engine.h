@@ -8,6 +8,8 @@
  *   test_engine_program.c   the program (serve, gen-requests, verify, bench), text through
  *                           chapters 04-06, the GPU engine and hostile inputs
  *   test_engine_grid.c      the iteration x sequence grid, worked out by hand, and static-padded
+ *   test_engine_prefix.c    prefix caching: tokens unchanged on and off, the budget and the hit
+ *                           rate by hand, the workloads, serve --prefix-caching
  */
 #ifndef TEST_ENGINE_H
 #define TEST_ENGINE_H
@@ -65,5 +67,6 @@ TestingCase engine_program_case(void);
 TestingCase engine_hostile_case(void);
 TestingCase engine_cuda_case(void);
 TestingCase engine_grid_case(void); /* test_engine_grid.c: the grid and static-padded batching */
+TestingCase engine_prefix_case(void); /* test_engine_prefix.c: prefix caching */
 
 #endif

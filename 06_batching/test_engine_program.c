@@ -102,11 +102,14 @@ START_TEST(test_serve_command)
     FILE *it = fopen(its, "r");
     ck_assert_ptr_nonnull(it);
     ck_assert_ptr_nonnull(fgets(buf, sizeof buf, it));
-    ck_assert_str_eq(buf, "# iteration\tclock_s\trunning\twaiting\tscheduled\tprefill_tokens\tdecode_tokens\tblocks_used\n");
+    ck_assert_str_eq(buf, "# iteration\tclock_s\trunning\twaiting\tscheduled\tprefill_tokens\tdecode_tokens\tblocks_used\t"
+                          "cached_blocks\treused_tokens\n");
     int rows = 0, prefill = 0, decode = 0;
     double clock = 0, last_clock = 0;
-    for (int idx, running, waiting, sched, pf, dc, blocks;
-         fscanf(it, "%d %lf %d %d %d %d %d %d", &idx, &clock, &running, &waiting, &sched, &pf, &dc, &blocks) == 8; rows++) {
+    for (int idx, running, waiting, sched, pf, dc, blocks, cached, reused;
+         fscanf(it, "%d %lf %d %d %d %d %d %d %d %d", &idx, &clock, &running, &waiting, &sched, &pf, &dc, &blocks,
+                &cached, &reused) == 10;
+         rows++) {
         ck_assert_int_eq(idx, rows);
         ck_assert_msg(clock >= last_clock && sched <= 2 && pf + dc >= 1, "row %d", idx);
         last_clock = clock, prefill += pf, decode += dc;
@@ -250,12 +253,12 @@ START_TEST(test_gen_requests_and_verify)
         ck_assert(x[i].arrival == y[i].arrival && x[i].n_prompt == y[i].n_prompt &&
                   (i == 0 || x[i].arrival >= x[i - 1].arrival) && x[i].n_prompt + x[i].max_new <= 2048);
     engine_free_requests(x, nx), engine_free_requests(y, ny);
-    /* under emulation the quick verify (one workload, greedy: 9 cases, not 36); the in-process
+    /* under emulation the quick verify (one workload, greedy: 9 cases, not 54); the in-process
      * tests above cover arrivals over time and sampling there */
     const int small = testing_small();
     const char *subs[] = {"serve", "gen-requests", "verify", "bench", NULL};
     const char *verify[] = {"--device", "cpu", small ? "--quick" : NULL, NULL};
-    testing_assert_ok(testing_help_and_verify("06_batching", subs, verify, small ? 9 : 36));
+    testing_assert_ok(testing_help_and_verify("06_batching", subs, verify, small ? 9 : 54));
 }
 END_TEST
 

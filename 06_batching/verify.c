@@ -52,13 +52,17 @@ typedef struct {
     const Model *m;
     const EngineRequest *reqs;
     int n;
-    int wl;            /* 0: all at once, 1: arrivals over time */
+    int wl;            /* 0: all at once, 1: arrivals over time, 2: shared prefixes (over time) */
+    int prefix_caching;
     float temperature;
     int **want;        /* (n) chapter 05 alone on the CPU, max_new ids each */
     int **want_gpu;    /* (n) each request served alone on the GPU; NULL without one */
 } VerifyCase;
 
-static const char *workload_name(int wl) { return wl ? "arrivals over time" : "all at once"; }
+static const char *workload_name(int wl)
+{
+    return wl == 2 ? "shared prefixes" : wl ? "arrivals over time" : "all at once";
+}
 
 /* Every request through chapter 05's paged_generate alone: want[i] (max_new ids). */
 static int **single_runs(const Model *m, const EngineRequest *reqs, int n, float temperature, uint64_t seed)
@@ -118,6 +122,7 @@ static void verify_config(VerifyTally *tally, const VerifyCase *vc, int ci, int 
     o.policy = cfg->policy, o.max_batch = cfg->max_batch, o.max_tokens = cfg->max_tokens;
     o.block_size = cfg->block_size, o.num_blocks = cfg->num_blocks;
     o.temperature = vc->temperature, o.seed = 7, o.fixed_step_s = 0.01, o.shuffle = (uint64_t)ci;
+    o.prefix_caching = vc->prefix_caching;
     EngineResult *res = mem_alloc_or_die((size_t)n * sizeof(EngineResult), "results"); /* (n) */
     EngineMetrics mt;
     const int rc = engine_serve(vc->m, vc->reqs, n, &o, res, &mt);
@@ -137,25 +142,30 @@ static void verify_config(VerifyTally *tally, const VerifyCase *vc, int ci, int 
     if (o.num_blocks)
         snprintf(blocks, sizeof blocks, "%d", o.num_blocks);
     verify_record(tally, same, "%s %-12s %-10s max-batch %2d, %3d tokens/step, bs %2d, %4s blocks, %s, %s: "
-                  "%d requests, %d rejected, %d preemptions%s%s",
+                  "%d requests, %d rejected, %d preemptions, %ld prompt tokens found cached%s%s",
                   on_gpu ? "cuda" : "cpu ", cfg->name, engine_policy_name(o.policy), o.max_batch, o.max_tokens,
                   o.block_size, blocks, workload_name(vc->wl), vc->temperature > 0 ? "T=0.9" : "greedy", n, rejected,
-                  rc == 0 ? mt.preemptions : -1, rc ? ": " : "", rc ? error_message() : "");
+                  rc == 0 ? mt.preemptions : -1, rc == 0 ? mt.prefix_reused : -1L, rc ? ": " : "",
+                  rc ? error_message() : "");
     engine_free_results(res, n);
     if (rc == 0)
         engine_free_metrics(&mt);
     mem_free(res);
 }
 
-/* The built-in workload wl (skewed lengths; all at once, or arriving at 40 per second) and one
- * more request that can never run: its prompt and output exceed seq_len. */
+/* The built-in workload wl (0, 1: skewed lengths, all at once or arriving at 40 per second; 2: a
+ * 40-token system prompt + questions of 3..20 tokens, arriving at 40 per second) and one more
+ * request that can never run: its prompt and output exceed seq_len. */
 static EngineRequest *verify_workload(const Model *m, int wl, int smoke, int *n)
 {
     const WorkloadSpec w = {.n = smoke ? 10 : 24, .rate = wl ? 40.0 : 0.0, .kind = WORKLOAD_SKEWED,
                             .prompt_median = 12, .out_median = 16, .seq_len = m->c.seq_len,
                             .vocab = m->c.vocab_size, .seed = 100 + (uint64_t)wl};
+    const PrefixWorkloadSpec pw = {.kind = ENGINE_SHARED_PREFIX, .n = w.n, .rate = 40.0, .shared = 40,
+                                   .question_min = 3, .question_max = 20, .out_min = 4, .out_max = 16,
+                                   .seq_len = m->c.seq_len, .vocab = m->c.vocab_size, .seed = 102};
     EngineRequest *reqs;
-    if (engine_make_workload(&w, &reqs) != 0)
+    if ((wl == 2 ? engine_make_prefix_workload(&pw, &reqs) : engine_make_workload(&w, &reqs)) != 0)
         die_with_error();
     reqs = xrealloc(reqs, (size_t)(w.n + 1) * sizeof(EngineRequest), "the verify workload");
     reqs[w.n] = (EngineRequest){.arrival = 0.05, .max_new = 100, .n_prompt = 200,
@@ -167,11 +177,12 @@ static EngineRequest *verify_workload(const Model *m, int wl, int smoke, int *n)
 typedef struct {
     int dev_first, dev_last; /* on_gpu from dev_first to dev_last: 0 = the CPU, 1 = the GPU */
     int quick, smoke, verbose;
+    int prefix_caching;
 } VerifyArgs;
 
 static void verify_parse(VerifyArgs *a, int argc, char **argv)
 {
-    const char *device = "auto";
+    const char *device = "auto", *prefix = "on";
     *a = (VerifyArgs){.dev_first = 0};
     ArgSpec specs[] = {
         OPTION_DEVICE(&device, "auto: the CPU engine, and the GPU forward when a GPU is present"),
@@ -179,10 +190,12 @@ static void verify_parse(VerifyArgs *a, int argc, char **argv)
         {.name = "smoke", .kind = ARG_FLAG, .dest = &a->smoke,
          .help = "--quick with 10 requests, not 24 (for valgrind)"},
         {.name = "verbose", .kind = ARG_FLAG, .dest = &a->verbose, .help = "print passing cases too"},
+        ENGINE_OPTION_PREFIX_CACHING(&prefix),
     };
     args_parse_or_exit(&(const ArgCommand){
         .summary = "Serves built-in workloads (a small random model; skewed lengths; requests arriving together\n"
-                   "and over time; one that can never fit) under continuous, static and (on the CPU)\n"
+                   "and over time; requests sharing a system prompt; one that can never fit) with prefix caching\n"
+                   "as --prefix-caching says, under continuous, static and (on the CPU)\n"
                    "static-padded batching, max-batch 1, 4, 8 and 32, a small token budget (chunked prefill), a tight pool (preemption), shuffled blocks\n"
                    "and temperature sampling, and checks every request's tokens against chapter 05's\n"
                    "paged_generate run on it alone. On the GPU (its own batch-invariant arithmetic): against the\n"
@@ -191,6 +204,7 @@ static void verify_parse(VerifyArgs *a, int argc, char **argv)
         .name = ENGINE_PROG " verify", .usage = "[options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
         argc, argv);
     a->quick |= a->smoke;
+    a->prefix_caching = strcmp(prefix, "on") == 0;
     char why[256];
     const int have_gpu = HAVE_CUDA && device_cuda_available(why, sizeof why);
     if (strcmp(device, "cuda") == 0 && !have_gpu)
@@ -212,6 +226,7 @@ static void verify_temperature(VerifyTally *tally, VerifyCase *vc, const VerifyA
     if (a->dev_last) {
         EngineOptions og = engine_default_options();
         og.cuda = 1, og.temperature = vc->temperature, og.seed = 7, og.fixed_step_s = 0.01;
+        og.prefix_caching = vc->prefix_caching;
         const int rc = engine_serve_alone(vc->m, vc->reqs, vc->n, &og, &vc->want_gpu);
         if (rc == 0 && t == 0)
             record_cpu_agreement(tally, vc);
@@ -238,10 +253,10 @@ int engine_cmd_verify(int argc, char **argv)
     if (model_init_random(&m, &c, 11) != 0)
         die_with_error();
     VerifyTally tally = {.passed = 0, .failed = 0, .verbose = a.verbose};
-    for (int wl = 0; wl < (a.quick ? 1 : 2); wl++) {
+    for (int wl = 0; wl < (a.quick ? 1 : 3); wl++) {
         int n;
         EngineRequest *reqs = verify_workload(&m, wl, a.smoke, &n);
-        VerifyCase vc = {.m = &m, .reqs = reqs, .n = n, .wl = wl};
+        VerifyCase vc = {.m = &m, .reqs = reqs, .n = n, .wl = wl, .prefix_caching = a.prefix_caching};
         for (int t = 0; t < (a.quick ? 1 : 2); t++)
             verify_temperature(&tally, &vc, &a, t);
         engine_free_requests(reqs, n);

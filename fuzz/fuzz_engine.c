@@ -4,12 +4,16 @@
  * Even first byte: a sequence of allocator operations (append, fork, free, truncate, shuffle)
  * on a pool and six tables, paged_check after every one; a refused append (PAGED_EXHAUSTED) must
  * change nothing; at the end everything is freed and the pool is full again.
- * Odd first byte: the engine's options (any of the three policies, batch, token budget, block
- * size, pool size) and up to ten requests (arrival, prompt, max_new, abort time) from the
- * input, served on a tiny model with check_invariants on (the pool's invariants after every step): it must finish (no
- * stall), give every completed request max_new tokens, reject or abort only with a reason, and
- * give every block back (engine_serve checks that itself). Arrivals, steps, finishes, aborts
- * and preemptions all happen inside; fork is the allocator's (the engine does not fork).
+ * Odd first byte: the engine's options (any of the three policies, prefix caching on or off,
+ * batch, token budget, block size, pool size) and up to ten requests (arrival, prompt, max_new,
+ * abort time) from the input -- a prompt id byte of 200 or more repeats the previous request's id
+ * at that position, so prompts share prefixes --, served on a tiny model with check_invariants on
+ * (the pool's invariants after every step): it must finish (no stall), give every completed
+ * request max_new tokens, reject or abort only with a reason, and give every block back
+ * (engine_serve checks that itself). With prefix caching on the same requests are served again
+ * with it off: every request gets the same tokens (up to where an abort stopped it, which happens
+ * at another step when fewer tokens are computed). Arrivals, steps, finishes, aborts, preemptions,
+ * cache hits and evictions all happen inside; fork is the allocator's (the engine does not fork).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +79,28 @@ static void allocator_ops(Bytes *b)
 
 static Model model;
 
+/* The requests served again with prefix caching off: the same tokens for every request, up to
+ * where the shorter of the two stopped (an abort comes at a time, and so at another step). */
+static void same_without_caching(const EngineRequest *r, int n, const EngineOptions *o, const EngineResult *with)
+{
+    EngineOptions off = *o;
+    off.prefix_caching = 0;
+    EngineResult res[10];
+    EngineMetrics mt;
+    if (engine_serve(&model, r, n, &off, res, &mt) != 0)
+        fuzz_fail("engine, caching off: %s", error_message());
+    for (int i = 0; i < n; i++) {
+        const int k = res[i].n_tokens < with[i].n_tokens ? res[i].n_tokens : with[i].n_tokens;
+        if (res[i].status == ENGINE_REJECTED ? with[i].status != ENGINE_REJECTED
+                                             : memcmp(res[i].tokens, with[i].tokens, (size_t)k * sizeof(int)) != 0)
+            fuzz_fail("request %d: other tokens with prefix caching than without", i);
+        if (res[i].status == ENGINE_DONE && with[i].status == ENGINE_DONE && res[i].n_tokens != with[i].n_tokens)
+            fuzz_fail("request %d: %d tokens with prefix caching, %d without", i, with[i].n_tokens, res[i].n_tokens);
+    }
+    engine_free_results(res, n);
+    engine_free_metrics(&mt);
+}
+
 static void scheduler(Bytes *b)
 {
     if (!model.data) {
@@ -85,7 +111,9 @@ static void scheduler(Bytes *b)
     }
     EngineOptions o = engine_default_options();
     const EnginePolicy policies[3] = {ENGINE_CONTINUOUS, ENGINE_STATIC, ENGINE_STATIC_PADDED};
-    o.policy = policies[next(b) % 3];
+    const int policy_byte = next(b);
+    o.policy = policies[policy_byte % 3];
+    o.prefix_caching = (policy_byte / 3) % 2 == 0; /* on for the small bytes: the default */
     o.max_batch = 1 + next(b) % 8, o.max_tokens = 1 + next(b) % 32, o.block_size = 1 + next(b) % 8;
     o.num_blocks = 1 + next(b) % 48, o.temperature = next(b) % 2 ? 0.8f : 0.0f, o.seed = (uint64_t)next(b);
     o.fixed_step_s = 0.01, o.check_invariants = 1, o.shuffle = (uint64_t)next(b);
@@ -99,14 +127,18 @@ static void scheduler(Bytes *b)
         const int max_new = next(b) % 24, abort_byte = next(b);
         const double abort_at = abort_byte < 64 ? arrival + abort_byte * 0.01 + 1e-6 : 0.0;
         r[n] = (EngineRequest){arrival, max_new, np, malloc((size_t)np * sizeof(int)), abort_at, NULL};
-        for (int t = 0; t < np; t++)
-            r[n].prompt[t] = next(b) % 50;
+        for (int t = 0; t < np; t++) {
+            const int id = next(b);
+            r[n].prompt[t] = id >= 200 && n > 0 && t < r[n - 1].n_prompt ? r[n - 1].prompt[t] : id % 50;
+        }
         n++;
     }
     EngineResult res[10];
     EngineMetrics mt;
     if (n > 0 && engine_serve(&model, r, n, &o, res, &mt) != 0)
         fuzz_fail("engine: %s", error_message());
+    if (n > 0 && o.prefix_caching)
+        same_without_caching(r, n, &o, res);
     for (int i = 0; i < n; i++) {
         if (res[i].status == ENGINE_DONE && res[i].n_tokens != r[i].max_new)
             fuzz_fail("request %d: %d tokens of %d", i, res[i].n_tokens, r[i].max_new);

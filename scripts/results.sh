@@ -119,5 +119,5 @@ mv README.md.new README.md
 mkdir -p docs/img
 cp "$build"/plots/0*_bench.png docs/img/ 2>/dev/null || true
 cp "$build"/plots/05_paged_waste.png "$build"/plots/05_paged_frag.png "$build"/plots/06_batching_occupancy.png \
-    "$build"/plots/06_batching_grid.png docs/img/ 2>/dev/null || true
+    "$build"/plots/06_batching_grid.png "$build"/plots/06_batching_prefix.png docs/img/ 2>/dev/null || true
 echo "results: README.md's table regenerated from $bench; plots copied to docs/img/"

@@ -5,10 +5,13 @@ begin: while (e->o.policy == ENGINE_CONTINUOUS && e->n_waiting > 0 && e->n_runni
 end: return total;
 hint:
 continuous batching's admission step: while the policy is continuous, someone waits, the batch
-has room (max_batch) and the budget tokens remain, admit the head of the queue with its first
-chunk of min(its tokens, budget) -- if the pool has the blocks for that chunk; otherwise stop
-(nobody overtakes the head)
+has room (max_batch) and budget tokens remain, take the head of the queue: prefix_match(e, i)
+first (it sets s->n_computed to the tokens found in the prefix cache, 0 without one); its first
+chunk is min(its tokens not computed, budget); if the pool lacks the blocks for that chunk,
+prefix_unmatch(e, i) and stop (nobody overtakes the head); else admit it, append the chunk and
+take the chunk from the budget
 stub:
+(void)prefix_unmatch; /* the admission step you write uses it */
 if (e->o.policy == ENGINE_CONTINUOUS && e->n_running == 0 && e->n_waiting > 0) {
     exercise_todo("exercise 06, the admission step of engine_schedule in @FILE@");
     const int i = e->waiting[0];
