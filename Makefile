@@ -55,6 +55,13 @@ endif
 HAVE_GPU := $(if $(shell nvidia-smi -L 2>/dev/null | grep '^GPU'),yes,no)
 HAVE_OMP := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo yes || echo no)
 HAVE_GNUPLOT = $(if $(shell command -v gnuplot 2>/dev/null),yes,no)
+# The HTTP server (06_batching server) needs libmicrohttpd and jansson: built in when pkg-config
+# finds both (make test installs them: scripts/deps.sh test), else the subcommand says what to
+# install. SERVER=0 leaves it out (the aarch64 cross build; valgrind's build).
+ifeq ($(MEMCHECK),1)
+  override SERVER := 0
+endif
+SERVER ?= $(shell pkg-config --exists libmicrohttpd jansson 2>/dev/null && echo 1 || echo 0)
 ifneq ($(CHECK_PREFIX),)
   HAVE_CHECK = $(if $(wildcard $(CHECK_PREFIX)/usr/include/check.h),yes,no)
 else
@@ -76,7 +83,7 @@ BIN := $(BUILD)/bin
 TST := $(BUILD)/test
 
 ifeq ($(MAKELEVEL),0)
-  $(info make: nvcc $(if $(NVCC),yes,no) (CUDA=$(CUDA), GPU_ARCH=$(GPU_ARCH)) | GPU $(HAVE_GPU) | OpenMP $(HAVE_OMP) | Check $(HAVE_CHECK) | gnuplot $(HAVE_GNUPLOT) | SAN=$(SAN) -> $(BUILD)/)
+  $(info make: nvcc $(if $(NVCC),yes,no) (CUDA=$(CUDA), GPU_ARCH=$(GPU_ARCH)) | GPU $(HAVE_GPU) | OpenMP $(HAVE_OMP) | Check $(HAVE_CHECK) | gnuplot $(HAVE_GNUPLOT) | server $(if $(filter 1,$(SERVER)),yes,no) | SAN=$(SAN) -> $(BUILD)/)
 endif
 
 # ---- flags -------------------------------------------------------------------------------------
@@ -118,6 +125,14 @@ ifeq ($(CUDA),1)
   LDLIBS += -L$(CUDA_LIBDIR) -lcudart_static -ldl -lpthread -lrt -lstdc++
 else
   CFLAGS += -DHAVE_CUDA=0
+endif
+
+# The HTTP server (SERVER above).
+ifeq ($(SERVER),1)
+  CFLAGS += -DHAVE_SERVER=1 $(shell pkg-config --cflags libmicrohttpd jansson)
+  LDLIBS += $(shell pkg-config --libs libmicrohttpd jansson) -lpthread
+else
+  CFLAGS += -DHAVE_SERVER=0
 endif
 
 # Check: from pkg-config, or linked statically from unpacked Debian packages (CHECK_PREFIX),
@@ -245,7 +260,7 @@ memcheck-run: programs
 
 # The seed corpus, written by the repository's own code (fuzz/make_corpus.c).
 fuzz-corpus: $(OBJ)/fuzz/make_corpus.o $(LIB)/libcommon.a
-	@mkdir -p $(BUILD)/fuzz fuzz/corpus/npy fuzz/corpus/checkpoint fuzz/corpus/tokenizer fuzz/corpus/requests fuzz/corpus/engine
+	@mkdir -p $(BUILD)/fuzz fuzz/corpus/npy fuzz/corpus/checkpoint fuzz/corpus/tokenizer fuzz/corpus/requests fuzz/corpus/engine fuzz/corpus/completion
 	$(CC) $(CFLAGS) $^ $(LDLIBS) -o $(BUILD)/fuzz/make_corpus
 	$(BUILD)/fuzz/make_corpus
 
@@ -273,7 +288,7 @@ fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-common test-all check-layout bench plots clean help deps-test deps-plot results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
+.PHONY: all build programs tests run test test-common test-all check-layout bench bench-server plots clean help deps-test deps-plot deps-server results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -288,6 +303,8 @@ deps-test:
 	@CHECK_PREFIX="$(CHECK_PREFIX)" scripts/deps.sh test
 deps-plot:
 	@scripts/deps.sh plot
+deps-server:
+	@$(if $(and $(filter command line,$(origin SERVER)),$(filter 0,$(SERVER))),true,scripts/deps.sh server)
 
 # `make run`: every chapter's lesson in order; chapters not written yet say so.
 run: deps-plot
@@ -327,7 +344,7 @@ $(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
 
 # `make test`: installs Check if needed, builds, then runs every chapter's suite (all of them,
 # even after a failure) and fails if any failed.
-test: deps-test deps-plot
+test: deps-test deps-plot deps-server
 	@$(MAKE) --no-print-directory test-all
 
 test-all: tests
@@ -363,13 +380,22 @@ exercise-%:
 
 bench: deps-plot programs
 	@for c in $(BUILT); do $(BIN)/$$c bench --device $(DEVICE) || exit 1; done
+	@if [ "$(SERVER)" = 1 ] && [ -n "$(filter 06_batching,$(BUILT))" ]; then $(MAKE) --no-print-directory bench-server; fi
+
+# Chapter 06's HTTP server from the clients' side, beside in-process serve (scripts/server-bench.sh;
+# needs the server built in, and build/venv with the openai package: made if missing). QUICK=1:
+# every part smaller.
+bench-server: deps-plot
+	@$(MAKE) --no-print-directory $(BIN)/06_batching
+	@bash scripts/server-bench.sh $(BUILD) $(if $(QUICK),--quick)
 
 # Redraws every PNG from the .dat files that benchmarks and lessons left in $(BUILD)/bench.
 plots: deps-plot $(SHARE)
 	@shopt -s nullglob; n=0; for d in $(BUILD)/bench/*.dat; do \
 	    base=$$(basename $$d .dat); c=$${base%%_*}; c=$$(ls -d $${c}_* 2>/dev/null | head -n1); \
 	    which=$${base#"$$c"_}; [ -n "$$c" ] || continue; \
-	    gnuplot -e "which='$$which'; datafile='$$d'; outfile='$(BUILD)/plots/$$base.png'; setup='$(BUILD)/share/common.gp'; term='png'" $(BUILD)/share/$$c.gp \
+	    gp=$(BUILD)/share/$$c.gp; [ -f $$c/plot_$$which.gp ] && gp=$$c/plot_$$which.gp; \
+	    gnuplot -e "which='$$which'; datafile='$$d'; outfile='$(BUILD)/plots/$$base.png'; setup='$(BUILD)/share/common.gp'; term='png'" $$gp \
 	        && echo "$(BUILD)/plots/$$base.png" && n=$$((n+1)); \
 	done; echo "$$n plots drawn"
 
@@ -389,7 +415,7 @@ ARM64_RUN ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
 
 test-arm64:
 	@bash scripts/arm64-deps.sh $(ARM64_CHECK)
-	@$(MAKE) --no-print-directory CC=$(ARM64_CC) MARCH=-march=armv8-a CUDA=0 SAN=0 FUZZ=0 MEMCHECK=0 \
+	@$(MAKE) --no-print-directory CC=$(ARM64_CC) MARCH=-march=armv8-a CUDA=0 SAN=0 FUZZ=0 MEMCHECK=0 SERVER=0 \
 	    BUILD=$(ARM64_BUILD) CHECK_PREFIX=$(abspath $(ARM64_CHECK)) test-arm64-run
 
 # (the second half, inside the cross build's variables; run it through test-arm64)
@@ -422,6 +448,7 @@ help:
 	@echo "make mutants         the list of realistic bugs (scripts/mutants.txt), each built and tested: score >= 95%"
 	@echo "                     MUTANTS=id1,id2 or CHAPTER=N: a subset (not in CI: the whole list takes ~15 min)"
 	@echo "make bench-N         chapter N's benchmarks"
+	@echo "make bench-server    chapter 06's HTTP server from the clients' side, beside in-process serve (QUICK=1: smaller)"
 	@echo "                     CHECKPOINT=M.bin: bench-6 also times chapters 04-06 on that llama2.c checkpoint"
 	@echo "make plots           redraw every PNG from the benchmark data in build/bench/"
 	@echo "make clean           remove build/"

@@ -15,6 +15,7 @@ int engine_cmd_serve(int argc, char **argv);        /* serve: a requests file in
 int engine_cmd_gen_requests(int argc, char **argv); /* gen-requests: a seeded workload file (serve.c) */
 int engine_cmd_verify(int argc, char **argv);       /* verify: the engine against chapter 05 alone (verify.c) */
 int engine_cmd_bench(int argc, char **argv);        /* bench: the rate sweep, batch scaling, chapters (bench.c) */
+int engine_cmd_server(int argc, char **argv);       /* server: the engine behind an OpenAI-compatible HTTP API (server.c) */
 
 /* --prefix-caching on|off for serve, verify and bench: var a const char ** ("on" or "off"). */
 #define ENGINE_OPTION_PREFIX_CACHING(var)                                                                              \
@@ -22,6 +23,18 @@ int engine_cmd_bench(int argc, char **argv);        /* bench: the rate sweep, ba
      .help = "on (default, as in vLLM): a request shares the cached KV blocks of the longest prompt prefix an "         \
              "earlier sequence computed, and prefills only the rest; off: every prompt computed in full. Always "       \
              "off under --policy static-padded (request-level batching had none)"}
+
+/* --max-batch, --max-tokens-per-step, --block-size and --num-blocks for serve and server: o an
+ * EngineOptions *. */
+#define ENGINE_OPTIONS_BATCH(o)                                                                                        \
+    {.name = "max-batch", .kind = ARG_INT, .dest = &(o)->max_batch, .metavar = "N",                                    \
+     .help = "sequences running at once (default 32)", .min = 1, .max = 1 << 20},                                      \
+        {.name = "max-tokens-per-step", .kind = ARG_INT, .dest = &(o)->max_tokens, .metavar = "N",                     \
+         .help = "tokens per iteration, decodes and prefill chunks (default 256)", .min = 1, .max = 1 << 24},          \
+        {.name = "block-size", .kind = ARG_INT, .dest = &(o)->block_size, .metavar = "B",                              \
+         .help = "tokens per KV block (default 16)", .min = 1, .max = 4096},                                           \
+        {.name = "num-blocks", .kind = ARG_INT, .dest = &(o)->num_blocks, .metavar = "N",                              \
+         .help = "blocks in the pool (default: max-batch sequences of seq_len tokens)", .min = 1, .max = 1 << 28}
 
 /* The columns of the bench's rows, and of the lesson's rate sweep (engine_rate_sweep's rows). */
 #define ENGINE_BENCH_COLUMNS                                                                                           \

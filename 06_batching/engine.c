@@ -59,7 +59,7 @@ EngineOptions engine_default_options(void)
                            .trace = NULL, .trace_ctx = NULL, .prefix_caching = 1};
 }
 
-static int check_options(const EngineOptions *o)
+int engine_check_options(const EngineOptions *o)
 {
     if (o->max_batch < 1 || o->max_tokens < 1 || o->block_size < 1 || o->num_blocks < 0)
         return error_set("--max-batch (%d), --max-tokens-per-step (%d) and --block-size (%d) must be at least 1, "
@@ -93,7 +93,7 @@ static int default_pool_blocks(const Model *m, const EngineOptions *o, int *num_
 
 /* The block pool (num_blocks 0: the default), and the forward's copy of the model and the pool on
  * the GPU when o.cuda. 0, or -1 with an error recorded. */
-static int engine_open_pool(Engine *e)
+int engine_open_pool(Engine *e)
 {
     const Model *m = e->m;
     const int default_pool = e->o.num_blocks == 0; /* enough for max_batch sequences of seq_len tokens */
@@ -125,9 +125,8 @@ static int engine_open_pool(Engine *e)
 #endif
 }
 
-/* One Seq per request, with room for its prompt and its max_new tokens and a generator seeded
- * with seed + i (chapter 05's generate --seed S+i); the queues; the arrival order. */
-static int engine_open_seqs(Engine *e)
+/* The per-request arrays: sequences (zeroed), queues, arrival order, the padded batch, the grid column. */
+int engine_open_arrays(Engine *e)
 {
     const size_t n = (size_t)e->n;
     e->s = mem_alloc(n * sizeof(Seq), "sequences");
@@ -138,27 +137,43 @@ static int engine_open_seqs(Engine *e)
     e->cells = e->o.trace ? mem_alloc(n * sizeof(EngineCell), "grid column") : NULL;
     if (!e->s || !e->waiting || !e->running || !e->order || !e->members || (e->o.trace && !e->cells))
         return -1;
-    for (int i = 0; i < e->n; i++) {
-        const EngineRequest *r = &e->reqs[i];
-        Seq *s = &e->s[i];
-        /* a request that will be rejected on arrival (by the reader, or too long for seq_len)
-         * never holds tokens: no room is taken for its max_new */
-        const int never = r->rejected || (long)r->n_prompt + r->max_new > e->m->c.seq_len;
-        const size_t room = never ? 0 : (size_t)r->n_prompt + (size_t)r->max_new;
-        *s = (Seq){.tokens = mem_alloc(room * sizeof(int), "request tokens"), .n_tokens = never ? 0 : r->n_prompt,
-                   .admitted = -1, .phase = PH_PENDING, .first_s = NAN, .finish_s = NAN, .pad = 0,
-                   .preempted_at = -1};
-        if (!s->tokens)
+    return 0;
+}
+
+/* Seq i: room for its prompt and its max_new tokens, and a generator seeded with seed + i (chapter
+ * 05's generate --seed S+i), or with the request's own seed and temperature (own_sampling). */
+int engine_open_seq(Engine *e, int i)
+{
+    const EngineRequest *r = &e->reqs[i];
+    Seq *s = &e->s[i];
+    /* a request that will be rejected on arrival (by the reader, or too long for seq_len) never
+     * holds tokens: no room is taken for its max_new */
+    const int never = r->rejected || r->n_prompt < 0 || r->max_new < 0 || (long)r->n_prompt + r->max_new > e->m->c.seq_len;
+    const size_t room = never ? 0 : (size_t)r->n_prompt + (size_t)r->max_new;
+    *s = (Seq){.tokens = mem_alloc(room * sizeof(int), "request tokens"), .n_tokens = never ? 0 : r->n_prompt,
+               .admitted = -1, .phase = PH_PENDING, .first_s = NAN, .finish_s = NAN, .pad = 0, .preempted_at = -1,
+               .temperature = r->own_sampling ? r->temperature : e->o.temperature};
+    if (!s->tokens)
+        return -1;
+    if (!never)
+        memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int));
+    paged_seq_init(&s->seq);
+    model_rng_seed(&s->rng, r->own_sampling ? r->seed : e->o.seed + (uint64_t)i);
+    return 0;
+}
+
+/* Every Seq, and the arrival order. */
+static int engine_open_seqs(Engine *e)
+{
+    if (engine_open_arrays(e) != 0)
+        return -1;
+    for (int i = 0; i < e->n; i++)
+        if (engine_open_seq(e, i) != 0)
             return -1;
-        if (!never)
-            memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int));
-        paged_seq_init(&s->seq);
-        model_rng_seed(&s->rng, e->o.seed + (uint64_t)i);
-    }
     return engine_arrival_order(e->reqs, e->n, e->order);
 }
 
-static void engine_close(Engine *e)
+void engine_close(Engine *e)
 {
     for (int i = 0; i < e->n && e->s; i++) {
         if (e->pool.num_blocks)
@@ -192,7 +207,7 @@ static int sample_next_tokens(Engine *e, const Batch *b)
     }
     for (int k = 0; k < b->n_out; k++) {
         Seq *s = &e->s[b->out_seq[k]];
-        const int next = model_sample(b->logits + (size_t)k * V, V, e->o.temperature, &s->rng);
+        const int next = model_sample(b->logits + (size_t)k * V, V, s->temperature, &s->rng);
         if (next < 0) /* the logits overflowed (error recorded) */
             return -1;
         if (e->o.stop_at_bos_eos && (next == TOKEN_BOS || next == TOKEN_EOS)) {
@@ -275,6 +290,11 @@ static int engine_step(Engine *e)
     engine_take_aborts(e);
     if (e->n_running == 0 && e->n_waiting == 0)
         return 0;
+    return engine_iterate(e);
+}
+
+int engine_iterate(Engine *e)
+{
     const double t0 = timer_now();
     const int scheduled = engine_schedule(e);
     if (scheduled < 0)
@@ -379,7 +399,7 @@ static int finish_metrics(Engine *e)
 int engine_serve(const Model *m, const EngineRequest *reqs, int n, const EngineOptions *opt, EngineResult *results,
                  EngineMetrics *metrics)
 {
-    if (check_options(opt) != 0)
+    if (engine_check_options(opt) != 0)
         return -1;
     memset(metrics, 0, sizeof *metrics);
     memset(results, 0, (size_t)n * sizeof(EngineResult));

@@ -66,6 +66,10 @@ typedef struct {
     char *rejected;  /* NULL, or why the reader already knows this request can never run (its
                       * prompt is then not encoded: n_prompt 0, prompt NULL); engine_serve
                       * rejects it with this reason. Freed by engine_free_requests. */
+    int own_sampling; /* 0: the engine's temperature, and seed o.seed + index (serve's requests);
+                       * 1: the two below (the HTTP server's requests each carry their own) */
+    float temperature;
+    uint64_t seed;
 } EngineRequest;
 
 /* Reads a requests file: one request per line, "<arrival_seconds> <max_new_tokens> <prompt
@@ -215,6 +219,48 @@ void engine_free_metrics(EngineMetrics *metrics);
  * recorded. engine_free_tokens frees them. */
 int engine_serve_alone(const Model *m, const EngineRequest *reqs, int n, const EngineOptions *o, int ***tokens);
 void engine_free_tokens(int **tokens, int n);
+
+/* ---- the live engine (live.c): requests enter while it runs -------------------------------------
+ * engine_serve knows every request before it starts. A server does not: clients come and go. The
+ * live engine is the same scheduler and forward over a fixed number of request slots, driven one
+ * iteration at a time by its caller (the server's engine thread), on the wall clock. Not thread-safe:
+ * one thread calls everything below. */
+typedef struct EngineLive EngineLive;
+
+typedef enum { LIVE_FREE, LIVE_WAITING, LIVE_RUNNING, LIVE_DONE, LIVE_REJECTED, LIVE_ABORTED } EngineLiveState;
+
+typedef struct {
+    int running, waiting, slots_used;
+    int blocks_used, blocks_cached, num_blocks;
+    long iterations, preemptions, prefix_looked_up, prefix_reused, generated;
+    long completed, rejected, aborted;
+} EngineLiveStats;
+
+/* capacity: requests held at once (running, waiting, or settled and not yet released). NULL with an
+ * error recorded (bad options, out of memory). */
+EngineLive *engine_live_open(const Model *m, const EngineOptions *o, int capacity);
+void engine_live_close(EngineLive *l);
+/* A copy of r enters now (its arrival, abort_at are ignored); the slot it holds, or -1 with an
+ * error recorded when every slot is taken. A request that can never run settles at once
+ * (LIVE_REJECTED, with the reason), one with max_new 0 too (LIVE_DONE). */
+int engine_live_submit(EngineLive *l, const EngineRequest *r);
+/* The client went away: the request leaves at the next step and gives its blocks back. */
+void engine_live_abort(EngineLive *l, int slot);
+/* One iteration when anything is waiting or running: 1 if it ran, 0 if there was nothing to do, -1
+ * with an error recorded. */
+int engine_live_step(EngineLive *l);
+/* A slot's state, the tokens it generated so far (*tokens, valid until the next step), and for a
+ * rejected or aborted one the reason (else ""). */
+EngineLiveState engine_live_state(const EngineLive *l, int slot, const int **tokens, int *n_tokens,
+                                  const char **reason);
+/* 1 when a done request ended at a sampled BOS or EOS (stop_at_bos_eos), 0 when it reached max_new. */
+int engine_live_stopped(const EngineLive *l, int slot);
+/* A settled slot becomes free again. */
+void engine_live_release(EngineLive *l, int slot);
+void engine_live_stats(const EngineLive *l, EngineLiveStats *st);
+/* Why request r can never run on model m with options o (too long, an id outside the vocabulary,
+ * more blocks than the pool): 0 with the reason in why; 1 if it can. What the server answers 400 with. */
+int engine_request_fits(const Model *m, const EngineOptions *o, const EngineRequest *r, char *why, size_t len);
 
 #if HAVE_CUDA
 /* The batched forward on the GPU (engine.cu): weights, the K/V pool (L, Hkv, num_blocks, bs, D)

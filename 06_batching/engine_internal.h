@@ -42,6 +42,7 @@ typedef struct {
     int pad;        /* static-padded: slots computed for it and thrown away in the current iteration */
     int preempted_at; /* the iteration that last preempted it (-1: never) */
     int stopped;    /* sampled BOS or EOS (with stop_at_bos_eos) */
+    float temperature; /* its own (EngineRequest.own_sampling) or the engine's */
 } Seq;
 
 typedef struct {
@@ -72,11 +73,27 @@ typedef struct {
 #endif
 } Engine;
 
+/* ---- engine.c: the pieces live.c shares ------------------------------------------------------- */
+
+int engine_check_options(const EngineOptions *o);
+/* The block pool (num_blocks 0: the default) and, with o.cuda, the forward's copy on the GPU. */
+int engine_open_pool(Engine *e);
+/* The per-request arrays, for e->n requests (no Seq opened yet). */
+int engine_open_arrays(Engine *e);
+/* Seq i for reqs[i]: room for its prompt and max_new tokens, its generator seeded. 0, or -1. */
+int engine_open_seq(Engine *e, int i);
+void engine_close(Engine *e);
+/* One iteration over what is running and waiting: schedule, the forward, sample, finish. The
+ * clock advances by its duration (or fixed_step_s). 0, or -1 with an error recorded. */
+int engine_iterate(Engine *e);
+
 /* ---- scheduler.c ---------------------------------------------------------------------------- */
 
 /* Requests that have arrived by e->clock join the queue, or are settled at once: rejected (they
  * can never run: res[i] says why) or done (nothing to generate). */
 void engine_take_arrivals(Engine *e);
+/* Request i arrives now: it waits, or settles at once (rejected, or nothing to generate). */
+void engine_arrive(Engine *e, int i);
 /* Running or waiting requests whose client went away by e->clock leave; their blocks go back. */
 void engine_take_aborts(Engine *e);
 /* Decides this iteration: sets each running sequence's chunk (tokens to compute now) and appends

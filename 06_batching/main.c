@@ -14,6 +14,7 @@
  *                                (verify.c)
  *   06_batching bench ...        throughput and latency against the arrival rate for the three policies;
  *                                the engine at batch 32 against one sequence at a time (bench.c)
+ *   06_batching server ...       the engine behind an OpenAI-compatible HTTP API, in real time (server.c)
  *
  * Every subcommand takes --help.
  */
@@ -300,6 +301,8 @@ static const Subcommand COMMANDS[] = {
      .summary = "the engine against chapter 05 alone, request by request, on a grid of settings"},
     {.name = "bench", .run = engine_cmd_bench,
      .summary = "throughput and latency against the arrival rate; batch 32 against one sequence"},
+    {.name = "server", .run = engine_cmd_server,
+     .summary = "the engine behind an OpenAI-compatible HTTP API (completions, streaming, metrics)"},
     {.name = NULL},
 };
 

@@ -99,50 +99,51 @@ static void sort_running(Engine *e)
 
 /* ==== arrivals and aborts ========================================================================= */
 
-/* 1 if request i can ever run on this model and pool; else 0 with the reason in why. */
-static int seq_fits_at_all(const Engine *e, int i, char *why, size_t len)
+int engine_request_fits(const Model *m, const EngineOptions *o, const EngineRequest *r, char *why, size_t len)
 {
-    const EngineRequest *r = &e->reqs[i];
-    const ModelConfig *c = &e->m->c;
+    const ModelConfig *c = &m->c;
     if ((long)r->n_prompt + r->max_new > c->seq_len) {
         snprintf(why, len, "prompt (%d tokens) + max_new (%d) exceeds the model's seq_len %d", r->n_prompt, r->max_new,
                  c->seq_len);
         return 0;
     }
     for (int t = 0; t < r->n_prompt; t++)
-        if (r->prompt[t] >= c->vocab_size) {
+        if (r->prompt[t] < 0 || r->prompt[t] >= c->vocab_size) {
             snprintf(why, len, "prompt token %d is %d, outside the vocabulary (0..%d)", t, r->prompt[t],
                      c->vocab_size - 1);
             return 0;
         }
-    const int need = paged_blocks_for_request(r->n_prompt, r->max_new, 1, e->o.block_size);
-    if (need > e->o.num_blocks) {
+    const int need = paged_blocks_for_request(r->n_prompt, r->max_new, 1, o->block_size);
+    if (need > o->num_blocks) {
         snprintf(why, len, "needs %d blocks of %d tokens at its longest, the pool has %d: it can never fit", need,
-                 e->o.block_size, e->o.num_blocks);
+                 o->block_size, o->num_blocks);
         return 0;
     }
     return 1;
 }
 
+void engine_arrive(Engine *e, int i)
+{
+    const EngineRequest *r = &e->reqs[i];
+    char why[192];
+    if (r->rejected) /* the reader knew already (a text too long for seq_len) */
+        snprintf(why, sizeof why, "%s", r->rejected);
+    if (r->rejected || !engine_request_fits(e->m, &e->o, r, why, sizeof why)) {
+        e->s[i].phase = PH_REJECTED, e->res[i].status = ENGINE_REJECTED;
+        snprintf(e->res[i].reason, sizeof e->res[i].reason, "%s", why);
+        e->met->rejected++, e->settled++;
+    } else if (r->max_new == 0) { /* nothing to generate */
+        e->s[i].phase = PH_DONE, e->settled++;
+    } else {
+        e->s[i].phase = PH_WAITING;
+        e->waiting[e->n_waiting++] = i;
+    }
+}
+
 void engine_take_arrivals(Engine *e)
 {
-    const EngineRequest *reqs = e->reqs;
-    for (; e->next_arrival < e->n && reqs[e->order[e->next_arrival]].arrival <= e->clock; e->next_arrival++) {
-        const int i = e->order[e->next_arrival];
-        char why[192];
-        if (reqs[i].rejected) /* the reader knew already (a text too long for seq_len) */
-            snprintf(why, sizeof why, "%s", reqs[i].rejected);
-        if (reqs[i].rejected || !seq_fits_at_all(e, i, why, sizeof why)) {
-            e->s[i].phase = PH_REJECTED, e->res[i].status = ENGINE_REJECTED;
-            snprintf(e->res[i].reason, sizeof e->res[i].reason, "%s", why);
-            e->met->rejected++, e->settled++;
-        } else if (reqs[i].max_new == 0) { /* nothing to generate */
-            e->s[i].phase = PH_DONE, e->settled++;
-        } else {
-            e->s[i].phase = PH_WAITING;
-            e->waiting[e->n_waiting++] = i;
-        }
-    }
+    for (; e->next_arrival < e->n && e->reqs[e->order[e->next_arrival]].arrival <= e->clock; e->next_arrival++)
+        engine_arrive(e, e->order[e->next_arrival]);
 }
 
 /* The client of request i went away: it leaves the queue or the batch where it is, and its

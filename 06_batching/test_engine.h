@@ -10,6 +10,8 @@
  *   test_engine_grid.c      the iteration x sequence grid, worked out by hand, and static-padded
  *   test_engine_prefix.c    prefix caching: tokens unchanged on and off, the budget and the hit
  *                           rate by hand, the workloads, serve --prefix-caching
+ *   test_engine_live.c      the live engine (requests entering while it runs) against engine_serve
+ *   test_server.c           the HTTP server: its JSON rules, and curl and the openai client against serve
  */
 #ifndef TEST_ENGINE_H
 #define TEST_ENGINE_H
@@ -68,5 +70,7 @@ TestingCase engine_hostile_case(void);
 TestingCase engine_cuda_case(void);
 TestingCase engine_grid_case(void); /* test_engine_grid.c: the grid and static-padded batching */
 TestingCase engine_prefix_case(void); /* test_engine_prefix.c: prefix caching */
+TestingCase engine_live_case(void);   /* test_engine_live.c: the live engine against engine_serve */
+TestingCase engine_server_case(void); /* test_server.c: the HTTP server's JSON, and real clients */
 
 #endif

@@ -126,7 +126,8 @@ static void scheduler(Bytes *b)
         const double arrival = next(b) * 0.01;
         const int max_new = next(b) % 24, abort_byte = next(b);
         const double abort_at = abort_byte < 64 ? arrival + abort_byte * 0.01 + 1e-6 : 0.0;
-        r[n] = (EngineRequest){arrival, max_new, np, malloc((size_t)np * sizeof(int)), abort_at, NULL};
+        r[n] = (EngineRequest){.arrival = arrival, .max_new = max_new, .n_prompt = np,
+                               .prompt = malloc((size_t)np * sizeof(int)), .abort_at = abort_at};
         for (int t = 0; t < np; t++) {
             const int id = next(b);
             r[n].prompt[t] = id >= 200 && n > 0 && t < r[n - 1].n_prompt ? r[n - 1].prompt[t] : id % 50;

@@ -159,6 +159,13 @@ int main(void)
                               2, 1, 10, 200, 6, 7, 8,     5, 2, 15, 2,   9, 10, 11, 12, 13, 14};
     put("engine/allocator.bin", ops, sizeof ops), put("engine/scheduler.bin", sched, sizeof sched);
     put("engine/scheduler-aborts.bin", aborts, sizeof aborts);
+    /* completion: request bodies of the HTTP server, good and bad */
+    const char *c1 = "{\"model\":\"m\",\"prompt\":[1,5,9],\"max_tokens\":4,\"temperature\":0,\"stream\":true}";
+    const char *c2 = "{\"prompt\":\"Once upon a time\",\"max_tokens\":8,\"seed\":3,\"temperature\":0.8}";
+    const char *c3 = "{\"prompt\":[1,2],\"max_tokens\":\"x\",\"n\":2,\"stop\":[\"a\"]}";
+    const char *c4 = "{\"prompt\":[\"caf\\u00e9 \\ud83d\\ude00\"],\"stream_options\":{\"include_usage\":true}}";
+    put("completion/ids.json", c1, strlen(c1)), put("completion/text.json", c2, strlen(c2));
+    put("completion/bad.json", c3, strlen(c3)), put("completion/unicode.json", c4, strlen(c4));
     printf("make_corpus: seed inputs written under fuzz/corpus/\n");
     return 0;
 }

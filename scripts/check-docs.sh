@@ -6,7 +6,7 @@
 # the repository's, runs them in the order the documents give them:
 #   - build/bin/... commands run as written when every file they name exists there (files written
 #     by earlier commands, such as gen-requests's, count); commands that need a file the reader
-#     downloads or makes (stories15M.bin, Q.npy) and the long ones (bench, lessons) run with
+#     downloads or makes (stories15M.bin, Q.npy) and the long ones (bench, lessons, server) run with
 #     --help appended instead, which still checks the subcommand and every option name and value;
 #   - make commands are checked with make -n (the target exists and its recipe expands).
 # Needs the programs built (make). Exit status 1 if any command fails; each failure is printed.
@@ -53,7 +53,7 @@ while IFS=$'\t' read -r file cmd; do
     [ ${#words[@]} -eq 1 ] && full=0                           # a lesson: long
     for w in "${words[@]:1}"; do
         case $w in
-        bench | --help) full=0 ;;
+        bench | server | --help) full=0 ;; # server runs until it is stopped
         *.bin | *.npy | *.txt | *.tsv)
             [ -e "$scratch/$w" ] || { [ "${prev:-}" = --out ] || [ "${prev:-}" = --metrics ] || [ "${prev:-}" = --iterations ] || full=0; } ;;
         esac

@@ -4,6 +4,10 @@
 #
 #   scripts/deps.sh test   check + pkg-config   (required: stops with the command to run)
 #   scripts/deps.sh plot   gnuplot-nox          (optional: without it, plots are skipped)
+#   scripts/deps.sh server libmicrohttpd-dev libjansson-dev curl python3-venv
+#                                               (optional: without them chapter 06 is built without its
+#                                               HTTP server, and the server's tests are left out; make
+#                                               test asks for them after Check)
 #   scripts/deps.sh check-prefix DIR
 #                          unpacks Check's Debian packages (check, libsubunit0, libsubunit-dev)
 #                          into DIR without installing them, for a machine that has no package
@@ -13,7 +17,7 @@
 # CHECK_PREFIX=DIR (such an unpacked folder) counts as having Check.
 # NO_APT=1 never calls apt-get (a machine without a package registry): it only reports.
 set -u
-what=${1:?usage: deps.sh test|plot|check-prefix DIR}
+what=${1:?usage: deps.sh test|plot|server|check-prefix DIR}
 
 # check-prefix DIR: apt-get download (no root needed) and dpkg -x, then check the two files the
 # Makefile links against are there.
@@ -50,8 +54,14 @@ test)
 plot)
     command -v gnuplot >/dev/null 2>&1 || missing+=(gnuplot-nox)
     ;;
+server)
+    pkg-config --exists libmicrohttpd 2>/dev/null || missing+=(libmicrohttpd-dev)
+    pkg-config --exists jansson 2>/dev/null || missing+=(libjansson-dev)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+    ;;
 *)
-    echo "deps.sh: unknown argument '$what' (expected test, plot or check-prefix DIR)" >&2
+    echo "deps.sh: unknown argument '$what' (expected test, plot, server or check-prefix DIR)" >&2
     exit 2
     ;;
 esac
@@ -72,7 +82,11 @@ if [ "${sudo[*]}" = none ]; then
         echo "    sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
-    echo "make: ${missing[*]} is not installed, so plots are skipped; to get them: sudo apt-get install -y ${missing[*]}" >&2
+    if [ "$what" = server ]; then
+        echo "make: ${missing[*]} not installed, so chapter 06 is built without its HTTP server and its tests are left out; to get them: sudo apt-get install -y ${missing[*]}" >&2
+    else
+        echo "make: ${missing[*]} is not installed, so plots are skipped; to get them: sudo apt-get install -y ${missing[*]}" >&2
+    fi
     exit 0
 fi
 
