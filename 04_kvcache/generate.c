@@ -123,7 +123,8 @@ int kvcache_generate_loop(const ModelConfig *c, KvGenForward forward, void *ctx,
         }
         if (rc != 0)
             break;
-        const int next = model_sample(logits, c->vocab_size, o->temperature, &rng);
+        const Sampling sp = {.temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k};
+        const int next = model_sample_with(logits, c->vocab_size, &sp, &rng);
         if (next < 0) { /* the logits overflowed (error recorded) */
             rc = -1;
             break;

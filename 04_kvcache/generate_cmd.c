@@ -24,13 +24,13 @@
 
 typedef struct {
     const char *checkpoint, *prompt_ids, *device, *dtype, *tokenizer, *prompt_text;
-    int max_new, no_cache, seed, kernel, chunk;
-    double temperature;
+    int max_new, no_cache, seed, kernel, chunk, top_k;
+    double temperature, top_p;
 } GenerateArgs;
 
 static void generate_parse(GenerateArgs *a, int argc, char **argv)
 {
-    *a = (GenerateArgs){.prompt_ids = "1", .device = "auto", .dtype = "f32", .max_new = 64, .seed = 42};
+    *a = (GenerateArgs){.prompt_ids = "1", .device = "auto", .dtype = "f32", .max_new = 64, .seed = 42, .top_p = 0.9};
     ArgSpec specs[] = {
         {.name = "checkpoint", .kind = ARG_STRING, .dest = &a->checkpoint, .metavar = "M.bin",
          .help = "llama2.c version-0 checkpoint (default: the built-in random model)"},
@@ -46,6 +46,8 @@ static void generate_parse(GenerateArgs *a, int argc, char **argv)
         {.name = "kv-dtype", .kind = ARG_CHOICE, .dest = &a->dtype, .choices = KV_DTYPE_CHOICES,
          .help = "how the cache stores K and V (default f32)", .conflicts = "no-cache"},
         OPTION_TEMPERATURE(&a->temperature, "0 = greedy (default); >= 1.2e-38 samples from softmax(logits / T)"),
+        OPTION_TOP_P(&a->top_p),
+        OPTION_TOP_K(&a->top_k),
         OPTION_SEED(&a->seed),
         {.name = "kernel", .kind = ARG_INT, .dest = &a->kernel, .metavar = "N",
          .help = "CPU decode kernel: 1 = ref, 2 = split (default)", .min = 1, .max = KVCACHE_CPU_KERNELS},
@@ -101,11 +103,13 @@ int kvcache_cmd_generate(int argc, char **argv)
     GenerateArgs a;
     generate_parse(&a, argc, argv);
     Device dev;
-    GenOptions o = {.max_new = a.max_new, .temperature = (float)a.temperature, .seed = (uint64_t)a.seed,
+    GenOptions o = {.max_new = a.max_new, .temperature = (float)a.temperature, .top_p = (float)a.top_p,
+                    .top_k = a.top_k, .seed = (uint64_t)a.seed,
                     .use_cache = !a.no_cache, .dtype = KV_F32, .kernel = a.kernel, .prefill_chunk = a.chunk};
     int *prompt = NULL, n_prompt = 0;
     if (device_resolve(a.device, &dev) != 0 || kv_dtype_parse(a.dtype, &o.dtype) != 0 ||
-        model_check_temperature(a.temperature) != 0 || token_ids_parse(a.prompt_ids, &prompt, &n_prompt) != 0)
+        model_check_temperature(a.temperature) != 0 || model_check_sampling(a.top_p, a.top_k) != 0 ||
+        token_ids_parse(a.prompt_ids, &prompt, &n_prompt) != 0)
         die_with_error();
     if (a.kernel != 0 && dev == DEVICE_CUDA) /* the GPU path has one decode kernel: --kernel would do nothing */
         die("--kernel %d picks a CPU decode kernel, and this run is on the GPU (%s): add --device cpu, or leave "

@@ -103,6 +103,8 @@ int kvcache_forward_nocache(const Model *m, const int *tokens, int n, float *log
 typedef struct {
     int max_new;         /* tokens to generate */
     float temperature;   /* 0: greedy */
+    float top_p;         /* nucleus sampling as run.c (common/model.h's Sampling); 0 or 1: off */
+    int top_k;           /* 0: off */
     uint64_t seed;       /* for temperature > 0 (llama2.c's generator, model_rng_seed) */
     int use_cache;       /* 0: recompute everything at every step */
     KvDtype dtype;

@@ -2,8 +2,9 @@
  * main.c: the chapter 04 program, build/bin/04_kvcache: the lesson, and the table of subcommands.
  *
  *   04_kvcache [--device D]   the lesson: per-step latency with and without the cache, what the
- *                             cache costs for this model and for published ones, and what fp16
- *                             and int8 caches change (error, agreement, memory)
+ *                             cache costs for this model and for published ones, what fp16
+ *                             and int8 caches change (error, agreement, memory), and how the next
+ *                             token is chosen: temperature, top-k, top-p (lesson_sampling.c)
  *   04_kvcache generate ...   token ids in, token ids out (docs/contracts.md §1.6; generate_cmd.c)
  *   04_kvcache attn ...       attention through the cache: K, V written into it, the T queries
  *                             at its last T positions
@@ -333,6 +334,7 @@ static int cmd_lesson(int argc, char **argv)
     lesson_steps(&m);
     lesson_memory(&m.c);
     lesson_quant(&m);
+    lesson_sampling(&m); /* lesson_sampling.c */
     model_free(&m);
     return lesson_end(
         "the cache turns each step's work from the whole sequence into one token, at the price\n"

@@ -48,5 +48,6 @@ static inline void random_cache(KvCache *c, int n_seq, int Hkv, int max_seq, int
 TestingCase kvcache_program_case(void);
 TestingCase kvcache_hostile_case(void);
 TestingCase kvcache_cuda_case(void);
+TestingCase kvcache_sampling_lesson_case(void); /* test_sampling_lesson.c: "sampling lesson" */
 
 #endif

@@ -117,7 +117,8 @@ int paged_generate(const Model *m, const int *prompt, int n_prompt, const PagedG
                 memcpy(logits, first, (size_t)V * sizeof(float));
             else
                 rc = paged_forward(m, &p, &seqs[i], &toks[step - 1], 1, o->kernel, logits);
-            if (rc == 0 && (toks[step] = model_sample(logits, V, o->temperature, &rngs[i])) < 0)
+            const Sampling sp = {.temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k};
+            if (rc == 0 && (toks[step] = model_sample_with(logits, V, &sp, &rngs[i])) < 0)
                 rc = -1; /* the logits overflowed (error recorded) */
             if (rc == 0 && o->stop_at_bos_eos && (toks[step] == TOKEN_BOS || toks[step] == TOKEN_EOS)) {
                 toks[step] = -1; /* BOS or EOS: the text is over; its blocks go back */

@@ -90,8 +90,8 @@ static void generate_and_print(const Model *m, const char *checkpoint, const Tok
 int paged_cmd_generate(int argc, char **argv)
 {
     const char *checkpoint = NULL, *prompt_text = "1", *device = "auto", *tokenizer = NULL, *prompt_words = NULL;
-    int max_new = 64, seed = 42, kernel = 0, block_size = 16, num_blocks = 0, n_samples = 1, shuffle = 0;
-    double temperature = 0.0;
+    int max_new = 64, seed = 42, kernel = 0, block_size = 16, num_blocks = 0, n_samples = 1, shuffle = 0, top_k = 0;
+    double temperature = 0.0, top_p = 0.9;
     ArgSpec specs[] = {
         {.name = "checkpoint", .kind = ARG_STRING, .dest = &checkpoint, .metavar = "M.bin",
          .help = "llama2.c version-0 checkpoint (default: the built-in random model)"},
@@ -111,6 +111,8 @@ int paged_cmd_generate(int argc, char **argv)
          .help = "K samples of the prompt, forked after one prefill; sample i uses seed + i (default 1)", .min = 1,
          .max = 4096},
         OPTION_TEMPERATURE(&temperature, "0 = greedy (default); >= 1.2e-38 samples from softmax(logits / T)"),
+        OPTION_TOP_P(&top_p),
+        OPTION_TOP_K(&top_k),
         OPTION_SEED(&seed),
         OPTION_SHUFFLE(&shuffle, "hand out the pool's blocks in an order shuffled with seed S (default 0: in order)"),
         {.name = "kernel", .kind = ARG_INT, .dest = &kernel, .metavar = "N",
@@ -134,7 +136,8 @@ int paged_cmd_generate(int argc, char **argv)
         die("--device cuda: chapter 05 generates on the CPU; its GPU kernels run in 'attn', 'verify' and 'bench' "
             "(chapter 04 generates on the GPU)");
     int *prompt = NULL, n_prompt = 0;
-    if (model_check_temperature(temperature) != 0 || token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
+    if (model_check_temperature(temperature) != 0 || model_check_sampling(top_p, top_k) != 0 ||
+        token_ids_parse(prompt_text, &prompt, &n_prompt) != 0)
         die_with_error();
     Model m;
     program_load_model(checkpoint, &m);
@@ -144,6 +147,8 @@ int paged_cmd_generate(int argc, char **argv)
         die_with_error();
     const PagedGenOptions o = {.max_new = max_new,
                                .temperature = (float)temperature,
+                               .top_p = (float)top_p,
+                               .top_k = top_k,
                                .seed = (uint64_t)seed,
                                .n_samples = n_samples,
                                .block_size = block_size,

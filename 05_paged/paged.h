@@ -230,7 +230,9 @@ int paged_forward(const Model *m, PagedPool *p, PagedSeq *s, const int *tokens, 
 typedef struct {
     int max_new;       /* tokens to generate per sample */
     float temperature; /* 0: greedy */
-    uint64_t seed;     /* sample i uses seed + i */
+    float top_p;       /* nucleus sampling as run.c (common/model.h's Sampling); 0 or 1: off */
+    int top_k;         /* 0: off */
+    uint64_t seed;     /* sample i uses seed + i: its own generator, whatever the other samples draw */
     int n_samples;     /* the prompt is prefilled once and forked n_samples - 1 times */
     int block_size;
     int num_blocks;    /* 0: just enough for the request (paged_blocks_for_request) */

@@ -54,7 +54,8 @@ const char *engine_policy_name(EnginePolicy p)
 EngineOptions engine_default_options(void)
 {
     return (EngineOptions){.policy = ENGINE_CONTINUOUS, .max_batch = 32, .max_tokens = 256, .block_size = 16,
-                           .num_blocks = 0, .temperature = 0.0f, .seed = 42, .kernel = 0, .fixed_step_s = 0.0,
+                           .num_blocks = 0, .temperature = 0.0f, .top_p = 0.0f, .top_k = 0, .seed = 42, .kernel = 0,
+                           .fixed_step_s = 0.0,
                            .shuffle = 0, .keep_log = 0, .cuda = 0, .stop_at_bos_eos = 0, .check_invariants = 0,
                            .trace = NULL, .trace_ctx = NULL, .prefix_caching = 1};
 }
@@ -67,6 +68,8 @@ int engine_check_options(const EngineOptions *o)
                          o->max_batch, o->max_tokens, o->block_size, o->num_blocks);
     if (o->policy == ENGINE_STATIC_PADDED && o->cuda) /* its padding rows have no place in engine.cu's batch */
         return error_set("--policy static-padded runs on the CPU only: give --device cpu");
+    if (o->top_k < 0 || !(o->top_p >= 0.0f && o->top_p <= 1.0f))
+        return model_check_sampling(o->top_p, o->top_k); /* 0 is off here, as in run.c: only a bad value fails */
     return model_check_temperature(o->temperature);
 }
 
@@ -140,8 +143,9 @@ int engine_open_arrays(Engine *e)
     return 0;
 }
 
-/* Seq i: room for its prompt and its max_new tokens, and a generator seeded with seed + i (chapter
- * 05's generate --seed S+i), or with the request's own seed and temperature (own_sampling). */
+/* Seq i: room for its prompt and its max_new tokens, its sampling (the request's own fields, else
+ * the engine's), and a generator seeded with seed + i (chapter 05's generate --seed S+i) or with
+ * the request's own seed. */
 int engine_open_seq(Engine *e, int i)
 {
     const EngineRequest *r = &e->reqs[i];
@@ -152,13 +156,15 @@ int engine_open_seq(Engine *e, int i)
     const size_t room = never ? 0 : (size_t)r->n_prompt + (size_t)r->max_new;
     *s = (Seq){.tokens = mem_alloc(room * sizeof(int), "request tokens"), .n_tokens = never ? 0 : r->n_prompt,
                .admitted = -1, .phase = PH_PENDING, .first_s = NAN, .finish_s = NAN, .pad = 0, .preempted_at = -1,
-               .temperature = r->own_sampling ? r->temperature : e->o.temperature};
+               .sampling = {.temperature = r->has_temperature ? r->temperature : e->o.temperature,
+                            .top_p = r->has_top_p ? r->top_p : e->o.top_p,
+                            .top_k = r->has_top_k ? r->top_k : e->o.top_k}};
     if (!s->tokens)
         return -1;
     if (!never)
         memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int));
     paged_seq_init(&s->seq);
-    model_rng_seed(&s->rng, r->own_sampling ? r->seed : e->o.seed + (uint64_t)i);
+    model_rng_seed(&s->rng, r->has_seed ? r->seed : e->o.seed + (uint64_t)i);
     return 0;
 }
 
@@ -207,7 +213,7 @@ static int sample_next_tokens(Engine *e, const Batch *b)
     }
     for (int k = 0; k < b->n_out; k++) {
         Seq *s = &e->s[b->out_seq[k]];
-        const int next = model_sample(b->logits + (size_t)k * V, V, s->temperature, &s->rng);
+        const int next = model_sample_with(b->logits + (size_t)k * V, V, &s->sampling, &s->rng);
         if (next < 0) /* the logits overflowed (error recorded) */
             return -1;
         if (e->o.stop_at_bos_eos && (next == TOKEN_BOS || next == TOKEN_EOS)) {

@@ -66,9 +66,12 @@ typedef struct {
     char *rejected;  /* NULL, or why the reader already knows this request can never run (its
                       * prompt is then not encoded: n_prompt 0, prompt NULL); engine_serve
                       * rejects it with this reason. Freed by engine_free_requests. */
-    int own_sampling; /* 0: the engine's temperature, and seed o.seed + index (serve's requests);
-                       * 1: the two below (the HTTP server's requests each carry their own) */
-    float temperature;
+    /* Sampling of its own (a requests-file line that says so, every HTTP request): each field
+     * whose has_ flag is set replaces the engine's option; the others are the engine's (seed:
+     * o.seed + its index). */
+    unsigned char has_temperature, has_top_p, has_top_k, has_seed;
+    float temperature, top_p; /* top_p: (0, 1], 1 off */
+    int top_k;                /* 0: off */
     uint64_t seed;
 } EngineRequest;
 
@@ -140,6 +143,8 @@ typedef struct {
     int block_size;
     int num_blocks;
     float temperature;   /* 0: greedy */
+    float top_p;         /* nucleus sampling (common/model.h's Sampling): 0 or 1: off */
+    int top_k;           /* 0: off */
     uint64_t seed;       /* request i samples with seed + i (chapter 05's generate --seed S+i) */
     int kernel;          /* chapter 05's CPU attention kernel (0 = fast) */
     double fixed_step_s; /* > 0: each iteration advances the clock by this, not by its duration */
@@ -240,7 +245,7 @@ typedef struct {
  * error recorded (bad options, out of memory). */
 EngineLive *engine_live_open(const Model *m, const EngineOptions *o, int capacity);
 void engine_live_close(EngineLive *l);
-/* A copy of r enters now (its arrival, abort_at are ignored); the slot it holds, or -1 with an
+/* A copy of r enters now (its arrival, abort_at are ignored; its sampling fields are kept); the slot it holds, or -1 with an
  * error recorded when every slot is taken. A request that can never run settles at once
  * (LIVE_REJECTED, with the reason), one with max_new 0 too (LIVE_DONE). */
 int engine_live_submit(EngineLive *l, const EngineRequest *r);

@@ -42,7 +42,7 @@ typedef struct {
     int pad;        /* static-padded: slots computed for it and thrown away in the current iteration */
     int preempted_at; /* the iteration that last preempted it (-1: never) */
     int stopped;    /* sampled BOS or EOS (with stop_at_bos_eos) */
-    float temperature; /* its own (EngineRequest.own_sampling) or the engine's */
+    Sampling sampling; /* its own (EngineRequest's has_ fields) or the engine's */
 } Seq;
 
 typedef struct {

@@ -103,8 +103,8 @@ int engine_live_submit(EngineLive *l, const EngineRequest *r)
         return -1;
     if (r->n_prompt > 0)
         memcpy(prompt, r->prompt, (size_t)r->n_prompt * sizeof(int));
-    l->reqs[i] = (EngineRequest){.arrival = 0.0, .max_new = r->max_new, .n_prompt = r->n_prompt, .prompt = prompt,
-                                 .own_sampling = r->own_sampling, .temperature = r->temperature, .seed = r->seed};
+    l->reqs[i] = *r; /* its sampling fields */
+    l->reqs[i].arrival = 0.0, l->reqs[i].abort_at = 0.0, l->reqs[i].rejected = NULL, l->reqs[i].prompt = prompt;
     l->res[i] = (EngineResult){.status = ENGINE_DONE};
     mem_free(e->s[i].tokens);
     if (engine_open_seq(e, i) != 0) {

@@ -25,6 +25,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/model.h"
 #include "common/rng.h"
 #include "common/tensor.h"
 
@@ -67,6 +68,55 @@ static int parse_head(char *p, double *arrival, long *max_new, char **rest, char
     }
     *rest = end;
     return 0;
+}
+
+/* Sampling options after max_new: words "temperature=T", "top_p=P", "top_k=K", "seed=S", each at
+ * most once, in any order; *p moves past them (to the separator before the prompt). Each sets its
+ * field of r and its has_ flag. 0, or -1 with the reason in why (an unknown name, a bad value). */
+static int parse_sampling(char **p, EngineRequest *r, char *why, size_t why_len)
+{
+    static const char *const names[4] = {"temperature=", "top_p=", "top_k=", "seed="};
+    for (;;) {
+        char *w = *p;
+        while (*w == ' ' || *w == '	')
+            w++;
+        int k = 0;
+        while (k < 4 && strncmp(w, names[k], strlen(names[k])) != 0)
+            k++;
+        if (k == 4)
+            return 0; /* not an option: the prompt starts here */
+        unsigned char *has[4] = {&r->has_temperature, &r->has_top_p, &r->has_top_k, &r->has_seed};
+        const char *v = w + strlen(names[k]);
+        char *end;
+        errno = 0;
+        const double x = k < 2 ? strtod(v, &end) : (double)strtoll(v, &end, 10);
+        if (end == v || errno || (*end && !isspace((unsigned char)*end)) || *has[k]) {
+            snprintf(why, why_len, "%.*s must be given once, as %s<%s>", (int)strlen(names[k]) - 1, names[k], names[k],
+                     k < 2 ? "number" : "integer");
+            return -1;
+        }
+        const int bad = k == 0   ? model_check_temperature(x) != 0
+                        : k == 1 ? model_check_sampling(x, 0) != 0
+                        : k == 2 ? x < 0 || x > 1e9
+                                 : x < 0 || x > 9.2e18;
+        if (bad) {
+            snprintf(why, why_len, "%.*s=%.*s: %s", (int)strlen(names[k]) - 1, names[k], (int)(end - v), v,
+                     k == 0 ? "expected 0 (greedy) or at least 1.2e-38"
+                     : k == 1 ? "expected a number in (0, 1]"
+                              : "expected an integer >= 0");
+            return -1;
+        }
+        *has[k] = 1;
+        if (k == 0)
+            r->temperature = (float)x;
+        else if (k == 1)
+            r->top_p = (float)x;
+        else if (k == 2)
+            r->top_k = (int)x;
+        else
+            r->seed = (uint64_t)strtoull(v, NULL, 10);
+        *p = end;
+    }
 }
 
 /* Text mode: the rest of the line, after one separator, is the prompt, encoded with BOS first --
@@ -142,7 +192,7 @@ static int parse_id_prompt(char *p, EngineRequest *r, char *why, size_t why_len)
     return 0;
 }
 
-/* One line "<arrival> <max_new> <ids...>" (or "<arrival> <max_new> <text>" with a tokenizer)
+/* One line "<arrival> <max_new> [sampling options] <ids...>" (or "... <text>" with a tokenizer)
  * into r; -1 with the reason in why. */
 static int parse_line(char *line, const Tokenizer *tok, int seq_len, EngineRequest *r, char *why, size_t why_len)
 {
@@ -153,6 +203,8 @@ static int parse_line(char *line, const Tokenizer *tok, int seq_len, EngineReque
         return -1;
     *r = (EngineRequest){.arrival = arrival, .max_new = (int)max_new, .n_prompt = 0, .prompt = NULL,
                          .abort_at = 0.0, .rejected = NULL};
+    if (parse_sampling(&rest, r, why, why_len) != 0)
+        return -1;
     return tok ? parse_text_prompt(rest, tok, seq_len, r, why, why_len) : parse_id_prompt(rest, r, why, why_len);
 }
 

@@ -35,12 +35,12 @@ typedef struct {
 static void serve_parse(ServeArgs *a, int argc, char **argv)
 {
     *a = (ServeArgs){.policy = "continuous", .device = "auto", .prefix = "on", .o = engine_default_options()};
-    int seed = 42, shuffle = 0;
-    double temperature = 0.0;
+    int seed = 42, shuffle = 0, top_k = 0;
+    double temperature = 0.0, top_p = 0.9;
     EngineOptions *o = &a->o;
     ArgSpec specs[] = {
         {.name = "requests", .kind = ARG_STRING, .dest = &a->requests, .metavar = "R.txt", .required = 1,
-         .help = "one request per line: <arrival_seconds> <max_new_tokens> <prompt ids...> ('#' comments)"},
+         .help = "one request per line: <arrival_seconds> <max_new_tokens> [temperature=T top_p=P top_k=K seed=S] <prompt ids...> ('#' comments)"},
         {.name = "checkpoint", .kind = ARG_STRING, .dest = &a->checkpoint, .metavar = "M.bin",
          .help = "llama2.c version-0 checkpoint (default: the built-in random model)"},
         {.name = "tokenizer", .kind = ARG_STRING, .dest = &a->tokenizer, .metavar = "T.bin",
@@ -50,6 +50,8 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
                  "static-padded: also compute the padding and the finished members (the CPU only)"},
         ENGINE_OPTIONS_BATCH(o),
         OPTION_TEMPERATURE(&temperature, "0 = greedy (default); >= 1.2e-38 samples, request i with seed S + i"),
+        OPTION_TOP_P(&top_p),
+        OPTION_TOP_K(&top_k),
         OPTION_SEED(&seed),
         OPTION_SHUFFLE(&shuffle, "hand out blocks in an order shuffled with seed S (default 0: in order)"),
         ENGINE_OPTION_PREFIX_CACHING(&a->prefix),
@@ -78,7 +80,7 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
         .name = ENGINE_PROG " serve", .usage = "--requests R.txt [options]", .specs = specs, .n_specs = ARRAY_COUNT(specs)},
         argc, argv);
     if (device_resolve(a->device, &a->dev) != 0 || engine_policy_parse(a->policy, &o->policy) != 0 ||
-        model_check_temperature(temperature) != 0)
+        model_check_temperature(temperature) != 0 || model_check_sampling(top_p, top_k) != 0)
         die_with_error();
     o->prefix_caching = strcmp(a->prefix, "on") == 0;
     if (o->kernel != 0 && a->dev == DEVICE_CUDA) /* chapter 05's CPU kernels: the GPU forward has its own */
@@ -87,6 +89,7 @@ static void serve_parse(ServeArgs *a, int argc, char **argv)
             o->kernel, strcmp(a->device, "cuda") == 0 ? "--device cuda" : "--device auto found one");
     o->cuda = a->dev == DEVICE_CUDA;
     o->temperature = (float)temperature, o->seed = (uint64_t)seed, o->shuffle = (uint64_t)shuffle;
+    o->top_p = (float)top_p, o->top_k = top_k;
     o->keep_log = a->iter_path != NULL;
 }
 

@@ -35,6 +35,8 @@ typedef struct {
     int n_prompt;
     int max_tokens;    /* default 16, as OpenAI's API */
     float temperature; /* default 1, as OpenAI's API; 0: greedy */
+    float top_p;       /* default 1 (off), as OpenAI's API; (0, 1] */
+    int top_k;         /* default 0 (off; -1 in the request, as vLLM's) */
     int has_seed;
     uint64_t seed;
     int stream, include_usage;

@@ -230,8 +230,10 @@ static enum MHD_Result completions(Conn *c)
     pthread_mutex_lock(&s->mu);
     const long id = h->next_id++;
     pthread_mutex_unlock(&s->mu);
-    req->r = (EngineRequest){.max_new = p.max_tokens, .n_prompt = p.n_prompt, .prompt = p.prompt, .own_sampling = 1,
-                             .temperature = p.temperature, .seed = p.has_seed ? p.seed : s->o.seed + (uint64_t)id};
+    req->r = (EngineRequest){.max_new = p.max_tokens, .n_prompt = p.n_prompt, .prompt = p.prompt,
+                             .has_temperature = 1, .has_top_p = 1, .has_top_k = 1, .has_seed = 1,
+                             .temperature = p.temperature, .top_p = p.top_p, .top_k = p.top_k,
+                             .seed = p.has_seed ? p.seed : s->o.seed + (uint64_t)id};
     req->tokens = tokens, req->t_arrival = server_now(s);
     const int rc = server_submit(s, req, msg, sizeof msg);
     if (rc != 0) {

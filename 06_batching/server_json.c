@@ -95,11 +95,6 @@ static int refuse_unsupported(json_t *root, char *msg, size_t len, const char **
     json_t *echo = json_object_get(root, "echo");
     if (echo && json_is_true(echo))
         return FAIL(400, "echo", "'echo' is not supported by this server");
-    double top_p = 1.0;
-    if (read_number(root, "top_p", 0.0, 1.0, &top_p, msg, len, param) != 0)
-        return 400;
-    if (top_p != 1.0)
-        return FAIL(400, "top_p", "'top_p' other than 1 is not supported by this server yet");
     return 0;
 }
 
@@ -178,15 +173,19 @@ static int check_model(const ServedModel *sm, json_t *root, char *msg, size_t le
 /* Sampling and output fields, with OpenAI's defaults. */
 static int read_options(json_t *root, CompletionParams *p, char *msg, size_t len, const char **param)
 {
-    long long max_tokens = 16, seed = -1;
-    double temperature = 1.0;
+    long long max_tokens = 16, seed = -1, top_k = -1;
+    double temperature = 1.0, top_p = 1.0;
     if (read_int(root, "max_tokens", 0, 1LL << 30, &max_tokens, msg, len, param) != 0 ||
         read_number(root, "temperature", 0.0, 2.0, &temperature, msg, len, param) != 0 ||
+        read_number(root, "top_p", 0.0, 1.0, &top_p, msg, len, param) != 0 ||
+        read_int(root, "top_k", -1, 1LL << 30, &top_k, msg, len, param) != 0 ||
         read_int(root, "seed", 0, INT64_MAX, &seed, msg, len, param) != 0 ||
         read_bool(root, "stream", &p->stream, msg, len, param) != 0)
         return 400;
     if (model_check_temperature(temperature) != 0)
         return FAIL(400, "temperature", "'temperature' must be 0 (greedy) or at least 1.2e-38, got %g", temperature);
+    if (top_p <= 0.0) /* OpenAI's range is [0, 1]; a nucleus of no token cannot sample */
+        return FAIL(400, "top_p", "'top_p' must be more than 0 (1: every token), got %g", top_p);
     json_t *so = json_object_get(root, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so))
@@ -195,6 +194,7 @@ static int read_options(json_t *root, CompletionParams *p, char *msg, size_t len
             return FAIL(400, "stream_options", "'stream_options.include_usage' must be true or false");
     }
     p->max_tokens = (int)max_tokens, p->temperature = (float)temperature;
+    p->top_p = (float)top_p, p->top_k = top_k > 0 ? (int)top_k : 0; /* -1 (vLLM's off) and 0: off */
     p->has_seed = seed >= 0, p->seed = seed >= 0 ? (uint64_t)seed : 0;
     return 0;
 }

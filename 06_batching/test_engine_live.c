@@ -146,7 +146,7 @@ START_TEST(test_live_slots_rejections_and_empty_requests)
 }
 END_TEST
 
-/* A request's own temperature and seed (own_sampling: the server's requests) sample as chapter 05
+/* A request's own temperature and seed (has_temperature, has_seed: the server's requests) sample as chapter 05
  * does with that temperature and seed, whatever the engine's options say. */
 START_TEST(test_live_own_sampling_matches_chapter05)
 {
@@ -158,7 +158,7 @@ START_TEST(test_live_own_sampling_matches_chapter05)
     int slots[4];
     for (int i = n - 1; i >= 0; i--) { /* in reverse: the slot order does not matter */
         EngineRequest r = q.r[i];
-        r.own_sampling = 1, r.temperature = 0.8f, r.seed = 1000 + (uint64_t)i;
+        r.has_temperature = r.has_seed = 1, r.temperature = 0.8f, r.seed = 1000 + (uint64_t)i;
         slots[i] = engine_live_submit(l, &r);
     }
     run_until_settled(l, slots, n);

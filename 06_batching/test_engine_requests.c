@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "06_batching/engine.h"
+#include "05_paged/paged.h"
 #include "06_batching/test_engine.h"
 #include "common/error.h"
 #include "common/model.h"
@@ -271,6 +272,64 @@ START_TEST(test_a_long_requests_file_in_bounded_memory)
 }
 END_TEST
 
+/* ==== per-request sampling ======================================================================== */
+
+/* Lines with their own temperature, top_p, top_k and seed, served together in small batches: each
+ * request gets chapter 05's tokens for its settings alone, whatever the others in its batch use. */
+START_TEST(test_mixed_sampling_per_request_matches_chapter05_alone)
+{
+    char path[4200];
+    testing_tmp_path(path, sizeof path, "r.txt");
+    write_text(path, "# per-request sampling (docs/contracts.md §2.6)\n"
+                     "0 12 temperature=0.8 top_p=0.9 seed=5 1 2 3\n"
+                     "0 12 1 2 3\n"
+                     "0 12 top_k=5 temperature=1 seed=5 1 2 3\n"
+                     "0.001 12 temperature=1.5 top_p=0.5 top_k=40 seed=9 7 8\n"
+                     "0.002 12 temperature=1 top_k=1 seed=3 7 8\n"
+                     "0.003 12 temperature=0.9 seed=77 4\n");
+    EngineRequest *r;
+    int n;
+    ck_assert_msg(engine_read_requests(path, NULL, 0, &r, &n) == 0, "%s", error_message());
+    ck_assert_int_eq(n, 6);
+    ck_assert(r[0].has_temperature && r[0].has_top_p && !r[0].has_top_k && r[0].has_seed && r[0].top_p == 0.9f);
+    ck_assert(!r[1].has_temperature && !r[1].has_top_p && !r[1].has_top_k && !r[1].has_seed);
+    ck_assert(r[2].has_top_k && r[2].top_k == 5 && r[2].n_prompt == 3);
+    EngineOptions o = engine_default_options(); /* the engine's own: greedy for request 1 */
+    o.max_batch = 3, o.block_size = 4, o.seed = 100;
+    EngineResult res[6];
+    EngineMetrics mt;
+    ck_assert_msg(engine_serve(&model, r, n, &o, res, &mt) == 0, "%s", error_message());
+    int differ = 0;
+    for (int i = 0; i < n; i++) {
+        const PagedGenOptions g = {.max_new = r[i].max_new, .temperature = r[i].has_temperature ? r[i].temperature : 0.0f,
+                                   .top_p = r[i].has_top_p ? r[i].top_p : 0.0f, .top_k = r[i].has_top_k ? r[i].top_k : 0,
+                                   .seed = r[i].has_seed ? r[i].seed : o.seed + (uint64_t)i, .n_samples = 1,
+                                   .block_size = 8, .kernel = 2};
+        int want[12];
+        ck_assert_msg(paged_generate(&model, r[i].prompt, r[i].n_prompt, &g, want, NULL) == 0, "%s", error_message());
+        ck_assert_int_eq(res[i].n_tokens, 12);
+        for (int t = 0; t < 12; t++)
+            ck_assert_msg(res[i].tokens[t] == want[t], "request %d token %d: %d, alone %d", i, t, res[i].tokens[t],
+                          want[t]);
+        differ += i > 0 && memcmp(res[i].tokens, res[0].tokens, sizeof want) != 0;
+    }
+    ck_assert_int_ge(differ, 2); /* the settings changed the tokens of the same prompt */
+    engine_free_results(res, n), engine_free_metrics(&mt), engine_free_requests(r, n);
+    /* bad values name the option and the line */
+    static const char *const bad[][2] = {{"0 4 top_p=0 1\n", "r.txt:1: top_p=0: expected a number in (0, 1]"},
+                                         {"0 4 top_p=1.5 1\n", "top_p=1.5"},
+                                         {"0 4 top_k=-1 1\n", "top_k=-1: expected an integer >= 0"},
+                                         {"0 4 temperature=nan 1\n", "temperature=nan"},
+                                         {"0 4 seed=x 1\n", "seed must be given once, as seed=<integer>"},
+                                         {"0 4 top_k=2 top_k=3 1\n", "top_k must be given once"}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        write_text(path, bad[k][0]);
+        ck_assert_int_eq(engine_read_requests(path, NULL, 0, &r, &n), -1);
+        ck_assert_msg(strstr(error_message(), bad[k][1]), "%s: %s", bad[k][0], error_message());
+    }
+}
+END_TEST
+
 /* ==== the case =================================================================================== */
 
 TestingCase engine_requests_case(void)
@@ -282,5 +341,6 @@ TestingCase engine_requests_case(void)
                                    test_arrival_order_of_200k_requests,
                                    test_failed_requests_write_keeps_the_previous_file,
                                    test_many_requests_through_a_small_pool,
-                                   test_a_long_requests_file_in_bounded_memory}};
+                                   test_a_long_requests_file_in_bounded_memory,
+                                   test_mixed_sampling_per_request_matches_chapter05_alone}};
 }

@@ -43,6 +43,13 @@ START_TEST(test_a_good_request_and_its_defaults)
     ck_assert_int_eq(p.max_tokens, 16);      /* OpenAI's default */
     ck_assert(p.temperature == 1.0f);        /* OpenAI's default */
     ck_assert(p.has_seed && p.seed == 7 && p.stream && !p.include_usage);
+    ck_assert(p.top_p == 1.0f && p.top_k == 0); /* OpenAI's defaults: every token */
+    completion_params_free(&p);
+    ck_assert_int_eq(parse("{\"prompt\":[4],\"top_p\":0.9,\"top_k\":40}", &p, msg, sizeof msg, &param), 0);
+    ck_assert(p.top_p == 0.9f && p.top_k == 40);
+    completion_params_free(&p);
+    ck_assert_int_eq(parse("{\"prompt\":[4],\"top_k\":-1}", &p, msg, sizeof msg, &param), 0);
+    ck_assert_int_eq(p.top_k, 0); /* vLLM's "off" */
     completion_params_free(&p);
     ck_assert_int_eq(parse("{\"prompt\":[3],\"max_tokens\":0,\"temperature\":0,\"n\":1,\"stop\":null,"
                            "\"stream_options\":{\"include_usage\":true},\"user\":\"someone\"}",
@@ -83,7 +90,10 @@ START_TEST(test_bad_requests_name_the_field)
         {"{\"prompt\":[1],\"n\":2}", 400, "n", "must be 1"},
         {"{\"prompt\":[1],\"stop\":[\"\\n\"]}", 400, "stop", "not supported"},
         {"{\"prompt\":[1],\"logprobs\":3}", 400, "logprobs", "not supported"},
-        {"{\"prompt\":[1],\"top_p\":0.9}", 400, "top_p", "not supported"},
+        {"{\"prompt\":[1],\"top_p\":0}", 400, "top_p", "more than 0"},
+        {"{\"prompt\":[1],\"top_p\":1.5}", 400, "top_p", "between 0 and 1"},
+        {"{\"prompt\":[1],\"top_k\":-2}", 400, "top_k", "between -1 and"},
+        {"{\"prompt\":[1],\"top_k\":2.5}", 400, "top_k", "must be an integer"},
         {"{\"prompt\":[1],\"model\":\"gpt-4\"}", 404, "model", "'gpt-4' does not exist: this server serves 'tiny'"},
         {"{\"prompt\":[1],\"model\":7}", 400, "model", "must be a string"},
         /* 64 blocks of 16 = 1024 tokens, seq_len 192: a request that fits the model fits the pool */
@@ -163,8 +173,9 @@ END_TEST
 
 /* ==== the server with real clients =============================================================== */
 
-/* The folder scripts/server-test.sh reads: model.bin and tok.bin; ids.txt and text.txt (requests
- * files) with ids.expected and text.expected, what `serve` printed for them. */
+/* The folder scripts/server-test.sh reads: model.bin and tok.bin; ids.txt, text.txt and
+ * sampled.txt (requests files; sampled.txt's lines each with their own temperature, top_p, top_k
+ * and seed) with ids.expected, text.expected and sampled.expected, what `serve` printed for them. */
 static void write_fixture(const char *prog)
 {
     char tok[4200], ck[4200];
@@ -188,13 +199,27 @@ static void write_fixture(const char *prog)
     fclose(f);
     write_text(testing_tmp_path(text, sizeof text, "text.txt"),
                "0 40 Once upon a time\n0 30 the and\\nin\n0 50 He said: \"yes\" \\\\ then\n");
-    const char *which[2][2] = {{ids, "ids.expected"}, {text, "text.expected"}};
-    for (int k = 0; k < 2; k++) {
+    char sampled[4200];
+    f = fopen(testing_tmp_path(sampled, sizeof sampled, "sampled.txt"), "w"); /* docs/contracts.md §2.6 */
+    ck_assert_ptr_nonnull(f);
+    static const char *const settings[6] = {
+        "temperature=0.8 top_p=0.9 top_k=0 seed=11", "temperature=1 top_p=0.5 top_k=0 seed=12",
+        "temperature=0.7 top_p=1 top_k=5 seed=13",   "temperature=1.2 top_p=0.95 top_k=40 seed=14",
+        "temperature=0 top_p=1 top_k=0 seed=15",     "temperature=1 top_p=1 top_k=1 seed=16"};
+    for (int i = 0; i < 12; i++) {
+        fprintf(f, "0 %d %s", 10 + 3 * i, settings[i % 6]);
+        for (int t = 0; t < 2 + i; t++)
+            fprintf(f, " %d", (5 * t + 11 * i + 2) % V);
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    const char *which[3][2] = {{ids, "ids.expected"}, {text, "text.expected"}, {sampled, "sampled.expected"}};
+    for (int k = 0; k < 3; k++) {
         char out[4200];
         write_text(testing_tmp_path(out, sizeof out, which[k][1]), ""); /* run_program_limited opens, not creates */
         ProcResult r;
         const char *argv[] = {prog, "serve", "--checkpoint", ck, "--requests", which[k][0], "--device", "cpu",
-                              k ? "--tokenizer" : NULL, tok, NULL};
+                              k == 1 ? "--tokenizer" : NULL, tok, NULL};
         ck_assert_int_eq(run_program_limited(&r, argv, 120, testing_tmp_path(out, sizeof out, which[k][1])), 0);
         ck_assert_msg(r.status == 0, "serve: %s", r.err);
     }

@@ -193,6 +193,27 @@ int model_argmax(const float *logits, int n);
  * sampling from that would pick the last id without a word. */
 int model_sample(float *logits, int n, float temperature, Rng *rng);
 
+/* How the next token is chosen. Zero-initialised: greedy. */
+typedef struct {
+    float temperature; /* 0: greedy (the largest logit); > 0: sample from softmax(logits / T) */
+    float top_p;       /* nucleus sampling as llama2.c's run.c: only the most probable tokens whose
+                        * probabilities add up to more than top_p; 0 or >= 1: off */
+    int top_k;         /* only the top_k most probable tokens (vLLM's top_k); 0: off */
+} Sampling;
+
+/* A token chosen as s says, with llama2.c's generator and coin. Without top-k, exactly run.c's
+ * `sample`: temperature, softmax, then one coin; with 0 < top_p < 1 run.c's sample_topp --
+ * tokens below the cutoff (1 - top_p) / (n - 1) dropped first, the rest sorted by probability
+ * (qsort, most probable first), cut after the first whose running sum passes top_p, and the coin
+ * scaled by that sum. With top_k: every token sorted the same way, the first top_k kept, then the
+ * same cut at top_p times their sum (when top_p is on) and the same scaled coin. Overwrites logits
+ * with the probabilities. -1 (error recorded) for a logit that is NaN or infinite, or no memory. */
+int model_sample_with(float *logits, int n, const Sampling *s, Rng *rng);
+
+/* The rules --top-p and --top-k follow: top_p in (0, 1] (1: off), top_k >= 0 (0: off). -1 with
+ * the message naming the option otherwise. */
+int model_check_sampling(double top_p, int top_k);
+
 /* The rule every --temperature follows: 0 (greedy) or a positive number of at least FLT_MIN,
  * the smallest normal float (a subnormal T turns every logit / T into inf). Finite. -1 with the
  * message naming --temperature otherwise. */

@@ -98,6 +98,15 @@ void lesson_machine(Device dev, int device_line);
 #define OPTION_SEED(var)                                                                                        \
     {.name = "seed", .kind = ARG_INT, .dest = (var), .metavar = "S", .help = "sampling seed (default 42)",     \
      .min = 0, .max = 2147483647}
+/* --top-p and --top-k (common/model.h's Sampling): defaults 0.9 (llama2.c's run.c) and 0 (off). */
+#define OPTION_TOP_P(var)                                                                                       \
+    {.name = "top-p", .kind = ARG_DOUBLE, .dest = (var), .metavar = "P",                                      \
+     .help = "at temperature > 0, sample only from the most probable tokens whose probabilities add up to "  \
+             "more than P, as llama2.c's run.c (default 0.9, run.c's; 1: every token)"}
+#define OPTION_TOP_K(var)                                                                                       \
+    {.name = "top-k", .kind = ARG_INT, .dest = (var), .metavar = "K",                                         \
+     .help = "at temperature > 0, sample only from the K most probable tokens (default 0: every token)",      \
+     .min = 0, .max = 1 << 30}
 #define OPTION_SHUFFLE(var, help_text)                                                                          \
     {.name = "shuffle", .kind = ARG_INT, .dest = (var), .metavar = "S", .help = (help_text), .min = 0,        \
      .max = 2147483647}

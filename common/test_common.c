@@ -118,6 +118,7 @@ int main(void)
         common_files_case(),
         common_args_case(),
         common_model_case(),
+        common_sampling_case(),
         common_tokenizer_case(),
         common_tokenizer_heap_case(),
     };

@@ -21,6 +21,7 @@ TestingCase common_numeric_case(void);          /* "matmul, exp, memory" */
 TestingCase common_files_case(void);            /* "files" */
 TestingCase common_args_case(void);             /* "arguments and messages" */
 TestingCase common_model_case(void);            /* "model" */
+TestingCase common_sampling_case(void);         /* "sampling" (test_sampling.c) */
 TestingCase common_tokenizer_case(void);        /* "tokenizer" */
 TestingCase common_tokenizer_heap_case(void);   /* "tokenizer: the heap encoder against the reference" */
 

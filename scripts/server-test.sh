@@ -15,6 +15,8 @@
 #   greedy      every ids.txt request at temperature 0, stream off and on: token_ids equal serve's,
 #               the streamed chunks concatenate to the whole text, usage counts right
 #   seeded      temperature 0.8 with a seed: the same tokens every time, not the greedy ones
+#   sampled     requests each with its own temperature, top_p, top_k and seed (sampled.txt), all
+#               streaming at once: serve's tokens for the same file exactly (sampled.expected)
 #   many        64 clients streaming at once (AsyncOpenAI): each equal to its solo run
 #   disconnect  a client that leaves mid-stream: the others unchanged; /metrics: aborted >= 1,
 #               no request running, no KV block used
@@ -207,7 +209,7 @@ bad_requests() {
     expect_error "text without --tokenizer" 400 prompt "no tokenizer" "${json[@]}" -d '{"prompt":"hello"}' "$u"
     expect_error "n 2" 400 n "must be 1" "${json[@]}" -d '{"prompt":[1],"n":2}' "$u"
     expect_error "stop" 400 stop "not supported" "${json[@]}" -d '{"prompt":[1],"stop":["x"]}' "$u"
-    expect_error "top_p 0.5" 400 top_p "not supported" "${json[@]}" -d '{"prompt":[1],"top_p":0.5}' "$u"
+    expect_error "top_p 0" 400 top_p "more than 0" "${json[@]}" -d '{"prompt":[1],"top_p":0}' "$u"
     expect_error "unknown model" 404 model "does not exist" "${json[@]}" -d '{"model":"gpt-4","prompt":[1]}' "$u"
     expect_error "unknown path" 404 - "no route" "$SRV_URL/v2/nothing"
     expect_error "GET /v1/completions" 405 - "use POST" "$u"
@@ -270,6 +272,7 @@ done
 start_server ids --max-body 4096
 client greedy greedy "$SRV_URL" "$IDS" "$IDS_EXP"
 client seeded seeded "$SRV_URL" "$IDS"
+client sampled sampled "$SRV_URL" "$DIR/sampled.txt" "$DIR/sampled.expected"
 client many many "$SRV_URL" "$IDS" "$IDS_EXP" --clients 64
 client disconnect disconnect "$SRV_URL" "$IDS" "$IDS_EXP"
 bad_requests

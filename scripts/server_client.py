@@ -12,6 +12,9 @@ the metrics are read with the standard library only (those commands do not impor
                                         text concatenates to the whole text, usage counts right
   text URL TEXT EXPECTED                text prompts (a server with --tokenizer): serve's text
   seeded URL IDS                        temperature 0.8 with a seed: the same tokens every time
+  sampled URL REQS EXPECTED             the requests of REQS, each with its own temperature=,
+                                        top_p=, top_k= and seed=, all streaming at once: token_ids
+                                        equal serve's for the same file (EXPECTED)
   many URL IDS EXPECTED --clients N     N clients streaming at once (AsyncOpenAI): greedy and
                                         seeded requests, each equal to its solo run
   disconnect URL IDS EXPECTED           a client closes its stream after 2 chunks while others
@@ -254,6 +257,42 @@ def cmd_seeded(url, ids_path):
         raise Fail("temperature 0.8 gave the greedy tokens for every prompt: is the temperature used?")
     return (f"{len(picks)} prompts sampled at temperature 0.8 with a seed, 3 times each (stream off, off, on): "
             f"the same tokens each time; {differ} of {len(picks)} differ from greedy")
+
+
+def read_sampled(path):
+    """[(prompt ids, max_new, sampling)] of a requests file whose lines carry temperature=, top_p=,
+    top_k= and seed= before the ids (docs/contracts.md §2.6); sampling as the API's fields."""
+    reqs = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            words = line.split()
+            sampling, ids = {}, []
+            for w in words[2:]:
+                name, eq, value = w.partition("=")
+                if eq:
+                    sampling[name] = float(value) if name in ("temperature", "top_p") else int(value)
+                else:
+                    ids.append(int(w))
+            if set(sampling) != {"temperature", "top_p", "top_k", "seed"}:
+                raise Fail(f"{path}: each line must give temperature=, top_p=, top_k= and seed=: {line.strip()}")
+            reqs.append((ids, int(words[1]), sampling))
+    return reqs
+
+
+def cmd_sampled(url, reqs_path, expected_path):
+    reqs, expected = read_sampled(reqs_path), read_expected(expected_path, False)
+    model = model_id(url)
+    # top_k is not a parameter of OpenAI's API: the client sends it in extra_body, as for vLLM
+    jobs = [(p, m, {"temperature": sp["temperature"], "top_p": sp["top_p"], "seed": sp["seed"],
+                    "extra_body": {"top_k": sp["top_k"]}}) for p, m, sp in reqs]
+    results, _ = asyncio.run(run_streams(url, model, jobs))
+    for k, ((p, m, sp), (r, _)) in enumerate(zip(reqs, results)):
+        check_result(f"sampled request {k} ({sp})", r, expected[k], len(p), m)
+    kinds = sorted({(sp["top_p"], sp["top_k"]) for _, _, sp in reqs})
+    return (f"{len(reqs)} requests with their own temperature, top_p, top_k and seed, streaming at once: "
+            f"serve's tokens exactly ({len(kinds)} top_p/top_k settings)")
 
 
 # ==== (c) many clients at once, (d) one that leaves =========================================
@@ -599,6 +638,7 @@ def main(argv):
         "greedy": lambda a: cmd_greedy(a[0], a[1], a[2], int(a[4]) if a[3:4] == ["--limit"] else None),
         "text": lambda a: cmd_text(a[0], a[1], a[2]),
         "seeded": lambda a: cmd_seeded(a[0], a[1]),
+        "sampled": lambda a: cmd_sampled(a[0], a[1], a[2]),
         "many": lambda a: cmd_many(a[0], a[1], a[2], int(a[4]) if a[3:4] == ["--clients"] else 64),
         "disconnect": lambda a: cmd_disconnect(a[0], a[1], a[2]),
         "inflight": lambda a: cmd_inflight(a[0], a[1], int(a[2])),
