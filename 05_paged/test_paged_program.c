@@ -211,6 +211,8 @@ static const HostileCase hostile_cases[] = {
     {.argv = {GEN05, "--n-samples", "2147483647"}, .expect = "--n-samples"},
     {.argv = {GEN05, "--temperature", "1e-40"}, .expect = "--temperature"},
     {.argv = {GEN05, "--temperature", "inf"}, .expect = "--temperature"},
+    {.argv = {GEN05, "--top-p", "1.5"}, .expect = "--top-p 1.5: expected a number in (0, 1]"},
+    {.argv = {GEN05, "--top-k", "x"}, .expect = "--top-k"},
     {.argv = {GEN05, "--shuffle", "-1"}, .expect = "--shuffle"},
     {.argv = {GEN05, "--kernel", "9"}, .expect = "--kernel"},
     {.argv = {GEN05, "--prompt", "1 2x"}, .expect = "--prompt"},

@@ -533,6 +533,8 @@ static const HostileCase hostile_cases[] = {
     {.argv = {SERVE06_R, "--num-blocks", "-5"}, .expect = "--num-blocks"},
     {.argv = {SERVE06_R, "--policy", "fastest"}, .expect = "--policy"},
     {.argv = {SERVE06_R, "--temperature", "1e-40"}, .expect = "--temperature"},
+    {.argv = {SERVE06_R, "--top-p", "-0.5"}, .expect = "--top-p -0.5"},
+    {.argv = {SERVE06_R, "--top-k", "-2"}, .expect = "--top-k"},
     {.argv = {SERVE06_R, "--metrics", HOSTILE_BAD_OUT}},
     {.argv = {SERVE06_R, "--iterations", "/dev/full"}, .expect = "/dev/full"},
     {.argv = {SERVE06_R}, .expect = "standard output", .stdout_to = "/dev/full"},
