@@ -43,20 +43,25 @@ START_TEST(test_generate_command_matches_chapter04)
         ck_assert_msg(got.status == 0, "%s", got.err);
         ck_assert_str_eq(got.out, want.out);
     }
-    /* forked sampling: sample i is chapter 04's run with seed 5 + i */
-    const char *a5[] = {p5, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed", "5",
-                        "--n-samples", "3", NULL};
-    ck_assert_int_eq(run_program(&got, a5), 0);
-    ck_assert_msg(got.status == 0 && count_lines(got.out) == 3, "%s %s", got.out, got.err);
-    char *line = strtok(got.out, "\n");
-    for (int i = 0; i < 3; i++, line = strtok(NULL, "\n")) {
-        char seed[8];
-        snprintf(seed, sizeof seed, "%d", 5 + i);
-        const char *b4[] = {p4, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed",
-                            seed, "--device", "cpu", NULL};
-        ck_assert_int_eq(run_program(&want, b4), 0);
-        want.out[strcspn(want.out, "\n")] = 0;
-        ck_assert_msg(line && strcmp(line, want.out) == 0, "sample %d: %s vs %s", i, line, want.out);
+    /* forked sampling: sample i is chapter 04's run with seed 5 + i -- with the default top-p (0.9)
+     * and with top-p 0.5 and top-k 5: each sample draws from its own generator */
+    static const char *const filters[2][4] = {{"--top-p", "0.9", "--top-k", "0"}, {"--top-p", "0.5", "--top-k", "5"}};
+    for (int f = 0; f < 2; f++) {
+        const char *a5[] = {p5, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed", "5",
+                            "--n-samples", "3", filters[f][0], filters[f][1], filters[f][2], filters[f][3], NULL};
+        ck_assert_int_eq(run_program(&got, a5), 0);
+        ck_assert_msg(got.status == 0 && count_lines(got.out) == 3, "%s %s", got.out, got.err);
+        char *save = NULL, *line = strtok_r(got.out, "\n", &save);
+        for (int i = 0; i < 3; i++, line = strtok_r(NULL, "\n", &save)) {
+            char seed[8];
+            snprintf(seed, sizeof seed, "%d", 5 + i);
+            const char *b4[] = {p4, "generate", "--prompt", "1 2 3", "--max-new", "10", "--temperature", "0.8", "--seed",
+                                seed, "--device", "cpu", filters[f][0], filters[f][1], filters[f][2], filters[f][3], NULL};
+            ck_assert_int_eq(run_program(&want, b4), 0);
+            want.out[strcspn(want.out, "\n")] = 0;
+            ck_assert_msg(line && strcmp(line, want.out) == 0, "%s %s, sample %d: %s vs %s", filters[f][1],
+                          filters[f][3], i, line, want.out);
+        }
     }
     testing_expect_error("05_paged", "can never fit", "generate", "--max-new", "40", "--num-blocks", "2");
     testing_expect_error("05_paged", "--block-size", "generate", "--block-size", "0");
