@@ -77,7 +77,8 @@ static void server_parse(ServerArgs *a, Http *h, int argc, char **argv)
             .summary =
                 "Serves the model over HTTP with OpenAI's completions API until SIGINT or SIGTERM:\n"
                 "POST /v1/completions (prompt as text with --tokenizer, or as a list of token ids; max_tokens,\n"
-                "temperature, seed, stream), GET /v1/models, GET /health, GET /metrics (Prometheus text).\n"
+                "temperature, top_p, top_k, seed, stream), GET /v1/models, GET /health, GET /metrics (Prometheus\n"
+                "text).\n"
                 "The engine runs continuously on the wall clock: a request joins the batch at the next\n"
                 "iteration, and each streamed token leaves as soon as its iteration ends. Greedy requests\n"
                 "(temperature 0) get exactly the tokens 'serve' gives them. Prints 'listening on\n"
