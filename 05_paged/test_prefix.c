@@ -99,6 +99,15 @@ START_TEST(test_prefix_shared_blocks_counted_by_hand)
 }
 END_TEST
 
+/* The cached blocks, least recently used first, are want[0..n). */
+static void expect_lru(const PagedPool *p, const int *want, int n)
+{
+    int lru[8];
+    ck_assert_int_eq(paged_prefix_lru(p, lru, 8), n);
+    for (int k = 0; k < n; k++)
+        ck_assert_msg(lru[k] == want[k], "LRU position %d is block %d, expected %d", k, lru[k], want[k]);
+}
+
 /* Block size 2, 6 blocks, in order (the empty stack hands out 0, 1, 2, ...).
  *   A = 1 2 | 3 4 | 5       takes 0 1 2, names 0 1; freed: 2 empty, cached (LRU first) 1 0
  *   B = 6 7 | 8 9 | 5       takes 2 3 4, names 3 (blocks 2, 3); freed: 4 empty, cached 1 0 3 2
@@ -112,31 +121,25 @@ START_TEST(test_prefix_eviction_is_lru_counted_by_hand)
     const int a_tok[5] = {1, 2, 3, 4, 5}, b_tok[5] = {6, 7, 8, 9, 5}, c_tok[5] = {1, 2, 3, 4, 9};
     const int d_tok[9] = {20, 21, 22, 23, 24, 25, 26, 27, 28}, e_tok[3] = {1, 2, 7};
     PagedSeq s;
-    int lru[6];
     ck_assert_int_eq(start_seq(&p, &s, a_tok, 5), 0);
     ck_assert_int_eq(paged_seq_free(&p, &s), 0);
-    ck_assert_int_eq(paged_prefix_lru(&p, lru, 6), 2);
-    ck_assert(lru[0] == 1 && lru[1] == 0);
+    expect_lru(&p, (const int[]){1, 0}, 2);
     ck_assert_int_eq(start_seq(&p, &s, b_tok, 5), 0);
     ck_assert(s.blocks[0] == 2 && s.blocks[1] == 3 && s.blocks[2] == 4);
     ck_assert_int_eq(paged_seq_free(&p, &s), 0);
-    ck_assert_int_eq(paged_prefix_lru(&p, lru, 6), 4);
-    ck_assert(lru[0] == 1 && lru[1] == 0 && lru[2] == 3 && lru[3] == 2);
+    expect_lru(&p, (const int[]){1, 0, 3, 2}, 4);
     ck_assert_int_eq(start_seq(&p, &s, c_tok, 5), 4);
     ck_assert(s.blocks[0] == 0 && s.blocks[1] == 1 && s.blocks[2] == 4);
-    ck_assert_int_eq(paged_prefix_lru(&p, lru, 6), 2);
-    ck_assert(lru[0] == 3 && lru[1] == 2);
+    expect_lru(&p, (const int[]){3, 2}, 2);
     ck_assert_int_eq(paged_seq_free(&p, &s), 0);
-    ck_assert_int_eq(paged_prefix_lru(&p, lru, 6), 4);
-    ck_assert(lru[0] == 3 && lru[1] == 2 && lru[2] == 1 && lru[3] == 0);
+    expect_lru(&p, (const int[]){3, 2, 1, 0}, 4);
     ck_assert_uint_eq(p.n_evictions, 0);
     ck_assert_int_eq(start_seq(&p, &s, d_tok, 9), 0);
     const int d_want[5] = {4, 5, 3, 2, 1};
     for (int j = 0; j < 5; j++)
         ck_assert_msg(s.blocks[j] == d_want[j], "D's block %d is %d, expected %d", j, s.blocks[j], d_want[j]);
     ck_assert_uint_eq(p.n_evictions, 3);
-    ck_assert_int_eq(paged_prefix_lru(&p, lru, 6), 1);
-    ck_assert_int_eq(lru[0], 0);
+    expect_lru(&p, (const int[]){0}, 1);
     check_pool(&p, (PagedSeq *[]){&s}, 1);
     /* the pool is full: block 0 (cached) is the only one left; D's 4 full blocks were named */
     PagedSeq e;
