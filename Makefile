@@ -62,6 +62,11 @@ ifeq ($(MEMCHECK),1)
   override SERVER := 0
 endif
 SERVER ?= $(shell pkg-config --exists libmicrohttpd jansson 2>/dev/null && echo 1 || echo 0)
+# Tensor parallelism's MPI program (04_kvcache_tp): when Open MPI's mpicc is there (flags below).
+ifneq ($(filter 1,$(FUZZ) $(MEMCHECK)),)
+  override MPI := 0
+endif
+MPI ?= $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
 ifneq ($(CHECK_PREFIX),)
   HAVE_CHECK = $(if $(wildcard $(CHECK_PREFIX)/usr/include/check.h),yes,no)
 else
@@ -83,7 +88,7 @@ BIN := $(BUILD)/bin
 TST := $(BUILD)/test
 
 ifeq ($(MAKELEVEL),0)
-  $(info make: nvcc $(if $(NVCC),yes,no) (CUDA=$(CUDA), GPU_ARCH=$(GPU_ARCH)) | GPU $(HAVE_GPU) | OpenMP $(HAVE_OMP) | Check $(HAVE_CHECK) | gnuplot $(HAVE_GNUPLOT) | server $(if $(filter 1,$(SERVER)),yes,no) | SAN=$(SAN) -> $(BUILD)/)
+  $(info make: nvcc $(if $(NVCC),yes,no) (CUDA=$(CUDA), GPU_ARCH=$(GPU_ARCH)) | GPU $(HAVE_GPU) | OpenMP $(HAVE_OMP) | Check $(HAVE_CHECK) | gnuplot $(HAVE_GNUPLOT) | server $(if $(filter 1,$(SERVER)),yes,no) | MPI $(if $(filter 1,$(MPI)),yes,no) | SAN=$(SAN) -> $(BUILD)/)
 endif
 
 # ---- flags -------------------------------------------------------------------------------------
@@ -135,6 +140,20 @@ else
   CFLAGS += -DHAVE_SERVER=0
 endif
 
+# Tensor parallelism (04_kvcache_tp, chapter 04's tp_*.c): built when Open MPI's mpicc is there
+# (make test installs it: scripts/deps.sh test), with this build's compiler and flags plus MPI's
+# (mpicc --showme). With CUDA and NCCL's header, its `nccl` subcommand too (NCCL opened by dlopen).
+# MPI=0 leaves it out (the aarch64 cross build, valgrind's build, fuzzing).
+CFLAGS += -DHAVE_MPI=$(MPI)
+ifeq ($(MPI),1)
+  MPI_CFLAGS := $(shell mpicc --showme:compile) -DOMPI_SKIP_MPICXX
+  MPI_LIBS := $(shell mpicc --showme:link)
+  HAVE_NCCL := $(if $(and $(filter 1,$(CUDA)),$(wildcard $(CUDA_HOME)/include/nccl.h)),1,0)
+  NCCL_SONAME := $(if $(filter 1,$(HAVE_NCCL)),$(or $(shell objdump -p $(CUDA_LIBDIR)/libnccl.so 2>/dev/null | awk '/SONAME/ {print $$2}'),libnccl.so.2))
+else
+  HAVE_NCCL := 0
+endif
+
 # Check: from pkg-config, or linked statically from unpacked Debian packages (CHECK_PREFIX),
 # whose libraries sit in the compiler's multiarch folder (x86_64-linux-gnu, aarch64-linux-gnu).
 ifneq ($(CHECK_PREFIX),)
@@ -149,7 +168,7 @@ endif
 
 # Objects are rebuilt when the flags change (CUDA=0 after CUDA=1, say): they depend on a stamp
 # file that is rewritten only when its contents would change.
-CONFIG_LINE := $(CC) $(CFLAGS) | $(NVCCFLAGS) $(CUBLAS_SONAME) | $(LDLIBS)
+CONFIG_LINE := $(CC) $(CFLAGS) | $(NVCCFLAGS) $(CUBLAS_SONAME) | $(LDLIBS) | $(MPI_CFLAGS) $(MPI_LIBS) $(HAVE_NCCL)
 STAMP := $(BUILD)/config.stamp
 ifeq ($(filter clean help,$(MAKECMDGOALS)),)
   $(shell mkdir -p $(BUILD) && { [ "$$(cat $(STAMP) 2>/dev/null)" = "$(CONFIG_LINE)" ] || echo "$(CONFIG_LINE)" > $(STAMP); })
@@ -162,8 +181,9 @@ ifeq ($(CUDA),1)
 endif
 
 # lib<chapter>.a holds everything of a chapter but its main.c and tests.
-lib_objs = $(patsubst %.c,$(OBJ)/%.o,$(filter-out $(1)/main.c $(1)/test_%.c,$(wildcard $(1)/*.c))) \
-           $(if $(filter 1,$(CUDA)),$(patsubst %.cu,$(OBJ)/%.cu.o,$(wildcard $(1)/*.cu)))
+# (Chapter 04's tp_*.c and tp_*.cu are the MPI program 04_kvcache_tp's: not in the library.)
+lib_objs = $(patsubst %.c,$(OBJ)/%.o,$(filter-out $(1)/main.c $(1)/test_%.c $(1)/tp_%.c,$(wildcard $(1)/*.c))) \
+           $(if $(filter 1,$(CUDA)),$(patsubst %.cu,$(OBJ)/%.cu.o,$(filter-out $(1)/tp_%.cu,$(wildcard $(1)/*.cu))))
 # Chapter N links the libraries of chapters N, N-1, ..., 01 (later chapters call earlier ones,
 # and each chapter's tests use the previous chapter as their reference), then libcommon.a. A
 # static library only supplies what the objects before it on the command line still need, so the
@@ -178,7 +198,7 @@ not_after = $(filter $(1),$(firstword $(sort $(1) $(2))))
 chain_of = $(strip $(foreach c,$(BUILT),$(if $(call not_after,$(c),$(1)),$(c))))
 chain_libs = $(foreach c,$(call reverse,$(call chain_of,$(1))),$(LIB)/lib$(c).a) $(LIB)/libcommon.a
 
-PROGRAMS := $(foreach c,$(BUILT),$(BIN)/$(c))
+PROGRAMS := $(foreach c,$(BUILT),$(BIN)/$(c)) $(if $(filter 1,$(MPI)),$(BIN)/04_kvcache_tp)
 TESTS := $(TST)/common $(foreach c,$(BUILT),$(TST)/$(c))
 SHARE := $(foreach c,$(BUILT),$(BUILD)/share/$(c).gp) $(BUILD)/share/common.gp
 
@@ -225,6 +245,27 @@ $(BUILD)/share/$(1).gp: $(1)/plot.gp
 	cp $$< $$@
 endef
 $(foreach c,$(BUILT),$(eval $(call chapter_rules,$(c))))
+
+# 04_kvcache_tp: chapter 04's tp_*.c (and tp_nccl.cu with NCCL) on the chapter's libraries, with MPI.
+TP_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(wildcard 04_kvcache/tp_*.c)) \
+          $(if $(filter 1,$(HAVE_NCCL)),$(OBJ)/04_kvcache/tp_nccl.cu.o)
+$(OBJ)/04_kvcache/tp_%.o: 04_kvcache/tp_%.c $(STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -DHAVE_NCCL=$(HAVE_NCCL) -MMD -MP -c $< -o $@
+
+$(OBJ)/04_kvcache/tp_nccl.cu.o: 04_kvcache/tp_nccl.cu $(STAMP)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) $(MPI_CFLAGS) -DHAVE_NCCL=1 -DNCCL_SONAME='"$(NCCL_SONAME)"' -DCUDA_LIBDIR='"$(CUDA_LIBDIR)"' \
+	    -MMD -MP -c $< -o $@
+
+ifeq ($(MPI),1)
+$(BIN)/04_kvcache_tp: $(TP_OBJ) $(call chain_libs,04_kvcache)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $^ $(MPI_LIBS) $(LDLIBS) -o $@
+else
+$(BIN)/04_kvcache_tp:
+	@echo "make: 04_kvcache_tp needs Open MPI (mpicc$(if $(filter command line,$(origin MPI)), and not MPI=0)): sudo apt-get install -y openmpi-bin libopenmpi-dev" >&2; exit 1
+endif
 
 # common/'s own suite: the shared pieces (matmul, exp, .npy, tokenizer, arguments, ...) tested
 # where they live, before any chapter uses them.
@@ -288,7 +329,7 @@ fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-common test-all check-layout bench bench-server plots clean help deps-test deps-plot deps-server results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
+.PHONY: all build programs tests run test test-common test-all check-layout bench bench-server plots clean help deps-test deps-plot deps-server deps-mpi chapter-4-tp results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -305,6 +346,8 @@ deps-plot:
 	@scripts/deps.sh plot
 deps-server:
 	@$(if $(and $(filter command line,$(origin SERVER)),$(filter 0,$(SERVER))),true,scripts/deps.sh server)
+deps-mpi:
+	@$(if $(and $(filter command line,$(origin MPI)),$(filter 0,$(MPI))),true,scripts/deps.sh mpi)
 
 # `make run`: every chapter's lesson in order; chapters not written yet say so.
 run: deps-plot
@@ -314,7 +357,16 @@ run: deps-plot
 	        echo; echo "================ chapter $$c ================"; \
 	        $(BIN)/$$c --device $(DEVICE) || exit 1; \
 	    else echo; echo "================ chapter $$c: coming (not written yet) ================"; fi; \
+	    if [ $$c = 04_kvcache ] && [ -x $(BIN)/04_kvcache_tp ]; then \
+	        echo; echo "================ chapter 04_kvcache, part 2: tensor parallelism ================"; \
+	        $(BIN)/04_kvcache_tp || exit 1; fi; \
 	done
+
+# Chapter 04's second part, tensor parallelism (04_kvcache_tp: needs Open MPI, installed here if
+# it can be): the lesson, which runs `mpirun -np N 04_kvcache_tp time` for N = 1, 2, 4 itself.
+chapter-4-tp: deps-plot deps-mpi
+	@$(MAKE) --no-print-directory $(BIN)/04_kvcache_tp
+	$(BIN)/04_kvcache_tp
 
 # common/'s suite alone.
 test-common: deps-test
@@ -344,7 +396,7 @@ $(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
 
 # `make test`: installs Check if needed, builds, then runs every chapter's suite (all of them,
 # even after a failure) and fails if any failed.
-test: deps-test deps-plot deps-server
+test: deps-test deps-plot deps-server deps-mpi
 	@$(MAKE) --no-print-directory test-all
 
 test-all: tests
@@ -415,7 +467,7 @@ ARM64_RUN ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
 
 test-arm64:
 	@bash scripts/arm64-deps.sh $(ARM64_CHECK)
-	@$(MAKE) --no-print-directory CC=$(ARM64_CC) MARCH=-march=armv8-a CUDA=0 SAN=0 FUZZ=0 MEMCHECK=0 SERVER=0 \
+	@$(MAKE) --no-print-directory CC=$(ARM64_CC) MARCH=-march=armv8-a CUDA=0 SAN=0 FUZZ=0 MEMCHECK=0 SERVER=0 MPI=0 \
 	    BUILD=$(ARM64_BUILD) CHECK_PREFIX=$(abspath $(ARM64_CHECK)) test-arm64-run
 
 # (the second half, inside the cross build's variables; run it through test-arm64)
@@ -433,6 +485,7 @@ help:
 	@echo "make                 build every program and test binary into build/ (runs nothing)"
 	@echo "make run             run every chapter's lesson in order (GPU if there is one, else CPU)"
 	@echo "make chapter-N       build and run chapter N's lesson (N = 1..6)"
+	@echo "make chapter-4-tp    chapter 04's part 2, tensor parallelism over Open MPI (04_kvcache_tp; installs Open MPI)"
 	@echo "make test            build and run every chapter's Check suite (installs Check if needed)"
 	@echo "make test-N          chapter N's suite only (make test-common: common/'s own suite)"
 	@echo "make bench           every chapter's benchmarks: TSV rows on stdout, .dat + PNG under build/"
@@ -455,4 +508,5 @@ help:
 	@echo
 	@echo "variables: SAN=1 (AddressSanitizer + UBSan build in build/san/), CUDA=0|1 (default: 1 when"
 	@echo "  nvcc is found), GPU_ARCH=sm_90, DEVICE=auto|cpu|cuda (passed to the programs),"
-	@echo "  CHECK_PREFIX=DIR (Check unpacked from Debian packages, for machines without apt)"
+	@echo "  CHECK_PREFIX=DIR (Check unpacked from Debian packages, for machines without apt),"
+	@echo "  SERVER=0 (chapter 06 without its HTTP server), MPI=0 (no 04_kvcache_tp)"

@@ -63,11 +63,11 @@ static int cache_attention(void *ctx, int layer, int n, const float *q, const fl
 int kvcache_forward(const Model *m, KvCache *c, int b, const int *tokens, int n, int kernel, float *logits)
 {
     const ModelConfig *mc = &m->c;
-    const int H = mc->n_heads, D = model_head_size(mc), pos0 = c->len[b];
+    const int H = m->s.n_h, D = model_head_size(mc), pos0 = c->len[b]; /* a shard's heads, or all */
     if (n < 1 || pos0 + n > c->max_seq || pos0 + n > mc->seq_len)
         return error_set("positions %d..%d do not fit the cache (%d) and seq_len (%d)", pos0, pos0 + n - 1, c->max_seq,
                          mc->seq_len);
-    if (c->n_kv_heads != mc->n_kv_heads || c->D != D || c->n_layers != mc->n_layers)
+    if (c->n_kv_heads != m->s.n_kv || c->D != D || c->n_layers != mc->n_layers)
         return error_set("the cache's shape does not match the model");
     const size_t qn = (size_t)n * H * D;
     float *qh = mem_alloc(2 * qn * sizeof(float), "queries and outputs by head (2, H, n, D)");
@@ -89,7 +89,7 @@ int kvcache_forward(const Model *m, KvCache *c, int b, const int *tokens, int n,
 int kvcache_forward_nocache(const Model *m, const int *tokens, int n, float *logits)
 {
     KvCache c;
-    if (kvcache_create(&c, m->c.n_layers, 1, m->c.n_kv_heads, n, model_head_size(&m->c), KV_F32) != 0)
+    if (kvcache_create(&c, m->c.n_layers, 1, m->s.n_kv, n, model_head_size(&m->c), KV_F32) != 0)
         return -1;
     int rc = kvcache_forward(m, &c, 0, tokens, n, 2, logits); /* a throwaway cache: recompute everything */
     kvcache_free(&c);
@@ -162,7 +162,7 @@ int kvcache_generate(const Model *m, const int *prompt, int n_prompt, const GenO
     if (kvcache_check_request(&m->c, prompt, n_prompt, o->max_new) != 0)
         return -1;
     KvCache c = {0};
-    if (o->use_cache && kvcache_create(&c, m->c.n_layers, 1, m->c.n_kv_heads, n_prompt + o->max_new,
+    if (o->use_cache && kvcache_create(&c, m->c.n_layers, 1, m->s.n_kv, n_prompt + o->max_new, /* a shard's */
                                        model_head_size(&m->c), o->dtype) != 0)
         return -1;
     CpuForward f = {.m = m, .c = o->use_cache ? &c : NULL, .kernel = o->kernel};

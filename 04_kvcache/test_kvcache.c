@@ -483,6 +483,7 @@ int main(void)
                    test_requests_that_cannot_run, test_generation_with_and_without_cache}},
         kvcache_program_case(), kvcache_hostile_case(), kvcache_cuda_case(), /* test_kvcache_program.c */
         kvcache_sampling_lesson_case(),                                      /* test_sampling_lesson.c */
+        kvcache_tp_shards_case(), kvcache_tp_ranks_case(),                   /* test_tp.c, test_tp_ranks.c */
     };
     return testing_main_cases("04_kvcache", cases, sizeof cases / sizeof cases[0]);
 }

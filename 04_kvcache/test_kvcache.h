@@ -49,5 +49,7 @@ TestingCase kvcache_program_case(void);
 TestingCase kvcache_hostile_case(void);
 TestingCase kvcache_cuda_case(void);
 TestingCase kvcache_sampling_lesson_case(void); /* test_sampling_lesson.c: "sampling lesson" */
+TestingCase kvcache_tp_shards_case(void);       /* test_tp.c: "tensor parallel shards" */
+TestingCase kvcache_tp_ranks_case(void);        /* test_tp_ranks.c: "tensor parallel ranks" (with Open MPI) */
 
 #endif

@@ -49,6 +49,46 @@ int model_check_config(const ModelConfig *c)
     return 0;
 }
 
+/* ==== tensor parallelism: which part a rank holds ========================================================= */
+
+/* Part `rank` of `n` items split as evenly as they go: [n * rank / world, n * (rank + 1) / world). */
+static void split_range(int n, int rank, int world, int *first, int *count)
+{
+    *first = (int)((long)n * rank / world);
+    *count = (int)((long)n * (rank + 1) / world) - *first;
+}
+
+int model_shard_plan(const ModelConfig *c, int rank, int world, ModelShard *s)
+{
+    const int H = c->n_heads, Hkv = c->n_kv_heads, G = H / Hkv; /* G query heads per kv head */
+    if (world < 1 || rank < 0 || rank >= world)
+        return error_set("rank %d of %d ranks does not exist", rank, world);
+    if (world > H)
+        return error_set("%d ranks but the model has %d query heads: each rank needs at least one", world, H);
+    if (world <= Hkv && Hkv % world != 0)
+        return error_set("%d ranks do not divide the model's %d kv heads: each rank holds the same number of whole kv "
+                         "heads and their GQA groups",
+                         world, Hkv);
+    if (world > Hkv && (world % Hkv != 0 || H % world != 0))
+        return error_set("%d ranks for %d query heads over %d kv heads: with more ranks than kv heads each kv head is "
+                         "replicated on world / n_kv_heads ranks, so the ranks must be a multiple of %d dividing %d",
+                         world, H, Hkv, Hkv, H);
+    if (world > c->hidden_dim || world > c->vocab_size)
+        return error_set("%d ranks for hidden_dim %d and vocab_size %d: each rank needs at least one of each", world,
+                         c->hidden_dim, c->vocab_size);
+    *s = (ModelShard){.rank = rank, .world = world};
+    if (world <= Hkv) { /* whole kv heads, each with its G query heads */
+        split_range(Hkv, rank, world, &s->kv0, &s->n_kv);
+        s->h0 = s->kv0 * G, s->n_h = s->n_kv * G;
+    } else { /* vLLM's answer: H / world query heads, and the one kv head they read, replicated */
+        split_range(H, rank, world, &s->h0, &s->n_h);
+        s->kv0 = s->h0 / G, s->n_kv = 1;
+    }
+    split_range(c->hidden_dim, rank, world, &s->f0, &s->n_f);
+    split_range(c->vocab_size, rank, world, &s->v0, &s->n_v);
+    return 0;
+}
+
 /* ==== a checkpoint's header ============================================================================ */
 
 int model_read_header(FILE *f, const char *path, size_t file_bytes, ModelConfig *c)
@@ -118,10 +158,13 @@ void model_rope(float *x, int rows, int n_heads, int D, int pos0)
 void model_embed(const Model *m, int token, float *x)
 {
     const size_t dim = (size_t)m->c.dim;
-    if (m->w.token_embedding)
-        memcpy(x, m->w.token_embedding + (size_t)token * dim, dim * sizeof(float));
+    const int row = token - m->s.v0; /* its row among the shard's vocabulary rows */
+    if (row < 0 || row >= m->s.n_v)  /* another rank's row: that rank adds it in */
+        memset(x, 0, dim * sizeof(float));
+    else if (m->w.token_embedding)
+        memcpy(x, m->w.token_embedding + (size_t)row * dim, dim * sizeof(float));
     else /* a shared classifier: the packed classifier is the embedding's only copy */
-        matmul_unpack_row(x, m->p.wcls, dim, (size_t)token);
+        matmul_unpack_row(x, m->p.wcls, dim, (size_t)row);
 }
 
 void model_swiglu(float *h, const float *g, size_t n)
@@ -142,12 +185,50 @@ static void linear(float *y, const float *x, const float *W_packed, size_t n, si
     matmul_packed(y, out, x, in, W_packed, n, out, in);
 }
 
-int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
-                  int n_out, const int *out_rows, float *logits)
+/* x (n) summed over the ranks (model_forward's all-reduces); nothing to do for the whole model. */
+static int sum_ranks(const Model *m, float *x, size_t n)
+{
+    return m->s.world > 1 ? m->comm->all_reduce(m->comm->ctx, x, n) : 0;
+}
+
+/* The classifier: logits (n_out, vocab) of the normalised rows xb (n_out, dim). A shard computes
+ * its vocabulary columns (n_out, n_v) and gathers every rank's into place. */
+static int classify(const Model *m, const float *xb, int n_out, float *logits)
 {
     const ModelConfig *mc = &m->c;
-    const int dim = mc->dim, H = mc->n_heads, Hkv = mc->n_kv_heads, D = model_head_size(mc);
-    const int qd = H * D, kvd = Hkv * D, hid = mc->hidden_dim;
+    const size_t rows = (size_t)n_out, dim = (size_t)mc->dim, V = (size_t)mc->vocab_size;
+    if (m->s.world == 1) {
+        linear(logits, xb, m->p.wcls, rows, V, dim);
+        return 0;
+    }
+    const int world = m->s.world;
+    float *part = mem_alloc(rows * (size_t)m->s.n_v * sizeof(float), "this rank's logits (n_out, n_v)");
+    float *all = mem_alloc(rows * V * sizeof(float), "the ranks' logits, rank after rank");
+    int *counts = mem_alloc((size_t)world * sizeof(int), "the ranks' logits counts");
+    int rc = part && counts && all ? 0 : -1;
+    if (rc == 0)
+        linear(part, xb, m->p.wcls, rows, (size_t)m->s.n_v, dim);
+    for (int r = 0; r < world && rc == 0; r++) { /* rank r's slice: (n_out, its n_v) */
+        ModelShard sr;
+        rc = model_shard_plan(mc, r, world, &sr);
+        counts[r] = n_out * sr.n_v;
+    }
+    if (rc == 0)
+        rc = m->comm->all_gather(m->comm->ctx, part, all, counts);
+    const float *from = all;
+    for (int r = 0; r < world && rc == 0; r++) { /* rank r's (n_out, n_v) block into its columns */
+        ModelShard sr;
+        model_shard_plan(mc, r, world, &sr);
+        for (size_t i = 0; i < rows; i++, from += sr.n_v)
+            memcpy(logits + i * V + (size_t)sr.v0, from, (size_t)sr.n_v * sizeof(float));
+    }
+    mem_free(part), mem_free(counts), mem_free(all);
+    return rc;
+}
+
+static int check_forward(const Model *m, int n, const int *tokens, const int *pos, int n_out, const int *out_rows)
+{
+    const ModelConfig *mc = &m->c;
     if (n < 1)
         return error_set("model_forward: no tokens to run");
     for (int i = 0; i < n; i++) {
@@ -161,6 +242,20 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     for (int i = 0; i < n_out; i++)
         if (out_rows[i] < 0 || out_rows[i] >= n)
             return error_set("model_forward: logits asked for row %d of %d", out_rows[i], n);
+    if (m->s.world > 1 && !m->comm)
+        return error_set("model_forward: rank %d of %d has no way to reach the other ranks", m->s.rank, m->s.world);
+    return 0;
+}
+
+int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
+                  int n_out, const int *out_rows, float *logits)
+{
+    const ModelConfig *mc = &m->c;
+    /* this process's heads and SwiGLU columns: all of them, or a shard's */
+    const int dim = mc->dim, H = m->s.n_h, Hkv = m->s.n_kv, D = model_head_size(mc);
+    const int qd = H * D, kvd = Hkv * D, hid = m->s.n_f;
+    if (check_forward(m, n, tokens, pos, n_out, out_rows) != 0)
+        return -1;
     const size_t N = (size_t)n, per_row = (size_t)2 * dim + 2 * (size_t)qd + 2 * (size_t)kvd + 2 * (size_t)hid;
     size_t floats;
     if (size_mul(&floats, N, per_row) != 0 || floats > SIZE_MAX / sizeof(float))
@@ -178,7 +273,7 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
     float *h3 = h1 + N * hid; /* (n, hidden) */
     for (size_t i = 0; i < N; i++)
         model_embed(m, tokens[i], x + i * dim);
-    int rc = 0;
+    int rc = sum_ranks(m, x, N * dim); /* a shard has its own vocabulary rows: the others are zeros */
     for (int l = 0; l < mc->n_layers && rc == 0; l++) {
         for (size_t i = 0; i < N; i++)
             model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_att + (size_t)l * dim, dim);
@@ -191,22 +286,25 @@ int model_forward(const Model *m, int n, const int *tokens, const int *pos, Mode
         if (rc != 0)
             break;
         linear(xb, att, m->p.wo + (size_t)l * m->p.o, N, (size_t)dim, (size_t)qd);
-        for (size_t i = 0; i < N * dim; i++)
+        rc = sum_ranks(m, xb, N * dim); /* all-reduce 1: every rank's heads' share of Wo att */
+        for (size_t i = 0; i < N * dim && rc == 0; i++)
             x[i] += xb[i];
-        for (size_t i = 0; i < N; i++)
+        for (size_t i = 0; i < N && rc == 0; i++)
             model_rmsnorm(xb + i * dim, x + i * dim, m->w.rms_ffn + (size_t)l * dim, dim);
         linear(h1, xb, m->p.w1 + (size_t)l * m->p.up, N, (size_t)hid, (size_t)dim);
         linear(h3, xb, m->p.w3 + (size_t)l * m->p.up, N, (size_t)hid, (size_t)dim);
         model_swiglu(h1, h3, N * hid);
         linear(xb, h1, m->p.w2 + (size_t)l * m->p.down, N, (size_t)dim, (size_t)hid);
-        for (size_t i = 0; i < N * dim; i++)
+        if (rc == 0)
+            rc = sum_ranks(m, xb, N * dim); /* all-reduce 2: every rank's SwiGLU columns' share of W2 h */
+        for (size_t i = 0; i < N * dim && rc == 0; i++)
             x[i] += xb[i];
     }
     /* the final norm and the classifier, only for the rows whose logits are wanted */
     if (rc == 0 && n_out > 0) {
         for (int i = 0; i < n_out; i++) /* xb is free now: (n_out <= n, dim) */
             model_rmsnorm(xb + (size_t)i * dim, x + (size_t)out_rows[i] * dim, m->w.rms_final, dim);
-        linear(logits, xb, m->p.wcls, (size_t)n_out, (size_t)mc->vocab_size, (size_t)dim);
+        rc = classify(m, xb, n_out, logits);
     }
     mem_free(buf);
     return rc;

@@ -87,13 +87,55 @@ typedef struct {
     size_t q, kv, o, up, down;               /* floats per layer of wq, wk/wv, wo, w1/w3, w2 */
 } ModelPacked;
 
+/* Tensor parallelism (Megatron-LM: Shoeybi et al. 2019, "Megatron-LM: Training Multi-Billion
+ * Parameter Language Models Using Model Parallelism"): the part of every layer one rank of `world`
+ * holds. Rank r keeps query heads h0 .. h0+n_h-1 (Wq's rows and Wo's columns of those heads) with
+ * the kv heads they read (Wk's and Wv's rows; its KV cache holds only these), the SwiGLU columns
+ * f0 .. f0+n_f-1 (W1's and W3's rows, W2's columns), and the vocabulary rows v0 .. v0+n_v-1 of the
+ * embedding and the classifier. The norms are small and every rank keeps them whole, as it keeps
+ * the residual stream x (n, dim). World 1 is the whole model: every range is everything. */
 typedef struct {
-    ModelConfig c;
+    int rank, world;
+    int h0, n_h;   /* query heads */
+    int kv0, n_kv; /* key/value heads: those the query heads read (a GQA group never straddles ranks) */
+    int f0, n_f;   /* SwiGLU (hidden) columns */
+    int v0, n_v;   /* vocabulary rows */
+} ModelShard;
+
+/* What a rank of a sharded forward asks of the others (04_kvcache/tp_comm.c implements it with
+ * MPI; model_forward calls it only when world > 1):
+ *   all_reduce  x (n) = the sum of every rank's x, on every rank (in place);
+ *   all_gather  all = every rank's part, rank after rank; rank r gives counts[r] floats. */
+typedef struct {
+    int (*all_reduce)(void *ctx, float *x, size_t n);
+    int (*all_gather)(void *ctx, const float *part, float *all, const int *counts);
+    void *ctx;
+} ModelComm;
+
+typedef struct {
+    ModelConfig c;      /* the whole model's config, on every rank */
+    ModelShard s;       /* what this process holds of it (world 1: all of it) */
+    const ModelComm *comm; /* the other ranks; NULL for world 1 */
     ModelWeights w;
     ModelPacked p;
     float *data;   /* the vectors of w, one allocation */
     float *p_data; /* the packed matrices, one allocation */
 } Model;
+
+/* Rank `rank` of `world` ranks' part of a model of config c: the heads, kv heads, SwiGLU columns and
+ * vocabulary rows in contiguous ranges, the last two as even as they divide. The heads: with
+ * world <= n_kv_heads, world must divide n_kv_heads and each rank holds whole kv heads with their
+ * GQA groups (its KV cache is 1/world of the whole); with more ranks than kv heads, vLLM's answer:
+ * world must be a multiple of n_kv_heads and divide n_heads, each rank holds n_heads / world query
+ * heads and the one kv head they read, replicated on world / n_kv_heads ranks (its cache is
+ * 1/n_kv_heads of the whole). -1 with one error naming the rule otherwise, and for more ranks
+ * than query heads, SwiGLU columns or vocabulary rows. */
+int model_shard_plan(const ModelConfig *c, int rank, int world, ModelShard *s);
+
+/* Floats a shard of c holds: its packed matrices (each padded to whole panels, as model_packed_floats)
+ * and its vectors; for the whole model (world 1), model_packed_floats plus the norms and the
+ * unshared embedding. Saturates at SIZE_MAX. */
+size_t model_shard_floats(const ModelConfig *c, const ModelShard *s);
 
 /* The built-in random model: dim 512, hidden 1376, 8 layers, 8 heads, 2 kv heads (GQA 4:1,
  * head size 64), vocab 1024, seq_len 2048, a separate classifier (with the embedding as classifier
@@ -120,6 +162,9 @@ size_t model_packed_floats(const ModelConfig *c);
 /* Random weights from `seed`: matrices N(0, 1/in), embedding N(0, 1), norm weights 1; drawn and
  * packed one matrix at a time, in checkpoint order. */
 int model_init_random(Model *m, const ModelConfig *c, uint64_t seed);
+/* The same model's part for shard s (model_shard_plan): every matrix is drawn whole, in the same
+ * order, and only the shard's part kept -- the same weights as model_init_random's, sliced. */
+int model_init_random_shard(Model *m, const ModelConfig *c, uint64_t seed, const ModelShard *s);
 
 /* Reads a checkpoint's 28-byte header from f into c and checks it, and the file's size
  * (file_bytes) against it: -1 with one error naming path otherwise. */
@@ -130,11 +175,18 @@ int model_read_header(FILE *f, const char *path, size_t file_bytes, ModelConfig 
  * loading needs one matrix more, never the file twice. Every problem is one error naming the
  * file. */
 int model_load(const char *path, Model *m);
+/* Rank `rank` of `world`'s part of a checkpoint (model_shard_plan's rules, checked after the
+ * header): only the shard's rows and columns are read from the file (seeking past the rest), so
+ * a rank never holds more of the model than its part and one matrix of it being packed. */
+int model_load_shard(const char *path, int rank, int world, Model *m);
 
 /* model_load(checkpoint), or the built-in random model when checkpoint is NULL. */
 int model_load_or_builtin(const char *checkpoint, Model *m);
+/* The same for rank `rank` of `world` (model_load_shard, model_init_random_shard). */
+int model_load_or_builtin_shard(const char *checkpoint, int rank, int world, Model *m);
 
-/* Writes m in the same format (RoPE tables as zeros): test fixtures and converters. */
+/* Writes m in the same format (RoPE tables as zeros): test fixtures and converters. A shard
+ * (world > 1) cannot be written: one error. */
 int model_save(const Model *m, const char *path);
 
 void model_free(Model *m);
@@ -156,7 +208,7 @@ void model_tensors_at(const ModelConfig *c, float *base, ModelTensors *t);
  * piece: the vectors as m keeps them, every packed matrix unpacked (matmul_unpack_weights) into
  * a scratch buffer of one matrix, the RoPE tables as zeros. model_save writes the pieces,
  * model_cuda_create uploads them: neither holds a second copy of the model. 0, or -1 when the
- * scratch buffer cannot be had or put returns -1 (with an error recorded). */
+ * scratch buffer cannot be had or put returns -1 (with an error recorded), or m is a shard. */
 typedef int (*ModelPut)(void *ctx, const float *x, size_t n);
 int model_unpack(const Model *m, ModelPut put, void *ctx);
 
@@ -176,7 +228,8 @@ void model_rope(float *x, int rows, int n_heads, int D, int pos0);
 void model_rope_at(float *x, int rows, int n_heads, int D, const int *pos);
 
 /* x (dim) = the embedding of token: its row of w.token_embedding, or with a shared classifier
- * its row read back out of the packed p.wcls (dim floats MATMUL_NR apart). */
+ * its row read back out of the packed p.wcls (dim floats MATMUL_NR apart). In a shard whose
+ * vocabulary rows do not hold the token: zeros (model_forward sums the ranks' rows). */
 void model_embed(const Model *m, int token, float *x);
 
 /* h (n) = silu(h) * g, in place. */
@@ -234,7 +287,14 @@ typedef int (*ModelAttention)(void *ctx, int layer, int n, const float *q, const
  * belong to different sequences: `attention` knows which). Writes the logits of the rows
  * out_rows[0..n_out) into logits (n_out, vocab). The matrix products see all n rows at once and
  * give each row the bits it would get alone (common/matmul's matmul_packed); with a
- * batch-invariant attention the whole forward is batch-invariant. */
+ * batch-invariant attention the whole forward is batch-invariant.
+ *
+ * In a shard (m->s.world > 1) the same forward runs on the shard's heads: q (n, n_h*D), k and v
+ * (n, n_kv*D) go to `attention`, and m->comm sums the ranks' parts where Megatron-LM does --
+ * the embedding rows, attention's Wo output and the MLP's W2 output (two all-reduces per layer)
+ * -- and gathers the classifier's vocabulary slices into the whole logits on every rank. The
+ * sums add the ranks' parts in another order than one process adds them, so the logits agree
+ * with the whole model's to rounding, not bit for bit. */
 int model_forward(const Model *m, int n, const int *tokens, const int *pos, ModelAttention attention, void *ctx,
                   int n_out, const int *out_rows, float *logits);
 

@@ -2,12 +2,14 @@
 # check-docs.sh: every command the README and docs/ show runs as written.
 #
 # It collects the command lines of their indented code blocks (lines starting with
-# "build/bin/" or "make", continuation lines joined) and, in a scratch folder where build/ is
-# the repository's, runs them in the order the documents give them:
+# "build/bin/", "make" or "mpirun", continuation lines joined) and, in a scratch folder where
+# build/ is the repository's, runs them in the order the documents give them:
 #   - build/bin/... commands run as written when every file they name exists there (files written
 #     by earlier commands, such as gen-requests's, count); commands that need a file the reader
 #     downloads or makes (stories15M.bin, Q.npy) and the long ones (bench, lessons, server) run with
 #     --help appended instead, which still checks the subcommand and every option name and value;
+#   - mpirun commands (chapter 04's tensor parallelism) likewise, under Open MPI's mpirun (as root
+#     with Open MPI's two OMPI_ALLOW_RUN_AS_ROOT variables); skipped, and counted, without mpirun;
 #   - make commands are checked with make -n (the target exists and its recipe expands).
 # Needs the programs built (make). Exit status 1 if any command fails; each failure is printed.
 set -u
@@ -23,7 +25,7 @@ awk '
     /^    / {
         line = substr($0, 5)
         if (cont != "") { cmd = cont " " line; cont = "" }
-        else if (line ~ /^(build\/bin\/|make( |$))/) cmd = line
+        else if (line ~ /^(build\/bin\/|make( |$)|mpirun )/) cmd = line
         else next
         if (cmd ~ /\\$/) { sub(/ *\\$/, "", cmd); cont = cmd; next }
         sub(/[ ]+#.*$/, "", cmd)
@@ -33,7 +35,8 @@ awk '
     { cont = "" }
 ' README.md docs/*.md >"$scratch/commands"
 
-fails=0 ran=0 helped=0 made=0
+fails=0 ran=0 helped=0 made=0 skipped=0
+if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 while IFS=$'\t' read -r file cmd; do
     set -f
     eval "words=( $cmd )" # the shell's own splitting: quoted prompts stay one word
@@ -47,6 +50,12 @@ while IFS=$'\t' read -r file cmd; do
             fails=$((fails + 1))
         fi
         continue
+        ;;
+    mpirun)
+        if ! command -v mpirun >/dev/null 2>&1 || [ ! -x build/bin/04_kvcache_tp ]; then
+            skipped=$((skipped + 1)) # no Open MPI here (MPI=0): nothing to run it with
+            continue
+        fi
         ;;
     esac
     full=1
@@ -74,5 +83,5 @@ while IFS=$'\t' read -r file cmd; do
         fails=$((fails + 1))
     fi
 done <"$scratch/commands"
-echo "check-docs: $ran commands run as written, $helped checked with --help, $made make targets checked; $fails failed"
+echo "check-docs: $ran commands run as written, $helped checked with --help, $made make targets checked$([ $skipped -gt 0 ] && echo ", $skipped mpirun commands skipped (no Open MPI)"); $fails failed"
 [ $fails -eq 0 ]

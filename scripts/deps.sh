@@ -8,6 +8,9 @@
 #                                               (optional: without them chapter 06 is built without its
 #                                               HTTP server, and the server's tests are left out; make
 #                                               test asks for them after Check)
+#   scripts/deps.sh mpi    openmpi-bin libopenmpi-dev
+#                                               (optional: without them chapter 04's tensor-parallel
+#                                               program 04_kvcache_tp and its tests are left out)
 #   scripts/deps.sh check-prefix DIR
 #                          unpacks Check's Debian packages (check, libsubunit0, libsubunit-dev)
 #                          into DIR without installing them, for a machine that has no package
@@ -17,7 +20,7 @@
 # CHECK_PREFIX=DIR (such an unpacked folder) counts as having Check.
 # NO_APT=1 never calls apt-get (a machine without a package registry): it only reports.
 set -u
-what=${1:?usage: deps.sh test|plot|server|check-prefix DIR}
+what=${1:?usage: deps.sh test|plot|server|mpi|check-prefix DIR}
 
 # check-prefix DIR: apt-get download (no root needed) and dpkg -x, then check the two files the
 # Makefile links against are there.
@@ -60,8 +63,12 @@ server)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     ;;
+mpi)
+    command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
+    command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev)
+    ;;
 *)
-    echo "deps.sh: unknown argument '$what' (expected test, plot, server or check-prefix DIR)" >&2
+    echo "deps.sh: unknown argument '$what' (expected test, plot, server, mpi or check-prefix DIR)" >&2
     exit 2
     ;;
 esac
@@ -84,6 +91,8 @@ if [ "${sudo[*]}" = none ]; then
     fi
     if [ "$what" = server ]; then
         echo "make: ${missing[*]} not installed, so chapter 06 is built without its HTTP server and its tests are left out; to get them: sudo apt-get install -y ${missing[*]}" >&2
+    elif [ "$what" = mpi ]; then
+        echo "make: ${missing[*]} not installed, so chapter 04's tensor-parallel program and its tests are left out; to get them: sudo apt-get install -y ${missing[*]}" >&2
     else
         echo "make: ${missing[*]} is not installed, so plots are skipped; to get them: sudo apt-get install -y ${missing[*]}" >&2
     fi

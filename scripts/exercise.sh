@@ -187,12 +187,13 @@ done
 echo "exercise $nn: building $chapter with $student ($todos TODO(s) left) ..."
 log="$tree/build.log"
 # Only what the chapter's suite needs: its test binary and the programs its program tests run
-# (chapter 02's compare with 01_mha, chapters 05 and 06 with 04_kvcache and 05_paged).
+# (chapter 02's compare with 01_mha, chapters 05 and 06 with 04_kvcache and 05_paged; chapter 04's
+# tensor-parallel case runs 04_kvcache_tp, built when Open MPI is there).
 case $n in
 1) progs="01_mha" ;;
 2) progs="01_mha 02_mqa_gqa" ;;
 3) progs="03_flash" ;;
-4) progs="04_kvcache" ;;
+4) progs="04_kvcache$(command -v mpicc >/dev/null 2>&1 && echo " 04_kvcache_tp")" ;;
 5) progs="04_kvcache 05_paged" ;;
 6) progs="04_kvcache 05_paged 06_batching" ;;
 esac
