@@ -246,6 +246,9 @@ $(BUILD)/share/$(1).gp: $(1)/plot.gp
 endef
 $(foreach c,$(BUILT),$(eval $(call chapter_rules,$(c))))
 
+# The live page is compiled into the server (server_state.c's .incbin): rebuilt when it changes.
+$(OBJ)/06_batching/server_state.o: 06_batching/page.html
+
 # 04_kvcache_tp: chapter 04's tp_*.c (and tp_nccl.cu with NCCL) on the chapter's libraries, with MPI.
 TP_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(wildcard 04_kvcache/tp_*.c)) \
           $(if $(filter 1,$(HAVE_NCCL)),$(OBJ)/04_kvcache/tp_nccl.cu.o)
@@ -329,7 +332,7 @@ fuzz-run: $(foreach f,$(FUZZ_NAMES),$(BUILD)/fuzz/fuzz-$(f))
 -include $(shell find $(OBJ) -name '*.d' 2>/dev/null)
 
 # ---- targets -----------------------------------------------------------------------------------
-.PHONY: all build programs tests run test test-common test-all check-layout bench bench-server plots clean help deps-test deps-plot deps-server deps-mpi chapter-4-tp results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
+.PHONY: all build programs tests run test test-common test-all check-layout bench bench-server plots clean help deps-test deps-plot deps-server deps-mpi deps-browser chapter-4-tp workshop-demo results exercise-check check-docs fuzz fuzz-run fuzz-replay fuzz-corpus memcheck memcheck-run \
         $(foreach n,1 2 3 4 5 6,chapter-$(n) test-$(n) bench-$(n) test-one-$(n))
 
 # `make`: every program, and every test binary when Check is installed (make test installs it).
@@ -348,6 +351,8 @@ deps-server:
 	@$(if $(and $(filter command line,$(origin SERVER)),$(filter 0,$(SERVER))),true,scripts/deps.sh server)
 deps-mpi:
 	@$(if $(and $(filter command line,$(origin MPI)),$(filter 0,$(MPI))),true,scripts/deps.sh mpi)
+deps-browser:
+	@$(if $(and $(filter command line,$(origin SERVER)),$(filter 0,$(SERVER))),true,scripts/deps.sh browser)
 
 # `make run`: every chapter's lesson in order; chapters not written yet say so.
 run: deps-plot
@@ -396,7 +401,7 @@ $(foreach n,1 2 3 4 5 6,$(eval $(call numbered_targets,$(n))))
 
 # `make test`: installs Check if needed, builds, then runs every chapter's suite (all of them,
 # even after a failure) and fails if any failed.
-test: deps-test deps-plot deps-server deps-mpi
+test: deps-test deps-plot deps-server deps-mpi deps-browser
 	@$(MAKE) --no-print-directory test-all
 
 test-all: tests
@@ -437,6 +442,12 @@ bench: deps-plot programs
 # Chapter 06's HTTP server from the clients' side, beside in-process serve (scripts/server-bench.sh;
 # needs the server built in, and build/venv with the openai package: made if missing). QUICK=1:
 # every part smaller.
+# The engine at work on its live page: the server with a small pool and a one-minute workload,
+# round after round, until Ctrl-C (scripts/workshop-demo.sh; PORT, HOST, ROUNDS, CHECKPOINT).
+workshop-demo:
+	@$(MAKE) --no-print-directory $(BIN)/06_batching
+	@bash scripts/workshop-demo.sh $(BUILD)
+
 bench-server: deps-plot
 	@$(MAKE) --no-print-directory $(BIN)/06_batching
 	@bash scripts/server-bench.sh $(BUILD) $(if $(QUICK),--quick)
@@ -501,6 +512,7 @@ help:
 	@echo "make mutants         the list of realistic bugs (scripts/mutants.txt), each built and tested: score >= 95%"
 	@echo "                     MUTANTS=id1,id2 or CHAPTER=N: a subset (not in CI: the whole list takes ~15 min)"
 	@echo "make bench-N         chapter N's benchmarks"
+	@echo "make workshop-demo   chapter 06's server with a workload to watch on its live page (http://127.0.0.1:8000/)"
 	@echo "make bench-server    chapter 06's HTTP server from the clients' side, beside in-process serve (QUICK=1: smaller)"
 	@echo "                     CHECKPOINT=M.bin: bench-6 also times chapters 04-06 on that llama2.c checkpoint"
 	@echo "make plots           redraw every PNG from the benchmark data in build/bench/"

@@ -46,6 +46,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "05_paged/paged.h"
 #include "common/model.h"
 #include "common/tokenizer.h"
 #include "common/workload.h"
@@ -263,6 +264,51 @@ int engine_live_stopped(const EngineLive *l, int slot);
 /* A settled slot becomes free again. */
 void engine_live_release(EngineLive *l, int slot);
 void engine_live_stats(const EngineLive *l, EngineLiveStats *st);
+/* ---- the live engine seen from outside (live_view.c): what the server's page draws ------------- */
+
+/* Where a sequence stands after the last iteration. */
+typedef enum {
+    LIVE_SEQ_WAITING,   /* in the queue, never run */
+    LIVE_SEQ_PREEMPTED, /* in the queue again after a preemption (its blocks given back) */
+    LIVE_SEQ_PREFILL,   /* running: the last iteration computed a chunk of its prompt (or a recompute) */
+    LIVE_SEQ_DECODE,    /* running: the last iteration computed its newest token */
+    LIVE_SEQ_STALLED,   /* running (holds blocks), the token budget gave it nothing last time */
+} EngineLiveSeqPhase;
+
+typedef struct {
+    long tag;                 /* the request's number: 1 for the first ever submitted, 2 ... */
+    EngineLiveSeqPhase phase;
+    int n_prompt, n_generated, max_new;
+    int n_computed;           /* tokens whose K/V are in the pool */
+    int preemptions;
+    const int *blocks;        /* (n_blocks) its block table, logical -> physical: valid until the next step */
+    int n_blocks;
+} EngineLiveSeq;
+
+/* The sequences running (admission order) and then waiting (queue order, front first) into out
+ * (room for max): how many there are (the first max written). */
+int engine_live_seqs(const EngineLive *l, EngineLiveSeq *out, int max);
+/* The request number of a slot's request (engine_live_submit's count), 0 for a free slot. */
+long engine_live_tag(const EngineLive *l, int slot);
+
+/* The block pool: its size and, per block, its reference count (how many tables hold it) and
+ * whether it is cached (reference count 0, kept for its name by prefix caching). cached (num_blocks)
+ * is written when not NULL. The pool, valid until the next step. */
+const PagedPool *engine_live_pool(const EngineLive *l, unsigned char *cached);
+
+/* One sequence's cell of an iteration, as the grid of the lesson draws it. */
+typedef struct {
+    long tag;
+    EngineCellState state; /* never ENGINE_CELL_NONE */
+    int tokens;            /* its tokens in that iteration's forward */
+} EngineLiveCell;
+
+#define ENGINE_LIVE_HISTORY 64 /* iterations whose grid columns the live engine keeps */
+/* The grid column of the iteration `back` iterations before the last (0: the last): its number
+ * into *iteration, its cells into *cells (valid until the next step), their count; -1 when there
+ * was no such iteration or it is older than ENGINE_LIVE_HISTORY. */
+int engine_live_history(const EngineLive *l, int back, long *iteration, const EngineLiveCell **cells);
+
 /* Why request r can never run on model m with options o (too long, an id outside the vocabulary,
  * more blocks than the pool): 0 with the reason in why; 1 if it can. What the server answers 400 with. */
 int engine_request_fits(const Model *m, const EngineOptions *o, const EngineRequest *r, char *why, size_t len);

@@ -1,7 +1,7 @@
 /*
  * server.h: chapter 06's HTTP server -- the engine behind an OpenAI-compatible API, in real time.
  *
- * Four files, one idea each:
+ * Five files, one idea each:
  *   server_json.c    the API's JSON (jansson): a completion request read and checked, the
  *                    responses and Server-Sent Events chunks written, OpenAI-style error objects,
  *                    and token pieces turned into valid UTF-8 text as they stream
@@ -12,6 +12,8 @@
  *   server_http.c    HTTP (libmicrohttpd, a thread per connection): the routes, the body limit,
  *                    streaming, clients that go away
  *   server.c         the command: options, listening, connection limits, SIGINT/SIGTERM
+ *   server_state.c   the engine's state as JSON for the live page at / (page.html, compiled in):
+ *                    the block pool, the queues with block tables, the grid's last columns
  *
  * Only the engine thread touches the live engine; connections see a request only through its
  * ServerRequest, under the server's mutex.
@@ -145,6 +147,10 @@ typedef struct {
     double t0;               /* timer_now() at the start: the server clock's zero */
     pthread_t thread;
     EngineLive *live;
+    long tokens_out;         /* tokens handed to requests so far (the page's throughput) */
+    char *state_json;        /* GET /state's body, built by the engine thread (server_state.c) */
+    double state_at;         /* server clock when it was built */
+    double state_wanted_at;  /* server clock of the last GET /state: kept fresh while someone looks */
 } Server;
 
 /* The live engine with room for max_batch running and max_waiting waiting requests, and its
@@ -167,6 +173,18 @@ int server_submit(Server *s, ServerRequest *req, char *msg, size_t len);
 void server_request_put(Server *s, ServerRequest *req);
 /* Prometheus text exposition of the counters, gauges and histograms, malloc'd. Takes the mutex. */
 char *server_metrics_text(Server *s);
+
+/* ==== server_state.c: what the live page (page.html) draws ======================================== */
+
+/* The engine's state as JSON (docs/contracts.md §1.10, GET /state): the pool block by block, the
+ * running and waiting sequences with their block tables, the last iterations' grid columns and
+ * the totals the page's charts difference. Engine thread, under the mutex: rebuilds s->state_json
+ * when forced, or when a page asked within the last 5 s and the last build is 0.1 s old. */
+void server_state_refresh(Server *s, int force);
+/* A copy of the latest state (malloc'd; NULL out of memory); marks it wanted. Takes the mutex. */
+char *server_state_get(Server *s);
+/* The page itself (06_batching/page.html, compiled into the program): n bytes. */
+const char *server_page_html(size_t *n);
 
 /* ==== server_http.c ============================================================================== */
 

@@ -131,6 +131,7 @@ static void hand_out_tokens(Server *s)
         const EngineLiveState st = engine_live_state(s->live, req->slot, &tokens, &n, &reason);
         for (int t = req->n_tokens; t < n && t < req->r.max_new; t++) {
             req->tokens[t] = tokens[t];
+            s->tokens_out++;
             observe(t == 0 ? &s->ttft : &s->itl, t == 0 ? now - req->t_arrival : now - req->t_last);
             req->t_last = now;
         }
@@ -163,8 +164,11 @@ static void *engine_thread(void *arg)
 {
     Server *s = arg;
     pthread_mutex_lock(&s->mu);
+    int dirty = 1; /* the page's state is older than the engine's */
     while (!s->stopping) {
         if (!s->queue_head && s->n_active == 0) {
+            if (dirty) /* idle: the state the page shows until the next request */
+                server_state_refresh(s, 1), dirty = 0;
             pthread_cond_wait(&s->work, &s->mu);
             continue;
         }
@@ -179,6 +183,7 @@ static void *engine_thread(void *arg)
             abort_everything(s, s->error);
         } else {
             hand_out_tokens(s);
+            server_state_refresh(s, 0), dirty = 1; /* rebuilt only while a page is watching */
         }
         pthread_cond_broadcast(&s->progress);
         if (s->failed)
@@ -245,6 +250,7 @@ void server_engine_free(Server *s)
 {
     engine_live_close(s->live);
     free(s->active);
+    free(s->state_json);
     pthread_cond_destroy(&s->work), pthread_cond_destroy(&s->progress), pthread_mutex_destroy(&s->mu);
 }
 

@@ -4,8 +4,8 @@
  * What it teaches: a connection's life in an inference server.
  *
  *   body          read up to --max-body bytes (413 past it)
- *   route         POST /v1/completions, GET /v1/models, /health, /metrics; 404 elsewhere, 405 for
- *                 a known path with the wrong method
+ *   route         POST /v1/completions, GET /v1/models, /health, /metrics, the live page at / and
+ *                 its /state; 404 elsewhere, 405 for a known path with the wrong method
  *   completion    checked (400 naming the field), queued (503 with Retry-After when --max-waiting
  *                 requests wait already), then either one JSON body when it is done, or Server-Sent
  *                 Events: one `data: {...}` chunk per iteration that made a token, `data: [DONE]`
@@ -263,6 +263,20 @@ static enum MHD_Result models(Conn *c)
     return respond(c, 200, "application/json", models_body(s->sm.model_id, (long)time(NULL), s->m->c.seq_len));
 }
 
+/* The live page: static bytes in the program, never freed. */
+static enum MHD_Result page(Conn *c)
+{
+    size_t n;
+    const char *html = server_page_html(&n);
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)html, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
+    const enum MHD_Result ret = MHD_queue_response(c->conn, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result wrong_method(Conn *c, const char *allow)
 {
     char msg[64];
@@ -276,7 +290,8 @@ static enum MHD_Result route(Conn *c, const char *url, const char *method)
     const int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0, post = strcmp(method, "POST") == 0;
     if (strcmp(url, "/v1/completions") == 0)
         return post ? completions(c) : wrong_method(c, "POST");
-    const int known = strcmp(url, "/health") == 0 || strcmp(url, "/v1/models") == 0 || strcmp(url, "/metrics") == 0;
+    const int known = strcmp(url, "/health") == 0 || strcmp(url, "/v1/models") == 0 || strcmp(url, "/metrics") == 0 ||
+                      strcmp(url, "/") == 0 || strcmp(url, "/state") == 0;
     if (known && !get)
         return wrong_method(c, "GET");
     if (strcmp(url, "/health") == 0)
@@ -286,9 +301,17 @@ static enum MHD_Result route(Conn *c, const char *url, const char *method)
         return models(c);
     if (strcmp(url, "/metrics") == 0)
         return respond(c, 200, "text/plain; version=0.0.4", server_metrics_text(&c->h->s));
+    if (strcmp(url, "/state") == 0) {
+        char *state = server_state_get(&c->h->s);
+        return state ? respond(c, 200, "application/json", state)
+                     : respond_error(c, 503, "the engine's state is not written yet: ask again", NULL);
+    }
+    if (strcmp(url, "/") == 0)
+        return page(c);
     char msg[256];
-    snprintf(msg, sizeof msg, "no route %s %.128s (there are POST /v1/completions, GET /v1/models, /health, /metrics)",
-             method, url);
+    snprintf(msg, sizeof msg,
+             "no route %s %.128s (there are POST /v1/completions, GET /v1/models, /health, /metrics, /state, /)", method,
+             url);
     return respond_error(c, 404, msg, NULL);
 }
 

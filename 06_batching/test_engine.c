@@ -493,7 +493,7 @@ int main(void)
         engine_grid_case(),   /* test_engine_grid.c */
         engine_prefix_case(), /* test_engine_prefix.c */
         engine_live_case(),   /* test_engine_live.c */
-        engine_server_case(), /* test_server.c */
+        engine_server_case(), engine_page_case(), /* test_server.c */
         testing_case_join(engine_requests_case(), engine_program_case()), /* "requests and program" */
         engine_hostile_case(), engine_cuda_case(), /* test_engine_program.c */
     };

@@ -72,5 +72,6 @@ TestingCase engine_grid_case(void); /* test_engine_grid.c: the grid and static-p
 TestingCase engine_prefix_case(void); /* test_engine_prefix.c: prefix caching */
 TestingCase engine_live_case(void);   /* test_engine_live.c: the live engine against engine_serve */
 TestingCase engine_server_case(void); /* test_server.c: the HTTP server's JSON, and real clients */
+TestingCase engine_page_case(void);   /* test_server.c: the live page in headless chromium */
 
 #endif

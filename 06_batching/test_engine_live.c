@@ -170,11 +170,88 @@ START_TEST(test_live_own_sampling_matches_chapter05)
 }
 END_TEST
 
+/* What the server's page draws (live_view.c) against the engine's own invariants, after every step
+ * of a tight pool: each block's reference count is the number of running tables holding it, the
+ * blocks in use are the tables' distinct blocks, free + used + cached = the pool, a waiting
+ * sequence holds no block; the queues listed are the engine's; the grid's last column is the last
+ * iteration. Returns 1 when a preempted sequence was listed. */
+static int check_view(const EngineLive *l, int n)
+{
+    EngineLiveStats st;
+    engine_live_stats(l, &st);
+    EngineLiveSeq seqs[16];
+    const int k = engine_live_seqs(l, seqs, 16);
+    ck_assert_int_le(k, 16);
+    ck_assert_int_eq(k, st.running + st.waiting);
+    unsigned char cached[512];
+    const PagedPool *p = engine_live_pool(l, cached);
+    ck_assert_int_le(p->num_blocks, 512);
+    int count[512] = {0}, preempted = 0;
+    for (int i = 0; i < k; i++) {
+        const int waiting = seqs[i].phase == LIVE_SEQ_WAITING || seqs[i].phase == LIVE_SEQ_PREEMPTED;
+        ck_assert_int_eq(waiting, i >= st.running); /* the running first, then the queue */
+        ck_assert_msg(!waiting || seqs[i].n_blocks == 0, "waiting #%ld holds %d blocks", seqs[i].tag,
+                      seqs[i].n_blocks);
+        ck_assert(seqs[i].tag >= 1 && seqs[i].tag <= n);
+        preempted += seqs[i].phase == LIVE_SEQ_PREEMPTED;
+        for (int j = 0; j < seqs[i].n_blocks; j++)
+            count[seqs[i].blocks[j]]++;
+    }
+    int used = 0, n_cached = 0, free_ = 0;
+    for (int b = 0; b < p->num_blocks; b++) {
+        ck_assert_msg(p->ref[b] == count[b], "block %d: reference count %d, in %d tables", b, p->ref[b], count[b]);
+        ck_assert(!cached[b] || p->ref[b] == 0);
+        used += count[b] > 0, n_cached += cached[b], free_ += p->ref[b] == 0 && !cached[b];
+    }
+    ck_assert_int_eq(used, st.blocks_used);
+    ck_assert_int_eq(n_cached, st.blocks_cached);
+    ck_assert_int_eq(free_ + used + n_cached, p->num_blocks);
+    long it;
+    const EngineLiveCell *col;
+    const int nc = engine_live_history(l, 0, &it, &col);
+    ck_assert(nc >= 0 && it == st.iterations - 1);
+    for (int c = 0; c < nc; c++)
+        ck_assert(col[c].state != ENGINE_CELL_NONE && col[c].tag >= 1 && col[c].tag <= n);
+    return preempted > 0;
+}
+
+START_TEST(test_live_view_keeps_the_engines_invariants)
+{
+    const int n = 12;
+    Requests q = requests_alone(n, 0.0, 31, 0.0f, 0);
+    EngineOptions o = engine_default_options();
+    o.max_batch = 4, o.max_tokens = 16, o.block_size = 4, o.num_blocks = q.longest + 6; /* tight: preemptions */
+    EngineLive *l = engine_live_open(&model, &o, n);
+    ck_assert_ptr_nonnull(l);
+    int slots[12], preempted = 0, steps = 0;
+    for (int i = 0; i < n; i++) {
+        slots[i] = engine_live_submit(l, &q.r[i]);
+        ck_assert_int_eq(engine_live_tag(l, slots[i]), i + 1); /* request numbers in submission order */
+    }
+    while (engine_live_step(l) == 1) {
+        preempted += check_view(l, n);
+        ck_assert_int_lt(++steps, 100000);
+    }
+    EngineLiveStats st;
+    engine_live_stats(l, &st);
+    ck_assert_msg(st.preemptions > 0 && preempted > 0, "%ld preemptions, %d steps listing a preempted sequence",
+                  st.preemptions, preempted);
+    long it;
+    const EngineLiveCell *col;
+    ck_assert_int_eq(engine_live_history(l, ENGINE_LIVE_HISTORY, &it, &col), -1); /* older than the ring */
+    ck_assert_int_ge(engine_live_history(l, ENGINE_LIVE_HISTORY - 1, &it, &col), 0);
+    ck_assert_int_eq(it, st.iterations - ENGINE_LIVE_HISTORY);
+    engine_live_close(l);
+    requests_free(&q);
+}
+END_TEST
+
 TestingCase engine_live_case(void)
 {
     return (TestingCase){.name = "live engine", .timeout_s = 300, .setup = model_setup, .teardown = model_teardown,
                          .tests = {test_live_requests_entering_while_it_runs_match_chapter05,
                                    test_live_abort_frees_its_blocks_and_leaves_the_rest,
                                    test_live_slots_rejections_and_empty_requests,
-                                   test_live_own_sampling_matches_chapter05}};
+                                   test_live_own_sampling_matches_chapter05,
+                                   test_live_view_keeps_the_engines_invariants}};
 }

@@ -239,6 +239,27 @@ START_TEST(test_server_with_real_clients)
 }
 END_TEST
 
+/* The live page at / in headless chromium (scripts/page-test.sh, scripts/page_test.py): the pool,
+ * the queues and the preemptions it draws against /metrics, every /state against the engine's
+ * invariants, and 4096 blocks with 256 sequences; screenshots in build/artifacts/. */
+START_TEST(test_the_live_page_in_a_browser)
+{
+    char prog[4200], ck[4200];
+    program_path(prog, sizeof prog, "06_batching");
+    ModelConfig c = {.dim = 64, .hidden_dim = 96, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 1024,
+                     .seq_len = 128, .shared_classifier = 0};
+    Model m;
+    ck_assert_int_eq(model_init_random(&m, &c, 5), 0);
+    ck_assert_int_eq(model_save(&m, testing_tmp_path(ck, sizeof ck, "model.bin")), 0);
+    model_free(&m);
+    ProcResult r;
+    const char *argv[] = {"/bin/bash", "scripts/page-test.sh", prog, ck, NULL};
+    ck_assert_int_eq(run_program_limited(&r, argv, 600, NULL), 0);
+    ck_assert_msg(r.status == 0, "scripts/page-test.sh failed (status %d):\n%s\n%s", r.status, r.out, r.err);
+    printf("%s", r.out); /* its lines: ok, or skipped without chromium */
+}
+END_TEST
+
 #else
 
 START_TEST(test_built_without_the_server)
@@ -266,5 +287,14 @@ TestingCase engine_server_case(void)
                                    test_server_with_real_clients}};
 #else
     return (TestingCase){.name = "server", .timeout_s = 60, .temp_dir = 1, .tests = {test_built_without_the_server}};
+#endif
+}
+
+TestingCase engine_page_case(void)
+{
+#if HAVE_SERVER
+    return (TestingCase){.name = "page", .timeout_s = 600, .temp_dir = 1, .tests = {test_the_live_page_in_a_browser}};
+#else
+    return (TestingCase){.name = "page"}; /* no server, no page */
 #endif
 }

@@ -11,6 +11,9 @@
 #   scripts/deps.sh mpi    openmpi-bin libopenmpi-dev
 #                                               (optional: without them chapter 04's tensor-parallel
 #                                               program 04_kvcache_tp and its tests are left out)
+#   scripts/deps.sh browser chromium chromium-driver
+#                                               (optional: without them the test of chapter 06's live
+#                                               page in a headless browser is skipped, and says so)
 #   scripts/deps.sh check-prefix DIR
 #                          unpacks Check's Debian packages (check, libsubunit0, libsubunit-dev)
 #                          into DIR without installing them, for a machine that has no package
@@ -20,7 +23,7 @@
 # CHECK_PREFIX=DIR (such an unpacked folder) counts as having Check.
 # NO_APT=1 never calls apt-get (a machine without a package registry): it only reports.
 set -u
-what=${1:?usage: deps.sh test|plot|server|mpi|check-prefix DIR}
+what=${1:?usage: deps.sh test|plot|server|mpi|browser|check-prefix DIR}
 
 # check-prefix DIR: apt-get download (no root needed) and dpkg -x, then check the two files the
 # Makefile links against are there.
@@ -63,12 +66,16 @@ server)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     ;;
+browser)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    ;;
 mpi)
     command -v mpirun >/dev/null 2>&1 || missing+=(openmpi-bin)
     command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev)
     ;;
 *)
-    echo "deps.sh: unknown argument '$what' (expected test, plot, server, mpi or check-prefix DIR)" >&2
+    echo "deps.sh: unknown argument '$what' (expected test, plot, server, mpi, browser or check-prefix DIR)" >&2
     exit 2
     ;;
 esac
@@ -91,6 +98,8 @@ if [ "${sudo[*]}" = none ]; then
     fi
     if [ "$what" = server ]; then
         echo "make: ${missing[*]} not installed, so chapter 06 is built without its HTTP server and its tests are left out; to get them: sudo apt-get install -y ${missing[*]}" >&2
+    elif [ "$what" = browser ]; then
+        echo "make: ${missing[*]} not installed, so the live page's browser test is skipped; to run it: sudo apt-get install -y ${missing[*]}" >&2
     elif [ "$what" = mpi ]; then
         echo "make: ${missing[*]} not installed, so chapter 04's tensor-parallel program and its tests are left out; to get them: sudo apt-get install -y ${missing[*]}" >&2
     else
