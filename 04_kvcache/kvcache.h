@@ -100,6 +100,17 @@ int kvcache_forward(const Model *m, KvCache *c, int b, const int *tokens, int n,
 /* The same logits with no cache at all: the whole sequence tokens[0..n) through the model. */
 int kvcache_forward_nocache(const Model *m, const int *tokens, int n, float *logits);
 
+/* The options `04_kvcache generate` and `04_kvcache_tp generate` share (ArgSpec entries). */
+#define KVCACHE_OPTION_PROMPT(var)                                                                              \
+    {.name = "prompt", .kind = ARG_STRING, .dest = (var), .metavar = "IDS",                                   \
+     .help = "prompt token ids, e.g. \"1 2 3\" (default \"1\", llama2.c's BOS)"}
+#define KVCACHE_OPTION_MAX_NEW(var)                                                                             \
+    {.name = "max-new", .kind = ARG_INT, .dest = (var), .metavar = "N", .help = "tokens to generate (default 64)", \
+     .min = 0, .max = 1 << 24}
+#define KVCACHE_OPTION_KERNEL(var)                                                                              \
+    {.name = "kernel", .kind = ARG_INT, .dest = (var), .metavar = "N",                                        \
+     .help = "CPU decode kernel: 1 = ref, 2 = split (default)", .min = 1, .max = KVCACHE_CPU_KERNELS}
+
 typedef struct {
     int max_new;         /* tokens to generate */
     float temperature;   /* 0: greedy */

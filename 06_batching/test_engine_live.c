@@ -39,16 +39,24 @@ static void expect_tokens(EngineLive *l, int slot, const int *want, int max_new,
         ck_assert_msg(t[j] == want[j], "%s: token %d is %d, want %d", what, j, t[j], want[j]);
 }
 
+/* A live engine of n slots for q's requests, its pool tight enough for preemptions: a batch of
+ * 4, 16 tokens an iteration, blocks of 4 tokens, 6 blocks more than the longest request needs. */
+static EngineLive *tight_engine(const Requests *q, int n)
+{
+    EngineOptions o = engine_default_options();
+    o.max_batch = 4, o.max_tokens = 16, o.block_size = 4, o.num_blocks = q->longest + 6;
+    EngineLive *l = engine_live_open(&model, &o, n);
+    ck_assert_ptr_nonnull(l);
+    return l;
+}
+
 /* Requests entering a few at a time while others run (a new one after every third step) get
  * chapter 05's tokens, and the pool is empty at the end. */
 START_TEST(test_live_requests_entering_while_it_runs_match_chapter05)
 {
     const int n = 12;
     Requests q = requests_alone(n, 0.0, 31, 0.0f, 0);
-    EngineOptions o = engine_default_options();
-    o.max_batch = 4, o.max_tokens = 16, o.block_size = 4, o.num_blocks = q.longest + 6; /* tight: preemptions */
-    EngineLive *l = engine_live_open(&model, &o, n);
-    ck_assert_ptr_nonnull(l);
+    EngineLive *l = tight_engine(&q, n);
     int slots[12];
     for (int i = 0; i < n; i++) {
         slots[i] = engine_live_submit(l, &q.r[i]);
@@ -219,10 +227,7 @@ START_TEST(test_live_view_keeps_the_engines_invariants)
 {
     const int n = 12;
     Requests q = requests_alone(n, 0.0, 31, 0.0f, 0);
-    EngineOptions o = engine_default_options();
-    o.max_batch = 4, o.max_tokens = 16, o.block_size = 4, o.num_blocks = q.longest + 6; /* tight: preemptions */
-    EngineLive *l = engine_live_open(&model, &o, n);
-    ck_assert_ptr_nonnull(l);
+    EngineLive *l = tight_engine(&q, n);
     int slots[12], preempted = 0, steps = 0;
     for (int i = 0; i < n; i++) {
         slots[i] = engine_live_submit(l, &q.r[i]);
